@@ -1,0 +1,176 @@
+"""Benchmarks behind ``fasb-lens bench``: speed measured side by side in one run.
+
+Each entry times fasb_lens against the baseline it must beat on the same inputs in the
+same process, and reports both absolute times and their ratio (these machines are shared
+and noisy: the ratio is the number to read). Entries register in :data:`BENCHMARKS`;
+later features add theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.activations import collect_head_activations, length_sorted
+from fasb_lens.data import LabelledPrompt, load_mini_truthfulqa, load_truthfulqa, probing_prompts
+from fasb_lens.models import (
+    forward,
+    hook_z_name,
+    library_versions,
+    load_model,
+    model_id,
+    pad,
+    pad_token_id,
+    tokenize,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchContext:
+    """What every benchmark entry may use: the model, the data folder, sizes."""
+
+    model: TransformerBridge
+    data_dir: Path | None
+    n_prompts: int = 1000
+    batch_size: int = 32
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def probing_prompts(self) -> tuple[str, list[LabelledPrompt]]:
+        """The first ``n_prompts`` TruthfulQA probing prompts (mini set if no data)."""
+        csv_path = self.data_dir / "truthfulqa" / "TruthfulQA.csv" if self.data_dir else None
+        if csv_path is not None and csv_path.is_file():
+            name, questions = "TruthfulQA", load_truthfulqa(csv_path)
+        else:
+            name, questions = "mini (TruthfulQA not found)", load_mini_truthfulqa()
+            self.notes.append("TruthfulQA not found: set FASB_LENS_DATA; used the mini set")
+        prompts = probing_prompts(questions)
+        while len(prompts) < self.n_prompts:
+            prompts = prompts + prompts
+        return name, prompts[: self.n_prompts]
+
+
+@contextmanager
+def _timer(results: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    results[key] = round(time.perf_counter() - start, 3)
+
+
+def bench_activations(ctx: BenchContext) -> dict[str, Any]:
+    """Head-activation collection vs a plain forward pass over the same batches.
+
+    Three timings over the same prompts: fasb_lens' collection (length-sorted batches,
+    last-token gathering in the hook, forward stopped after the last ``hook_z``); a plain
+    forward (logits) over exactly the same batches; and the naive way (batches of 32 in
+    the given order, ``run_with_cache`` on every ``hook_z``, full forward, then slicing).
+    """
+    model = ctx.model
+    dataset, prompts = ctx.probing_prompts()
+    texts = [prompt.text for prompt in prompts]
+    token_lists = tokenize(model, texts)
+    order = length_sorted(token_lists)
+    pad_id = pad_token_id(model)
+    names = {hook_z_name(layer) for layer in range(model.cfg.n_layers)}
+    times: dict[str, float] = {}
+
+    def plain_forward() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(order), ctx.batch_size):
+                ids, mask = pad(
+                    [token_lists[i] for i in order[start : start + ctx.batch_size]], pad_id=pad_id
+                )
+                forward(model, ids, mask)
+
+    def naive(batch_size: int = 32) -> None:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                rows = token_lists[start : start + batch_size]
+                ids, mask = pad(rows, pad_id=pad_id)
+                _, cache = model.run_with_cache(
+                    ids, attention_mask=mask, names_filter=lambda name: name in names
+                )
+                last = mask.sum(dim=1) - 1
+                torch.stack([cache[name][torch.arange(len(rows)), last] for name in names], 1)
+
+    collect_head_activations(model, prompts[: ctx.batch_size], progress=False)  # warm-up
+    with _timer(times, "collect_s"):
+        collect_head_activations(model, prompts, batch_size=ctx.batch_size, progress=ctx.progress)
+    with _timer(times, "plain_forward_s"):
+        plain_forward()
+    with _timer(times, "naive_s"):
+        naive()
+    return {
+        "dataset": dataset,
+        "n_prompts": len(prompts),
+        "mean_tokens": round(sum(map(len, token_lists)) / len(token_lists), 1),
+        "batch_size": ctx.batch_size,
+        **times,
+        "collect_over_forward": round(times["collect_s"] / times["plain_forward_s"], 3),
+        "target_collect_over_forward": 1.3,
+        "speedup_over_naive": round(times["naive_s"] / times["collect_s"], 2),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
+    "activations": bench_activations,
+}
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def run_benchmarks(
+    names: list[str] | None = None,
+    *,
+    model: TransformerBridge | None = None,
+    data_dir: Path | None = None,
+    n_prompts: int = 1000,
+    batch_size: int = 32,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the named entries (default: all) and return one JSON-ready report.
+
+    ``on_result`` receives the report after every entry, so a caller can write it as it
+    grows and keep finished entries if a later one is interrupted.
+    """
+    unknown = sorted(set(names or []) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    model = model if model is not None else load_model()
+    ctx = BenchContext(
+        model, data_dir, n_prompts=n_prompts, batch_size=batch_size, progress=progress
+    )
+    report: dict[str, Any] = {
+        "model": model_id(model),
+        "machine": machine(),
+        "versions": library_versions(),
+        "results": {},
+        "notes": ctx.notes,
+    }
+    for name in names or list(BENCHMARKS):
+        logger.info("benchmark %s", name)
+        report["results"][name] = BENCHMARKS[name](ctx)
+        if on_result is not None:
+            on_result(report)
+    return report

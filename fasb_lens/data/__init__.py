@@ -1,0 +1,41 @@
+"""Datasets and prompts: loaders into small dataclasses, templates as named constants.
+
+TruthfulQA (CSV, ``mc_task.json`` or the hub), the built-in mini set, the six
+multiple-choice datasets of the paper, and the prompt builders for probing, tuning and
+evaluation.
+"""
+
+from fasb_lens.data._files import DataError, DataFileNotFoundError
+from fasb_lens.data.prompts import (
+    PROBE_TEMPLATE,
+    TUNING_TEMPLATE,
+    PromptFormat,
+    load_prompt_format,
+    probing_prompts,
+    tuning_prompts,
+)
+from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem, TruthfulQAQuestion
+from fasb_lens.data.truthfulqa import (
+    load_mc_task,
+    load_mini_truthfulqa,
+    load_truthfulqa,
+    load_truthfulqa_hub,
+)
+
+__all__ = [
+    "PROBE_TEMPLATE",
+    "TUNING_TEMPLATE",
+    "DataError",
+    "DataFileNotFoundError",
+    "LabelledPrompt",
+    "MultipleChoiceItem",
+    "PromptFormat",
+    "TruthfulQAQuestion",
+    "load_mc_task",
+    "load_mini_truthfulqa",
+    "load_prompt_format",
+    "load_truthfulqa",
+    "load_truthfulqa_hub",
+    "probing_prompts",
+    "tuning_prompts",
+]

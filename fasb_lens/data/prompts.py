@@ -1,0 +1,135 @@
+"""Prompt templates and the prompt sets built from TruthfulQA-style questions.
+
+Three kinds of prompt, as the FASB and ITI evaluations use them:
+
+* **probing** prompts ``"Q: {question} A: {answer}"``, one per reference answer, labelled
+  1 (true) or 0 (false) and grouped by question: probes learn from their last token;
+* **tuning** prompts ``"Q: {question} A: {answer} Q: {other question}"`` with a randomly
+  drawn other question: the spread of their projections sets each direction's scale;
+* **evaluation** prompts: an instruction, a blank line, a six-shot QA primer, then
+  ``"\\n\\nQ: {question}"``; the model continues with ``"\\nA: ..."``. Multiple-choice
+  scoring appends ``"\\nA:"`` and scores ``" {answer}"``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fasb_lens.data._files import DataError, read_text
+from fasb_lens.data.schema import LabelledPrompt, TruthfulQAQuestion
+
+PROBE_TEMPLATE = "Q: {question} A: {answer}"
+TUNING_TEMPLATE = "Q: {question} A: {answer} Q: {other_question}"
+QUESTION_SUFFIX = "\n\nQ: {question}"
+ANSWER_PREFIX = "\nA:"
+
+
+def probing_prompts(questions: Sequence[TruthfulQAQuestion]) -> list[LabelledPrompt]:
+    """One labelled prompt per reference answer: true answers (1) then false ones (0)."""
+    prompts = []
+    for question in questions:
+        for label, answers in ((1, question.correct_answers), (0, question.incorrect_answers)):
+            prompts.extend(
+                LabelledPrompt(
+                    text=PROBE_TEMPLATE.format(question=question.question, answer=answer),
+                    label=label,
+                    group=question.id,
+                    answer=answer,
+                )
+                for answer in answers
+            )
+    return prompts
+
+
+def tuning_prompts(
+    questions: Sequence[TruthfulQAQuestion], *, seed: int = 0
+) -> list[LabelledPrompt]:
+    """Probing prompts followed by a different, randomly drawn question (seeded)."""
+    if len(questions) < 2:
+        raise ValueError("tuning prompts need at least two questions to draw another from")
+    rng = random.Random(seed)
+    prompts = []
+    for index, question in enumerate(questions):
+        for label, answers in ((1, question.correct_answers), (0, question.incorrect_answers)):
+            for answer in answers:
+                other = rng.randrange(len(questions) - 1)
+                other += other >= index
+                prompts.append(
+                    LabelledPrompt(
+                        text=TUNING_TEMPLATE.format(
+                            question=question.question,
+                            answer=answer,
+                            other_question=questions[other].question,
+                        ),
+                        label=label,
+                        group=question.id,
+                        answer=answer,
+                    )
+                )
+    return prompts
+
+
+def _resource_text(name: str) -> str:
+    return (resources.files("fasb_lens.data") / "resources" / name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """The evaluation prompt: optional instruction, QA primer, then the question."""
+
+    primer: str
+    instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.primer.strip():
+            raise ValueError("the QA primer is empty")
+
+    @property
+    def preamble(self) -> str:
+        """Everything before the question: instruction, blank line, primer."""
+        head = f"{self.instruction}\n\n" if self.instruction else ""
+        return head + self.primer
+
+    def generation_prompt(self, question: str) -> str:
+        """The prompt a model continues with ``"\\nA: ..."``."""
+        return self.preamble + QUESTION_SUFFIX.format(question=question)
+
+    def answer_prompt(self, question: str, answer: str) -> tuple[str, str]:
+        """``(prefix, continuation)`` for scoring ``answer``: only the continuation is scored."""
+        return self.generation_prompt(question) + ANSWER_PREFIX, " " + answer
+
+
+def load_prompt_format(
+    primer: str | Path | None = None,
+    instruction: str | Path | None = None,
+    *,
+    use_instruction: bool = True,
+) -> PromptFormat:
+    """The evaluation format from text files, or the built-in defaults.
+
+    Args:
+        primer: a QA primer file (TruthfulQA's is ``truthfulqa/qa_primer.txt`` in the
+            shared data); ``None`` takes fasb_lens' own six-shot primer.
+        instruction: an instruction file (``truthfulqa/instruction_prompt.txt``);
+            ``None`` takes fasb_lens' own instruction.
+        use_instruction: ``False`` leaves the instruction out.
+    """
+    primer_text = (
+        _resource_text("default_primer.txt")
+        if primer is None
+        else read_text(primer, "a QA primer text file")
+    )
+    instruction_text = None
+    if use_instruction:
+        instruction_text = (
+            _resource_text("default_instruction.txt")
+            if instruction is None
+            else read_text(instruction, "an instruction text file")
+        ).strip()
+    if not primer_text.strip():
+        raise DataError(primer or "default_primer.txt", "is empty; expected a QA primer")
+    return PromptFormat(primer=primer_text.rstrip("\n"), instruction=instruction_text)

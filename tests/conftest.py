@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny config-built models (fast tier) and the embedded model (slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasb_lens.models import EmbeddedModelMissingError, embedded_model_file, load_model
+from fasb_lens.testing import build_tiny_model_folder
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_folder("llama", tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_folder("gpt2", tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_folder: Path):
+    return load_model(tiny_llama_folder, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_folder: Path):
+    return load_model(tiny_gpt2_folder, device="cpu")
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_model(request: pytest.FixtureRequest):
+    """Each tiny model in turn."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded SmolLM2-135M-Instruct (slow tier); skipped if it is not installed."""
+    try:
+        embedded_model_file()
+    except EmbeddedModelMissingError as error:
+        pytest.skip(f"embedded model not installed: {error}")
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data folder named by FASB_LENS_DATA; tests needing it skip without it."""
+    value = os.environ.get("FASB_LENS_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("FASB_LENS_DATA not set or not a folder: real datasets unavailable")
+    return Path(value)

@@ -1,0 +1,68 @@
+"""The command line and the benchmark harness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fasb_lens import cli
+from fasb_lens.bench import BENCHMARKS, run_benchmarks
+
+
+def test_parser_knows_the_commands() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo"]).run is cli.cmd_demo
+    assert parser.parse_args(["bench", "--only", "activations"]).only == ["activations"]
+    assert parser.parse_args(["download-model"]).run is cli.cmd_download_model
+    with pytest.raises(SystemExit):
+        parser.parse_args(["no-such-command"])
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fasb_lens.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "download-model" in result.stdout and "bench" in result.stdout
+
+
+def test_bench_activations_on_a_tiny_model(tiny_llama) -> None:
+    reports: list[dict] = []
+    report = run_benchmarks(
+        ["activations"],
+        model=tiny_llama,
+        data_dir=None,
+        n_prompts=40,
+        batch_size=8,
+        progress=False,
+        on_result=reports.append,
+    )
+    entry = report["results"]["activations"]
+    assert entry["n_prompts"] == 40
+    assert entry["dataset"].startswith("mini")
+    for key in ("collect_s", "plain_forward_s", "naive_s"):
+        assert entry[key] > 0
+    assert entry["collect_over_forward"] == pytest.approx(
+        entry["collect_s"] / entry["plain_forward_s"], abs=2e-3
+    )
+    assert report["notes"] and reports == [report]
+    json.dumps(report)
+
+
+def test_bench_rejects_unknown_entries(tiny_llama) -> None:
+    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['nope'\]; known: "):
+        run_benchmarks(["nope"], model=tiny_llama)
+    assert "activations" in BENCHMARKS
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("fasb_lens.models.load_model", lambda *a, **k: default_model)
+    assert cli.main(["demo", "--out", str(tmp_path), "--no-progress", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "probing prompts" in out and "30 layers x 9 heads of 64" in out
+    assert (tmp_path / "activations" / "head_activations.json").is_file()

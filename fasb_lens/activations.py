@@ -150,6 +150,10 @@ class HeadActivations:
             raise KeyError(f"layer {head.layer} was not collected (have {list(self.layers)})")
         return self.z[:, self.layers.index(head.layer), head.head]
 
+    def heads(self, heads: Sequence[Head]) -> Float[Tensor, "n k d_head"]:
+        """Activations of several heads, stacked in the order given."""
+        return torch.stack([self.head(head) for head in heads], dim=1)
+
     def select(self, index: Sequence[int] | Tensor) -> HeadActivations:
         """The rows ``index`` (e.g. one split of the prompts)."""
         rows = torch.as_tensor(index, dtype=torch.long)
@@ -489,25 +493,3 @@ def _collect_streaming(
         _write_manifest(folder, {**manifest, "shards": shards})
     bar.close()
     _write_manifest(folder, {**manifest, "shards": shards, "complete": True})
-
-
-def separation_grid(activations: HeadActivations) -> Float[Tensor, "layer head"]:
-    """How far apart true and false prompts sit on each head, in standard deviations.
-
-    Each head's activations are projected on the difference of the two class means and
-    the gap between the class means is divided by the pooled standard deviation of the
-    projections (a d-prime). It is in-sample, so it flatters every head; it is a quick
-    first look, not a probe accuracy.
-    """
-    if activations.labels is None:
-        raise ValueError("separation needs labelled prompts (LabelledPrompt)")
-    true, false = activations.labels == 1, activations.labels == 0
-    if true.sum() < 2 or false.sum() < 2:
-        raise ValueError("separation needs at least two true and two false prompts")
-    z = activations.z
-    direction = z[true].mean(0) - z[false].mean(0)
-    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    projected = (z * direction).sum(-1)
-    gap = projected[true].mean(0) - projected[false].mean(0)
-    pooled = ((projected[true].var(0) + projected[false].var(0)) / 2).sqrt().clamp_min(1e-12)
-    return gap / pooled

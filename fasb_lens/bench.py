@@ -8,6 +8,7 @@ later features add theirs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -21,9 +22,16 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.activations import collect_head_activations, length_sorted
-from fasb_lens.data import LabelledPrompt, load_mini_truthfulqa, load_truthfulqa, probing_prompts
+from fasb_lens.activations import HeadActivations, collect_head_activations, length_sorted
+from fasb_lens.data import (
+    LabelledPrompt,
+    TruthfulQAQuestion,
+    load_mini_truthfulqa,
+    load_truthfulqa,
+    probing_prompts,
+)
 from fasb_lens.models import (
+    cache_root,
     forward,
     hook_z_name,
     library_versions,
@@ -33,6 +41,8 @@ from fasb_lens.models import (
     pad_token_id,
     tokenize,
 )
+from fasb_lens.probes import fit_head_probes
+from fasb_lens.splits import authors_folds, authors_question_order
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +58,36 @@ class BenchContext:
     progress: bool = True
     notes: list[str] = field(default_factory=list)
 
+    def questions(self) -> tuple[str, list[TruthfulQAQuestion]]:
+        """TruthfulQA with its MC order if the data folder has it, else the mini set."""
+        folder = self.data_dir / "truthfulqa" if self.data_dir else None
+        if folder is not None and (folder / "TruthfulQA.csv").is_file():
+            return "TruthfulQA", load_truthfulqa(folder)
+        note = "TruthfulQA not found: set FASB_LENS_DATA; used the mini set"
+        if note not in self.notes:
+            self.notes.append(note)
+        return "mini (TruthfulQA not found)", load_mini_truthfulqa()
+
     def probing_prompts(self) -> tuple[str, list[LabelledPrompt]]:
-        """The first ``n_prompts`` TruthfulQA probing prompts (mini set if no data)."""
-        csv_path = self.data_dir / "truthfulqa" / "TruthfulQA.csv" if self.data_dir else None
-        if csv_path is not None and csv_path.is_file():
-            name, questions = "TruthfulQA", load_truthfulqa(csv_path)
-        else:
-            name, questions = "mini (TruthfulQA not found)", load_mini_truthfulqa()
-            self.notes.append("TruthfulQA not found: set FASB_LENS_DATA; used the mini set")
+        """The first ``n_prompts`` probing prompts (repeated if the data has fewer)."""
+        name, questions = self.questions()
         prompts = probing_prompts(questions)
         while len(prompts) < self.n_prompts:
             prompts = prompts + prompts
         return name, prompts[: self.n_prompts]
+
+    def all_probing_activations(self) -> tuple[str, list[str], HeadActivations]:
+        """Activations of every probing prompt, kept in the cache between runs."""
+        name, questions = self.questions()
+        key = hashlib.sha256(f"{model_id(self.model)}|{name}".encode()).hexdigest()[:16]
+        activations = collect_head_activations(
+            self.model,
+            probing_prompts(questions),
+            batch_size=self.batch_size,
+            out_dir=cache_root() / "bench" / f"probing-{key}",
+            progress=self.progress,
+        )
+        return name, authors_question_order(questions), activations
 
 
 @contextmanager
@@ -124,8 +152,50 @@ def bench_activations(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
+def bench_probes(ctx: BenchContext) -> dict[str, Any]:
+    """All-head probes: the batched torch engine vs scikit-learn head by head.
+
+    Both fit every head on the training questions of the authors' first fold (all
+    TruthfulQA probing prompts: about 6,000 rows of 64 features per head) and are
+    validated on its validation questions; reports both times, the ratio and the largest
+    per-head difference in validation accuracy.
+    """
+    dataset, order, activations = ctx.all_probing_activations()
+    split = authors_folds(order)[0]
+    rows = {side: split.rows(activations.groups, side) for side in ("train", "val")}
+    times: dict[str, float] = {}
+    fitted = {}
+    for engine in ("torch", "sklearn"):
+        with _timer(times, f"{engine}_s"):
+            fitted[engine] = fit_head_probes(
+                activations,
+                train_idx=rows["train"],
+                val_idx=rows["val"],
+                engine=engine,
+                progress=ctx.progress,
+            )
+    ours, reference = fitted["torch"], fitted["sklearn"]
+    gap = (ours.val_accuracy - reference.val_accuracy).abs()
+    return {
+        "dataset": dataset,
+        "heads": int((~ours.val_accuracy.isnan()).sum()),
+        "train_rows": len(rows["train"]),
+        "val_rows": len(rows["val"]),
+        "features": activations.shape.d_head,
+        **times,
+        "speedup_torch_over_sklearn": round(times["sklearn_s"] / times["torch_s"], 1),
+        "target_speedup": 10,
+        "max_val_accuracy_difference": round(float(gap.max()), 4),
+        "target_max_val_accuracy_difference": 0.01,
+        "heads_with_different_val_accuracy": int((gap > 0).sum()),
+        "val_majority_baseline": round(ours.val_majority, 4),
+        "best_heads": ours.summary(5)["best_heads"],
+    }
+
+
 BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "activations": bench_activations,
+    "probes": bench_probes,
 }
 
 

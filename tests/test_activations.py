@@ -15,7 +15,6 @@ from fasb_lens.activations import (
     MANIFEST_NAME,
     HeadActivations,
     collect_head_activations,
-    separation_grid,
 )
 from fasb_lens.data import LabelledPrompt
 from fasb_lens.models import embedded_model_folder, hook_z_name, model_shape, tokenize
@@ -199,14 +198,6 @@ def test_bad_arguments(tiny_gpt2) -> None:
         collect_head_activations(tiny_gpt2, "one prompt", progress=False)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         collect_head_activations(tiny_gpt2, PROMPTS, batch_size=0, progress=False)
-
-
-def test_separation_grid_finds_a_planted_direction(tiny_llama) -> None:
-    result = collect_head_activations(tiny_llama, LABELLED * 4, progress=False)
-    result.z[result.labels == 1, 2, 3] += 50.0
-    grid = separation_grid(result)
-    assert grid.shape == (4, 4)
-    assert divmod(int(grid.flatten().argmax()), 4) == (2, 3)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 
 from fasb_lens import cli
 from fasb_lens.bench import BENCHMARKS, run_benchmarks
+from fasb_lens.steering import Steering
 
 
 def test_parser_knows_the_commands() -> None:
@@ -66,3 +67,69 @@ def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -
     out = capsys.readouterr().out
     assert "probing prompts" in out and "30 layers x 9 heads of 64" in out
     assert (tmp_path / "activations" / "head_activations.json").is_file()
+
+
+def test_bench_probes_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FASB_LENS_CACHE", str(tmp_path))
+    entry = run_benchmarks(["probes"], model=tiny_llama, progress=False)["results"]["probes"]
+    assert entry["heads"] == 16 and entry["features"] == 16
+    assert entry["train_rows"] + entry["val_rows"] < 564  # the first fold's test side is held out
+    assert entry["speedup_torch_over_sklearn"] == pytest.approx(
+        entry["sklearn_s"] / entry["torch_s"], rel=0.05
+    )
+    assert 0 <= entry["max_val_accuracy_difference"] <= 1
+    assert list((tmp_path / "bench").iterdir())  # activations kept for the next run
+
+
+def test_collect_and_fit_commands(tiny_llama_folder, tmp_path, capsys) -> None:
+    acts, artifact = tmp_path / "acts", tmp_path / "artifact"
+    common = ["--no-progress", "--json"]
+    assert (
+        cli.main(
+            [
+                "collect",
+                "--model",
+                str(tiny_llama_folder),
+                "--data",
+                "mini",
+                "--limit",
+                "20",
+                "--out",
+                str(acts),
+                *common,
+            ]
+        )
+        == 0
+    )
+    collected = json.loads(capsys.readouterr().out)
+    assert collected["questions"] == 20
+    assert collected["probing"]["shape"][1:] == [4, 4, 16]
+    assert collected["tuning"]["prompts"] == collected["probing"]["prompts"]
+    assert (
+        cli.main(
+            [
+                "fit",
+                "--activations",
+                str(acts),
+                "--out",
+                str(artifact),
+                "--top-k",
+                "5",
+                "--direction",
+                "prototype",
+                *common,
+            ]
+        )
+        == 0
+    )
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["split"]["protocol"] == "authors"
+    assert fitted["split"]["questions"] == {"train": 8, "val": 2, "test": 10}
+    assert len(fitted["anchored_heads"]) == 5 and len(fitted["best_heads"]) == 5
+    assert fitted["val_majority_baseline"] >= 0.5
+    steering = Steering.load(artifact)
+    assert (
+        steering.direction_kind == "prototype"
+        and [str(h) for h in steering.heads] == fitted["anchored_heads"]
+    )
+    assert (artifact / "probes.safetensors").is_file()

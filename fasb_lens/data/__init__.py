@@ -18,6 +18,7 @@ from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem, TruthfulQA
 from fasb_lens.data.truthfulqa import (
     load_mc_task,
     load_mini_truthfulqa,
+    load_questions,
     load_truthfulqa,
     load_truthfulqa_hub,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "load_mc_task",
     "load_mini_truthfulqa",
     "load_prompt_format",
+    "load_questions",
     "load_truthfulqa",
     "load_truthfulqa_hub",
     "probing_prompts",

@@ -19,7 +19,8 @@ class TruthfulQAQuestion:
 
     ``id`` is stable across runs and files (``tqa-0000`` is the first row of TruthfulQA's
     CSV). ``mc1_targets``/``mc2_targets`` hold ``(answer, label)`` pairs from
-    ``mc_task.json`` when it was loaded, else they are empty.
+    ``mc_task.json`` when it was loaded, else they are empty; ``mc_order`` is then the
+    question's position in that file, the order the FASB and ITI authors split folds in.
     """
 
     id: str
@@ -32,6 +33,7 @@ class TruthfulQAQuestion:
     source: str = ""
     mc1_targets: tuple[tuple[str, int], ...] = ()
     mc2_targets: tuple[tuple[str, int], ...] = ()
+    mc_order: int | None = None
 
     def __post_init__(self) -> None:
         if not self.question.strip():

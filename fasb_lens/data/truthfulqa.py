@@ -121,7 +121,7 @@ def _targets(
 
 
 def load_mc_task(path: str | Path) -> dict[str, tuple[tuple[tuple[str, int], ...], ...]]:
-    """``mc_task.json`` as ``{question: (mc1_targets, mc2_targets)}``."""
+    """``mc_task.json`` as ``{question: (mc1_targets, mc2_targets)}``, in the file's order."""
     path = require_file(path, "TruthfulQA's mc_task.json")
     try:
         entries = json.loads(read_text(path, "TruthfulQA's mc_task.json"))
@@ -150,14 +150,16 @@ def _attach_mc_targets(
     questions: list[TruthfulQAQuestion], mc_task: Path
 ) -> list[TruthfulQAQuestion]:
     table = load_mc_task(mc_task)
+    order = {text: index for index, text in enumerate(table)}
     attached = []
     for question in questions:
-        targets = table.get(question.question.strip())
-        if targets is None:
+        key = question.question.strip()
+        if key not in table:
             raise DataError(
                 mc_task, f"has no entry for question {question.id} ({question.question!r})"
             )
-        attached.append(replace(question, mc1_targets=targets[0], mc2_targets=targets[1]))
+        mc1, mc2 = table[key]
+        attached.append(replace(question, mc1_targets=mc1, mc2_targets=mc2, mc_order=order[key]))
     unused = len(table) - len(attached)
     if unused:
         logger.warning("%s: %d entries match no loaded question and are unused", mc_task, unused)
@@ -183,12 +185,12 @@ def load_truthfulqa_hub(name: str = HUB_NAME) -> list[TruthfulQAQuestion]:
         return tuple(zip(targets["choices"], map(int, targets["labels"]), strict=True))
 
     mc = {
-        row["question"].strip(): (pairs(row["mc1_targets"]), pairs(row["mc2_targets"]))
-        for row in choices
+        row["question"].strip(): (pairs(row["mc1_targets"]), pairs(row["mc2_targets"]), order)
+        for order, row in enumerate(choices)
     }
     questions = []
     for index, row in enumerate(generation):
-        mc1, mc2 = mc.get(row["question"].strip(), ((), ()))
+        mc1, mc2, mc_order = mc.get(row["question"].strip(), ((), (), None))
         questions.append(
             TruthfulQAQuestion(
                 id=f"tqa-{index:04d}",
@@ -201,6 +203,21 @@ def load_truthfulqa_hub(name: str = HUB_NAME) -> list[TruthfulQAQuestion]:
                 source=row.get("source", ""),
                 mc1_targets=mc1,
                 mc2_targets=mc2,
+                mc_order=mc_order,
             )
         )
     return questions
+
+
+def load_questions(spec: str | Path) -> list[TruthfulQAQuestion]:
+    """Questions named by a short spec, as the command line takes them.
+
+    ``"mini"`` is the built-in set, ``"hub"`` (or ``"hub:OWNER/NAME"``) TruthfulQA from the
+    HuggingFace hub, anything else a TruthfulQA CSV or a folder holding one.
+    """
+    text = str(spec)
+    if text == "mini":
+        return load_mini_truthfulqa()
+    if text == "hub" or text.startswith("hub:"):
+        return load_truthfulqa_hub(text[4:] or HUB_NAME)
+    return load_truthfulqa(text)

@@ -36,16 +36,16 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens._types import Head, HeadZ
 from fasb_lens.data.schema import LabelledPrompt
 from fasb_lens.models import (
+    HOOK_RESID_POST,
     HOOK_Z,
     ModelShape,
     forward,
-    hook_z_name,
     library_versions,
     model_device,
     model_id,
-    model_shape,
     pad,
     pad_token_id,
+    site_shape,
     tokenize,
 )
 
@@ -168,7 +168,7 @@ class HeadActivations:
 
     def check_model(self, model: TransformerBridge) -> None:
         """Refuse a model whose heads have another shape than the activations'."""
-        check_shape(self.shape, model_shape(model), what="these head activations")
+        check_shape(self.shape, site_shape(model, self.info.hook_name), what="these activations")
 
     def save(self, folder: str | Path) -> Path:
         """Write ``head_activations.json`` and one safetensors shard into ``folder``."""
@@ -195,7 +195,8 @@ class HeadActivations:
             )
         info = ActivationInfo.from_dict(manifest)
         if model is not None:
-            check_shape(info.shape, model_shape(model), what=f"the activations in {folder}")
+            actual = site_shape(model, info.hook_name)
+            check_shape(info.shape, actual, what=f"the activations in {folder}")
         zs, labels = zip(
             *(_read_shard(Path(folder) / name) for name in manifest["shards"]), strict=True
         )
@@ -389,7 +390,7 @@ def collect_head_activations(
     prompts: Sequence[str | LabelledPrompt],
     *,
     position: Position = "last",
-    batch_size: int = 16,
+    batch_size: int = 32,
     layers: Sequence[int] | None = None,
     padding_side: PaddingSide = "right",
     prepend_bos: bool | None = None,
@@ -411,21 +412,66 @@ def collect_head_activations(
         out_dir: stream to this folder in chunks of ``chunk_size`` prompts; chunks already
             there from an interrupted run with the same prompts are not recomputed.
     """
+    return _collect(model, prompts, HOOK_Z, **_options(locals()))
+
+
+def collect_residual_activations(
+    model: TransformerBridge,
+    prompts: Sequence[str | LabelledPrompt],
+    *,
+    position: Position = "last",
+    batch_size: int = 32,
+    layers: Sequence[int] | None = None,
+    padding_side: PaddingSide = "right",
+    prepend_bos: bool | None = None,
+    template: str | None = None,
+    out_dir: str | Path | None = None,
+    chunk_size: int = 2048,
+    progress: bool = True,
+) -> HeadActivations:
+    """The residual stream after each block (``hook_resid_post``) at each last token.
+
+    Stored like head activations with one "head" as wide as the model:
+    ``z`` is ``[n, layer, 1, d_model]``. The CAA baseline's vector comes from these.
+    """
+    return _collect(model, prompts, HOOK_RESID_POST, **_options(locals()))
+
+
+def _options(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in arguments.items() if key not in ("model", "prompts")}
+
+
+def _collect(
+    model: TransformerBridge,
+    prompts: Sequence[str | LabelledPrompt],
+    hook_template: str,
+    *,
+    position: Position,
+    batch_size: int,
+    layers: Sequence[int] | None,
+    padding_side: PaddingSide,
+    prepend_bos: bool | None,
+    template: str | None,
+    out_dir: str | Path | None,
+    chunk_size: int,
+    progress: bool,
+) -> HeadActivations:
     if position != "last":
         raise ValueError(f"position must be 'last', got {position!r}")
     texts, labels, groups = _as_prompts(prompts)
-    shape = model_shape(model)
+    shape = site_shape(model, hook_template)
     info = ActivationInfo(
         model_id=model_id(model),
         shape=shape,
         layers=_check_layers(layers, shape),
+        hook_name=hook_template,
         position=position,
         template=template,
         prepend_bos=bool(model.cfg.default_prepend_bos) if prepend_bos is None else prepend_bos,
         versions=library_versions(),
     )
     token_lists = tokenize(model, texts, prepend_bos=prepend_bos)
-    names = [hook_z_name(layer) for layer in info.layers]
+    names = [hook_template.format(layer=layer) for layer in info.layers]
 
     def run(rows: range, bar: bool | tqdm) -> Tensor:
         gathered = gather_last_position(
@@ -436,7 +482,8 @@ def collect_head_activations(
             padding_side=padding_side,
             progress=bar,
         )
-        return torch.stack([gathered[name] for name in names], dim=1)
+        z = torch.stack([gathered[name] for name in names], dim=1)
+        return z.reshape(len(rows), len(names), shape.n_heads, shape.d_head)
 
     if out_dir is None:
         z = run(range(len(texts)), progress)

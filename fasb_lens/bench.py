@@ -15,7 +15,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,12 @@ from fasb_lens.data import (
     LabelledPrompt,
     TruthfulQAQuestion,
     load_mini_truthfulqa,
+    load_prompt_format,
     load_truthfulqa,
     probing_prompts,
+    tuning_prompts,
 )
+from fasb_lens.generation import FASB, GenerationConfig, GenerationTrace, NoSteering, generate
 from fasb_lens.models import (
     cache_root,
     forward,
@@ -42,7 +45,8 @@ from fasb_lens.models import (
     tokenize,
 )
 from fasb_lens.probes import fit_head_probes
-from fasb_lens.splits import authors_folds, authors_question_order
+from fasb_lens.splits import authors_folds, authors_question_order, train_val_split
+from fasb_lens.steering import Steering, build_steering
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +197,107 @@ def bench_probes(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
+def _bench_steering(ctx: BenchContext) -> Steering:
+    """A steering artifact for the benchmarks, anchored on the mini set (kept in the cache)."""
+    questions = load_mini_truthfulqa()
+    folder = (
+        cache_root()
+        / "bench"
+        / f"mini-{hashlib.sha256(model_id(ctx.model).encode()).hexdigest()[:16]}"
+    )
+    acts = collect_head_activations(
+        ctx.model, probing_prompts(questions), out_dir=folder / "probing", progress=ctx.progress
+    )
+    tuning = collect_head_activations(
+        ctx.model, tuning_prompts(questions), out_dir=folder / "tuning", progress=ctx.progress
+    )
+    split = train_val_split([question.id for question in questions])
+    probes = fit_head_probes(
+        acts,
+        train_idx=split.rows(acts.groups, "train"),
+        val_idx=split.rows(acts.groups, "val"),
+        progress=False,
+    )
+    return build_steering(probes, acts, tuning, top_k=24)
+
+
+def _generation_prompts(ctx: BenchContext, n: int) -> list[str]:
+    """Instruction + six-shot QA primer + a question (about 230 tokens on SmolLM2)."""
+    name, questions = ctx.questions()
+    folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
+    if name == "TruthfulQA" and folder is not None and (folder / "qa_primer.txt").is_file():
+        fmt = load_prompt_format(folder / "qa_primer.txt", folder / "instruction_prompt.txt")
+    else:
+        fmt = load_prompt_format()
+    return [fmt.generation_prompt(question.question) for question in questions[:n]]
+
+
+def bench_generation(ctx: BenchContext) -> dict[str, Any]:
+    """FASB generation: cached vs the authors' recompute loop, the price of tracking, batching.
+
+    50 new tokens, greedy, stopping only at EOS or the budget so every run decodes the
+    same number of steps. ``threshold`` 1.1 makes FASB trigger at its first check
+    (backtracking 10 tokens), ``threshold`` 0 makes it track without ever triggering.
+    """
+    steering = _bench_steering(ctx)
+    prompts = _generation_prompts(ctx, 8)
+    lengths = [len(ids) for ids in tokenize(ctx.model, prompts)]
+    config = GenerationConfig(max_new_tokens=50)
+    triggering = FASB(alpha=4.0, threshold=1.1, backtrack_tokens=10)
+    silent = FASB(alpha=4.0, threshold=0.0, backtrack_tokens=10)
+    times: dict[str, float] = {}
+    tokens: dict[str, int] = {}
+
+    def run(key: str, batches: list[list[str]], policy, mode: str = "cached") -> list:
+        traces: list[GenerationTrace] = []
+        with _timer(times, key):
+            for batch in batches:
+                traces += generate(
+                    ctx.model,
+                    batch,
+                    policy=policy,
+                    steering=steering,
+                    config=replace(config, mode=mode),
+                )
+        tokens[key] = sum(len(trace.steps) for trace in traces)
+        return traces
+
+    generate(ctx.model, prompts[:1], config=GenerationConfig(max_new_tokens=2))  # warm-up
+    alone = [[prompt] for prompt in prompts]
+    run("fasb_cached_s", [prompts[:2]], triggering)
+    run("fasb_reference_s", [prompts[:2]], triggering, mode="reference")
+    one_by_one = run("fasb_one_by_one_8_s", alone, triggering)
+    batched = run("fasb_batched_8_s", [prompts], triggering)
+    run("plain_cached_8_s", alone, NoSteering())
+    run("silent_cached_8_s", alone, silent)
+    same = [a.output_ids for a in one_by_one] == [b.output_ids for b in batched]
+    return {
+        "prompt_tokens": {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)},
+        "prompts": [prompt[-120:] for prompt in prompts],
+        "max_new_tokens": config.max_new_tokens,
+        "anchored_heads": steering.top_k,
+        **times,
+        "tokens_per_second": {
+            key.removesuffix("_s"): round(tokens[key] / times[key], 2) for key in tokens
+        },
+        "cached_speedup_over_reference": round(
+            times["fasb_reference_s"] / times["fasb_cached_s"], 2
+        ),
+        "target_cached_speedup": 8,
+        "tracking_cost_ratio": round(times["silent_cached_8_s"] / times["plain_cached_8_s"], 3),
+        "target_tracking_cost_ratio": 1.25,
+        "batched_speedup_over_one_by_one": round(
+            times["fasb_one_by_one_8_s"] / times["fasb_batched_8_s"], 2
+        ),
+        "target_batched_speedup": 2,
+        "batched_tokens_equal_one_by_one": same,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "activations": bench_activations,
     "probes": bench_probes,
+    "generation": bench_generation,
 }
 
 

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from fasb_lens.evaluation.runner import DEFAULT_JUDGES, DEFAULT_METHODS
+from fasb_lens.generation import POLICY_NAMES
 from fasb_lens.models import DOWNLOAD_COMMAND, EMBEDDED_REQUIREMENT, EmbeddedModelMissingError
 
 QUESTIONS_FILE = "questions.json"
@@ -99,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from fasb_lens.activations import collect_head_activations
+    from fasb_lens.activations import collect_head_activations, collect_residual_activations
     from fasb_lens.data import (
         PROBE_TEMPLATE,
         TUNING_TEMPLATE,
@@ -126,6 +128,23 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if not args.no_tuning:
         sets.append(("tuning", tuning_prompts(questions, seed=args.seed), TUNING_TEMPLATE))
     summary = {"questions": len(questions), "out": str(out)}
+    caa_layer = model.cfg.n_layers // 2 if args.caa_layer is None else args.caa_layer
+    if caa_layer >= 0:
+        start = time.perf_counter()
+        residual = collect_residual_activations(
+            model,
+            sets[0][1],
+            batch_size=args.batch_size,
+            layers=[caa_layer],
+            template=PROBE_TEMPLATE,
+            out_dir=out / "residual",
+            progress=not args.no_progress,
+        )
+        summary["residual"] = {
+            "layer": caa_layer,
+            "shape": list(residual.z.shape),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     for name, prompts, template in sets:
         start = time.perf_counter()
         activations = collect_head_activations(
@@ -146,10 +165,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    import torch
+
     from fasb_lens.activations import HeadActivations
     from fasb_lens.probes import fit_head_probes
     from fasb_lens.splits import authors_folds, kfold_splits, train_val_split
-    from fasb_lens.steering import PolicyDefaults, build_steering
+    from fasb_lens.steering import PolicyDefaults, build_caa, build_steering
 
     folder = Path(args.activations)
     probing = HeadActivations.load(folder / "probing")
@@ -189,6 +210,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     probes.save(out)
     steering.save(out)
+    if (folder / "residual" / "head_activations.json").is_file():
+        residual = HeadActivations.load(folder / "residual")
+        rows = torch.cat([probes.train_idx, probes.val_idx])
+        build_caa(residual, residual.layers[0], rows).save(out)
     summary = {
         "artifact": str(out),
         "model_id": steering.model_id,
@@ -227,6 +252,163 @@ def _report(summary: dict, as_json: bool) -> None:
                 )
         else:
             print(f"{key}: {value}")
+
+
+def _prompt_texts(args: argparse.Namespace, model) -> tuple[list[str], list[str]]:
+    """(labels shown to the user, prompt texts) from --prompt, --question or --questions-file."""
+    from fasb_lens.data import load_prompt_format
+    from fasb_lens.models import chat_prompt
+
+    if args.prompt is not None:
+        return [args.prompt], [args.prompt]
+    if args.question is not None:
+        questions = [args.question]
+    else:
+        lines = Path(args.questions_file).read_text(encoding="utf-8").splitlines()
+        questions = [line.strip() for line in lines if line.strip()]
+        if not questions:
+            raise SystemExit(f"{args.questions_file}: no questions (one per line expected)")
+    if args.format == "chat":
+        return questions, [chat_prompt(model, question) for question in questions]
+    fmt = load_prompt_format(args.primer, args.instruction)
+    return questions, [fmt.generation_prompt(question) for question in questions]
+
+
+def _caa(args: argparse.Namespace):
+    from fasb_lens.steering import CAA_NAME, ResidualSteering
+
+    folder = args.caa or args.artifact
+    if args.policy != "caa":
+        return None
+    if not (Path(folder) / f"{CAA_NAME}.json").is_file():
+        raise SystemExit(
+            f"{folder} holds no CAA vector; run `collect` and `fit` again or pass --caa"
+        )
+    return ResidualSteering.load(folder)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fasb_lens.generation import QA_STOP, GenerationConfig, generate, make_policy
+    from fasb_lens.models import EMBEDDED_MODEL_ID, load_model
+    from fasb_lens.steering import Steering
+
+    steering = Steering.load(args.artifact)
+    name = args.model or (None if steering.model_id == EMBEDDED_MODEL_ID else steering.model_id)
+    model = load_model(name)
+    steering.check_model(model)
+    defaults = steering.defaults
+    policy = make_policy(
+        args.policy,
+        alpha=defaults.alpha if args.alpha is None else args.alpha,
+        threshold=defaults.threshold if args.threshold is None else args.threshold,
+        backtrack_tokens=(
+            defaults.backtrack_tokens if args.backtrack_tokens is None else args.backtrack_tokens
+        ),
+        caa=_caa(args),
+    )
+    labels, prompts = _prompt_texts(args, model)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        stop_strings=(QA_STOP,) if args.format == "qa" and args.prompt is None else (),
+        mode=args.mode,
+        temperature=args.temperature,
+        seed=args.seed,
+        prepend_bos=False if args.format == "chat" else None,
+    )
+    for start in range(0, len(prompts), args.batch_size):
+        batch = slice(start, start + args.batch_size)
+        traces = generate(model, prompts[batch], policy=policy, steering=steering, config=config)
+        for label, trace in zip(labels[batch], traces, strict=True):
+            if args.json:
+                print(json.dumps({"question": label, **trace.to_dict()}))
+            else:
+                _print_trace(label, trace)
+    return 0
+
+
+def _print_trace(label: str, trace) -> None:
+    print(f"Q: {label}")
+    print(f"A: {trace.answer}")
+    if trace.triggered:
+        print(
+            f"   [{trace.policy}] triggered at step {trace.trigger_step} "
+            f"(p_true {trace.trigger_p_true:.2f}), strength {trace.strength:.2f}; "
+            f"threw away {trace.discarded_text!r}"
+        )
+    else:
+        readings = [p for p in trace.p_true if p is not None]
+        low = f", lowest p_true {min(readings):.2f}" if readings else ""
+        print(f"   [{trace.policy}] no trigger{low}")
+    print()
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from fasb_lens.evaluation.runner import Experiment, ExperimentConfig
+
+    config = ExperimentConfig(
+        data=args.data,
+        n_questions=args.questions,
+        methods=tuple(args.methods),
+        judges=tuple(args.judges),
+        tasks=tuple(args.tasks),
+        model=args.model,
+        n_folds=args.n_folds,
+        seed=args.seed,
+        top_k=args.top_k,
+        direction=args.direction,
+        alpha=args.alpha,
+        fixed_alpha=args.fixed_alpha,
+        threshold=args.threshold,
+        backtrack_tokens=args.backtrack_tokens,
+        caa_alpha=args.caa_alpha,
+        caa_layer=args.caa_layer,
+        max_new_tokens=args.max_new_tokens,
+        mc_source=args.mc_source,
+        primer=args.primer,
+        instruction=args.instruction,
+        batch_size=args.batch_size,
+    )
+    summary = Experiment(config, args.out, progress=not args.no_progress).run()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print((Path(args.out) / "table.md").read_text())
+        print(f"written to {args.out}/ (results.json, results.csv, answers.csv, table.md)")
+    return 0
+
+
+def cmd_mc_datasets(args: argparse.Namespace) -> int:
+    from fasb_lens.evaluation.runner import run_mc_datasets
+    from fasb_lens.generation import make_policy
+
+    data = _data_dir(args.data)
+    if data is None:
+        raise SystemExit("--data (or FASB_LENS_DATA) must name the data folder")
+    policies = {
+        name: make_policy(
+            name,
+            alpha=args.fixed_alpha if name == "fixed" and args.fixed_alpha else args.alpha,
+            threshold=args.threshold,
+            backtrack_tokens=args.backtrack_tokens,
+        )
+        for name in args.methods
+    }
+    results = run_mc_datasets(
+        data,
+        args.out,
+        datasets=args.datasets,
+        policies=policies,
+        story_cloze=args.story_cloze,
+        limit=args.limit or None,
+        top_k=args.top_k,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print((Path(args.out) / "mc_datasets.md").read_text())
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -279,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--limit", type=int, help="only the first N questions")
     collect.add_argument("--seed", type=int, default=0, help="seed of the tuning prompts")
     collect.add_argument("--no-tuning", action="store_true", help="skip the tuning prompts")
+    collect.add_argument(
+        "--caa-layer",
+        type=int,
+        help="residual layer for the CAA baseline (default: middle; -1: none)",
+    )
     collect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     collect.add_argument("--json", action="store_true", help="print a JSON summary")
     collect.set_defaults(run=cmd_collect)
@@ -307,6 +494,84 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
     fit.add_argument("--json", action="store_true", help="print a JSON summary")
     fit.set_defaults(run=cmd_fit)
+
+    gen = commands.add_parser("generate", help="answer questions under a steering policy")
+    gen.add_argument("--artifact", required=True, help="folder written by `fit`")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--question", help="one question (wrapped in the QA or chat format)")
+    source.add_argument("--prompt", help="a raw prompt, used as is")
+    source.add_argument("--questions-file", help="a text file, one question per line")
+    gen.add_argument("--policy", choices=POLICY_NAMES, default="fasb")
+    gen.add_argument("--alpha", type=float, help="strength (default: the artifact's)")
+    gen.add_argument("--threshold", type=float, help="trigger below this p_true")
+    gen.add_argument("--backtrack-tokens", type=int, help="tokens dropped on a trigger")
+    gen.add_argument("--max-new-tokens", type=int, default=50)
+    gen.add_argument("--mode", choices=["cached", "reference"], default="cached")
+    gen.add_argument("--format", choices=["qa", "chat"], default="qa")
+    gen.add_argument("--primer", help="QA primer file (default: fasb_lens' own)")
+    gen.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
+    gen.add_argument("--caa", help="folder with a CAA vector (for --policy caa)")
+    gen.add_argument("--model", help="hub name or folder (default: the artifact's model)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    gen.set_defaults(run=cmd_generate)
+
+    rep = commands.add_parser(
+        "reproduce", help="the paper's TruthfulQA table: cross-validated, resumable"
+    )
+    rep.add_argument("--data", required=True, help="TruthfulQA CSV or folder, 'mini' or 'hub'")
+    rep.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    rep.add_argument("--questions", type=int, help="only the first N questions (authors' order)")
+    rep.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=POLICY_NAMES)
+    rep.add_argument("--judges", nargs="+", default=list(DEFAULT_JUDGES))
+    rep.add_argument(
+        "--tasks", nargs="+", default=["mc", "generation"], choices=["mc", "generation"]
+    )
+    rep.add_argument("--model", help="hub name or folder (default: the embedded model)")
+    rep.add_argument("--n-folds", type=int, default=2)
+    rep.add_argument("--seed", type=int, default=42)
+    rep.add_argument("--top-k", type=int, default=24)
+    rep.add_argument("--direction", choices=["probe", "prototype", "random"], default="probe")
+    rep.add_argument("--alpha", type=float, default=60.0)
+    rep.add_argument("--fixed-alpha", type=float, help="alpha of the fixed (ITI) method")
+    rep.add_argument("--threshold", type=float, default=0.6)
+    rep.add_argument("--backtrack-tokens", type=int, default=10)
+    rep.add_argument("--caa-alpha", type=float, default=5.0)
+    rep.add_argument("--caa-layer", type=int)
+    rep.add_argument("--max-new-tokens", type=int, default=50)
+    rep.add_argument("--mc-source", choices=["mc_task", "csv"], default="mc_task")
+    rep.add_argument("--primer", help="QA primer file (default: fasb_lens' own)")
+    rep.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
+    rep.add_argument("--batch-size", type=int, default=8)
+    rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rep.set_defaults(run=cmd_reproduce)
+
+    mcd = commands.add_parser(
+        "mc-datasets", help="COPA, NLI, MMLU, SST-2, Winogrande (and Story Cloze) accuracy"
+    )
+    mcd.add_argument("--data", help="data folder (default: $FASB_LENS_DATA)")
+    mcd.add_argument("--out", required=True, help="run folder (resumes if interrupted)")
+    mcd.add_argument("--datasets", nargs="+", default=["copa", "nli", "mmlu", "sst2", "winogrande"])
+    mcd.add_argument("--story-cloze", help="the ROCStories cloze CSV, if you have it")
+    mcd.add_argument(
+        "--methods",
+        nargs="+",
+        default=["none", "fixed", "fasb"],
+        choices=[n for n in POLICY_NAMES if n != "caa"],
+    )
+    mcd.add_argument("--limit", type=int, default=400, help="items per dataset (0: all)")
+    mcd.add_argument("--top-k", type=int, default=24)
+    mcd.add_argument("--alpha", type=float, default=8.0)
+    mcd.add_argument("--fixed-alpha", type=float, help="alpha of the fixed (ITI) method")
+    mcd.add_argument("--threshold", type=float, default=0.6)
+    mcd.add_argument("--backtrack-tokens", type=int, default=1)
+    mcd.add_argument("--seed", type=int, default=0)
+    mcd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    mcd.add_argument("--json", action="store_true", help="print the results as JSON")
+    mcd.set_defaults(run=cmd_mc_datasets)
 
     bench = commands.add_parser("bench", help="benchmarks, written as JSON")
     bench.add_argument("--only", nargs="*", help="entries to run (default: all)")

@@ -109,6 +109,16 @@ def model_shape(model: TransformerBridge) -> ModelShape:
     return ModelShape(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
 
 
+def site_shape(model: TransformerBridge, hook_template: str) -> ModelShape:
+    """Shape of the activations at a hook site: the heads for ``hook_z``, and for the
+    residual stream one "head" as wide as the model."""
+    if hook_template == HOOK_Z:
+        return model_shape(model)
+    if hook_template == HOOK_RESID_POST:
+        return ModelShape(model.cfg.n_layers, 1, model.cfg.d_model)
+    raise ValueError(f"unsupported hook site {hook_template!r}")
+
+
 def model_id(model: TransformerBridge) -> str:
     """The name a model was loaded under; artifacts record it."""
     return str(model.cfg.model_name)

@@ -28,7 +28,15 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.activations import HeadActivations, check_shape
-from fasb_lens.models import HOOK_Z, ModelShape, hook_z_name, library_versions, model_shape
+from fasb_lens.models import (
+    HOOK_RESID_POST,
+    HOOK_Z,
+    ModelShape,
+    hook_resid_post_name,
+    hook_z_name,
+    library_versions,
+    model_shape,
+)
 from fasb_lens.probes import (
     FORMAT_VERSION,
     HeadProbes,
@@ -191,17 +199,13 @@ class Steering:
         vectors = self.vectors[indices]
 
         def hook(z: Tensor, hook: Any) -> Tensor:
-            batch, n_pos = z.shape[:2]
-            mask = position_mask(positions, batch, n_pos, offset=offset, device=z.device)
-            rows = torch.as_tensor(strength, dtype=z.dtype, device=z.device).expand(batch)
-            amount = rows[:, None, None] * vectors.to(device=z.device, dtype=z.dtype)[None]
-            steered = z.clone()
-            target = steered[:, :, heads]  # [batch, pos, k_layer, d_head]
-            moved = target + amount[:, None]
-            steered[:, :, heads] = torch.where(mask[:, :, None, None], moved, target)
-            return steered
+            return add_at_positions(z, vectors, strength, positions, offset=offset, heads=heads)
 
         return hook
+
+    def check_model(self, model: TransformerBridge) -> None:
+        """Refuse a model whose heads have another shape than this steering's."""
+        check_shape(self.shape, model_shape(model), what="this steering")
 
     @contextmanager
     def apply(
@@ -213,7 +217,7 @@ class Steering:
         offset: int = 0,
     ) -> Iterator[TransformerBridge]:
         """Steer every forward pass of ``model`` inside the ``with`` block."""
-        check_shape(self.shape, model_shape(model), what="this steering")
+        self.check_model(model)
         with model.hooks(fwd_hooks=self.hooks(strength, positions=positions, offset=offset)):
             yield model
 
@@ -277,6 +281,37 @@ class Steering:
             split=meta.get("split"),
             defaults=PolicyDefaults(**meta["defaults"]),
         )
+
+
+def add_at_positions(
+    x: Tensor,
+    amount: Tensor,
+    strength: Strength,
+    positions: Positions,
+    *,
+    offset: int = 0,
+    heads: list[int] | None = None,
+) -> Tensor:
+    """``x`` with ``strength * amount`` added at the chosen positions; the rest untouched.
+
+    ``x`` is ``[batch, pos, ...]``: with ``heads``, ``[batch, pos, n_heads, d_head]`` and
+    ``amount`` ``[len(heads), d_head]``; without, ``amount`` matches ``x[0, 0]``. Entries
+    outside the positions (or with strength 0) keep their exact bits.
+    """
+    batch, n_pos = x.shape[:2]
+    mask = position_mask(positions, batch, n_pos, offset=offset, device=x.device)
+    rows = torch.as_tensor(strength, dtype=x.dtype, device=x.device).expand(batch)
+    amount = amount.to(device=x.device, dtype=x.dtype)
+    target = x[:, :, heads] if heads is not None else x
+    shape = (batch, 1) + (1,) * amount.ndim
+    moved = target + rows.reshape(shape) * amount
+    keep = mask.reshape(batch, n_pos, *(1,) * amount.ndim)
+    out = x.clone()
+    if heads is not None:
+        out[:, :, heads] = torch.where(keep, moved, target)
+    else:
+        out = torch.where(keep, moved, x)
+    return out
 
 
 def position_mask(
@@ -390,4 +425,82 @@ def build_steering(
         template=activations.info.template,
         split=split,
         defaults=defaults or PolicyDefaults(),
+    )
+
+
+# --------------------------------------------------------------------------- CAA
+
+
+CAA_NAME = "caa"
+
+
+@dataclass
+class ResidualSteering:
+    """The CAA baseline: one residual-stream vector added after block ``layer``.
+
+    ``vector`` is the mean residual stream (``hook_resid_post``) of true probing prompts
+    minus that of false ones, unnormalised, as contrastive activation addition uses it;
+    strength ``alpha`` adds ``alpha * vector``.
+    """
+
+    layer: int
+    vector: Float[Tensor, " d_model"]
+    model_id: str
+    n_layers: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.layer < self.n_layers:
+            raise ValueError(f"layer {self.layer} is not in 0..{self.n_layers - 1}")
+        if self.vector.ndim != 1:
+            raise ValueError(f"vector must be [d_model], got shape {tuple(self.vector.shape)}")
+
+    def hooks(
+        self, strength: Strength, *, positions: Positions = "last", offset: int = 0
+    ) -> list[tuple[str, Callable[..., Tensor]]]:
+        def hook(resid: Tensor, hook: Any) -> Tensor:
+            return add_at_positions(resid, self.vector, strength, positions, offset=offset)
+
+        return [(hook_resid_post_name(self.layer), hook)]
+
+    def check_model(self, model: TransformerBridge) -> None:
+        d_model, n_layers = model.cfg.d_model, model.cfg.n_layers
+        if (self.n_layers, len(self.vector)) != (n_layers, d_model):
+            raise ValueError(
+                f"this CAA vector was made for {self.n_layers} layers of width "
+                f"{len(self.vector)}, but this model has {n_layers} of width {d_model}"
+            )
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model_id": self.model_id,
+            "n_layers": self.n_layers,
+            "layer": self.layer,
+            "hook_name": HOOK_RESID_POST,
+            "versions": library_versions(),
+        }
+        save_atomic(folder, CAA_NAME, {"vector": self.vector.float()}, meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ResidualSteering:
+        tensors, meta = load_artifact(Path(folder), CAA_NAME)
+        return cls(meta["layer"], tensors["vector"], meta["model_id"], meta["n_layers"])
+
+
+def build_caa(
+    residual: HeadActivations, layer: int, rows: Tensor | None = None
+) -> ResidualSteering:
+    """CAA's vector at ``layer`` from residual activations (see
+    :func:`fasb_lens.activations.collect_residual_activations`), over ``rows``."""
+    if residual.info.hook_name != HOOK_RESID_POST:
+        raise ValueError("CAA needs residual-stream activations (collect_residual_activations)")
+    true_mean, false_mean = class_means(residual, [Head(layer, 0)], rows)
+    return ResidualSteering(
+        layer=layer,
+        vector=(true_mean - false_mean)[0],
+        model_id=residual.info.model_id,
+        n_layers=residual.shape.n_layers,
     )

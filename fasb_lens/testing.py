@@ -82,7 +82,7 @@ def build_tiny_model_folder(
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=256,
+            max_position_embeddings=1024,
             bos_token_id=1,
             eos_token_id=2,
             pad_token_id=0,
@@ -95,7 +95,7 @@ def build_tiny_model_folder(
             n_embd=48,
             n_layer=3,
             n_head=4,
-            n_positions=128,
+            n_positions=1024,
             bos_token_id=1,
             eos_token_id=2,
         )

@@ -133,3 +133,62 @@ def test_collect_and_fit_commands(tiny_llama_folder, tmp_path, capsys) -> None:
         and [str(h) for h in steering.heads] == fitted["anchored_heads"]
     )
     assert (artifact / "probes.safetensors").is_file()
+
+
+def test_generate_command(tiny_llama_folder, tmp_path, capsys) -> None:
+    acts, artifact = tmp_path / "acts", tmp_path / "artifact"
+    quiet = ["--no-progress", "--json"]
+    model = ["--model", str(tiny_llama_folder)]
+    cli.main(["collect", *model, "--limit", "12", "--out", str(acts), "--caa-layer", "1", *quiet])
+    cli.main(["fit", "--activations", str(acts), "--out", str(artifact), "--top-k", "3", *quiet])
+    capsys.readouterr()
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Do goldfish remember things?\n\nIs the Great Wall visible from space?\n")
+    common = ["generate", "--artifact", str(artifact), *model, "--max-new-tokens", "6"]
+    assert (
+        cli.main(
+            [
+                *common,
+                "--questions-file",
+                str(questions),
+                "--policy",
+                "fasb",
+                "--threshold",
+                "1.1",
+                "--backtrack-tokens",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["question"] for line in lines] == [
+        "Do goldfish remember things?",
+        "Is the Great Wall visible from space?",
+    ]
+    for line in lines:
+        assert {"prompt_ids", "output_ids", "text", "answer", "steps"} <= set(line)
+        assert line["trigger_step"] == 1 and line["policy"] == "fasb"
+        assert len(line["prompt_ids"]) > 20  # instruction + primer + question
+    assert (
+        cli.main([*common, "--prompt", "The quick brown", "--policy", "caa", "--alpha", "2"]) == 0
+    )
+    assert "[caa] no trigger" in capsys.readouterr().out
+    assert (
+        cli.main(
+            [
+                *common,
+                "--question",
+                "Why?",
+                "--format",
+                "chat",
+                "--mode",
+                "reference",
+                "--policy",
+                "none",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("Q: Why?\nA: ")

@@ -76,16 +76,16 @@ def test_prepend_bos_override(tiny_llama, tiny_gpt2) -> None:
 
 
 def test_tokenize_refuses_or_truncates_long_prompts(tiny_llama) -> None:
-    long = "the quick brown fox " * 100
+    long = "the quick brown fox " * 400
     with pytest.raises(
-        PromptTooLongError, match=r"prompt 1 has \d+ tokens but the model accepts 256"
+        PromptTooLongError, match=r"prompt 1 has \d+ tokens but the model accepts 1024"
     ):
         tokenize(tiny_llama, ["short", long])
     kept = tokenize(tiny_llama, [long], truncation="left")[0]
     full = tokenize(tiny_llama, [long], max_length=10_000)[0]
-    assert len(kept) == 256
+    assert len(kept) == 1024
     assert kept[0] == tiny_llama.tokenizer.bos_token_id
-    assert kept[1:] == full[-255:]
+    assert kept[1:] == full[-1023:]
 
 
 def test_tokenize_rejects_a_bare_string_and_empty_prompts(tiny_gpt2) -> None:

@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice scoring, judges of generated answers, the experiment runner."""

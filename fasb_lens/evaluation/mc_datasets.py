@@ -1,0 +1,404 @@
+"""Zero-shot multiple-choice evaluation on COPA, NLI, MMLU, SST-2, Winogrande and Story Cloze.
+
+Each item is scored cloze-style: every option becomes a ``(prefix, continuation)`` pair
+and the model's log-likelihood of the continuation (the option's own words, never a
+letter) after the prefix is its score; the highest-scoring option is the prediction.
+Steering is learnt per dataset: the options of the training items become labelled
+prompts (the correct option's text 1, each other option's 0), probes on every head pick
+the ``top_k`` anchored heads, and the same activations set the vectors' scales. The
+held-out test items are then scored under each policy (no steering, ITI's fixed
+steering, FASB), one record per item and policy, so an interrupted run can resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.activations import collect_head_activations
+from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem
+from fasb_lens.evaluation.scoring import AnswerScore, PrefixScorer
+from fasb_lens.generation import Policy
+from fasb_lens.probes import fit_head_probes
+from fasb_lens.splits import Split
+from fasb_lens.steering import Steering, build_steering
+
+logger = logging.getLogger(__name__)
+
+OptionPrompt = tuple[str, str]
+"""``(prefix, continuation)``: the model reads the prefix; only the continuation is scored."""
+
+COPA_CONNECTORS = {"cause": " because", "effect": " so"}
+NLI_TEMPLATE = "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:"
+NLI_ANSWERS = {"entailment": "True", "neutral": "Neither", "contradiction": "False"}
+MMLU_TEMPLATE = "The following is a question about {subject}.\n\nQuestion: {question}\nAnswer:"
+SST2_TEMPLATE = "Review: {sentence}\nSentiment:"
+WINOGRANDE_BLANK = "_"
+
+FORMAT_DESCRIPTIONS: dict[str, str] = {
+    "copa": (
+        'COPA: "{premise without its final period} because" (cause) or "... so" (effect), '
+        'scoring " {alternative with its first letter lower-cased}" ("I" stays "I")'
+    ),
+    "nli": (
+        'NLI: "{premise}\\nQuestion: {hypothesis} True, False or Neither?\\nAnswer:", '
+        'scoring " True" (entailment), " Neither" (neutral), " False" (contradiction)'
+    ),
+    "mmlu": (
+        'MMLU: "The following is a question about {subject}.\\n\\nQuestion: {question}'
+        '\\nAnswer:", scoring " {choice text}" (no letters)'
+    ),
+    "sst2": 'SST-2: "Review: {sentence}\\nSentiment:", scoring " negative" / " positive"',
+    "winogrande": (
+        'Winogrande (partial scoring): "{sentence up to the blank}{option}", scoring the same '
+        '" {rest of the sentence}" after each option'
+    ),
+    "story_cloze": 'Story Cloze: "{the four sentences}", scoring " {ending}"',
+}
+
+
+# --- prompt formats -----------------------------------------------------------------------
+
+
+def _same_prefix(prefix: str, answers: Sequence[str]) -> list[OptionPrompt]:
+    return [(prefix, " " + answer) for answer in answers]
+
+
+def _lower_first(text: str) -> str:
+    """``text`` with its first letter lower-cased, except the pronoun "I" (and "I'm", ...)."""
+    first_word = text.split(" ", 1)[0]
+    if first_word == "I" or first_word.startswith("I'"):
+        return text
+    return text[:1].lower() + text[1:]
+
+
+def _copa(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    if item.question not in COPA_CONNECTORS:
+        raise ValueError(
+            f"COPA item {item.id!r} asks for {item.question!r}; expected 'cause' or 'effect'"
+        )
+    premise = item.context.strip().removesuffix(".")
+    prefix = premise + COPA_CONNECTORS[item.question]
+    return _same_prefix(prefix, [_lower_first(option) for option in item.options])
+
+
+def _nli(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    unknown = [option for option in item.options if option not in NLI_ANSWERS]
+    if unknown:
+        raise ValueError(f"NLI item {item.id!r} has options {unknown}; known: {list(NLI_ANSWERS)}")
+    prefix = NLI_TEMPLATE.format(premise=item.context, hypothesis=item.question)
+    return _same_prefix(prefix, [NLI_ANSWERS[option] for option in item.options])
+
+
+def _mmlu(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    if not item.extra.get("subject"):
+        raise ValueError(f"MMLU item {item.id!r} has no extra['subject']")
+    subject = item.extra["subject"].replace("_", " ")
+    prefix = MMLU_TEMPLATE.format(subject=subject, question=item.context)
+    return _same_prefix(prefix, item.options)
+
+
+def _sst2(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    return _same_prefix(SST2_TEMPLATE.format(sentence=item.context), item.options)
+
+
+def _winogrande(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    if item.context.count(WINOGRANDE_BLANK) != 1:
+        raise ValueError(f"Winogrande item {item.id!r} needs exactly one '_' blank")
+    before, after = item.context.split(WINOGRANDE_BLANK)
+    rest = after.lstrip()
+    if not rest:
+        raise ValueError(f"Winogrande item {item.id!r} has nothing after its blank to score")
+    return [(before + option, " " + rest) for option in item.options]
+
+
+def _story_cloze(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    return _same_prefix(item.context, item.options)
+
+
+_FORMATTERS: dict[str, Callable[[MultipleChoiceItem], list[OptionPrompt]]] = {
+    "copa": _copa,
+    "nli": _nli,
+    "mmlu": _mmlu,
+    "sst2": _sst2,
+    "winogrande": _winogrande,
+    "story_cloze": _story_cloze,
+}
+
+
+def option_prompts(item: MultipleChoiceItem) -> list[OptionPrompt]:
+    """``(prefix, continuation)`` for each option of ``item``, in option order.
+
+    The continuation starts with a space and is the only part scored; see
+    :data:`FORMAT_DESCRIPTIONS` for each dataset's format.
+    """
+    if item.dataset not in _FORMATTERS:
+        raise ValueError(
+            f"item {item.id!r} is from unknown dataset {item.dataset!r}; known: {list(_FORMATTERS)}"
+        )
+    return _FORMATTERS[item.dataset](item)
+
+
+def labelled_option_prompts(items: Sequence[MultipleChoiceItem]) -> list[LabelledPrompt]:
+    """One probing prompt per option: ``prefix + continuation``, 1 if correct, grouped by item."""
+    return [
+        LabelledPrompt(
+            text=prefix + continuation,
+            label=int(index == item.label),
+            group=item.id,
+            answer=item.options[index],
+        )
+        for item in items
+        for index, (prefix, continuation) in enumerate(option_prompts(item))
+    ]
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+
+class _ItemScorer:
+    """One :class:`PrefixScorer` per distinct prefix of an item; scores in option order.
+
+    Built once per item, it scores the item under any number of policies while running
+    each prefix only once.
+    """
+
+    def __init__(
+        self, model: TransformerBridge, item: MultipleChoiceItem, steering: Steering | None
+    ) -> None:
+        pairs = option_prompts(item)
+        self.continuations = [continuation for _, continuation in pairs]
+        by_prefix: dict[str, list[int]] = {}
+        for index, (prefix, _) in enumerate(pairs):
+            by_prefix.setdefault(prefix, []).append(index)
+        self.groups = [
+            (PrefixScorer(model, prefix, steering=steering, steer_prompt_end=True), indices)
+            for prefix, indices in by_prefix.items()
+        ]
+
+    def score(self, policy: Policy | None) -> list[AnswerScore]:
+        scores: dict[int, AnswerScore] = {}
+        for scorer, indices in self.groups:
+            continuations = [self.continuations[index] for index in indices]
+            scores.update(zip(indices, scorer.score(continuations, policy), strict=True))
+        return [scores[index] for index in range(len(self.continuations))]
+
+
+def score_item(
+    model: TransformerBridge,
+    item: MultipleChoiceItem,
+    policy: Policy | None = None,
+    steering: Steering | None = None,
+) -> list[AnswerScore]:
+    """The log-likelihood of each option's continuation under ``policy``, in option order.
+
+    Options sharing a prefix are scored as one batch on one cached prefix; Winogrande's
+    options have a prefix each.
+    """
+    return _ItemScorer(model, item, steering).score(policy)
+
+
+def predict(scores: Sequence[AnswerScore]) -> int:
+    """The index of the option with the highest summed log-probability (first on ties).
+
+    The sum, not the per-token mean, is compared: it is the probability of the whole
+    option, the measure TruthfulQA's MC scores use too, so every dataset and policy is
+    judged alike. Length barely matters here: SST-2 and NLI options are single words,
+    and Winogrande scores the same continuation for each option.
+    """
+    if not scores:
+        raise ValueError("no scores to predict from")
+    return max(range(len(scores)), key=lambda index: (scores[index].log_prob, -index))
+
+
+# --- the evaluation -----------------------------------------------------------------------
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+
+
+def _item_ids(items: Sequence[MultipleChoiceItem]) -> list[str]:
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    return ids
+
+
+def split_items(
+    items: Sequence[MultipleChoiceItem],
+    *,
+    seed: int,
+    test_fraction: float = 0.5,
+    val_fraction: float = 0.2,
+) -> Split:
+    """A seeded split of items: ``test_fraction`` held out, then ``val_fraction`` of the rest.
+
+    Each side keeps the items' order. Every side must receive at least one item.
+    """
+    _check_fraction("test_fraction", test_fraction)
+    _check_fraction("val_fraction", val_fraction)
+    ids = np.array(_item_ids(items), dtype=object)
+    order = np.random.RandomState(seed).permutation(len(ids))
+    n_test = round(len(ids) * test_fraction)
+    n_val = round((len(ids) - n_test) * val_fraction)
+    test, val, train = np.split(order, [n_test, n_test + n_val])
+    if not (len(test) and len(val) and len(train)):
+        raise ValueError(
+            f"{len(ids)} items cannot be split into non-empty train, validation and test sides "
+            f"at test_fraction={test_fraction}, val_fraction={val_fraction}"
+        )
+    return Split(
+        train=tuple(ids[np.sort(train)]),
+        val=tuple(ids[np.sort(val)]),
+        test=tuple(ids[np.sort(test)]),
+        protocol="mc_holdout",
+        seed=seed,
+    )
+
+
+def _dataset_of(items: Sequence[MultipleChoiceItem]) -> str:
+    if not items:
+        raise ValueError("no items to evaluate")
+    datasets = sorted({item.dataset for item in items})
+    if len(datasets) > 1:
+        raise ValueError(f"items mix several datasets {datasets}; evaluate one at a time")
+    return datasets[0]
+
+
+def _subset(
+    items: Sequence[MultipleChoiceItem], limit: int | None, seed: int
+) -> list[MultipleChoiceItem]:
+    """A seeded random ``limit`` of the items, in their original order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    chosen = np.random.RandomState(seed).choice(len(items), size=limit, replace=False)
+    return [items[index] for index in sorted(chosen.tolist())]
+
+
+def _fit_steering(
+    model: TransformerBridge,
+    items: Sequence[MultipleChoiceItem],
+    split: Split,
+    *,
+    top_k: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Steering, float, float]:
+    """Steering from the train and validation items, its best and majority val accuracy.
+
+    The probing activations also serve as the "tuning" activations that set each vector's
+    scale: these datasets have no second prompt set like TruthfulQA's tuning prompts.
+    """
+    known = set(split.train) | set(split.val)
+    prompts = labelled_option_prompts([item for item in items if item.id in known])
+    acts = collect_head_activations(
+        model,
+        prompts,
+        batch_size=batch_size,
+        template=FORMAT_DESCRIPTIONS[items[0].dataset],
+        progress=progress,
+    )
+    assert acts.groups is not None
+    probes = fit_head_probes(
+        acts,
+        train_idx=split.rows(acts.groups, "train"),
+        val_idx=split.rows(acts.groups, "val"),
+        progress=progress,
+    )
+    steering = build_steering(probes, acts, acts, top_k=top_k, split=split.to_dict())
+    best = float(probes.val_accuracy[steering.heads[0]])
+    return steering, best, probes.val_majority
+
+
+def _record(item: MultipleChoiceItem, policy: str, scores: Sequence[AnswerScore]) -> dict[str, Any]:
+    prediction = predict(scores)
+    return {
+        "dataset": item.dataset,
+        "item_id": item.id,
+        "policy": policy,
+        "prediction": prediction,
+        "label": item.label,
+        "correct": prediction == item.label,
+        "log_probs": [score.log_prob for score in scores],
+        "triggered": [score.triggered for score in scores],
+    }
+
+
+def _checked_done(record: Mapping[str, Any], item: MultipleChoiceItem) -> dict[str, Any]:
+    if record.get("label") != item.label:
+        raise ValueError(
+            f"the finished record for item {item.id!r} has label {record.get('label')!r}, "
+            f"but the item's label is {item.label}: is it from another run or dataset?"
+        )
+    return dict(record)
+
+
+def evaluate_dataset(
+    model: TransformerBridge,
+    items: Sequence[MultipleChoiceItem],
+    *,
+    policies: Mapping[str, Policy],
+    top_k: int = 24,
+    seed: int = 0,
+    limit: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    on_item: Callable[[dict[str, Any]], None] | None = None,
+    done: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Accuracy of each policy on the held-out items of one dataset.
+
+    Args:
+        items: one dataset's items; ``limit`` keeps a seeded random subset of them.
+        policies: name to policy, e.g. ``{"none": NoSteering(), "fasb": FASB(...)}``;
+            the names label the records and the accuracies.
+        top_k: anchored heads for the steering, learnt on the train and val items.
+        on_item: called with each new record ``{"dataset", "item_id", "policy",
+            "prediction", "label", "correct", "log_probs", "triggered"}``.
+        done: records of an earlier, interrupted run keyed by ``(item_id, policy)``; they
+            are counted as they are and not scored again (nor passed to ``on_item``).
+    """
+    dataset = _dataset_of(items)
+    if not policies:
+        raise ValueError("no policies to evaluate; pass e.g. {'none': NoSteering()}")
+    done = done or {}
+    items = _subset(items, limit, seed)
+    split = split_items(items, seed=seed)
+    steering, best_val, majority = _fit_steering(
+        model, items, split, top_k=top_k, batch_size=batch_size, progress=progress
+    )
+    logger.info("%s: anchored heads %s", dataset, ", ".join(map(str, steering.heads)))
+    test_ids = set(split.test)
+    test_items = [item for item in items if item.id in test_ids]
+    correct: dict[str, list[bool]] = {name: [] for name in policies}
+    for item in tqdm(test_items, desc=dataset, unit="item", disable=not progress):
+        pending = [name for name in policies if (item.id, name) not in done]
+        scorer = _ItemScorer(model, item, steering) if pending else None
+        for name, policy in policies.items():
+            if name in pending:
+                assert scorer is not None
+                record = _record(item, name, scorer.score(policy))
+                if on_item is not None:
+                    on_item(record)
+            else:
+                record = _checked_done(done[(item.id, name)], item)
+            correct[name].append(bool(record["correct"]))
+    return {
+        "dataset": dataset,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "anchored_heads": [str(head) for head in steering.heads],
+        "best_val_accuracy": best_val,
+        "val_majority": majority,
+        "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
+    }

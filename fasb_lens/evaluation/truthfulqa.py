@@ -1,0 +1,93 @@
+"""TruthfulQA evaluation of one question: multiple choice under every policy, and the
+generation prompt.
+
+The multiple-choice prompt is the evaluation format (instruction, QA primer, question)
+followed by ``"\\nA:"``; each candidate answer ``" {answer}"`` is scored by its summed
+log-probability (:mod:`fasb_lens.evaluation.scoring`). The answer sets come from
+``mc_task.json`` (MC1: the single true answer among false ones; MC2/MC3: several true and
+false) or, for questions loaded without it, from the CSV (best answer vs incorrect
+answers for MC1, correct vs incorrect for MC2/MC3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any, Literal
+
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.data import PromptFormat, TruthfulQAQuestion
+from fasb_lens.evaluation.scoring import AnswerScore, PrefixScorer, mc_metrics
+from fasb_lens.generation import Policy
+from fasb_lens.steering import Steering
+
+AnswerSource = Literal["mc_task", "csv"]
+
+
+def answer_sets(
+    question: TruthfulQAQuestion, source: AnswerSource = "mc_task"
+) -> dict[str, tuple[list[str], list[str]]]:
+    """``{"mc1": (true, false), "mc2": (true, false)}``; the first MC1 true answer is the best."""
+    if source == "mc_task":
+        if not question.mc1_targets:
+            raise ValueError(
+                f"question {question.id} has no mc_task.json targets; load the data folder "
+                "with mc_task.json or use the CSV answers (source='csv')"
+            )
+        sets = {}
+        for name, targets in (("mc1", question.mc1_targets), ("mc2", question.mc2_targets)):
+            true = [answer for answer, label in targets if label == 1]
+            false = [answer for answer, label in targets if label == 0]
+            sets[name] = (true, false)
+        return sets
+    if source == "csv":
+        correct = [question.best_answer] + [
+            answer for answer in question.correct_answers if answer != question.best_answer
+        ]
+        incorrect = list(question.incorrect_answers)
+        return {"mc1": ([question.best_answer], incorrect), "mc2": (correct, incorrect)}
+    raise ValueError(f"answer source must be 'mc_task' or 'csv', got {source!r}")
+
+
+def evaluate_mc(
+    model: TransformerBridge,
+    question: TruthfulQAQuestion,
+    policies: Mapping[str, Policy],
+    *,
+    fmt: PromptFormat,
+    steering: Steering | None = None,
+    source: AnswerSource = "mc_task",
+) -> dict[str, dict[str, Any]]:
+    """MC1/MC2/MC3 and every answer's log-probability, per policy, for one question.
+
+    The prompt runs once; each policy scores every distinct answer as one batch.
+    """
+    sets = answer_sets(question, source)
+    answers = list(dict.fromkeys(a for true, false in sets.values() for a in true + false))
+    prefix, _ = fmt.answer_prompt(question.question, "")
+    scorer = PrefixScorer(model, prefix, steering=steering)
+    results = {}
+    for name, policy in policies.items():
+        scored: dict[str, AnswerScore] = dict(
+            zip(answers, scorer.score([" " + a for a in answers], policy), strict=True)
+        )
+        metrics = {}
+        for set_name, (true, false) in sets.items():
+            values = mc_metrics(
+                [scored[a].log_prob for a in true], [scored[a].log_prob for a in false]
+            )
+            metrics.update({f"{set_name}_{key}": value for key, value in values.items()})
+        rows = [
+            {**asdict(scored[answer]), "answer": answer, "label": label, "set": set_name}
+            for set_name, (true, false) in sets.items()
+            for label, group in ((1, true), (0, false))
+            for answer in group
+        ]
+        results[name] = {
+            "mc1": metrics["mc1_mc1"],
+            "mc2": metrics["mc2_mc2"],
+            "mc3": metrics["mc2_mc3"],
+            "answers": rows,
+        }
+    return results

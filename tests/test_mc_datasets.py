@@ -1,0 +1,364 @@
+"""Multiple-choice datasets: prompt formats, option scoring and the per-dataset evaluation.
+
+Formats are checked on small hand-made items, scoring against a naive full forward per
+option on the tiny Llama, and the evaluation end to end (with resuming) on synthetic
+SST-2-like items. The real-data test reads ``FASB_LENS_DATA`` and skips without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasb_lens.data.multiple_choice import (
+    NLI_OPTIONS,
+    SST2_OPTIONS,
+    load_copa,
+    load_mmlu,
+    load_nli,
+    load_sst2,
+    load_winogrande,
+)
+from fasb_lens.data.schema import MultipleChoiceItem
+from fasb_lens.evaluation.mc_datasets import (
+    FORMAT_DESCRIPTIONS,
+    evaluate_dataset,
+    labelled_option_prompts,
+    option_prompts,
+    predict,
+    score_item,
+    split_items,
+)
+from fasb_lens.evaluation.scoring import AnswerScore, PrefixScorer
+from fasb_lens.generation import FASB, FixedSteering, NoSteering
+from fasb_lens.models import forward, tokenize
+
+COPA = MultipleChoiceItem(
+    id="copa-1",
+    dataset="copa",
+    context="The man broke his toe.",
+    options=("He dropped a hammer on his foot.", "I got a hole in my sock."),
+    label=0,
+    question="cause",
+)
+NLI = MultipleChoiceItem(
+    id="nli-1",
+    dataset="nli",
+    context="A dog runs in the park.",
+    options=NLI_OPTIONS,
+    label=0,
+    question="An animal is outside.",
+)
+MMLU = MultipleChoiceItem(
+    id="mmlu-1",
+    dataset="mmlu",
+    context="What is 2 + 2?",
+    options=("3", "4", "5", "22"),
+    label=1,
+    extra={"subject": "elementary_mathematics"},
+)
+SST2 = MultipleChoiceItem(
+    id="sst2-1", dataset="sst2", context="a gorgeous , witty film .", options=SST2_OPTIONS, label=1
+)
+WINOGRANDE = MultipleChoiceItem(
+    id="wg-1",
+    dataset="winogrande",
+    context="Sarah was a better surgeon than Maria so _ got the easier cases.",
+    options=("Sarah", "Maria"),
+    label=1,
+)
+STORY_CLOZE = MultipleChoiceItem(
+    id="sc-1",
+    dataset="story_cloze",
+    context="Tom was hungry. He opened the fridge. It was empty. He sighed.",
+    options=("He ordered a pizza.", "He was full."),
+    label=0,
+)
+ITEMS = (COPA, NLI, MMLU, SST2, WINOGRANDE, STORY_CLOZE)
+
+
+# --- formats ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        (
+            COPA,
+            [
+                ("The man broke his toe because", " he dropped a hammer on his foot."),
+                ("The man broke his toe because", " I got a hole in my sock."),
+            ],
+        ),
+        (
+            NLI,
+            [
+                (
+                    "A dog runs in the park.\nQuestion: An animal is outside. "
+                    "True, False or Neither?\nAnswer:",
+                    answer,
+                )
+                for answer in (" True", " Neither", " False")
+            ],
+        ),
+        (
+            MMLU,
+            [
+                (
+                    "The following is a question about elementary mathematics.\n\n"
+                    "Question: What is 2 + 2?\nAnswer:",
+                    answer,
+                )
+                for answer in (" 3", " 4", " 5", " 22")
+            ],
+        ),
+        (
+            SST2,
+            [
+                ("Review: a gorgeous , witty film .\nSentiment:", " negative"),
+                ("Review: a gorgeous , witty film .\nSentiment:", " positive"),
+            ],
+        ),
+        (
+            WINOGRANDE,
+            [
+                ("Sarah was a better surgeon than Maria so Sarah", " got the easier cases."),
+                ("Sarah was a better surgeon than Maria so Maria", " got the easier cases."),
+            ],
+        ),
+        (
+            STORY_CLOZE,
+            [
+                (STORY_CLOZE.context, " He ordered a pizza."),
+                (STORY_CLOZE.context, " He was full."),
+            ],
+        ),
+    ],
+    ids=lambda value: value.dataset if isinstance(value, MultipleChoiceItem) else "",
+)
+def test_option_prompts(item: MultipleChoiceItem, expected: list[tuple[str, str]]) -> None:
+    assert option_prompts(item) == expected
+    assert item.dataset in FORMAT_DESCRIPTIONS
+
+
+def test_copa_effect_and_nli_option_order() -> None:
+    effect = MultipleChoiceItem(
+        id="copa-2",
+        dataset="copa",
+        context="The sun rose.",
+        options=("Birds sang.", "I'm awake."),
+        label=0,
+        question="effect",
+    )
+    assert option_prompts(effect) == [
+        ("The sun rose so", " birds sang."),
+        ("The sun rose so", " I'm awake."),
+    ]
+    reordered = MultipleChoiceItem(
+        id="nli-2", dataset="nli", context="p", options=NLI_OPTIONS[::-1], label=0, question="h"
+    )
+    assert [cont for _, cont in option_prompts(reordered)] == [" False", " Neither", " True"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (MultipleChoiceItem("x", "squad", "c", ("a", "b"), 0), "unknown dataset 'squad'"),
+        (MultipleChoiceItem("x", "copa", "c.", ("a", "b"), 0, question="why"), "asks for 'why'"),
+        (MultipleChoiceItem("x", "nli", "c", ("yes", "no"), 0, question="h"), "has options"),
+        (MultipleChoiceItem("x", "mmlu", "q", ("a", "b"), 0), "no extra\\['subject'\\]"),
+        (MultipleChoiceItem("x", "winogrande", "no blank", ("a", "b"), 0), "one '_' blank"),
+        (MultipleChoiceItem("x", "winogrande", "It was _ ", ("a", "b"), 0), "nothing after"),
+    ],
+)
+def test_option_prompts_refuses_bad_items(item: MultipleChoiceItem, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        option_prompts(item)
+
+
+def test_labelled_option_prompts() -> None:
+    prompts = labelled_option_prompts([COPA, MMLU])
+    assert [p.label for p in prompts] == [1, 0, 0, 1, 0, 0]
+    assert [p.group for p in prompts] == ["copa-1"] * 2 + ["mmlu-1"] * 4
+    assert prompts[0].text == "The man broke his toe because he dropped a hammer on his foot."
+    assert prompts[0].answer == COPA.options[0]
+    assert [p.answer for p in prompts[2:]] == list(MMLU.options)
+
+
+def test_predict_sums_and_breaks_ties_first() -> None:
+    scores = [AnswerScore("a", -2.0, 1), AnswerScore("b", -1.0, 5), AnswerScore("c", -1.0, 1)]
+    assert predict(scores) == 1
+    with pytest.raises(ValueError, match="no scores"):
+        predict([])
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+
+def naive_log_prob(model, prefix: str, continuation: str) -> float:
+    """Full forward of prefix + continuation: the summed log-prob of the continuation."""
+    prefix_ids = tokenize(model, [prefix])[0]
+    cont_ids = tokenize(model, [continuation], prepend_bos=False)[0]
+    with torch.inference_mode():
+        logits = forward(model, torch.tensor([prefix_ids + cont_ids]))
+    log_probs = torch.log_softmax(logits[0].float(), dim=-1)
+    start = len(prefix_ids) - 1
+    return sum(float(log_probs[start + t, token]) for t, token in enumerate(cont_ids))
+
+
+@pytest.mark.parametrize("item", [COPA, NLI, WINOGRANDE], ids=lambda item: item.dataset)
+def test_score_item_equals_naive_forward(tiny_llama, monkeypatch, item) -> None:
+    built: list[str] = []
+    original_init = PrefixScorer.__init__
+
+    def counting_init(self, model, prefix, **kwargs) -> None:
+        built.append(prefix)
+        original_init(self, model, prefix, **kwargs)
+
+    monkeypatch.setattr(PrefixScorer, "__init__", counting_init)
+    scores = score_item(tiny_llama, item, NoSteering())
+    pairs = option_prompts(item)
+    assert len(built) == len({prefix for prefix, _ in pairs})  # one scorer per distinct prefix
+    for (prefix, continuation), score in zip(pairs, scores, strict=True):
+        assert score.answer == continuation
+        assert score.log_prob == pytest.approx(
+            naive_log_prob(tiny_llama, prefix, continuation), abs=1e-4
+        )
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+WORDS = {
+    0: ("dull", "boring", "bad", "awful", "weak"),
+    1: ("great", "witty", "good", "lovely", "fine"),
+}
+
+
+def sst2_items(n: int) -> list[MultipleChoiceItem]:
+    """Synthetic reviews: odd items use positive words, even items negative ones."""
+    return [
+        MultipleChoiceItem(
+            id=f"sst2-{index}",
+            dataset="sst2",
+            context=f"a {WORDS[index % 2][index % 5]} film , {WORDS[index % 2][index // 5 % 5]}",
+            options=SST2_OPTIONS,
+            label=index % 2,
+        )
+        for index in range(n)
+    ]
+
+
+RECORD_KEYS = ("dataset", "item_id", "policy", "prediction", "label", "correct")
+RECORD_KEYS += ("log_probs", "triggered")
+POLICIES = {
+    "none": NoSteering(),
+    "fixed": FixedSteering(2.0),
+    "fasb": FASB(alpha=2.0, threshold=0.6, backtrack_tokens=1),
+}
+
+
+def count_score_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = PrefixScorer.score
+
+    def counting(self, continuations, policy=None):
+        calls.append(len(continuations))
+        return original(self, continuations, policy)
+
+    monkeypatch.setattr(PrefixScorer, "score", counting)
+    return calls
+
+
+def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch) -> None:
+    items = sst2_items(40)
+    calls = count_score_calls(monkeypatch)
+    records: list[dict] = []
+
+    def run(**kwargs) -> dict:
+        return evaluate_dataset(
+            tiny_llama, items, policies=POLICIES, top_k=4, progress=False, **kwargs
+        )
+
+    result = run(on_item=records.append)
+    assert (result["n_train"], result["n_val"], result["n_test"]) == (16, 4, 20)
+    assert result["dataset"] == "sst2" and len(result["anchored_heads"]) == 4
+    assert 0.0 <= result["best_val_accuracy"] <= 1.0 and 0.5 <= result["val_majority"] <= 1.0
+    assert set(result["accuracy"]) == set(POLICIES)
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in result["accuracy"].values())
+    assert len(records) == result["n_test"] * len(POLICIES) == len(calls)
+    for name in POLICIES:
+        mine = [r for r in records if r["policy"] == name]
+        assert result["accuracy"][name] == sum(r["correct"] for r in mine) / len(mine)
+    first = records[0]
+    assert set(first) == set(RECORD_KEYS)
+    assert len(first["log_probs"]) == len(first["triggered"]) == 2
+
+    calls.clear()
+    again: list[dict] = []
+    done = {(r["item_id"], r["policy"]): r for r in records}
+    resumed = run(on_item=again.append, done=done)
+    assert calls == [] and again == []
+    assert resumed["accuracy"] == result["accuracy"]
+
+
+def test_evaluate_dataset_limit_and_partial_resume(tiny_llama, monkeypatch) -> None:
+    items = sst2_items(40)
+    records: list[dict] = []
+    policies = {"none": NoSteering()}
+    options = {"policies": policies, "top_k": 2, "limit": 30, "seed": 1, "progress": False}
+    result = evaluate_dataset(tiny_llama, items, on_item=records.append, **options)
+    assert result["n_train"] + result["n_val"] + result["n_test"] == 30
+    calls = count_score_calls(monkeypatch)
+    done = {(r["item_id"], r["policy"]): r for r in records[:5]}
+    rest: list[dict] = []
+    evaluate_dataset(tiny_llama, items, on_item=rest.append, done=done, **options)
+    assert len(calls) == len(rest) == len(records) - 5
+    assert rest == records[5:]
+
+
+def test_evaluate_dataset_refuses_bad_input(tiny_llama) -> None:
+    with pytest.raises(ValueError, match="no items"):
+        evaluate_dataset(tiny_llama, [], policies=POLICIES)
+    with pytest.raises(ValueError, match="mix several datasets"):
+        evaluate_dataset(tiny_llama, [SST2, COPA], policies=POLICIES)
+    with pytest.raises(ValueError, match="no policies"):
+        evaluate_dataset(tiny_llama, sst2_items(10), policies={})
+
+
+def test_split_items() -> None:
+    items = sst2_items(20)
+    split = split_items(items, seed=3)
+    assert (len(split.train), len(split.val), len(split.test)) == (8, 2, 10)
+    ids = [item.id for item in items]
+    for side in (split.train, split.val, split.test):
+        assert list(side) == sorted(side, key=ids.index)
+    assert split_items(items, seed=3) == split and split_items(items, seed=4) != split
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_items(items[:2], seed=0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_items(items, seed=0, test_fraction=1.0)
+    with pytest.raises(ValueError, match="unique"):
+        split_items([SST2, SST2], seed=0)
+
+
+# --- real data ----------------------------------------------------------------------------
+
+REAL_LOADERS: dict[str, Callable[[Path], list[MultipleChoiceItem]]] = {
+    "copa": lambda root: load_copa(root / "copa" / "copa-test.xml"),
+    "snli": lambda root: load_nli(root / "snli" / "test.tsv"),
+    "mmlu": lambda root: load_mmlu(root / "mmlu"),
+    "sst2": lambda root: load_sst2(root / "sst2" / "stsa.binary.test"),
+    "winogrande": lambda root: load_winogrande(root / "winogrande" / "dev.jsonl"),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_LOADERS))
+def test_option_prompts_on_real_data(data_dir: Path, name: str) -> None:
+    for item in REAL_LOADERS[name](data_dir):
+        pairs = option_prompts(item)
+        assert len(pairs) == len(item.options)
+        assert all(prefix and cont.startswith(" ") and cont.strip() for prefix, cont in pairs)
+    assert FORMAT_DESCRIPTIONS[item.dataset]

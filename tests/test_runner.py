@@ -1,0 +1,127 @@
+"""The experiment runner: outputs, resuming after a kill, determinism, bad settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fasb_lens.evaluation import runner as runner_module
+from fasb_lens.evaluation.runner import Experiment, ExperimentConfig, RecordLog, load_run
+
+CONFIG = dict(
+    data="mini",
+    n_questions=8,
+    methods=("none", "fixed", "caa", "fasb", "after_question"),
+    judges=("bleu-acc", "rouge-l-acc", "info-check"),
+    top_k=4,
+    alpha=4.0,
+    caa_alpha=2.0,
+    caa_layer=1,
+    threshold=0.6,
+    backtrack_tokens=2,
+    max_new_tokens=6,
+    mc_source="csv",
+    batch_size=3,
+)
+
+
+def run(tiny_llama, out: Path, **changes) -> dict:
+    config = ExperimentConfig(**{**CONFIG, **changes})
+    return Experiment(config, out, model=tiny_llama, progress=False).run()
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_llama, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    return out, run(tiny_llama, out)
+
+
+def test_a_run_writes_everything(finished) -> None:
+    out, summary = finished
+    for name in (
+        "config.json",
+        "records.jsonl",
+        "judgements.jsonl",
+        "results.json",
+        "results.csv",
+        "answers.csv",
+        "table.md",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "folds" / "fold1" / "steering.safetensors").is_file()
+    assert (out / "folds" / "fold0" / "caa.safetensors").is_file()
+    config, records, judgements = load_run(out)
+    assert config.n_questions == 8
+    # 8 questions, each tested once over the 2 folds, 5 methods, 2 tasks
+    assert len(records) == 8 * 5 * 2
+    assert len(judgements) == 8 * 5 * 3
+    assert set(summary["methods"]) == set(CONFIG["methods"])
+    mean = summary["methods"]["fasb"]["mean"]
+    assert 0 <= mean["mc1"] <= 1 and 0 <= mean["mc2"] <= 1
+    pair = mean["bleu-acc x info-check"]
+    assert pair["true_x_info"] == pytest.approx(pair["true"] * pair["info"], abs=1e-9)
+    table = (out / "table.md").read_text()
+    assert table.startswith("| Method | MC1 | MC2 | MC3 | triggered |")
+    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 5
+
+
+def test_mc_records_hold_every_answer(finished) -> None:
+    out, _ = finished
+    _, records, _ = load_run(out)
+    record = next(r for r in records if r["task"] == "mc" and r["method"] == "fasb")
+    labels = [row["label"] for row in record["answers"] if row["set"] == "mc2"]
+    assert 1 in labels and 0 in labels
+    lines = (out / "answers.csv").read_text().splitlines()
+    assert lines[0].startswith("fold,question_id,method,set,answer,label,log_prob,triggered")
+    assert len(lines) - 1 == sum(len(r["answers"]) for r in records if r["task"] == "mc")
+
+
+def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, monkeypatch) -> None:
+    out, summary = finished
+    real_append = RecordLog.append
+    calls = {"n": 0}
+
+    def dying_append(self, record):
+        calls["n"] += 1
+        if calls["n"] == 23:
+            raise KeyboardInterrupt
+        real_append(self, record)
+
+    monkeypatch.setattr(RecordLog, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_llama, tmp_path)
+    monkeypatch.setattr(RecordLog, "append", real_append)
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 22
+    # a torn line, as a kill in the middle of a write would leave
+    with (tmp_path / "records.jsonl").open("a") as handle:
+        handle.write('{"fold": 0, "question_')
+    evaluated: list[str] = []
+    real_mc = runner_module.evaluate_mc
+
+    def counting_mc(model, question, policies, **kwargs):
+        evaluated.append(question.id)
+        return real_mc(model, question, policies, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_mc", counting_mc)
+    resumed = run(tiny_llama, tmp_path)
+    assert len(evaluated) < 8  # questions finished before the kill were not scored again
+    assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(summary, sort_keys=True)
+
+
+def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
+    out, _ = finished
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(alpha\)"):
+        run(tiny_llama, out, alpha=9.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        ExperimentConfig(data="mini", methods=("magic",))
+    with pytest.raises(ValueError, match=r"--questions 500 is more than the 94 questions"):
+        run(tiny_llama, tmp_path / "big", n_questions=500)
+    with pytest.raises(FileNotFoundError, match="nope.txt does not exist"):
+        ExperimentConfig(data="mini", primer="nope.txt")
+    with pytest.raises(ValueError, match="unknown judge"):
+        ExperimentConfig(data="mini", judges=("gpt-judge",))
+    with pytest.raises(ValueError, match="have no mc_task.json targets"):
+        run(tiny_llama, tmp_path / "mc", mc_source="mc_task", tasks=("mc",))

@@ -29,8 +29,15 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
-from fasb_lens.generation import FASB, QA_STOP, FixedSteering, GenerationConfig, generate
-from fasb_lens.steering import Steering
+from fasb_lens.generation import (
+    FASB,
+    QA_STOP,
+    CAASteering,
+    FixedSteering,
+    GenerationConfig,
+    generate,
+)
+from fasb_lens.steering import ResidualSteering, Steering
 
 CALIBRATION_NAME = "calibration.json"
 ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -43,6 +50,7 @@ class Calibration:
     threshold: float
     alpha: float
     fixed_alpha: float
+    caa_alpha: float | None
     judge: str
     youden_j: float
     threshold_sweep: list[dict[str, float]] = field(default_factory=list)
@@ -107,9 +115,13 @@ def calibrate(
     max_new_tokens: int = 50,
     mc_source: AnswerSource = "mc_task",
     batch_size: int = 8,
+    caa: ResidualSteering | None = None,
     progress: bool = True,
 ) -> Calibration:
-    """Threshold from unsteered validation generations, strengths from validation MC."""
+    """Threshold from unsteered validation generations, strengths from validation MC.
+
+    With ``caa``, the CAA baseline's strength is swept too.
+    """
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=(QA_STOP,))
     traces = []
     for start in tqdm(
@@ -132,6 +144,8 @@ def calibrate(
     for alpha in alphas:
         policies[f"fixed@{alpha}"] = FixedSteering(alpha)
         policies[f"fasb@{alpha}"] = FASB(alpha, threshold, backtrack_tokens)
+        if caa is not None:
+            policies[f"caa@{alpha}"] = CAASteering(caa, alpha)
     scores: dict[str, list[dict[str, float]]] = {name: [] for name in policies}
     for question in tqdm(questions, desc="calibrate: multiple choice", disable=not progress):
         result = evaluate_mc(
@@ -160,6 +174,7 @@ def calibrate(
         threshold=threshold,
         alpha=best("fasb"),
         fixed_alpha=best("fixed"),
+        caa_alpha=best("caa") if caa is not None else None,
         judge=judge,
         youden_j=j,
         threshold_sweep=threshold_sweep,

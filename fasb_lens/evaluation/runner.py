@@ -113,6 +113,7 @@ class ExperimentConfig:
     primer: str | None = None
     instruction: str | None = None
     batch_size: int = 8
+    tuning_seed: int = 0
     calibrate: bool = True
     alphas: tuple[float, ...] = ALPHAS
     calibration_judge: str = "embedding-acc"
@@ -269,29 +270,31 @@ class Experiment:
     # ----------------------------------------------------------------------- anchoring
 
     def _activations(self) -> tuple[HeadActivations, HeadActivations, HeadActivations | None]:
+        """Probing, tuning (and residual) activations of every question, in file order.
+
+        File order and ``tuning_seed`` are those of ``fasb-lens collect``, so the folders
+        it writes can be copied into ``activations/`` instead of being computed again.
+        """
         folder = self.out / "activations"
+        questions = sorted(self.questions, key=lambda question: question.id)
+        probing_set = probing_prompts(questions)
         kwargs = {"batch_size": 32, "progress": self.progress}
         probing = collect_head_activations(
-            self.model,
-            probing_prompts(self.questions),
-            template=PROBE_TEMPLATE,
-            out_dir=folder / "probing",
-            **kwargs,
+            self.model, probing_set, template=PROBE_TEMPLATE, out_dir=folder / "probing", **kwargs
         )
         tuning = collect_head_activations(
             self.model,
-            tuning_prompts(self.questions, seed=self.config.seed),
+            tuning_prompts(questions, seed=self.config.tuning_seed),
             template=TUNING_TEMPLATE,
             out_dir=folder / "tuning",
             **kwargs,
         )
         residual = None
         if "caa" in self.config.methods:
-            layer = self.caa_layer
             residual = collect_residual_activations(
                 self.model,
-                probing_prompts(self.questions),
-                layers=[layer],
+                probing_set,
+                layers=[self.caa_layer],
                 template=PROBE_TEMPLATE,
                 out_dir=folder / "residual",
                 **kwargs,
@@ -329,11 +332,15 @@ class Experiment:
                 rows = torch.cat([probes.train_idx, probes.val_idx])
                 caa = build_caa(residual, self.caa_layer, rows)
                 caa.save(folder)
-            calibration = self._calibration(split, steering, folder) if config.calibrate else None
+            calibration = (
+                self._calibration(split, steering, caa, folder) if config.calibrate else None
+            )
             folds.append(_Fold(split, steering, self._policies(caa, calibration), calibration))
         return folds
 
-    def _calibration(self, split: Split, steering: Steering, folder: Path) -> Calibration:
+    def _calibration(
+        self, split: Split, steering: Steering, caa: ResidualSteering | None, folder: Path
+    ) -> Calibration:
         """The fold's threshold and strengths, chosen on its validation questions."""
         if (folder / CALIBRATION_NAME).is_file():
             return Calibration.load(folder)
@@ -351,6 +358,7 @@ class Experiment:
             max_new_tokens=config.max_new_tokens,
             mc_source=config.mc_source,
             batch_size=config.batch_size,
+            caa=caa,
             progress=self.progress,
         )
         calibration.save(folder)
@@ -366,6 +374,8 @@ class Experiment:
             alpha, threshold = calibration.alpha, calibration.threshold
             fixed_alpha = calibration.fixed_alpha
         strengths = {"caa": config.caa_alpha, "fixed": fixed_alpha}
+        if calibration is not None and calibration.caa_alpha is not None:
+            strengths["caa"] = calibration.caa_alpha
         return {
             name: make_policy(
                 name,
@@ -496,6 +506,7 @@ class Experiment:
                 "threshold": fold.calibration.threshold,
                 "alpha": fold.calibration.alpha,
                 "fixed_alpha": fold.calibration.fixed_alpha,
+                "caa_alpha": fold.calibration.caa_alpha,
                 "youden_j": fold.calibration.youden_j,
             }
             for fold in folds

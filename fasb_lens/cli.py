@@ -46,57 +46,63 @@ def cmd_download_model(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fasb_lens.activations import collect_head_activations
-    from fasb_lens.data import PROBE_TEMPLATE, load_mini_truthfulqa, probing_prompts
-    from fasb_lens.models import load_model, model_id, model_shape
-    from fasb_lens.probes import fit_head_probes
-    from fasb_lens.splits import train_val_split
+    from fasb_lens.demo import run_demo
+    from fasb_lens.models import EMBEDDED_MODEL_ID
 
-    out = Path(args.out)
-    progress = not args.no_progress
-    print("fasb-lens demo: the embedded SmolLM2-135M-Instruct on the built-in mini set\n")
-    start = time.perf_counter()
-    model = load_model()
-    shape = model_shape(model)
+    print("fasb-lens demo: FASB on the embedded SmolLM2-135M-Instruct and the built-in mini set")
+    print("(94 questions about common misconceptions; all offline)\n")
+    result = run_demo(
+        args.out,
+        top_k=args.top,
+        alpha=args.alpha,
+        png=not args.no_png,
+        progress=not args.no_progress,
+    )
+    probes, steering, calibration = result.probes, result.steering, result.calibration
+    print(f"model        {EMBEDDED_MODEL_ID} ({steering.shape.describe()})")
     print(
-        f"model       {model_id(model)} ({shape.describe()}), "
-        f"loaded in {time.perf_counter() - start:.1f} s"
+        f"probes       one per head; validation questions' majority baseline "
+        f"{probes.val_majority:.2f}; best heads:"
     )
-    questions = load_mini_truthfulqa()
-    prompts = probing_prompts(questions)
-    n_true = sum(prompt.label for prompt in prompts)
-    print(
-        f"data        {len(questions)} questions -> {len(prompts)} probing prompts "
-        f"({n_true} true, {len(prompts) - n_true} false), e.g.\n"
-        f"            {prompts[0].text!r}"
-    )
-    start = time.perf_counter()
-    activations = collect_head_activations(
-        model, prompts, template=PROBE_TEMPLATE, progress=progress
-    )
-    print(
-        f"activations hook_z at the last token: {tuple(activations.z.shape)} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
-    activations.save(out / "activations")
-    split = train_val_split([question.id for question in questions], seed=42)
-    probes = fit_head_probes(
-        activations,
-        train_idx=split.rows(activations.groups, "train"),
-        val_idx=split.rows(activations.groups, "val"),
-        progress=progress,
-    )
-    probes.save(out / "probes")
-    print(
-        f"\nprobes      one per head, trained on {len(split.train)} questions, validated on "
-        f"{len(split.val)} others (majority baseline {probes.val_majority:.2f}); best heads:"
-    )
-    for head in probes.top_heads(args.top):
+    for head in steering.heads[:8]:
         print(
-            f"            {head!s:<7} validation {probes.val_accuracy[head]:.2f}   "
+            f"             {head!s:<7} validation {probes.val_accuracy[head]:.2f}   "
             f"training {probes.train_accuracy[head]:.2f}"
         )
-    print(f"\nwritten to  {out}/")
+    readings = calibration.readings
+    print(
+        f"threshold    {calibration.threshold:.3f}, chosen on {len(readings['first_check'])} "
+        f"validation answers (Youden's J {calibration.youden_j:.2f} at detecting the "
+        f"untruthful ones, judged by {calibration.judge})"
+    )
+    print(
+        f"strength     alpha {args.alpha} (steering at alpha * (1 - p_true)), "
+        "backtracking 10 tokens\n"
+    )
+    for question, plain, steered in zip(
+        result.questions, result.plain, result.steered, strict=True
+    ):
+        print(f"Q: {question}")
+        print(f"   without steering: {plain.answer}")
+        if steered.triggered:
+            print(
+                f"   FASB: triggered at token {steered.trigger_step} "
+                f"(p_true {steered.trigger_p_true:.2f} < {calibration.threshold:.2f}), "
+                f"threw away {steered.discarded_text!r}, steered at strength "
+                f"{steered.strength:.2f}:"
+            )
+            print(f"         {steered.answer}")
+        else:
+            lowest = min(p for p in steered.p_true if p is not None)
+            print(f"   FASB: no trigger (lowest p_true {lowest:.2f}); the answer stands")
+        print()
+    print("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()))
+    print(
+        f"figures      {args.out}/ ("
+        + ", ".join(sorted({p.stem for p in result.figures}))
+        + "), artifact in "
+        + f"{args.out}/artifact"
+    )
     return 0
 
 
@@ -411,6 +417,83 @@ def cmd_mc_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    from fasb_lens.evaluation.report import render_run
+
+    made = render_run(args.run, args.out, png=not args.no_png)
+    for path, caption in made:
+        print(f"{path}  {caption}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from fasb_lens.ablation import ablation_study, logprob_margin, mc2_metric, probe_accuracy_metric
+    from fasb_lens.activations import HeadActivations
+    from fasb_lens.data import load_prompt_format, load_questions, probing_prompts
+    from fasb_lens.models import EMBEDDED_MODEL_ID, load_model
+    from fasb_lens.plotting import head_heatmap, save_figure
+    from fasb_lens.probes import HeadProbes
+    from fasb_lens.steering import Steering, build_steering
+
+    probes = HeadProbes.load(args.artifact)
+    steering = Steering.load(args.artifact)
+    name = args.model or (None if steering.model_id == EMBEDDED_MODEL_ID else steering.model_id)
+    model = load_model(name)
+    steering.check_model(model)
+    questions = load_questions(args.data)[: args.questions]
+    heads = list(steering.heads) if args.heads == "top-k" else None
+    if args.metric == "logprob_margin":
+        metric = logprob_margin(questions)
+    elif args.metric == "mc2":
+        metric = mc2_metric(questions, fmt=load_prompt_format(), source="csv")
+    else:
+        later = [h for h in steering.heads if h.layer == max(x.layer for x in steering.heads)]
+        metric = probe_accuracy_metric(probing_prompts(questions), probes, later)
+    means = study_steering = None
+    if args.mode in ("mean", "steer"):
+        if not args.activations:
+            raise SystemExit(f"--mode {args.mode} needs --activations (the folder of `collect`)")
+        probing = HeadActivations.load(Path(args.activations) / "probing", model=model)
+        means = probing.z.mean(0)
+        if args.mode == "steer":
+            tuning = HeadActivations.load(Path(args.activations) / "tuning", model=model)
+            study_steering = build_steering(
+                probes, probing, tuning, heads=heads or list(probes.ranked_heads())
+            )
+    result = ablation_study(
+        model,
+        metric,
+        heads=heads,
+        mode=args.mode,
+        means=means,
+        steering=study_steering,
+        strength=args.strength,
+        metric_name=args.metric,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    verb = "steering" if args.mode == "steer" else f"{args.mode}-ablating"
+    figure = head_heatmap(
+        result.effect,
+        anchored=steering.heads,
+        colorbar=f"change in {args.metric}",
+        zmid=0.0,
+        title=f"Change in {args.metric} from {verb} each head (baseline {result.baseline:.3f})",
+    )
+    save_figure(figure, Path(args.out) / f"ablation_{args.metric}_{args.mode}", png=not args.no_png)
+    summary = {
+        "metric": args.metric,
+        "mode": args.mode,
+        "baseline": result.baseline,
+        "largest_drops": [{"head": str(h), "change": v} for h, v in result.top(10)],
+        "largest_gains": [
+            {"head": str(h), "change": v} for h, v in result.top(10, largest_drop=False)
+        ],
+    }
+    _report(summary, args.json)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fasb_lens.bench import run_benchmarks
 
@@ -441,13 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     download = commands.add_parser("download-model", help="install the embedded default model")
-    download.set_defaults(run=cmd_download_model)
+    download.set_defaults(handler=cmd_download_model)
 
     demo = commands.add_parser("demo", help="the method on the default model, offline")
     demo.add_argument("--out", default="fasb_lens_demo", help="output folder")
-    demo.add_argument("--top", type=int, default=8, help="heads to list")
+    demo.add_argument("--top", type=int, default=12, help="anchored heads")
+    demo.add_argument("--alpha", type=float, default=60.0, help="FASB's strength")
+    demo.add_argument("--no-png", action="store_true", help="write HTML figures only")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.set_defaults(run=cmd_demo)
+    demo.set_defaults(handler=cmd_demo)
 
     collect = commands.add_parser(
         "collect", help="a dataset's probing and tuning prompts -> head activations on disk"
@@ -468,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     collect.add_argument("--json", action="store_true", help="print a JSON summary")
-    collect.set_defaults(run=cmd_collect)
+    collect.set_defaults(handler=cmd_collect)
 
     fit = commands.add_parser(
         "fit", help="activations -> per-head probes, accuracy grid and steering artifact"
@@ -493,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backtrack-tokens", type=int, default=10, help="default stored")
     fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
     fit.add_argument("--json", action="store_true", help="print a JSON summary")
-    fit.set_defaults(run=cmd_fit)
+    fit.set_defaults(handler=cmd_fit)
 
     gen = commands.add_parser("generate", help="answer questions under a steering policy")
     gen.add_argument("--artifact", required=True, help="folder written by `fit`")
@@ -516,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
-    gen.set_defaults(run=cmd_generate)
+    gen.set_defaults(handler=cmd_generate)
 
     rep = commands.add_parser(
         "reproduce", help="the paper's TruthfulQA table: cross-validated, resumable"
@@ -547,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--batch-size", type=int, default=8)
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     rep.add_argument("--json", action="store_true", help="print the summary as JSON")
-    rep.set_defaults(run=cmd_reproduce)
+    rep.set_defaults(handler=cmd_reproduce)
 
     mcd = commands.add_parser(
         "mc-datasets", help="COPA, NLI, MMLU, SST-2, Winogrande (and Story Cloze) accuracy"
@@ -571,7 +656,31 @@ def build_parser() -> argparse.ArgumentParser:
     mcd.add_argument("--seed", type=int, default=0)
     mcd.add_argument("--no-progress", action="store_true", help="hide progress bars")
     mcd.add_argument("--json", action="store_true", help="print the results as JSON")
-    mcd.set_defaults(run=cmd_mc_datasets)
+    mcd.set_defaults(handler=cmd_mc_datasets)
+
+    figs = commands.add_parser("figures", help="render every figure of a reproduce run")
+    figs.add_argument("--run", required=True, help="folder written by `reproduce`")
+    figs.add_argument("--out", default="figures", help="output folder")
+    figs.add_argument("--no-png", action="store_true", help="HTML only")
+    figs.set_defaults(handler=cmd_figures)
+
+    abl = commands.add_parser("ablate", help="per-head ablation (or steering) study")
+    abl.add_argument("--artifact", required=True, help="folder written by `fit`")
+    abl.add_argument("--activations", help="folder written by `collect` (mean and steer modes)")
+    abl.add_argument("--data", default="mini", help="questions: 'mini' or a TruthfulQA CSV")
+    abl.add_argument("--questions", type=int, default=20, help="questions the metric uses")
+    abl.add_argument(
+        "--metric", choices=["logprob_margin", "mc2", "probe_accuracy"], default="logprob_margin"
+    )
+    abl.add_argument("--heads", choices=["all", "top-k"], default="all")
+    abl.add_argument("--mode", choices=["zero", "mean", "steer"], default="zero")
+    abl.add_argument("--strength", type=float, default=5.0, help="alpha for --mode steer")
+    abl.add_argument("--model", help="hub name or folder (default: the artifact's model)")
+    abl.add_argument("--out", required=True, help="output folder (resumes if interrupted)")
+    abl.add_argument("--no-png", action="store_true", help="HTML only")
+    abl.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    abl.add_argument("--json", action="store_true", help="print a JSON summary")
+    abl.set_defaults(handler=cmd_ablate)
 
     bench = commands.add_parser("bench", help="benchmarks, written as JSON")
     bench.add_argument("--only", nargs="*", help="entries to run (default: all)")
@@ -580,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-prompts", type=int, default=1000)
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    bench.set_defaults(run=cmd_bench)
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 
@@ -591,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.run(args)
+        return args.handler(args)
     except EmbeddedModelMissingError as error:
         print(error, file=sys.stderr)
         return 2

@@ -16,9 +16,9 @@ from fasb_lens.steering import Steering
 
 def test_parser_knows_the_commands() -> None:
     parser = cli.build_parser()
-    assert parser.parse_args(["demo"]).run is cli.cmd_demo
+    assert parser.parse_args(["demo"]).handler is cli.cmd_demo
     assert parser.parse_args(["bench", "--only", "activations"]).only == ["activations"]
-    assert parser.parse_args(["download-model"]).run is cli.cmd_download_model
+    assert parser.parse_args(["download-model"]).handler is cli.cmd_download_model
     with pytest.raises(SystemExit):
         parser.parse_args(["no-such-command"])
 

@@ -11,8 +11,9 @@ shift on held-out validation questions:
    maximise Youden's J (true-positive rate minus false-positive rate). The readings are
    kept: they are the paper's Figure 1 (question-only readings vs readings during
    generation).
-2. **Strength.** ITI's ``alpha`` and FASB's ``alpha`` are swept on multiple choice (MC2,
-   then MC1) over the same questions.
+2. **Strength.** Each method's ``alpha`` (ITI, FASB, CAA) is swept, per task: on
+   multiple choice (validation MC2, then MC1) and on generation (validation True*Info),
+   since answers need far larger pushes than answer log-likelihoods tolerate.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
-from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
+from fasb_lens.evaluation.judges import JudgeInput, judge_by_name, summarize
 from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
 from fasb_lens.generation import (
     FASB,
@@ -35,27 +36,44 @@ from fasb_lens.generation import (
     CAASteering,
     FixedSteering,
     GenerationConfig,
+    GenerationTrace,
+    NoSteering,
+    Policy,
     generate,
 )
 from fasb_lens.steering import ResidualSteering, Steering
 
 CALIBRATION_NAME = "calibration.json"
-ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+MC_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""Strengths of the head vectors swept on multiple choice."""
+GENERATION_ALPHAS = (8.0, 16.0, 32.0, 64.0)
+"""Strengths of the head vectors swept on generation (answers need larger pushes)."""
+CAA_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""Strengths of the CAA vector (a residual-stream difference, much larger than a head's)."""
+TASK_ALPHAS = {"mc": MC_ALPHAS, "generation": GENERATION_ALPHAS}
 
 
 @dataclass
 class Calibration:
-    """The chosen hyperparameters and everything they were chosen from."""
+    """The chosen hyperparameters and everything they were chosen from.
+
+    ``strengths[task][method]`` is the strength chosen for ``task`` (``"mc"`` or
+    ``"generation"``) and ``method`` (``"fasb"`` for FASB and its variants, ``"fixed"``,
+    ``"caa"``).
+    """
 
     threshold: float
-    alpha: float
-    fixed_alpha: float
-    caa_alpha: float | None
+    strengths: dict[str, dict[str, float]]
     judge: str
     youden_j: float
     threshold_sweep: list[dict[str, float]] = field(default_factory=list)
     alpha_sweep: list[dict[str, Any]] = field(default_factory=list)
     readings: dict[str, list[Any]] = field(default_factory=dict)
+
+    def strength(self, task: str, method: str) -> float | None:
+        """The strength for a policy name (FASB's variants share FASB's)."""
+        family = method if method in ("fixed", "caa") else "fasb"
+        return self.strengths.get(task, {}).get(family)
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CALIBRATION_NAME
@@ -102,6 +120,53 @@ def choose_threshold(
     return best["threshold"], best["j"], sweep
 
 
+def _generate(
+    model: TransformerBridge,
+    questions: Sequence[TruthfulQAQuestion],
+    fmt: PromptFormat,
+    steering: Steering,
+    policy: Policy,
+    config: GenerationConfig,
+    batch_size: int,
+) -> list[GenerationTrace]:
+    traces: list[GenerationTrace] = []
+    for start in range(0, len(questions), batch_size):
+        prompts = [fmt.generation_prompt(q.question) for q in questions[start : start + batch_size]]
+        traces += generate(model, prompts, policy=policy, steering=steering, config=config)
+    return traces
+
+
+def _inputs(
+    questions: Sequence[TruthfulQAQuestion], traces: Sequence[GenerationTrace]
+) -> list[JudgeInput]:
+    return [
+        JudgeInput(q.question, t.answer, q.correct_answers, q.incorrect_answers)
+        for q, t in zip(questions, traces, strict=True)
+    ]
+
+
+def _policies(
+    alphas: Sequence[float], threshold: float, backtrack_tokens: int, caa: ResidualSteering | None
+) -> dict[tuple[str, float], Policy]:
+    policies: dict[tuple[str, float], Policy] = {}
+    for alpha in alphas:
+        policies[("fixed", alpha)] = FixedSteering(alpha)
+        policies[("fasb", alpha)] = FASB(alpha, threshold, backtrack_tokens)
+    for alpha in CAA_ALPHAS if caa is not None else ():
+        policies[("caa", alpha)] = CAASteering(caa, alpha)
+    return policies
+
+
+def _best(rows: list[dict[str, Any]], task: str, key: tuple[str, ...]) -> dict[str, float]:
+    """The strength with the best ``key`` metrics per method (ties: the smaller strength)."""
+    chosen = {}
+    for method in dict.fromkeys(row["method"] for row in rows if row["task"] == task):
+        candidates = [row for row in rows if (row["task"], row["method"]) == (task, method)]
+        best = max(candidates, key=lambda r: (*(round(r[k], 12) for k in key), -r["alpha"]))
+        chosen[method] = best["alpha"]
+    return chosen
+
+
 def calibrate(
     model: TransformerBridge,
     questions: Sequence[TruthfulQAQuestion],
@@ -110,7 +175,8 @@ def calibrate(
     fmt: PromptFormat,
     backtrack_tokens: int,
     fallback_threshold: float = 0.6,
-    alphas: Sequence[float] = ALPHAS,
+    tasks: Sequence[str] = ("mc", "generation"),
+    generation_questions: int = 32,
     judge: str = "embedding-acc",
     max_new_tokens: int = 50,
     mc_source: AnswerSource = "mc_task",
@@ -118,67 +184,66 @@ def calibrate(
     caa: ResidualSteering | None = None,
     progress: bool = True,
 ) -> Calibration:
-    """Threshold from unsteered validation generations, strengths from validation MC.
+    """Choose the threshold, then each method's strength per task, on validation questions.
 
-    With ``caa``, the CAA baseline's strength is swept too.
+    The threshold comes from unsteered generations (Youden's J, see the module
+    docstring). Strengths for multiple choice maximise validation MC2 (then MC1);
+    strengths for generation maximise True*Info (``judge`` for truth, ``info-check`` for
+    informativeness) over the first ``generation_questions`` questions. ``tasks`` limits
+    which strengths are chosen; with ``caa`` the CAA baseline's strength is chosen too.
     """
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=(QA_STOP,))
-    traces = []
-    for start in tqdm(
-        range(0, len(questions), batch_size), desc="calibrate: generate", disable=not progress
-    ):
-        batch = questions[start : start + batch_size]
-        prompts = [fmt.generation_prompt(q.question) for q in batch]
-        traces += generate(model, prompts, steering=steering, config=config)
+    truth_judge, info_judge = judge_by_name(judge), judge_by_name("info-check")
+    traces = _generate(model, questions, fmt, steering, NoSteering(), config, batch_size)
     first_check = [t.p_true[min(backtrack_tokens, len(t.p_true)) - 1] for t in traces]
-    verdicts = judge_by_name(judge).judge_many(
-        [
-            JudgeInput(q.question, t.answer, q.correct_answers, q.incorrect_answers)
-            for q, t in zip(questions, traces, strict=True)
-        ]
-    )
+    verdicts = truth_judge.judge_many(_inputs(questions, traces))
     truthful = [bool(v.truthful) for v in verdicts]
     threshold, j, threshold_sweep = choose_threshold(first_check, truthful, fallback_threshold)
 
-    policies: dict[str, Any] = {}
-    for alpha in alphas:
-        policies[f"fixed@{alpha}"] = FixedSteering(alpha)
-        policies[f"fasb@{alpha}"] = FASB(alpha, threshold, backtrack_tokens)
-        if caa is not None:
-            policies[f"caa@{alpha}"] = CAASteering(caa, alpha)
-    scores: dict[str, list[dict[str, float]]] = {name: [] for name in policies}
-    for question in tqdm(questions, desc="calibrate: multiple choice", disable=not progress):
-        result = evaluate_mc(
-            model, question, policies, fmt=fmt, steering=steering, source=mc_source
-        )
-        for name, values in result.items():
-            scores[name].append(values)
-    alpha_sweep = []
-    for name, rows in scores.items():
-        method, alpha = name.split("@")
-        alpha_sweep.append(
-            {
-                "method": method,
-                "alpha": float(alpha),
-                **{m: sum(r[m] for r in rows) / len(rows) for m in ("mc1", "mc2", "mc3")},
-            }
-        )
-
-    def best(method: str) -> float:
-        rows = [row for row in alpha_sweep if row["method"] == method]
-        return max(rows, key=lambda r: (round(r["mc2"], 12), round(r["mc1"], 12), -r["alpha"]))[
-            "alpha"
-        ]
-
+    rows: list[dict[str, Any]] = []
+    if "mc" in tasks:
+        policies = _policies(MC_ALPHAS, threshold, backtrack_tokens, caa)
+        scores: dict[tuple[str, float], list[dict[str, Any]]] = {key: [] for key in policies}
+        named = {f"{method}@{alpha}": policy for (method, alpha), policy in policies.items()}
+        for question in tqdm(questions, desc="calibrate: MC", disable=not progress):
+            result = evaluate_mc(
+                model, question, named, fmt=fmt, steering=steering, source=mc_source
+            )
+            for method, alpha in policies:
+                scores[(method, alpha)].append(result[f"{method}@{alpha}"])
+        for (method, alpha), values in scores.items():
+            means = {m: sum(v[m] for v in values) / len(values) for m in ("mc1", "mc2", "mc3")}
+            rows.append({"task": "mc", "method": method, "alpha": alpha, **means})
+    if "generation" in tasks:
+        subset = list(questions[:generation_questions])
+        policies = _policies(GENERATION_ALPHAS, threshold, backtrack_tokens, caa)
+        for (method, alpha), policy in tqdm(
+            policies.items(), desc="calibrate: generation", disable=not progress
+        ):
+            answers = _generate(model, subset, fmt, steering, policy, config, batch_size)
+            summary = summarize(
+                truth_judge.judge_many(_inputs(subset, answers)),
+                info_judge.judge_many(_inputs(subset, answers)),
+            )
+            rows.append(
+                {
+                    "task": "generation",
+                    "method": method,
+                    "alpha": alpha,
+                    **{k: summary[k] for k in ("true", "info", "true_x_info")},
+                }
+            )
+    strengths = {
+        "mc": _best(rows, "mc", ("mc2", "mc1")),
+        "generation": _best(rows, "generation", ("true_x_info", "true")),
+    }
     return Calibration(
         threshold=threshold,
-        alpha=best("fasb"),
-        fixed_alpha=best("fixed"),
-        caa_alpha=best("caa") if caa is not None else None,
+        strengths={task: values for task, values in strengths.items() if values},
         judge=judge,
         youden_j=j,
         threshold_sweep=threshold_sweep,
-        alpha_sweep=alpha_sweep,
+        alpha_sweep=rows,
         readings={
             "question_ids": [q.id for q in questions],
             "question": [t.p_true[0] for t in traces],

@@ -48,7 +48,7 @@ from fasb_lens.data import (
     probing_prompts,
     tuning_prompts,
 )
-from fasb_lens.evaluation.calibration import ALPHAS, CALIBRATION_NAME, Calibration, calibrate
+from fasb_lens.evaluation.calibration import CALIBRATION_NAME, Calibration, calibrate
 from fasb_lens.evaluation.judges import JUDGES, JudgeInput, Verdict, judge_by_name, summarize
 from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
 from fasb_lens.generation import (
@@ -115,7 +115,7 @@ class ExperimentConfig:
     batch_size: int = 8
     tuning_seed: int = 0
     calibrate: bool = True
-    alphas: tuple[float, ...] = ALPHAS
+    calibration_questions: int = 32
     calibration_judge: str = "embedding-acc"
 
     def __post_init__(self) -> None:
@@ -207,7 +207,7 @@ def _judgement_key(record: dict[str, Any]) -> tuple:
 class _Fold:
     split: Split
     steering: Steering
-    policies: dict[str, Policy] = field(default_factory=dict)
+    policies: dict[str, dict[str, Policy]] = field(default_factory=dict)  # task -> name -> policy
     calibration: Calibration | None = None
 
 
@@ -353,7 +353,8 @@ class Experiment:
             fmt=self.fmt,
             backtrack_tokens=config.backtrack_tokens,
             fallback_threshold=config.threshold,
-            alphas=config.alphas,
+            tasks=config.tasks,
+            generation_questions=config.calibration_questions,
             judge=config.calibration_judge,
             max_new_tokens=config.max_new_tokens,
             mc_source=config.mc_source,
@@ -366,25 +367,29 @@ class Experiment:
 
     def _policies(
         self, caa: ResidualSteering | None, calibration: Calibration | None
-    ) -> dict[str, Policy]:
+    ) -> dict[str, dict[str, Policy]]:
+        """Each task's policies; strengths and threshold from the calibration if any."""
         config = self.config
-        alpha, threshold = config.alpha, config.threshold
-        fixed_alpha = config.alpha if config.fixed_alpha is None else config.fixed_alpha
-        if calibration is not None:
-            alpha, threshold = calibration.alpha, calibration.threshold
-            fixed_alpha = calibration.fixed_alpha
-        strengths = {"caa": config.caa_alpha, "fixed": fixed_alpha}
-        if calibration is not None and calibration.caa_alpha is not None:
-            strengths["caa"] = calibration.caa_alpha
+        threshold = calibration.threshold if calibration is not None else config.threshold
+        fixed = config.alpha if config.fixed_alpha is None else config.fixed_alpha
+        defaults = {"caa": config.caa_alpha, "fixed": fixed}
+
+        def strength(task: str, name: str) -> float:
+            chosen = calibration.strength(task, name) if calibration is not None else None
+            return chosen if chosen is not None else defaults.get(name, config.alpha)
+
         return {
-            name: make_policy(
-                name,
-                alpha=strengths.get(name, alpha),
-                threshold=threshold,
-                backtrack_tokens=config.backtrack_tokens,
-                caa=caa,
-            )
-            for name in config.methods
+            task: {
+                name: make_policy(
+                    name,
+                    alpha=strength(task, name),
+                    threshold=threshold,
+                    backtrack_tokens=config.backtrack_tokens,
+                    caa=caa,
+                )
+                for name in config.methods
+            }
+            for task in TASKS
         }
 
     # ----------------------------------------------------------------------- evaluation
@@ -401,7 +406,7 @@ class Experiment:
         for question in bar:
             missing = {
                 name: policy
-                for name, policy in fold.policies.items()
+                for name, policy in fold.policies["mc"].items()
                 if (fold.split.fold, question.id, "mc", name) not in self.records
             }
             if not missing:
@@ -430,14 +435,15 @@ class Experiment:
             max_new_tokens=self.config.max_new_tokens, stop_strings=(QA_STOP,)
         )
         questions = self._test_questions(fold)
-        total = len(questions) * len(fold.policies)
+        policies = fold.policies["generation"]
+        total = len(questions) * len(policies)
         bar = tqdm(
             total=total,
             desc=f"generation fold {fold.split.fold}",
             unit="answer",
             disable=not self.progress,
         )
-        for name, policy in fold.policies.items():
+        for name, policy in policies.items():
             todo = [
                 q
                 for q in questions
@@ -504,9 +510,7 @@ class Experiment:
         calibrations = {
             str(fold.split.fold): {
                 "threshold": fold.calibration.threshold,
-                "alpha": fold.calibration.alpha,
-                "fixed_alpha": fold.calibration.fixed_alpha,
-                "caa_alpha": fold.calibration.caa_alpha,
+                "strengths": fold.calibration.strengths,
                 "youden_j": fold.calibration.youden_j,
             }
             for fold in folds
@@ -646,7 +650,7 @@ def write_summary(
     config: ExperimentConfig,
     records: Iterable[dict[str, Any]],
     judgements: Iterable[dict[str, Any]],
-    calibrations: dict[str, dict[str, float]] | None = None,
+    calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write results.json, results.csv, answers.csv and table.md; return the summary."""
     records = list(records)

@@ -1,0 +1,216 @@
+"""Every figure of a run directory, rendered with :mod:`fasb_lens.plotting`.
+
+``render_run(run_dir, out)`` reads what :mod:`fasb_lens.evaluation.runner` wrote (probes
+and steering of each fold, the calibration readings and sweeps, the generation records,
+``results.json``) and saves one HTML (and PNG) file per figure; it returns the files with
+a one-line caption each. :func:`trace_from_record` turns a generation record back into a
+:class:`~fasb_lens.generation.GenerationTrace` for the trajectory plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fasb_lens.activations import HeadActivations
+from fasb_lens.evaluation.calibration import CALIBRATION_NAME, Calibration
+from fasb_lens.evaluation.runner import load_fold_artifacts, load_run
+from fasb_lens.generation import GenerationTrace, Step
+from fasb_lens.plotting import (
+    anchored_heads,
+    head_heatmap,
+    method_comparison,
+    p_true_distributions,
+    save_figure,
+    sweep_lines,
+    trajectories,
+)
+
+
+def trace_from_record(record: dict[str, Any]) -> GenerationTrace:
+    """A generation record of a run, as a trace (token ids are not kept in records)."""
+    kept = record["kept"]
+    trigger = record["trigger_step"]
+    steps = [
+        Step(
+            step=i,
+            token_id=-1,
+            token=token,
+            p_true=p,
+            strength=record["strength"] if trigger is not None and i > trigger else 0.0,
+            checked=i == trigger,
+            kept=k,
+        )
+        for i, (token, p, k) in enumerate(
+            zip(record["tokens"], record["p_true"], kept, strict=True)
+        )
+    ]
+    backtracks = []
+    if trigger is not None:
+        dropped = sum(not k for k in kept[: trigger + 1])
+        backtracks.append(
+            {
+                "step": trigger,
+                "p_true": record["trigger_p_true"],
+                "strength": record["strength"],
+                "kept_tokens": trigger + 1 - dropped,
+                "discarded_ids": [-1] * dropped,
+            }
+        )
+    return GenerationTrace(
+        prompt="",
+        prompt_ids=[],
+        output_ids=list(record.get("output_ids", [])),
+        text=record["text"],
+        answer=record["answer"],
+        policy=record["method"],
+        mode="cached",
+        steps=steps,
+        trigger_step=trigger,
+        trigger_p_true=record["trigger_p_true"],
+        strength=record["strength"],
+        backtracks=backtracks,
+        discarded_text=record["discarded_text"],
+        stop_reason=record["stop_reason"],
+    )
+
+
+def render_run(
+    run_dir: str | Path, out: str | Path, *, png: bool = True, n_trajectories: int = 12
+) -> list[tuple[Path, str]]:
+    """Render every figure of a run into ``out``; returns ``(file, caption)`` pairs."""
+    run_dir, out = Path(run_dir), Path(out)
+    config, records, _ = load_run(run_dir)
+    made: list[tuple[Path, str]] = []
+
+    def save(figure, name: str, caption: str) -> None:
+        for path in save_figure(figure, out / name, png=png):
+            made.append((path, caption))
+
+    probes, steering = load_fold_artifacts(run_dir, 0)
+    for sort, name in ((True, "heads_accuracy_sorted"), (False, "heads_accuracy")):
+        figure = head_heatmap(
+            probes.val_accuracy,
+            anchored=steering.heads,
+            sort_within_layer=sort,
+            extra={"training accuracy": probes.train_accuracy},
+            title=f"Probe validation accuracy per head (fold 0; majority baseline "
+            f"{probes.val_majority:.2f}); the {steering.top_k} anchored heads outlined",
+        )
+        save(
+            figure,
+            name,
+            "validation accuracy of every head's truthfulness probe, "
+            "anchored heads outlined" + (" (sorted within each layer)" if sort else ""),
+        )
+
+    probing = run_dir / "activations" / "probing"
+    if (probing / "head_activations.json").is_file():
+        acts = HeadActivations.load(probing)
+        figure = anchored_heads(
+            list(steering.heads),
+            steering.directions,
+            acts.heads(steering.heads),
+            acts.labels,
+            n_layers=steering.shape.n_layers,
+            n_heads=steering.shape.n_heads,
+            accuracy=[float(steering.val_accuracy[h]) for h in steering.heads],
+        )
+        save(
+            figure,
+            "anchored_heads",
+            "where the anchored heads sit, and the projections of "
+            "true and false answers on their steering directions",
+        )
+
+    calibrations = [
+        Calibration.load(folder)
+        for folder in sorted((run_dir / "folds").iterdir())
+        if (folder / CALIBRATION_NAME).is_file()
+    ]
+    if calibrations:
+        question = [p for c in calibrations for p in c.readings["question"]]
+        first = [p for c in calibrations for p in c.readings["first_check"]]
+        figure = p_true_distributions(
+            question,
+            first,
+            threshold=calibrations[0].threshold,
+            labels=("question only (prompt's last token)", "at the first check during generation"),
+        )
+        save(
+            figure,
+            "p_true_distributions",
+            "the tracker's p_true from the question alone vs "
+            "at the first check during unsteered generation (validation questions)",
+        )
+        sweep = [dict(row, fold=i) for i, c in enumerate(calibrations) for row in c.alpha_sweep]
+        for task, metric in (("mc", "mc2"), ("mc", "mc1"), ("generation", "true_x_info")):
+            rows = [
+                dict(r, method=f"{r['method']} (fold {r['fold']})")
+                for r in sweep
+                if r["task"] == task
+            ]
+            if rows:
+                save(
+                    sweep_lines(
+                        rows,
+                        x="alpha",
+                        y=metric,
+                        title=f"Validation {metric} ({task}) against strength alpha",
+                    ),
+                    f"sweep_alpha_{task}_{metric}",
+                    f"validation {metric} ({task}) for each strength, per method and fold",
+                )
+        thresholds = [
+            dict(row, curve=f"{key} (fold {i})", value=row[key])
+            for i, c in enumerate(calibrations)
+            for row in c.threshold_sweep
+            for key in ("tpr", "fpr", "triggered")
+        ]
+        save(
+            sweep_lines(
+                thresholds,
+                x="threshold",
+                y="value",
+                group="curve",
+                log_x=False,
+                title="Trigger rate and detection of untruthful answers vs threshold",
+            ),
+            "sweep_threshold",
+            "how the threshold trades detection of untruthful answers "
+            "(TPR) against steering truthful ones (FPR)",
+        )
+
+    results = run_dir / "results.json"
+    if results.is_file():
+        summary = json.loads(results.read_text())
+        save(
+            method_comparison(summary),
+            "methods",
+            "MC1/MC2/MC3 and True/Info/True*Info per method (fold means; bars span the folds)",
+        )
+
+    fasb = [
+        r for r in records if r["task"] == "generation" and r["method"] == "fasb" and r["triggered"]
+    ][:n_trajectories]
+    plain = {
+        (r["fold"], r["question_id"]): r
+        for r in records
+        if r["task"] == "generation" and r["method"] == "none"
+    }
+    if fasb:
+        pairs = [(r, plain.get((r["fold"], r["question_id"]))) for r in fasb]
+        figure = trajectories(
+            [trace_from_record(r) for r, _ in pairs],
+            unsteered=[trace_from_record(p) if p else trace_from_record(r) for r, p in pairs],
+            labels=[f"{r['question_id']}: {r['answer'][:50]}" for r, _ in pairs],
+            threshold=calibrations[0].threshold if calibrations else config.threshold,
+        )
+        save(
+            figure,
+            "trajectories",
+            "p_true token by token for answers where FASB "
+            "triggered, with what backtracking threw away and the unsteered run",
+        )
+    return made

@@ -1,0 +1,146 @@
+"""Figures are pure functions: inspect the figure objects, never the pixels."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from fasb_lens._types import Head
+from fasb_lens.generation import GenerationTrace, Step
+from fasb_lens.plotting import (
+    anchored_heads,
+    head_heatmap,
+    method_comparison,
+    p_true_distributions,
+    save_figure,
+    sweep_lines,
+    trajectories,
+    trajectory,
+)
+
+
+def make_trace(
+    p_true: list[float], *, policy: str = "fasb", trigger: int | None = None, dropped: int = 0
+) -> GenerationTrace:
+    steps = [Step(i, 100 + i, f"t{i}", p, 0.0) for i, p in enumerate(p_true)]
+    backtracks = []
+    if trigger is not None:
+        for step in steps[trigger - dropped + 1 : trigger + 1]:
+            step.kept = False
+        backtracks = [
+            {
+                "step": trigger,
+                "p_true": p_true[trigger],
+                "strength": 2.0,
+                "kept_tokens": trigger + 1 - dropped,
+                "discarded_ids": list(range(dropped)),
+            }
+        ]
+    return GenerationTrace(
+        prompt="Q",
+        prompt_ids=[1],
+        output_ids=[],
+        text=" yes",
+        answer="yes",
+        policy=policy,
+        mode="cached",
+        steps=steps,
+        trigger_step=trigger,
+        backtracks=backtracks,
+    )
+
+
+def test_head_heatmap() -> None:
+    values = torch.tensor([[0.5, 0.7, float("nan")], [0.9, 0.6, 0.8]])
+    figure = head_heatmap(values, anchored=[Head(1, 0), Head(0, 1)], extra={"train": values + 0.01})
+    heat = figure.data[0]
+    assert isinstance(heat, go.Heatmap) and len(heat.z) == 2 and len(heat.z[0]) == 3
+    assert heat.z[0][2] is None  # an unfitted head stays blank
+    assert "layer 1, head 0" in heat.text[1][0] and "train: 0.910" in heat.text[1][0]
+    rects = [(s.x0, s.y0) for s in figure.layout.shapes]
+    assert rects == [(-0.5, 0.5), (0.5, -0.5)]
+    assert figure.layout.xaxis.title.text == "head" and figure.layout.yaxis.title.text == "layer"
+    ranked = head_heatmap(values, anchored=[Head(1, 2)], sort_within_layer=True)
+    assert ranked.data[0].z[1] == pytest.approx([0.9, 0.8, 0.6])
+    assert ranked.layout.shapes[0].x0 == 0.5  # head 2 is second in its layer once sorted
+    assert "layer 1, head 2" in ranked.data[0].text[1][1]
+
+
+def test_p_true_distributions() -> None:
+    figure = p_true_distributions([0.4, 0.45], [0.6, 0.7, 0.2], threshold=0.5)
+    assert [type(t).__name__ for t in figure.data] == ["Histogram", "Histogram"]
+    assert list(figure.data[1].x) == [0.6, 0.7, 0.2]
+    assert figure.layout.shapes[0].x0 == 0.5 and figure.layout.xaxis.title.text == "p_true"
+
+
+def test_trajectory_marks_trigger_and_backtrack() -> None:
+    steered = make_trace([0.7, 0.6, 0.4, 0.5, 0.8, 0.9], trigger=2, dropped=2)
+    plain = make_trace([0.7, 0.6, 0.4, 0.3], policy="none")
+    figure = trajectory(steered, threshold=0.5, unsteered=plain)
+    names = [t.name for t in figure.data]
+    assert names == ["unsteered", "fasb", "fasb: thrown away", "trigger"]
+    kept_line = figure.data[1]
+    assert list(kept_line.y) == [0.7, None, None, 0.5, 0.8, 0.9]
+    assert list(figure.data[2].y) == [None, 0.6, 0.4, None, None, None]
+    assert figure.data[3].x == (2,) and figure.data[3].y == (0.4,)
+    shapes = figure.layout.shapes
+    assert [s.type for s in shapes] == ["line", "rect"]
+    assert (shapes[1].x0, shapes[1].x1) == (0.5, 2.5)
+    assert list(figure.layout.xaxis.ticktext) == [f"t{i}" for i in range(6)]
+
+
+def test_trajectories_selector() -> None:
+    traces = [make_trace([0.5, 0.6]), make_trace([0.2, 0.3, 0.4], trigger=1, dropped=1)]
+    figure = trajectories(traces, labels=["first", "second"], threshold=0.5)
+    buttons = figure.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["first", "second"]
+    visible = buttons[1].args[0]["visible"]
+    assert len(visible) == len(figure.data) and sum(visible) == 3  # kept, thrown away, trigger
+    with pytest.raises(ValueError, match="no traces"):
+        trajectories([])
+
+
+def summary() -> dict:
+    pair = {"true": 0.5, "info": 0.8, "true_x_info": 0.4}
+    fold = {"mc1": 0.3, "mc2": 0.5, "mc3": 0.2, "bleu-acc x info-check": pair}
+    return {
+        "methods": {
+            name: {"per_fold": {"0": fold, "1": fold}, "mean": fold} for name in ("none", "fasb")
+        }
+    }
+
+
+def test_method_comparison_and_sweeps() -> None:
+    figure = method_comparison(summary())
+    assert [bar.name for bar in figure.data] == ["none", "fasb"]
+    assert list(figure.data[0].x)[:3] == ["MC1", "MC2", "MC3"]
+    assert len(figure.data[0].x) == 6 and figure.data[0].y[0] == pytest.approx(30.0)
+    rows = [{"method": m, "alpha": a, "mc2": a / 10} for m in ("fixed", "fasb") for a in (1, 4, 2)]
+    lines = sweep_lines(rows, title="MC2 vs alpha")
+    assert [line.name for line in lines.data] == ["fixed", "fasb"]
+    assert list(lines.data[0].x) == [1, 2, 4] and lines.layout.xaxis.type == "log"
+
+
+def test_anchored_heads_view() -> None:
+    heads = [Head(2, 1), Head(0, 3)]
+    z = torch.randn(10, 2, 4)
+    labels = torch.tensor([1, 0] * 5)
+    directions = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    figure = anchored_heads(
+        heads, directions, z, labels, n_layers=3, n_heads=4, accuracy=[0.8, 0.7]
+    )
+    scatter, true_box, false_box = figure.data
+    assert list(scatter.x) == [1, 3] and list(scatter.y) == [2, 0]
+    assert true_box.name == "true answers" and len(true_box.y) == 10
+    expected = (z[labels == 1][:, 0] * directions[0]).sum(-1)
+    assert true_box.y[:5] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_save_figure(tmp_path) -> None:
+    figure = p_true_distributions([0.4], [0.6])
+    written = save_figure(figure, tmp_path / "figs" / "dist", png=False)
+    assert written == [tmp_path / "figs" / "dist.html"]
+    assert (tmp_path / "figs" / "plotly.min.js").is_file()  # viewable offline
+    html = written[0].read_text()
+    assert 'src="plotly.min.js"' in html and '"type":"histogram"' in html

@@ -30,8 +30,8 @@ from fasb_lens.data import (
     load_prompt_format,
     load_truthfulqa,
     probing_prompts,
-    tuning_prompts,
 )
+from fasb_lens.evaluation.truthfulqa import evaluate_mc
 from fasb_lens.generation import FASB, GenerationConfig, GenerationTrace, NoSteering, generate
 from fasb_lens.models import (
     cache_root,
@@ -46,7 +46,7 @@ from fasb_lens.models import (
 )
 from fasb_lens.probes import fit_head_probes
 from fasb_lens.splits import authors_folds, authors_question_order, train_val_split
-from fasb_lens.steering import Steering, build_steering
+from fasb_lens.steering import Steering, anchor_heads
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class BenchContext:
     n_prompts: int = 1000
     batch_size: int = 32
     progress: bool = True
+    mc_questions: int = 50
     notes: list[str] = field(default_factory=list)
 
     def questions(self) -> tuple[str, list[TruthfulQAQuestion]]:
@@ -198,37 +199,16 @@ def bench_probes(ctx: BenchContext) -> dict[str, Any]:
 
 
 def _bench_steering(ctx: BenchContext) -> Steering:
-    """A steering artifact for the benchmarks, anchored on the mini set (kept in the cache)."""
+    """A steering artifact for the benchmarks, anchored on the mini set."""
     questions = load_mini_truthfulqa()
-    folder = (
-        cache_root()
-        / "bench"
-        / f"mini-{hashlib.sha256(model_id(ctx.model).encode()).hexdigest()[:16]}"
-    )
-    acts = collect_head_activations(
-        ctx.model, probing_prompts(questions), out_dir=folder / "probing", progress=ctx.progress
-    )
-    tuning = collect_head_activations(
-        ctx.model, tuning_prompts(questions), out_dir=folder / "tuning", progress=ctx.progress
-    )
     split = train_val_split([question.id for question in questions])
-    probes = fit_head_probes(
-        acts,
-        train_idx=split.rows(acts.groups, "train"),
-        val_idx=split.rows(acts.groups, "val"),
-        progress=False,
-    )
-    return build_steering(probes, acts, tuning, top_k=24)
+    return anchor_heads(ctx.model, questions, split, top_k=24, progress=ctx.progress).steering
 
 
 def _generation_prompts(ctx: BenchContext, n: int) -> list[str]:
     """Instruction + six-shot QA primer + a question (about 230 tokens on SmolLM2)."""
-    name, questions = ctx.questions()
-    folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
-    if name == "TruthfulQA" and folder is not None and (folder / "qa_primer.txt").is_file():
-        fmt = load_prompt_format(folder / "qa_primer.txt", folder / "instruction_prompt.txt")
-    else:
-        fmt = load_prompt_format()
+    _, questions = ctx.questions()
+    fmt = _prompt_format(ctx)
     return [fmt.generation_prompt(question.question) for question in questions[:n]]
 
 
@@ -294,10 +274,63 @@ def bench_generation(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
+def bench_mc(ctx: BenchContext) -> dict[str, Any]:
+    """TruthfulQA multiple choice: the prefix-cached, batched scorer vs one full forward per
+    answer, on the same questions and answers; reports both times, the ratio and the largest
+    difference between the two sets of log-probabilities."""
+    name, questions = ctx.questions()
+    questions = questions[: ctx.mc_questions]
+    fmt = _prompt_format(ctx)
+    source = "mc_task" if questions[0].mc1_targets else "csv"
+    policy = {"none": NoSteering()}
+    times: dict[str, float] = {}
+    fast: list[float] = []
+    pairs: list[tuple[str, str]] = []
+    evaluate_mc(ctx.model, questions[0], policy, fmt=fmt, source=source)  # warm-up
+    with _timer(times, "cached_batched_s"):
+        for question in questions:
+            rows = evaluate_mc(ctx.model, question, policy, fmt=fmt, source=source)["none"]
+            prefix, _ = fmt.answer_prompt(question.question, "")
+            for row in rows["answers"]:
+                fast.append(row["log_prob"])
+                pairs.append((prefix, " " + row["answer"]))
+    with _timer(times, "naive_s"):
+        naive = [_full_forward_log_prob(ctx.model, prefix, answer) for prefix, answer in pairs]
+    gap = max(abs(a - b) for a, b in zip(fast, naive, strict=True))
+    return {
+        "dataset": name,
+        "questions": len(questions),
+        "answers_scored": len(pairs),
+        **times,
+        "speedup": round(times["naive_s"] / times["cached_batched_s"], 2),
+        "target_speedup": 5,
+        "max_abs_log_prob_difference": gap,
+    }
+
+
+def _full_forward_log_prob(model: TransformerBridge, prefix: str, answer: str) -> float:
+    """The naive way: the whole prompt and answer, one forward per answer."""
+    prefix_ids = tokenize(model, [prefix])[0]
+    answer_ids = tokenize(model, [answer], prepend_bos=False)[0]
+    with torch.inference_mode():
+        logits = forward(model, torch.tensor([prefix_ids + answer_ids]))[0]
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    start = len(prefix_ids) - 1
+    return float(sum(log_probs[start + t, token] for t, token in enumerate(answer_ids)))
+
+
+def _prompt_format(ctx: BenchContext):
+    folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
+    if folder is not None and (folder / "qa_primer.txt").is_file():
+        return load_prompt_format(folder / "qa_primer.txt", folder / "instruction_prompt.txt")
+    return load_prompt_format()
+
+
 BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "activations": bench_activations,
     "probes": bench_probes,
     "generation": bench_generation,
+    "mc": bench_mc,
 }
 
 
@@ -319,6 +352,7 @@ def run_benchmarks(
     n_prompts: int = 1000,
     batch_size: int = 32,
     progress: bool = True,
+    mc_questions: int = 50,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the named entries (default: all) and return one JSON-ready report.
@@ -331,7 +365,12 @@ def run_benchmarks(
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
     model = model if model is not None else load_model()
     ctx = BenchContext(
-        model, data_dir, n_prompts=n_prompts, batch_size=batch_size, progress=progress
+        model,
+        data_dir,
+        n_prompts=n_prompts,
+        batch_size=batch_size,
+        progress=progress,
+        mc_questions=mc_questions,
     )
     report: dict[str, Any] = {
         "model": model_id(model),

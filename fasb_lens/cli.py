@@ -373,6 +373,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         primer=args.primer,
         instruction=args.instruction,
         batch_size=args.batch_size,
+        calibrate=not args.no_calibrate,
     )
     summary = Experiment(config, args.out, progress=not args.no_progress).run()
     if args.json:
@@ -393,7 +394,9 @@ def cmd_mc_datasets(args: argparse.Namespace) -> int:
     policies = {
         name: make_policy(
             name,
-            alpha=args.fixed_alpha if name == "fixed" and args.fixed_alpha else args.alpha,
+            alpha=args.fixed_alpha
+            if name == "fixed" and args.fixed_alpha is not None
+            else args.alpha,
             threshold=args.threshold,
             backtrack_tokens=args.backtrack_tokens,
         )
@@ -518,6 +521,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strength_arguments(parser: argparse.ArgumentParser, *, alpha: float, back: int) -> None:
+    parser.add_argument("--alpha", type=float, default=alpha, help="strength of FASB's vectors")
+    parser.add_argument("--fixed-alpha", type=float, help="strength of ITI (default: --alpha)")
+    parser.add_argument("--threshold", type=float, default=0.6, help="trigger below this p_true")
+    parser.add_argument("--backtrack-tokens", type=int, default=back)
+
+
+def _output_flags(parser: argparse.ArgumentParser, json_help: str) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fasb-lens", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -551,8 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="residual layer for the CAA baseline (default: middle; -1: none)",
     )
-    collect.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    collect.add_argument("--json", action="store_true", help="print a JSON summary")
+    _output_flags(collect, "print a JSON summary")
     collect.set_defaults(handler=cmd_collect)
 
     fit = commands.add_parser(
@@ -576,8 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--alpha", type=float, default=60.0, help="default strength stored")
     fit.add_argument("--threshold", type=float, default=0.6, help="default threshold stored")
     fit.add_argument("--backtrack-tokens", type=int, default=10, help="default stored")
-    fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    fit.add_argument("--json", action="store_true", help="print a JSON summary")
+    _output_flags(fit, "print a JSON summary")
     fit.set_defaults(handler=cmd_fit)
 
     gen = commands.add_parser("generate", help="answer questions under a steering policy")
@@ -619,10 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=42)
     rep.add_argument("--top-k", type=int, default=24)
     rep.add_argument("--direction", choices=["probe", "prototype", "random"], default="probe")
-    rep.add_argument("--alpha", type=float, default=60.0)
-    rep.add_argument("--fixed-alpha", type=float, help="alpha of the fixed (ITI) method")
-    rep.add_argument("--threshold", type=float, default=0.6)
-    rep.add_argument("--backtrack-tokens", type=int, default=10)
+    _strength_arguments(rep, alpha=60.0, back=10)
     rep.add_argument("--caa-alpha", type=float, default=5.0)
     rep.add_argument("--caa-layer", type=int)
     rep.add_argument("--max-new-tokens", type=int, default=50)
@@ -630,8 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--primer", help="QA primer file (default: fasb_lens' own)")
     rep.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
     rep.add_argument("--batch-size", type=int, default=8)
-    rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    rep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rep.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="use --alpha/--threshold as given instead of choosing them on validation questions",
+    )
+    _output_flags(rep, "print the summary as JSON")
     rep.set_defaults(handler=cmd_reproduce)
 
     mcd = commands.add_parser(
@@ -649,13 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mcd.add_argument("--limit", type=int, default=400, help="items per dataset (0: all)")
     mcd.add_argument("--top-k", type=int, default=24)
-    mcd.add_argument("--alpha", type=float, default=8.0)
-    mcd.add_argument("--fixed-alpha", type=float, help="alpha of the fixed (ITI) method")
-    mcd.add_argument("--threshold", type=float, default=0.6)
-    mcd.add_argument("--backtrack-tokens", type=int, default=1)
+    _strength_arguments(mcd, alpha=8.0, back=1)
     mcd.add_argument("--seed", type=int, default=0)
-    mcd.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    mcd.add_argument("--json", action="store_true", help="print the results as JSON")
+    _output_flags(mcd, "print the results as JSON")
     mcd.set_defaults(handler=cmd_mc_datasets)
 
     figs = commands.add_parser("figures", help="render every figure of a reproduce run")
@@ -678,8 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--model", help="hub name or folder (default: the artifact's model)")
     abl.add_argument("--out", required=True, help="output folder (resumes if interrupted)")
     abl.add_argument("--no-png", action="store_true", help="HTML only")
-    abl.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    abl.add_argument("--json", action="store_true", help="print a JSON summary")
+    _output_flags(abl, "print a JSON summary")
     abl.set_defaults(handler=cmd_ablate)
 
     bench = commands.add_parser("bench", help="benchmarks, written as JSON")

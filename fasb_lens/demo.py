@@ -14,15 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fasb_lens.activations import collect_head_activations
-from fasb_lens.data import (
-    PROBE_TEMPLATE,
-    TUNING_TEMPLATE,
-    load_mini_truthfulqa,
-    load_prompt_format,
-    probing_prompts,
-    tuning_prompts,
-)
+from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation.calibration import Calibration, calibrate
 from fasb_lens.generation import FASB, QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model
@@ -33,9 +25,9 @@ from fasb_lens.plotting import (
     save_figure,
     trajectories,
 )
-from fasb_lens.probes import HeadProbes, fit_head_probes
+from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import authors_folds
-from fasb_lens.steering import Steering, build_steering
+from fasb_lens.steering import Steering, anchor_heads
 
 DEMO_QUESTIONS = 3
 
@@ -84,21 +76,9 @@ def run_demo(
     lap("load model")
     questions = load_mini_truthfulqa()
     split = authors_folds([q.id for q in questions], n_folds=5, seed=42)[0]
-    probing = collect_head_activations(
-        model, probing_prompts(questions), template=PROBE_TEMPLATE, progress=progress
-    )
-    tuning = collect_head_activations(
-        model, tuning_prompts(questions), template=TUNING_TEMPLATE, progress=progress
-    )
-    lap("collect activations")
-    probes = fit_head_probes(
-        probing,
-        train_idx=split.rows(probing.groups, "train"),
-        val_idx=split.rows(probing.groups, "val"),
-        progress=progress,
-    )
-    steering = build_steering(probes, probing, tuning, top_k=top_k, split=split.to_dict())
-    lap("fit probes and anchor heads")
+    anchoring = anchor_heads(model, questions, split, top_k=top_k, progress=progress)
+    probing, probes, steering = anchoring.activations, anchoring.probes, anchoring.steering
+    lap("anchor heads: activations, probes, steering")
     fmt = load_prompt_format()
     by_id = {q.id: q for q in questions}
     calibration = calibrate(

@@ -121,19 +121,38 @@ def authors_folds(
     _check(question_ids, n_folds, val_fraction)
     if n_folds < 2:
         raise ValueError("the authors' protocol needs at least 2 folds")
+    folds = np.array_split(np.arange(len(question_ids)), n_folds)
+    return _cross_validation(
+        question_ids,
+        folds,
+        np.random.RandomState(seed),
+        val_fraction,
+        protocol="authors",
+        seed=seed,
+    )
+
+
+def _cross_validation(
+    question_ids: Sequence[str],
+    folds: list[np.ndarray],
+    rng: np.random.RandomState,
+    val_fraction: float,
+    *,
+    protocol: str,
+    seed: int,
+) -> list[Split]:
+    """Each fold in turn held out; the other folds' questions carved into train and val."""
     ids = np.array(list(question_ids), dtype=object)
-    folds = np.array_split(np.arange(len(ids)), n_folds)
-    rng = np.random.RandomState(seed)
     splits = []
     for fold, test in enumerate(folds):
-        pool = np.concatenate([folds[other] for other in range(n_folds) if other != fold])
+        pool = np.concatenate([folds[other] for other in range(len(folds)) if other != fold])
         train, val = _carve_validation(pool, rng, val_fraction)
         splits.append(
             Split(
                 train=tuple(ids[train]),
                 val=tuple(ids[val]),
-                test=tuple(ids[test]),
-                protocol="authors",
+                test=tuple(ids[np.sort(test)]),
+                protocol=protocol,
                 fold=fold,
                 seed=seed,
             )
@@ -149,23 +168,8 @@ def kfold_splits(
     if n_folds < 2:
         raise ValueError("k-fold needs at least 2 folds; use train_val_split for one split")
     rng = np.random.RandomState(seed)
-    ids = np.array(list(question_ids), dtype=object)
-    folds = np.array_split(rng.permutation(len(ids)), n_folds)
-    splits = []
-    for fold, test in enumerate(folds):
-        pool = np.concatenate([folds[other] for other in range(n_folds) if other != fold])
-        train, val = _carve_validation(pool, rng, val_fraction)
-        splits.append(
-            Split(
-                train=tuple(ids[train]),
-                val=tuple(ids[val]),
-                test=tuple(ids[np.sort(test)]),
-                protocol="kfold",
-                fold=fold,
-                seed=seed,
-            )
-        )
-    return splits
+    folds = np.array_split(rng.permutation(len(question_ids)), n_folds)
+    return _cross_validation(question_ids, folds, rng, val_fraction, protocol="kfold", seed=seed)
 
 
 def train_val_split(

@@ -27,7 +27,14 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head, HeadGrid
-from fasb_lens.activations import HeadActivations, check_shape
+from fasb_lens.activations import HeadActivations, check_shape, collect_head_activations
+from fasb_lens.data import (
+    PROBE_TEMPLATE,
+    TUNING_TEMPLATE,
+    TruthfulQAQuestion,
+    probing_prompts,
+    tuning_prompts,
+)
 from fasb_lens.models import (
     HOOK_RESID_POST,
     HOOK_Z,
@@ -43,9 +50,11 @@ from fasb_lens.probes import (
     ProbeTracker,
     PrototypeTracker,
     Tracker,
+    fit_head_probes,
     load_artifact,
     save_atomic,
 )
+from fasb_lens.splits import Split
 
 DirectionKind = Literal["probe", "prototype", "random"]
 TrackerKind = Literal["probe", "prototype"]
@@ -504,3 +513,60 @@ def build_caa(
         model_id=residual.info.model_id,
         n_layers=residual.shape.n_layers,
     )
+
+
+# --------------------------------------------------------------------------- the whole step
+
+
+@dataclass
+class Anchoring:
+    """What heads anchoring produced: activations, the probes and the steering built on them."""
+
+    activations: HeadActivations
+    tuning: HeadActivations
+    probes: HeadProbes
+    steering: Steering
+
+
+def anchor_heads(
+    model: TransformerBridge,
+    questions: Sequence[TruthfulQAQuestion],
+    split: Split,
+    *,
+    top_k: int = 24,
+    direction: DirectionKind = "probe",
+    tuning_seed: int = 0,
+    defaults: PolicyDefaults | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Anchoring:
+    """Heads anchoring in one call.
+
+    Collects the probing and tuning activations of ``questions``, fits a probe per head on
+    the split's training questions (validated on its validation questions) and builds the
+    steering on the ``top_k`` best heads.
+    """
+    kwargs = {"batch_size": batch_size, "progress": progress}
+    activations = collect_head_activations(
+        model, probing_prompts(questions), template=PROBE_TEMPLATE, **kwargs
+    )
+    tuning = collect_head_activations(
+        model, tuning_prompts(questions, seed=tuning_seed), template=TUNING_TEMPLATE, **kwargs
+    )
+    probes = fit_head_probes(
+        activations,
+        train_idx=split.rows(activations.groups, "train"),
+        val_idx=split.rows(activations.groups, "val"),
+        progress=progress,
+    )
+    steering = build_steering(
+        probes,
+        activations,
+        tuning,
+        top_k=top_k,
+        direction=direction,
+        seed=tuning_seed,
+        split=split.to_dict(),
+        defaults=defaults,
+    )
+    return Anchoring(activations, tuning, probes, steering)

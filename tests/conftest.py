@@ -57,3 +57,15 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("FASB_LENS_DATA not set or not a folder: real datasets unavailable")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def tiny_anchoring(tiny_llama):
+    """Heads anchored on 16 mini-set questions for the tiny Llama (4 heads of 16)."""
+    from fasb_lens.data import load_mini_truthfulqa
+    from fasb_lens.splits import train_val_split
+    from fasb_lens.steering import anchor_heads
+
+    questions = load_mini_truthfulqa()[:16]
+    split = train_val_split([q.id for q in questions], seed=0)
+    return anchor_heads(tiny_llama, questions, split, top_k=4, progress=False)

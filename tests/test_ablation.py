@@ -16,11 +16,8 @@ from fasb_lens.ablation import (
     mc2_metric,
     probe_accuracy_metric,
 )
-from fasb_lens.activations import collect_head_activations
-from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts, tuning_prompts
+from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.probes import fit_head_probes
-from fasb_lens.splits import train_val_split
 from fasb_lens.steering import build_steering
 
 QUESTIONS = load_mini_truthfulqa()[:4]
@@ -102,17 +99,9 @@ def test_study_grid_and_resume(tiny_llama, tmp_path) -> None:
     assert calls == [] and torch.equal(again.effect.nan_to_num(9), result.effect.nan_to_num(9))
 
 
-def test_steering_one_head_at_a_time_and_other_metrics(tiny_llama) -> None:
-    prompts = probing_prompts(QUESTIONS * 1)
-    acts = collect_head_activations(tiny_llama, prompts, progress=False)
-    tuning = collect_head_activations(tiny_llama, tuning_prompts(QUESTIONS), progress=False)
-    split = train_val_split([q.id for q in QUESTIONS], val_fraction=0.25, seed=0)
-    probes = fit_head_probes(
-        acts,
-        train_idx=split.rows(acts.groups, "train"),
-        val_idx=split.rows(acts.groups, "val"),
-        progress=False,
-    )
+def test_steering_one_head_at_a_time_and_other_metrics(tiny_llama, tiny_anchoring) -> None:
+    acts, tuning, probes = tiny_anchoring.activations, tiny_anchoring.tuning, tiny_anchoring.probes
+    prompts = probing_prompts(QUESTIONS)
     heads = [Head(0, 1), Head(1, 0)]
     steering = build_steering(probes, acts, tuning, heads=heads)
     metric = logprob_margin(QUESTIONS[:2])

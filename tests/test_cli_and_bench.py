@@ -62,11 +62,14 @@ def test_bench_rejects_unknown_entries(tiny_llama) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("fasb_lens.models.load_model", lambda *a, **k: default_model)
-    assert cli.main(["demo", "--out", str(tmp_path), "--no-progress", "--top", "3"]) == 0
+    monkeypatch.setattr("fasb_lens.demo.load_model", lambda *a, **k: default_model)
+    assert cli.main(["demo", "--out", str(tmp_path), "--no-progress", "--no-png"]) == 0
     out = capsys.readouterr().out
-    assert "probing prompts" in out and "30 layers x 9 heads of 64" in out
-    assert (tmp_path / "activations" / "head_activations.json").is_file()
+    assert "30 layers x 9 heads of 64" in out and "majority baseline" in out
+    assert out.count("   without steering: ") == 3 and out.count("   FASB: ") == 3
+    for name in ("heads_accuracy", "anchored_heads", "p_true_distributions", "trajectories"):
+        assert (tmp_path / f"{name}.html").is_file()
+    assert (tmp_path / "artifact" / "steering.safetensors").is_file()
 
 
 def test_bench_probes_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch) -> None:
@@ -192,3 +195,11 @@ def test_generate_command(tiny_llama_folder, tmp_path, capsys) -> None:
         == 0
     )
     assert capsys.readouterr().out.startswith("Q: Why?\nA: ")
+
+
+def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
+    entry = run_benchmarks(["mc"], model=tiny_llama, progress=False, mc_questions=4)
+    entry = entry["results"]["mc"]
+    assert entry["questions"] == 4 and entry["answers_scored"] >= 16
+    assert entry["max_abs_log_prob_difference"] < 1e-3  # same scores both ways
+    assert entry["speedup"] == pytest.approx(entry["naive_s"] / entry["cached_batched_s"], rel=0.05)

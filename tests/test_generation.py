@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fasb_lens._types import Head
-from fasb_lens.activations import collect_head_activations, collect_residual_activations
-from fasb_lens.data import load_mini_truthfulqa, probing_prompts, tuning_prompts
+from fasb_lens.activations import collect_residual_activations
+from fasb_lens.data import load_mini_truthfulqa, probing_prompts
 from fasb_lens.generation import (
     FASB,
     CAASteering,
@@ -23,9 +23,7 @@ from fasb_lens.generation import (
     make_policy,
 )
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.probes import fit_head_probes
-from fasb_lens.splits import train_val_split
-from fasb_lens.steering import build_caa, build_steering
+from fasb_lens.steering import build_caa
 
 PROMPTS = [
     "Q: Is the Great Wall of China visible from space? A:",
@@ -37,18 +35,8 @@ REFERENCE = GenerationConfig(max_new_tokens=12, stop_at_eos=False, mode="referen
 
 
 @pytest.fixture(scope="module")
-def steering(tiny_llama):
-    questions = load_mini_truthfulqa()[:16]
-    acts = collect_head_activations(tiny_llama, probing_prompts(questions), progress=False)
-    tuning = collect_head_activations(tiny_llama, tuning_prompts(questions), progress=False)
-    split = train_val_split([q.id for q in questions], seed=0)
-    probes = fit_head_probes(
-        acts,
-        train_idx=split.rows(acts.groups, "train"),
-        val_idx=split.rows(acts.groups, "val"),
-        progress=False,
-    )
-    return build_steering(probes, acts, tuning, top_k=4)
+def steering(tiny_anchoring):
+    return tiny_anchoring.steering
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fasb_lens.evaluation import calibration as calibration_module
 from fasb_lens.evaluation import runner as runner_module
 from fasb_lens.evaluation.runner import Experiment, ExperimentConfig, RecordLog, load_run
 
@@ -25,6 +26,16 @@ CONFIG = dict(
     mc_source="csv",
     batch_size=3,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_grids():
+    """Two strengths per sweep keep the calibration of these tiny runs quick."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calibration_module, "MC_ALPHAS", (1.0, 4.0))
+        patch.setattr(calibration_module, "GENERATION_ALPHAS", (4.0, 16.0))
+        patch.setattr(calibration_module, "CAA_ALPHAS", (0.5, 2.0))
+        yield
 
 
 def run(tiny_llama, out: Path, **changes) -> dict:
@@ -125,3 +136,26 @@ def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
         ExperimentConfig(data="mini", judges=("gpt-judge",))
     with pytest.raises(ValueError, match="have no mc_task.json targets"):
         run(tiny_llama, tmp_path / "mc", mc_source="mc_task", tasks=("mc",))
+
+
+def test_figures_of_a_run(finished, tmp_path) -> None:
+    from fasb_lens.evaluation.report import render_run, trace_from_record
+
+    out, _ = finished
+    made = render_run(out, tmp_path, png=False)
+    names = {path.stem for path, _ in made}
+    assert {
+        "heads_accuracy",
+        "heads_accuracy_sorted",
+        "anchored_heads",
+        "p_true_distributions",
+        "methods",
+        "sweep_threshold",
+        "sweep_alpha_mc_mc2",
+    } <= names
+    assert all(path.suffix == ".html" and path.is_file() for path, _ in made)
+    _, records, _ = load_run(out)
+    record = next(r for r in records if r["task"] == "generation" and r["triggered"])
+    trace = trace_from_record(record)
+    assert trace.trigger_step == record["trigger_step"] and trace.p_true == record["p_true"]
+    assert [s.kept for s in trace.steps] == record["kept"]

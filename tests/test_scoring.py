@@ -7,32 +7,20 @@ import math
 import pytest
 import torch
 
-from fasb_lens.activations import collect_head_activations, collect_residual_activations
-from fasb_lens.data import load_mini_truthfulqa, probing_prompts, tuning_prompts
+from fasb_lens.activations import collect_residual_activations
+from fasb_lens.data import load_mini_truthfulqa, probing_prompts
 from fasb_lens.evaluation.scoring import PrefixScorer, mc_metrics
 from fasb_lens.generation import FASB, CAASteering, FixedSteering, NoSteering
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.probes import fit_head_probes
-from fasb_lens.splits import train_val_split
-from fasb_lens.steering import build_caa, build_steering
+from fasb_lens.steering import build_caa
 
 PREFIX = "Be true.\n\nQ: Is the Great Wall of China visible from space?\nA:"
 ANSWERS = [" No, it is too narrow.", " Yes.", " Yes, it is easy to see from the Moon.", " No"]
 
 
 @pytest.fixture(scope="module")
-def steering(tiny_llama):
-    questions = load_mini_truthfulqa()[:16]
-    acts = collect_head_activations(tiny_llama, probing_prompts(questions), progress=False)
-    tuning = collect_head_activations(tiny_llama, tuning_prompts(questions), progress=False)
-    split = train_val_split([q.id for q in questions], seed=0)
-    probes = fit_head_probes(
-        acts,
-        train_idx=split.rows(acts.groups, "train"),
-        val_idx=split.rows(acts.groups, "val"),
-        progress=False,
-    )
-    return build_steering(probes, acts, tuning, top_k=4)
+def steering(tiny_anchoring):
+    return tiny_anchoring.steering
 
 
 def naive(model, answer: str, hooks=()) -> tuple[float, list[int]]:

@@ -10,29 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from fasb_lens._types import Head
-from fasb_lens.activations import collect_head_activations
-from fasb_lens.data import load_mini_truthfulqa, probing_prompts, tuning_prompts
 from fasb_lens.models import forward, hook_z_name, pad, pad_token_id, tokenize
-from fasb_lens.probes import fit_head_probes
-from fasb_lens.splits import train_val_split
+from fasb_lens.splits import Split
 from fasb_lens.steering import PolicyDefaults, Steering, build_steering, position_mask
 
 PROMPTS = ["Q: Do goldfish remember things? A: Yes, for months.", "I have no comment."]
 
 
 @pytest.fixture(scope="module")
-def parts(tiny_llama):
-    questions = load_mini_truthfulqa()[:16]
-    acts = collect_head_activations(tiny_llama, probing_prompts(questions), progress=False)
-    tuning = collect_head_activations(tiny_llama, tuning_prompts(questions, seed=0), progress=False)
-    split = train_val_split([q.id for q in questions], seed=0)
-    probes = fit_head_probes(
-        acts,
-        train_idx=split.rows(acts.groups, "train"),
-        val_idx=split.rows(acts.groups, "val"),
-        progress=False,
-    )
-    return probes, acts, tuning, split
+def parts(tiny_anchoring):
+    anchoring = tiny_anchoring
+    split = Split.from_dict(anchoring.steering.split)
+    return anchoring.probes, anchoring.activations, anchoring.tuning, split
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,12 @@ from fasb_lens.generation import (
 from fasb_lens.steering import ResidualSteering, Steering
 
 CALIBRATION_NAME = "calibration.json"
-MC_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+MC_ALPHAS = (0.5, 2.0, 8.0)
 """Strengths of the head vectors swept on multiple choice."""
-GENERATION_ALPHAS = (8.0, 16.0, 32.0, 64.0)
+GENERATION_ALPHAS = (16.0, 32.0, 64.0)
 """Strengths of the head vectors swept on generation (answers need larger pushes)."""
-CAA_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)
+CAA_ALPHAS = (0.25, 1.0, 4.0)
 """Strengths of the CAA vector (a residual-stream difference, much larger than a head's)."""
-TASK_ALPHAS = {"mc": MC_ALPHAS, "generation": GENERATION_ALPHAS}
 
 
 @dataclass
@@ -176,7 +175,7 @@ def calibrate(
     backtrack_tokens: int,
     fallback_threshold: float = 0.6,
     tasks: Sequence[str] = ("mc", "generation"),
-    generation_questions: int = 32,
+    sweep_questions: int = 32,
     judge: str = "embedding-acc",
     max_new_tokens: int = 50,
     mc_source: AnswerSource = "mc_task",
@@ -189,7 +188,7 @@ def calibrate(
     The threshold comes from unsteered generations (Youden's J, see the module
     docstring). Strengths for multiple choice maximise validation MC2 (then MC1);
     strengths for generation maximise True*Info (``judge`` for truth, ``info-check`` for
-    informativeness) over the first ``generation_questions`` questions. ``tasks`` limits
+    informativeness). Both sweeps use the first ``sweep_questions`` questions; ``tasks`` limits
     which strengths are chosen; with ``caa`` the CAA baseline's strength is chosen too.
     """
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=(QA_STOP,))
@@ -201,11 +200,12 @@ def calibrate(
     threshold, j, threshold_sweep = choose_threshold(first_check, truthful, fallback_threshold)
 
     rows: list[dict[str, Any]] = []
+    subset = list(questions[:sweep_questions])
     if "mc" in tasks:
         policies = _policies(MC_ALPHAS, threshold, backtrack_tokens, caa)
         scores: dict[tuple[str, float], list[dict[str, Any]]] = {key: [] for key in policies}
         named = {f"{method}@{alpha}": policy for (method, alpha), policy in policies.items()}
-        for question in tqdm(questions, desc="calibrate: MC", disable=not progress):
+        for question in tqdm(subset, desc="calibrate: MC", disable=not progress):
             result = evaluate_mc(
                 model, question, named, fmt=fmt, steering=steering, source=mc_source
             )
@@ -215,7 +215,6 @@ def calibrate(
             means = {m: sum(v[m] for v in values) / len(values) for m in ("mc1", "mc2", "mc3")}
             rows.append({"task": "mc", "method": method, "alpha": alpha, **means})
     if "generation" in tasks:
-        subset = list(questions[:generation_questions])
         policies = _policies(GENERATION_ALPHAS, threshold, backtrack_tokens, caa)
         for (method, alpha), policy in tqdm(
             policies.items(), desc="calibrate: generation", disable=not progress

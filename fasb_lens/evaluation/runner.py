@@ -354,7 +354,7 @@ class Experiment:
             backtrack_tokens=config.backtrack_tokens,
             fallback_threshold=config.threshold,
             tasks=config.tasks,
-            generation_questions=config.calibration_questions,
+            sweep_questions=config.calibration_questions,
             judge=config.calibration_judge,
             max_new_tokens=config.max_new_tokens,
             mc_source=config.mc_source,

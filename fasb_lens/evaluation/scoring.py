@@ -98,6 +98,7 @@ class PrefixScorer:
                 _, self.cache = forward(
                     model, torch.tensor([head], device=self.device), use_cache=True
                 )
+        self._plain: dict[tuple[tuple[int, ...], ...], tuple[Tensor, Tensor | None]] = {}
         self.prefix_p_true: float | None = None
         if self.tracker is not None:  # the tracker's reading at the prompt's last token
             _, readings = self._run([[]], [], self.tracker)
@@ -138,6 +139,14 @@ class PrefixScorer:
         readings = _readings(tracker, store) if tracker is not None else None
         return totals, readings
 
+    def _unsteered(self, cont_ids: list[list[int]]) -> tuple[Tensor, Tensor | None]:
+        """The unsteered pass (totals and readings), computed once per set of answers:
+        no steering and the tracking pass of every FASB variant share it."""
+        key = tuple(tuple(ids) for ids in cont_ids)
+        if key not in self._plain:
+            self._plain[key] = self._run(cont_ids, [], self.tracker)
+        return self._plain[key]
+
     def score(
         self, continuations: Sequence[str], policy: Policy | None = None
     ) -> list[AnswerScore]:
@@ -149,21 +158,25 @@ class PrefixScorer:
         offset = self.answer_start - 1  # the absolute position of a batch's first token
         strengths = torch.zeros(n, device=self.device)
 
-        def steered(rows_strength: Tensor, starts: Tensor | int) -> Tensor:
+        def steered(
+            rows_strength: Tensor, starts: Tensor | int, rows: list[int] | None = None
+        ) -> Tensor:
+            """Totals with steering, for ``rows`` of the answers (default: all)."""
             positions = starts if isinstance(starts, int) else starts.to(self.device)
             if isinstance(policy, CAASteering):
                 hooks = policy.caa.hooks(rows_strength, positions=positions, offset=offset)
             else:
                 assert self.steering is not None
                 hooks = self.steering.hooks(rows_strength, positions=positions, offset=offset)
-            return self._run(cont_ids, hooks, None)[0]
+            chosen = cont_ids if rows is None else [cont_ids[i] for i in rows]
+            return self._run(chosen, hooks, None)[0]
 
         results = [
             AnswerScore(text, 0.0, length)
             for text, length in zip(continuations, lengths, strict=True)
         ]
         if isinstance(policy, NoSteering):
-            totals, _ = self._run(cont_ids, [], None)
+            totals, _ = self._unsteered(cont_ids)
         elif isinstance(policy, FixedSteering | CAASteering):
             totals = steered(strengths + policy.alpha, self.steer_from)
             for result in results:
@@ -185,7 +198,7 @@ class PrefixScorer:
         for result in results:
             result.p_true = p
         if p >= policy.threshold:
-            return self._run(cont_ids, [], None)[0]
+            return self._unsteered(cont_ids)[0]
         strength = policy.strength(p)
         for result in results:
             result.triggered, result.strength = True, strength
@@ -194,7 +207,7 @@ class PrefixScorer:
     def _fasb(self, policy: FASB, results, cont_ids, steered) -> Tensor:
         if self.tracker is None:
             raise ValueError(f"the {policy.name} policy needs a steering artifact")
-        totals, readings = self._run(cont_ids, [], self.tracker)
+        totals, readings = self._unsteered(cont_ids)
         assert readings is not None
         readings = readings[:, 1:]  # at the answer tokens
         back = policy.backtrack_tokens
@@ -211,11 +224,13 @@ class PrefixScorer:
                     starts[row] = self.steer_from + max(start, 0)
                     strengths[row] = result.strength
                     break
-        if not strengths.any():
+        rows = [row for row, result in enumerate(results) if result.triggered]
+        if not rows:
             return totals
-        rescored = steered(strengths.to(self.device), starts)
-        triggered = torch.tensor([r.triggered for r in results], device=totals.device)
-        return torch.where(triggered, rescored, totals)
+        rescored = steered(strengths[rows].to(self.device), starts[rows], rows)
+        totals = totals.clone()
+        totals[rows] = rescored
+        return totals
 
 
 def mc_metrics(true_scores: Sequence[float], false_scores: Sequence[float]) -> dict[str, float]:

@@ -33,6 +33,7 @@ away, the strength and the timings.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -327,6 +328,9 @@ class _Decoder:
         self.pad_id = pad_token_id(model)
         self.device = model_device(model)
 
+    def prepare(self) -> None:
+        """Work done once before decoding, outside the hooks."""
+
     def step(self) -> Tensor:
         """Feed each row's next input; return the logits at each row's last position."""
         raise NotImplementedError
@@ -348,28 +352,67 @@ class _ReferenceDecoder(_Decoder):
         del self.rows[index].tokens[n_keep:]
 
 
+@dataclass
+class PromptCache:
+    """Every prompt of a batch but its last token, run once, to start several runs from.
+
+    Decoding under any policy starts by feeding each prompt's last token (where steering
+    may already apply); the rest of the prompt is the same work whatever the policy.
+    ``generate(..., prompt_cache=cache)`` starts from a copy instead of recomputing it,
+    which saves a prompt's worth of compute per policy when comparing policies.
+    """
+
+    prompt_ids: list[list[int]]
+    mask: Tensor  # [batch, longest prompt - 1], left padded
+    cache: Any  # HuggingFace DynamicCache; None when every prompt is a single token
+
+    @classmethod
+    def build(
+        cls, model: TransformerBridge, prompts: Sequence[str], *, prepend_bos: bool | None = None
+    ) -> PromptCache:
+        prompt_ids = tokenize(model, list(prompts), prepend_bos=prepend_bos)
+        return cls.from_ids(model, prompt_ids)
+
+    @classmethod
+    def from_ids(cls, model: TransformerBridge, prompt_ids: list[list[int]]) -> PromptCache:
+        device = model_device(model)
+        heads = [ids[:-1] for ids in prompt_ids]
+        if not any(heads):
+            return cls(
+                prompt_ids, torch.zeros(len(heads), 0, dtype=torch.long, device=device), None
+            )
+        ids, mask = pad(heads, pad_id=pad_token_id(model), side="left", device=device)
+        with torch.inference_mode():
+            _, cache = forward(model, ids, mask, use_cache=True)
+        return cls(prompt_ids, mask, cache)
+
+
 class _CachedDecoder(_Decoder):
     """A KV cache over physical columns; discarded columns are masked out (and cropped
     from the cache when they are at its end for every row)."""
 
-    def __init__(self, model: TransformerBridge, rows: list[_Row]) -> None:
+    def __init__(
+        self, model: TransformerBridge, rows: list[_Row], prompt_cache: PromptCache | None
+    ) -> None:
         super().__init__(model, rows)
+        self.prompt_cache = prompt_cache
         self.cache: Any = None
         self.mask: Tensor | None = None
         # the physical column of each row's prompt end and generated tokens fed so far
         self.columns: list[list[int]] = []
 
+    def prepare(self) -> None:
+        """Start from the prompts but their last tokens: a copy of the shared cache, or
+        computed here. Runs before any hook is set: no steering touches these positions."""
+        start = self.prompt_cache or PromptCache.from_ids(
+            self.model, [row.prompt_ids for row in self.rows]
+        )
+        self.cache = copy.deepcopy(start.cache)
+        self.mask = start.mask.clone()
+        self.columns = [[] for _ in self.rows]
+
     def step(self) -> Tensor:
-        if self.cache is None:
-            ids, self.mask = pad(
-                [row.prompt_ids for row in self.rows],
-                pad_id=self.pad_id,
-                side="left",
-                device=self.device,
-            )
-            self.columns = [[ids.shape[1] - 1] for _ in self.rows]
-            logits, self.cache = forward(self.model, ids, self.mask, use_cache=True)
-            return logits[:, -1]
+        assert self.mask is not None, "prepare() first"
         column = self.mask.shape[1]
         feed, live = [], []
         for row, columns in zip(self.rows, self.columns, strict=True):
@@ -382,7 +425,9 @@ class _CachedDecoder(_Decoder):
             columns.append(column)
         ids = torch.tensor(feed, device=self.device)[:, None]
         self.mask = torch.cat([self.mask, torch.tensor(live, device=self.device)[:, None]], 1)
-        logits, self.cache = forward(self.model, ids, self.mask, past_key_values=self.cache)
+        logits, self.cache = forward(
+            self.model, ids, self.mask, past_key_values=self.cache, use_cache=True
+        )
         return logits[:, -1]
 
     def backtrack(self, index: int, n_keep: int) -> None:
@@ -460,20 +505,25 @@ class _Loop:
         policy: Policy,
         steering: Steering | None,
         config: GenerationConfig,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.model, self.policy, self.config = model, policy, config
         self.tokenizer = model.tokenizer
         self.tracker = _check_policy(policy, steering)
         device = model_device(model)
         sampling = config.temperature > 0
+        prompt_ids = tokenize(model, prompts, prepend_bos=config.prepend_bos)
+        if prompt_cache is not None and prompt_cache.prompt_ids != prompt_ids:
+            raise ValueError("the prompt cache was built for other prompts")
         self.rows = [
             _Row(ids, _row_generator(prompt, config, device) if sampling else None)
-            for prompt, ids in zip(
-                prompts, tokenize(model, prompts, prepend_bos=config.prepend_bos), strict=True
-            )
+            for prompt, ids in zip(prompts, prompt_ids, strict=True)
         ]
-        decoder_class = _CachedDecoder if config.mode == "cached" else _ReferenceDecoder
-        self.decoder = decoder_class(model, self.rows)
+        self.decoder: _Decoder = (
+            _CachedDecoder(model, self.rows, prompt_cache)
+            if config.mode == "cached"
+            else _ReferenceDecoder(model, self.rows)
+        )
         base = policy.alpha if isinstance(policy, FixedSteering | CAASteering) else 0.0
         self.strengths = torch.full((len(self.rows),), float(base), device=device)
         for row in self.rows:
@@ -486,6 +536,7 @@ class _Loop:
     def run(self) -> list[GenerationTrace]:
         start = time.perf_counter()
         n_steps = 0
+        self.decoder.prepare()
         with torch.inference_mode(), self.model.hooks(fwd_hooks=self.hooks):
             while not all(row.done for row in self.rows):
                 logits = self.decoder.step()
@@ -602,6 +653,7 @@ def generate(
     policy: Policy | None = None,
     steering: Steering | None = None,
     config: GenerationConfig | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> list[GenerationTrace]:
     """Generate a continuation of every prompt under ``policy``, as one batch.
 
@@ -614,6 +666,8 @@ def generate(
         steering: the anchored heads' vectors and tracker; with :class:`NoSteering` it is
             only used to report ``p_true``.
         config: decoding settings and the execution mode.
+        prompt_cache: :class:`PromptCache` of these prompts, to share the prompt's compute
+            between several calls (cached mode; the reference loop recomputes anyway).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -622,6 +676,11 @@ def generate(
     if steering is not None:
         steering.check_model(model)
     loop = _Loop(
-        model, list(prompts), policy or NoSteering(), steering, config or GenerationConfig()
+        model,
+        list(prompts),
+        policy or NoSteering(),
+        steering,
+        config or GenerationConfig(),
+        prompt_cache,
     )
     return loop.run()

@@ -335,3 +335,23 @@ def test_bad_requests(tiny_llama, steering) -> None:
         generate(tiny_llama, [])
     assert isinstance(make_policy("none"), NoSteering)
     assert make_policy("fasb_no_backtrack").name == "fasb_no_backtrack"
+
+
+def test_a_shared_prompt_cache_gives_the_same_tokens(tiny_llama, steering) -> None:
+    from fasb_lens.generation import PromptCache
+
+    cache = PromptCache.build(tiny_llama, PROMPTS)
+    for policy in (
+        NoSteering(),
+        FixedSteering(alpha=8.0),
+        FASB(alpha=8.0, threshold=0.4995, backtrack_tokens=3),
+    ):
+        alone = generate(tiny_llama, PROMPTS, steering=steering, policy=policy, config=BUDGET)
+        shared = generate(
+            tiny_llama, PROMPTS, steering=steering, policy=policy, config=BUDGET, prompt_cache=cache
+        )
+        assert ids(shared) == ids(alone)
+    with pytest.raises(ValueError, match="built for other prompts"):
+        generate(tiny_llama, PROMPTS[:2], config=BUDGET, prompt_cache=cache)
+    single = generate(tiny_llama, ["Q"], config=GenerationConfig(max_new_tokens=3))  # one token
+    assert len(single[0].output_ids) >= 1

@@ -39,6 +39,7 @@ from fasb_lens.generation import (
     GenerationTrace,
     NoSteering,
     Policy,
+    PromptCache,
     generate,
 )
 from fasb_lens.steering import ResidualSteering, Steering
@@ -124,14 +125,22 @@ def _generate(
     questions: Sequence[TruthfulQAQuestion],
     fmt: PromptFormat,
     steering: Steering,
-    policy: Policy,
+    policies: dict[Any, Policy],
     config: GenerationConfig,
     batch_size: int,
-) -> list[GenerationTrace]:
-    traces: list[GenerationTrace] = []
-    for start in range(0, len(questions), batch_size):
+    progress: bool,
+) -> dict[Any, list[GenerationTrace]]:
+    """Answers to ``questions`` under each policy; every batch's prompts run once."""
+    traces: dict[Any, list[GenerationTrace]] = {key: [] for key in policies}
+    for start in tqdm(
+        range(0, len(questions), batch_size), desc="calibrate: generate", disable=not progress
+    ):
         prompts = [fmt.generation_prompt(q.question) for q in questions[start : start + batch_size]]
-        traces += generate(model, prompts, policy=policy, steering=steering, config=config)
+        shared = PromptCache.build(model, prompts)
+        for key, policy in policies.items():
+            traces[key] += generate(
+                model, prompts, policy=policy, steering=steering, config=config, prompt_cache=shared
+            )
     return traces
 
 
@@ -193,7 +202,9 @@ def calibrate(
     """
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=(QA_STOP,))
     truth_judge, info_judge = judge_by_name(judge), judge_by_name("info-check")
-    traces = _generate(model, questions, fmt, steering, NoSteering(), config, batch_size)
+    traces = _generate(
+        model, questions, fmt, steering, {"none": NoSteering()}, config, batch_size, progress
+    )["none"]
     first_check = [t.p_true[min(backtrack_tokens, len(t.p_true)) - 1] for t in traces]
     verdicts = truth_judge.judge_many(_inputs(questions, traces))
     truthful = [bool(v.truthful) for v in verdicts]
@@ -216,10 +227,8 @@ def calibrate(
             rows.append({"task": "mc", "method": method, "alpha": alpha, **means})
     if "generation" in tasks:
         policies = _policies(GENERATION_ALPHAS, threshold, backtrack_tokens, caa)
-        for (method, alpha), policy in tqdm(
-            policies.items(), desc="calibrate: generation", disable=not progress
-        ):
-            answers = _generate(model, subset, fmt, steering, policy, config, batch_size)
+        generated = _generate(model, subset, fmt, steering, policies, config, batch_size, progress)
+        for (method, alpha), answers in generated.items():
             summary = summarize(
                 truth_judge.judge_many(_inputs(subset, answers)),
                 info_judge.judge_many(_inputs(subset, answers)),

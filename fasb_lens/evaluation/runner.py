@@ -57,6 +57,7 @@ from fasb_lens.generation import (
     GenerationConfig,
     GenerationTrace,
     Policy,
+    PromptCache,
     generate,
     make_policy,
 )
@@ -443,22 +444,33 @@ class Experiment:
             unit="answer",
             disable=not self.progress,
         )
-        for name, policy in policies.items():
-            todo = [
-                q
-                for q in questions
-                if (fold.split.fold, q.id, "generation", name) not in self.records
-            ]
-            bar.update(len(questions) - len(todo))
-            for start in range(0, len(todo), self.config.batch_size):
-                batch = todo[start : start + self.config.batch_size]
-                prompts = [self.fmt.generation_prompt(q.question) for q in batch]
+        size = self.config.batch_size
+        for start in range(0, len(questions), size):
+            batch = questions[start : start + size]
+            prompts = [self.fmt.generation_prompt(q.question) for q in batch]
+            shared = None  # the prompts' cache, built once and shared by every method
+            for name, policy in policies.items():
+                todo = [
+                    i
+                    for i, q in enumerate(batch)
+                    if (fold.split.fold, q.id, "generation", name) not in self.records
+                ]
+                bar.update(len(batch) - len(todo))
+                if not todo:
+                    continue
+                if len(todo) == len(batch) and shared is None:
+                    shared = PromptCache.build(self.model, prompts)
                 traces = generate(
-                    self.model, prompts, policy=policy, steering=fold.steering, config=config
+                    self.model,
+                    [prompts[i] for i in todo],
+                    policy=policy,
+                    steering=fold.steering,
+                    config=config,
+                    prompt_cache=shared if len(todo) == len(batch) else None,
                 )
-                for question, trace in zip(batch, traces, strict=True):
-                    self.records.append(_generation_record(fold, question, name, trace))
-                bar.update(len(batch))
+                for i, trace in zip(todo, traces, strict=True):
+                    self.records.append(_generation_record(fold, batch[i], name, trace))
+                bar.update(len(todo))
         bar.close()
 
     def judge(self) -> None:

@@ -196,11 +196,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         split = folds[args.fold]
     start = time.perf_counter()
     probes = fit_head_probes(
-        probing,
-        train_idx=split.rows(probing.groups, "train"),
-        val_idx=split.rows(probing.groups, "val"),
-        engine=args.engine,
-        progress=not args.no_progress,
+        probing, split=split, engine=args.engine, progress=not args.no_progress
     )
     fit_seconds = time.perf_counter() - start
     steering = build_steering(

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.activations import HeadActivations, check_shape
 from fasb_lens.models import ModelShape, library_versions
+from fasb_lens.splits import Split
 
 Engine = Literal["torch", "sklearn"]
 FORMAT_VERSION = 1
@@ -310,8 +311,9 @@ def fit_head_probes(
     activations: HeadActivations | Float[Tensor, "n layer head d_head"],
     labels: Tensor | Sequence[int] | None = None,
     *,
-    train_idx: Sequence[int] | np.ndarray | Tensor,
-    val_idx: Sequence[int] | np.ndarray | Tensor,
+    train_idx: Sequence[int] | np.ndarray | Tensor | None = None,
+    val_idx: Sequence[int] | np.ndarray | Tensor | None = None,
+    split: Split | None = None,
     engine: Engine = "torch",
     C: float = 1.0,
     max_iter: int | None = None,
@@ -324,7 +326,9 @@ def fit_head_probes(
     Args:
         activations: a :class:`HeadActivations` (its labels are used unless ``labels``
             is given) or a tensor ``[n, layer, head, d_head]``.
-        train_idx, val_idx: rows to fit on and to validate on (see :mod:`fasb_lens.splits`).
+        train_idx, val_idx: rows to fit on and to validate on.
+        split: instead of the rows, a question split (:mod:`fasb_lens.splits`): its
+            training and validation questions' prompts, found by the activations' groups.
         engine: ``"torch"`` (batched Newton, all heads at once) or ``"sklearn"``
             (``LogisticRegression(C=C, max_iter=1000)`` head by head, the reference).
         C: inverse regularisation strength, as in scikit-learn.
@@ -332,6 +336,15 @@ def fit_head_probes(
         heads_per_chunk: heads solved together by the torch engine (bounds memory).
         device: where the torch engine computes (default: the activations' device).
     """
+    if split is not None:
+        if train_idx is not None or val_idx is not None:
+            raise ValueError("give either split or train_idx and val_idx, not both")
+        if not isinstance(activations, HeadActivations) or activations.groups is None:
+            raise ValueError("a split needs activations of labelled prompts (with groups)")
+        train_idx = split.rows(activations.groups, "train")
+        val_idx = split.rows(activations.groups, "val")
+    if train_idx is None or val_idx is None:
+        raise ValueError("give the rows to fit and validate on (train_idx, val_idx) or a split")
     z, labels, layers = _as_inputs(activations, labels)
     n, n_layers_in, n_heads, d_head = z.shape
     layers = layers if layers is not None else tuple(range(n_layers_in))

@@ -553,12 +553,7 @@ def anchor_heads(
     tuning = collect_head_activations(
         model, tuning_prompts(questions, seed=tuning_seed), template=TUNING_TEMPLATE, **kwargs
     )
-    probes = fit_head_probes(
-        activations,
-        train_idx=split.rows(activations.groups, "train"),
-        val_idx=split.rows(activations.groups, "val"),
-        progress=progress,
-    )
+    probes = fit_head_probes(activations, split=split, progress=progress)
     steering = build_steering(
         probes,
         activations,

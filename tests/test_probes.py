@@ -166,3 +166,17 @@ def test_probes_on_a_tiny_model_with_a_layer_subset(tiny_llama) -> None:
         probes.val_accuracy[[0, 2]].isnan().all() and not probes.val_accuracy[[1, 3]].isnan().any()
     )
     assert {head.layer for head in probes.top_heads(8)} == {1, 3}
+
+
+def test_fit_on_a_split(tiny_anchoring) -> None:
+    from fasb_lens.splits import Split
+
+    acts, probes = tiny_anchoring.activations, tiny_anchoring.probes
+    split = Split.from_dict(tiny_anchoring.steering.split)
+    again = fit_head_probes(acts, split=split, progress=False)
+    assert torch.equal(again.train_idx, torch.as_tensor(split.rows(acts.groups, "train")))
+    assert torch.equal(again.val_accuracy, probes.val_accuracy)
+    with pytest.raises(ValueError, match="either split or train_idx"):
+        fit_head_probes(acts, split=split, train_idx=[0], progress=False)
+    with pytest.raises(ValueError, match="give the rows"):
+        fit_head_probes(acts, progress=False)

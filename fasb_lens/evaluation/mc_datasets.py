@@ -307,13 +307,7 @@ def _fit_steering(
         template=FORMAT_DESCRIPTIONS[items[0].dataset],
         progress=progress,
     )
-    assert acts.groups is not None
-    probes = fit_head_probes(
-        acts,
-        train_idx=split.rows(acts.groups, "train"),
-        val_idx=split.rows(acts.groups, "val"),
-        progress=progress,
-    )
+    probes = fit_head_probes(acts, split=split, progress=progress)
     steering = build_steering(probes, acts, acts, top_k=top_k, split=split.to_dict())
     best = float(probes.val_accuracy[steering.heads[0]])
     return steering, best, probes.val_majority

@@ -314,8 +314,7 @@ class Experiment:
         folds = []
         for split in self.folds_splits:
             folder = self.out / "folds" / f"fold{split.fold}"
-            train, val = split.rows(probing.groups, "train"), split.rows(probing.groups, "val")
-            probes = fit_head_probes(probing, train_idx=train, val_idx=val, progress=False)
+            probes = fit_head_probes(probing, split=split, progress=False)
             steering = build_steering(
                 probes,
                 probing,

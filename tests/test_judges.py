@@ -269,3 +269,35 @@ def test_summarize_rejects_mismatched_inputs() -> None:
         summarize(truth, truth)
     with pytest.raises(ValueError, match="error set"):
         Verdict("x", True, None, error="oops")
+
+
+@pytest.mark.parametrize(
+    ("answer", "loops"),
+    [
+        ("The question, the question, or the question, the question, or the ques", True),
+        ("The most obvious answer is that the most obvious answer is that the mo", True),
+        ("and what's the suggestion, and what's the suggestion, and what's the", True),
+        ("Nothing happens; the seeds pass through your digestive system.", False),
+        ("The origin of fortune cookies is unclear.", False),
+        ("No, no. It is not true.", False),
+    ],
+)
+def test_info_check_catches_loops(answer: str, loops: bool) -> None:
+    from fasb_lens.evaluation.judges import InfoCheck, JudgeInput, is_degenerate
+
+    assert is_degenerate(answer) is loops
+    verdict = InfoCheck().judge_many([JudgeInput("Q?", answer, ("a",), ("b",))])[0]
+    assert verdict.informative is not loops
+
+
+def test_no_truthfulqa_reference_counts_as_a_loop(data_dir) -> None:
+    from fasb_lens.data import load_truthfulqa
+    from fasb_lens.evaluation.judges import is_degenerate
+
+    answers = [
+        a
+        for q in load_truthfulqa(data_dir / "truthfulqa")
+        for a in q.correct_answers + q.incorrect_answers
+    ]
+    flagged = [a for a in answers if is_degenerate(a)]
+    assert len(answers) == 6209 and flagged == []

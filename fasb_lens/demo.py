@@ -87,8 +87,7 @@ def run_demo(
         steering,
         fmt=fmt,
         backtrack_tokens=backtrack_tokens,
-        alphas=(),
-        fallback_alpha=alpha,
+        tasks=(),
         mc_source="csv",
         progress=progress,
     )

@@ -344,15 +344,32 @@ def _print_trace(label: str, trace) -> None:
     print()
 
 
+METHOD_ALIASES = {"baseline": "none", "iti": "fixed"}
+"""The paper's names for two methods, accepted wherever a method is named."""
+
+
+def _names(values: list[str], aliases: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Names given space- or comma-separated (``a b`` or ``a,b``), aliases resolved."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return tuple((aliases or {}).get(name, name) for name in names)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from fasb_lens.evaluation.runner import Experiment, ExperimentConfig
+    from dataclasses import replace
+
+    from fasb_lens.evaluation.runner import (
+        Experiment,
+        ExperimentConfig,
+        write_fraction_sweep,
+    )
 
     config = ExperimentConfig(
         data=args.data,
         n_questions=args.questions,
-        methods=tuple(args.methods),
-        judges=tuple(args.judges),
-        tasks=tuple(args.tasks),
+        mc_task=args.mc_task,
+        methods=_names(args.methods, METHOD_ALIASES),
+        judges=_names(args.judges),
+        tasks=_names(args.tasks),
         model=args.model,
         n_folds=args.n_folds,
         seed=args.seed,
@@ -370,13 +387,35 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         batch_size=args.batch_size,
         calibrate=not args.no_calibrate,
+        train_fraction=args.train_fraction[0],
     )
-    summary = Experiment(config, args.out, progress=not args.no_progress).run()
+    out, progress = Path(args.out), not args.no_progress
+    if len(args.train_fraction) == 1:
+        experiment = Experiment(config, out, progress=progress)
+        summary = experiment.summarize() if args.summary_only else experiment.run()
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print((out / "table.md").read_text())
+            print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
+        return 0
+    # the data-efficiency sweep: one run per fraction, sharing activations and the model
+    summaries, model = {}, None
+    for fraction in args.train_fraction:
+        experiment = Experiment(
+            replace(config, train_fraction=fraction),
+            out / f"train_fraction_{fraction:g}",
+            model=model,
+            activations_dir=out / "activations",
+            progress=progress,
+        )
+        model = experiment.model
+        summaries[fraction] = experiment.summarize() if args.summary_only else experiment.run()
+    table = write_fraction_sweep(out, summaries)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({str(f): s for f, s in summaries.items()}, indent=2))
     else:
-        print((Path(args.out) / "table.md").read_text())
-        print(f"written to {args.out}/ (results.json, results.csv, answers.csv, table.md)")
+        print(table, end="")
     return 0
 
 
@@ -387,6 +426,11 @@ def cmd_mc_datasets(args: argparse.Namespace) -> int:
     data = _data_dir(args.data)
     if data is None:
         raise SystemExit("--data (or FASB_LENS_DATA) must name the data folder")
+    methods = _names(args.methods, METHOD_ALIASES)
+    unknown = [name for name in methods if name not in POLICY_NAMES or name == "caa"]
+    if unknown:
+        known = ", ".join(n for n in POLICY_NAMES if n != "caa")
+        raise SystemExit(f"unknown method(s) {unknown} for the MC datasets; known: {known}")
     policies = {
         name: make_policy(
             name,
@@ -396,12 +440,12 @@ def cmd_mc_datasets(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             backtrack_tokens=args.backtrack_tokens,
         )
-        for name in args.methods
+        for name in methods
     }
     results = run_mc_datasets(
         data,
         args.out,
-        datasets=args.datasets,
+        datasets=_names(args.datasets, {"storycloze": "story_cloze"}),
         policies=policies,
         story_cloze=args.story_cloze,
         limit=args.limit or None,
@@ -615,16 +659,38 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser(
         "reproduce", help="the paper's TruthfulQA table: cross-validated, resumable"
     )
-    rep.add_argument("--data", required=True, help="TruthfulQA CSV or folder, 'mini' or 'hub'")
+    rep.add_argument(
+        "--data",
+        "--truthfulqa",
+        dest="data",
+        required=True,
+        help="TruthfulQA CSV or folder, 'mini' or 'hub'",
+    )
+    rep.add_argument("--mc-task", help="mc_task.json (default: the one next to the CSV)")
     rep.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
     rep.add_argument("--questions", type=int, help="only the first N questions (authors' order)")
-    rep.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=POLICY_NAMES)
-    rep.add_argument("--judges", nargs="+", default=list(DEFAULT_JUDGES))
     rep.add_argument(
-        "--tasks", nargs="+", default=["mc", "generation"], choices=["mc", "generation"]
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        help=f"of {', '.join(POLICY_NAMES)} (also baseline = none, iti = fixed; a,b or a b)",
     )
+    rep.add_argument("--judges", nargs="+", default=list(DEFAULT_JUDGES))
+    rep.add_argument("--tasks", "--metrics", dest="tasks", nargs="+", default=["mc", "generation"])
     rep.add_argument("--model", help="hub name or folder (default: the embedded model)")
-    rep.add_argument("--n-folds", type=int, default=2)
+    rep.add_argument("--n-folds", "--folds", dest="n_folds", type=int, default=2)
+    rep.add_argument(
+        "--train-fraction",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="train on this fraction of each training fold; several values run a sweep",
+    )
+    rep.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="judge and summarise what the run folder holds so far; evaluate nothing new",
+    )
     rep.add_argument("--seed", type=int, default=42)
     rep.add_argument("--top-k", type=int, default=24)
     rep.add_argument("--direction", choices=["probe", "prototype", "random"], default="probe")
@@ -645,17 +711,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(handler=cmd_reproduce)
 
     mcd = commands.add_parser(
-        "mc-datasets", help="COPA, NLI, MMLU, SST-2, Winogrande (and Story Cloze) accuracy"
+        "mc-datasets",
+        aliases=["evaluate-mc"],
+        help="COPA, NLI, MMLU, SST-2, Winogrande (and Story Cloze) accuracy",
     )
     mcd.add_argument("--data", help="data folder (default: $FASB_LENS_DATA)")
     mcd.add_argument("--out", required=True, help="run folder (resumes if interrupted)")
-    mcd.add_argument("--datasets", nargs="+", default=["copa", "nli", "mmlu", "sst2", "winogrande"])
+    mcd.add_argument(
+        "--datasets",
+        "--dataset",
+        dest="datasets",
+        nargs="+",
+        default=["copa", "nli", "mmlu", "sst2", "winogrande"],
+    )
     mcd.add_argument("--story-cloze", help="the ROCStories cloze CSV, if you have it")
     mcd.add_argument(
         "--methods",
         nargs="+",
         default=["none", "fixed", "fasb"],
-        choices=[n for n in POLICY_NAMES if n != "caa"],
+        help="policies to compare (also baseline = none, iti = fixed; a,b or a b)",
     )
     mcd.add_argument("--limit", type=int, default=400, help="items per dataset (0: all)")
     mcd.add_argument("--top-k", type=int, default=24)

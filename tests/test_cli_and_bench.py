@@ -23,6 +23,39 @@ def test_parser_knows_the_commands() -> None:
         parser.parse_args(["no-such-command"])
 
 
+def test_the_papers_spellings_are_accepted() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["reproduce", "--truthfulqa", "x.csv", "--out", "o", "--folds", "3"]
+        + ["--methods", "baseline,iti", "fasb", "--metrics", "mc"]
+    )
+    assert (args.data, args.n_folds, args.tasks) == ("x.csv", 3, ["mc"])
+    assert cli._names(args.methods, cli.METHOD_ALIASES) == ("none", "fixed", "fasb")
+    args = parser.parse_args(["evaluate-mc", "--dataset", "copa", "--out", "o"])
+    assert args.handler is cli.cmd_mc_datasets and args.datasets == ["copa"]
+    with pytest.raises(SystemExit, match="unknown method"):
+        cli.main(["evaluate-mc", "--data", ".", "--out", "o", "--methods", "caa"])
+
+
+def test_train_fraction_sweep_is_one_command(tiny_llama_folder, tmp_path, capsys) -> None:
+    from fasb_lens.evaluation.runner import load_fold_artifacts
+
+    common = ["reproduce", "--data", "mini", "--questions", "8", "--model", str(tiny_llama_folder)]
+    common += ["--methods", "none,fasb", "--metrics", "mc", "--mc-source", "csv", "--top-k", "2"]
+    common += ["--no-calibrate", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main([*common, "--train-fraction", "0.5", "1"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| train_fraction | method | mc1 | mc2 | mc3 |")
+    assert table.count("\n") == 2 + 2 * 2
+    assert (tmp_path / "train_fraction.csv").is_file()
+    assert not (tmp_path / "train_fraction_0.5" / "activations").exists()  # shared
+    half = load_fold_artifacts(tmp_path / "train_fraction_0.5", 0)[1].split
+    whole = load_fold_artifacts(tmp_path / "train_fraction_1", 0)[1].split
+    assert set(half["train"]) < set(whole["train"])
+    assert len(half["train"]) == round(len(whole["train"]) / 2)
+    assert half["val"] == whole["val"] and half["test"] == whole["test"]
+
+
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fasb_lens.cli", "--help"], capture_output=True, text=True

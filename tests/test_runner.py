@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -108,6 +109,13 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     # a torn line, as a kill in the middle of a write would leave
     with (tmp_path / "records.jsonl").open("a") as handle:
         handle.write('{"fold": 0, "question_')
+    # the interrupted run's table so far, each number with the questions it rests on
+    partial = Experiment(
+        ExperimentConfig(**CONFIG), tmp_path, model=tiny_llama, progress=False
+    ).summarize()
+    counts = [m["mean"]["n_mc"] + m["mean"]["n_generation"] for m in partial["methods"].values()]
+    assert sum(counts) == 22 and all(n <= 16 for n in counts)
+    assert "| n (MC / gen.) |" in (tmp_path / "table.md").read_text()
     evaluated: list[str] = []
     real_mc = runner_module.evaluate_mc
 
@@ -136,6 +144,22 @@ def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
         ExperimentConfig(data="mini", judges=("gpt-judge",))
     with pytest.raises(ValueError, match="have no mc_task.json targets"):
         run(tiny_llama, tmp_path / "mc", mc_source="mc_task", tasks=("mc",))
+
+
+def test_a_run_started_before_a_setting_existed_resumes(finished) -> None:
+    out, _ = finished
+    saved = json.loads((out / "config.json").read_text())
+    older = {k: v for k, v in saved.items() if k not in ("train_fraction", "mc_task")}
+    (out / "config.json").write_text(json.dumps(older))
+    try:
+        Experiment._check_config(SimpleNamespace(out=out, config=ExperimentConfig(**CONFIG)))
+        changed = SimpleNamespace(out=out, config=ExperimentConfig(**CONFIG, train_fraction=0.5))
+        with pytest.raises(ValueError, match=r"other settings \(train_fraction\)"):
+            Experiment._check_config(changed)
+    finally:
+        (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="train_fraction must be in"):
+        ExperimentConfig(data="mini", train_fraction=0.0)
 
 
 def test_figures_of_a_run(finished, tmp_path) -> None:

@@ -25,7 +25,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,14 @@ class ExperimentConfig:
 
     data: str
     n_questions: int | None = None
+    mc_task: str | None = None
     methods: tuple[str, ...] = DEFAULT_METHODS
     judges: tuple[str, ...] = DEFAULT_JUDGES
     tasks: tuple[str, ...] = TASKS
     model: str | None = None
     n_folds: int = 2
     val_fraction: float = 0.2
+    train_fraction: float = 1.0
     seed: int = 42
     top_k: int = 24
     direction: str = "probe"
@@ -135,7 +137,9 @@ class ExperimentConfig:
         unknown = [name for name in self.judges if name not in JUDGES]
         if unknown:
             raise ValueError(f"unknown judge(s) {unknown}; known: {', '.join(JUDGES)}")
-        for path in (self.primer, self.instruction):
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        for path in (self.primer, self.instruction, self.mc_task):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} does not exist")
 
@@ -221,14 +225,16 @@ class Experiment:
         out: str | Path,
         *,
         model: TransformerBridge | None = None,
+        activations_dir: str | Path | None = None,
         progress: bool = True,
     ) -> None:
         self.config = config
         self.out = Path(out)
+        self.activations_dir = Path(activations_dir or self.out / "activations")
         self.progress = progress
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_config()
-        questions = load_questions(config.data)
+        questions = load_questions(config.data, mc_task=config.mc_task)
         order = authors_question_order(questions)
         if config.n_questions is not None:
             if config.n_questions > len(order):
@@ -258,7 +264,8 @@ class Experiment:
         path = self.out / "config.json"
         wanted = self.config.to_dict()
         if path.is_file():
-            existing = json.loads(path.read_text())
+            # settings added after the run was started take their defaults
+            existing = ExperimentConfig.from_dict(json.loads(path.read_text())).to_dict()
             if existing != wanted:
                 changed = sorted(k for k in wanted if existing.get(k) != wanted[k])
                 raise ValueError(
@@ -276,7 +283,7 @@ class Experiment:
         File order and ``tuning_seed`` are those of ``fasb-lens collect``, so the folders
         it writes can be copied into ``activations/`` instead of being computed again.
         """
-        folder = self.out / "activations"
+        folder = self.activations_dir
         questions = sorted(self.questions, key=lambda question: question.id)
         probing_set = probing_prompts(questions)
         kwargs = {"batch_size": 32, "progress": self.progress}
@@ -312,7 +319,7 @@ class Experiment:
         probing, tuning, residual = self._activations()
         config = self.config
         folds = []
-        for split in self.folds_splits:
+        for split in map(self._subsample, self.folds_splits):
             folder = self.out / "folds" / f"fold{split.fold}"
             probes = fit_head_probes(probing, split=split, progress=False)
             steering = build_steering(
@@ -337,6 +344,20 @@ class Experiment:
             )
             folds.append(_Fold(split, steering, self._policies(caa, calibration), calibration))
         return folds
+
+    def _subsample(self, split: Split) -> Split:
+        """The split with only ``train_fraction`` of its training questions (seeded).
+
+        Validation and test questions stay whole, so runs with different fractions are
+        scored on the same questions: the paper's data-efficiency study.
+        """
+        fraction = self.config.train_fraction
+        if fraction == 1.0:
+            return split
+        generator = torch.Generator().manual_seed(self.config.seed + split.fold)
+        keep = max(1, round(fraction * len(split.train)))
+        chosen = sorted(torch.randperm(len(split.train), generator=generator)[:keep].tolist())
+        return replace(split, train=tuple(split.train[i] for i in chosen))
 
     def _calibration(
         self, split: Split, steering: Steering, caa: ResidualSteering | None, folder: Path
@@ -510,23 +531,32 @@ class Experiment:
 
     def run(self) -> dict[str, Any]:
         """Anchor, evaluate every fold, judge, and write the summary; returns it."""
-        folds = self.anchor()
-        for fold in folds:
+        for fold in self.anchor():
             if "mc" in self.config.tasks:
                 self.evaluate_mc(fold)
             if "generation" in self.config.tasks:
                 self.evaluate_generation(fold)
+        return self.summarize()
+
+    def summarize(self) -> dict[str, Any]:
+        """Judge the answers recorded so far and write the summary; evaluates nothing new.
+
+        On a run that was interrupted (or is still going) this gives the table of what is
+        done; ``n_mc`` and ``n_generation`` in ``results.json`` say how many questions each
+        number rests on, and fold means skip folds without results.
+        """
         if "generation" in self.config.tasks:
             self.judge()
-        calibrations = {
-            str(fold.split.fold): {
-                "threshold": fold.calibration.threshold,
-                "strengths": fold.calibration.strengths,
-                "youden_j": fold.calibration.youden_j,
-            }
-            for fold in folds
-            if fold.calibration is not None
-        }
+        calibrations = {}
+        for split in self.folds_splits:
+            folder = self.out / "folds" / f"fold{split.fold}"
+            if (folder / CALIBRATION_NAME).is_file():
+                calibration = Calibration.load(folder)
+                calibrations[str(split.fold)] = {
+                    "threshold": calibration.threshold,
+                    "strengths": calibration.strengths,
+                    "youden_j": calibration.youden_j,
+                }
         records, judgements = self.records.values(), self.judgements.values()
         return write_summary(self.out, self.config, records, judgements, calibrations)
 
@@ -561,6 +591,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _mean_of_present(values: list[float]) -> float:
+    """The mean of the values that are numbers (a fold with no results gives NaN)."""
+    return _mean([v for v in values if not (isinstance(v, float) and math.isnan(v))])
+
+
 def summarize_records(
     config: ExperimentConfig,
     records: Iterable[dict[str, Any]],
@@ -575,8 +610,9 @@ def summarize_records(
             j["judge"], j["truthful"], j["informative"], j.get("score"), j.get("error")
         )
         verdicts[(j["method"], j["fold"], j["judge"])].append(verdict)
-    truth_judges = [name for name in config.judges if name not in INFO_JUDGES]
-    info_judges = [name for name in config.judges if name in INFO_JUDGES]
+    judged = config.judges if "generation" in config.tasks else ()
+    truth_judges = [name for name in judged if name not in INFO_JUDGES]
+    info_judges = [name for name in judged if name in INFO_JUDGES]
     summary: dict[str, Any] = {"folds": folds, "methods": {}}
     for method in config.methods:
         entry: dict[str, Any] = {"per_fold": {}}
@@ -606,7 +642,7 @@ def summarize_records(
 
 
 def _fold_mean(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The mean over folds of every number (judge pairs averaged field by field)."""
+    """The mean over folds of every number (judge pairs field by field; counts summed)."""
     mean: dict[str, Any] = {}
     folds = list(per_fold.values())
     if not folds:
@@ -614,13 +650,15 @@ def _fold_mean(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for key, value in folds[0].items():
         if isinstance(value, dict):
             mean[key] = {
-                field_: _mean([f[key][field_] for f in folds])
+                field_: _mean_of_present([f[key][field_] for f in folds])
                 if isinstance(value[field_], int | float)
                 else value[field_]
                 for field_ in value
             }
+        elif key.startswith("n_"):
+            mean[key] = sum(f[key] for f in folds)
         else:
-            mean[key] = _mean([f[key] for f in folds])
+            mean[key] = _mean_of_present([f[key] for f in folds])
     return mean
 
 
@@ -633,6 +671,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     head = ["Method", "MC1", "MC2", "MC3", "triggered"]
     for pair in pairs:
         head += [f"True ({pair})", "Info", "True*Info"]
+    head.append("n (MC / gen.)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(value: float) -> str:
@@ -652,6 +691,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
                 pct(values.get("info", math.nan)),
                 pct(values.get("true_x_info", math.nan)),
             ]
+        row.append(f"{mean.get('n_mc', 0)} / {mean.get('n_generation', 0)}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -717,6 +757,44 @@ def write_summary(
                     ]
                 )
     return summary
+
+
+def write_fraction_sweep(out: Path, summaries: dict[float, dict[str, Any]]) -> str:
+    """The data-efficiency sweep: ``train_fraction.csv`` and ``.md``; returns the table.
+
+    One row per (fraction, method) with the fold means of MC1/MC2/MC3 and of True*Info
+    for every judge pair of the runs.
+    """
+    pairs = sorted(
+        {
+            key
+            for summary in summaries.values()
+            for entry in summary["methods"].values()
+            for key, value in entry["mean"].items()
+            if isinstance(value, dict)
+        }
+    )
+    head = ["train_fraction", "method", "mc1", "mc2", "mc3"] + [f"{p}: true_x_info" for p in pairs]
+    rows = []
+    for fraction, summary in summaries.items():
+        for method, entry in summary["methods"].items():
+            mean = entry["mean"]
+            rows.append(
+                [fraction, method]
+                + [mean.get(k, math.nan) for k in ("mc1", "mc2", "mc3")]
+                + [mean.get(p, {}).get("true_x_info", math.nan) for p in pairs]
+            )
+    with (out / "train_fraction.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(head)
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{row[0]:g}", row[1]] + [f"{100 * v:.1f}" for v in row[2:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    (out / "train_fraction.md").write_text(table)
+    return table
 
 
 def load_run(out: str | Path) -> tuple[ExperimentConfig, list[dict], list[dict]]:

@@ -553,6 +553,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data_dir=_data_dir(args.data),
         n_prompts=args.n_prompts,
         batch_size=args.batch_size,
+        mc_questions=args.mc_questions,
         progress=not args.no_progress,
         on_result=write,
     )
@@ -767,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", help="data folder (default: $FASB_LENS_DATA)")
     bench.add_argument("--n-prompts", type=int, default=1000)
     bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--mc-questions", type=int, default=50, help="questions for `mc`")
     bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
     bench.set_defaults(handler=cmd_bench)
     return parser

@@ -34,7 +34,7 @@ def test_ruff_is_clean() -> None:
     if ruff is None:
         pytest.skip("ruff is not installed (it comes with the dev extra)")
     result = subprocess.run(
-        [ruff, "check", "fasb_lens", "tests"], cwd=ROOT, capture_output=True, text=True
+        [ruff, "check", "fasb_lens", "tests", "notebooks"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -530,11 +530,17 @@ class Experiment:
                     )
 
     def run(self) -> dict[str, Any]:
-        """Anchor, evaluate every fold, judge, and write the summary; returns it."""
-        for fold in self.anchor():
-            if "mc" in self.config.tasks:
+        """Anchor, evaluate every fold, judge, and write the summary; returns it.
+
+        Multiple choice runs on every fold before generation, so the quick table is whole
+        early and a run stopped during generation still has it.
+        """
+        folds = self.anchor()
+        if "mc" in self.config.tasks:
+            for fold in folds:
                 self.evaluate_mc(fold)
-            if "generation" in self.config.tasks:
+        if "generation" in self.config.tasks:
+            for fold in folds:
                 self.evaluate_generation(fold)
         return self.summarize()
 

@@ -387,35 +387,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         batch_size=args.batch_size,
         calibrate=not args.no_calibrate,
-        train_fraction=args.train_fraction[0],
     )
     out, progress = Path(args.out), not args.no_progress
-    if len(args.train_fraction) == 1:
-        experiment = Experiment(config, out, progress=progress)
-        summary = experiment.summarize() if args.summary_only else experiment.run()
-        if args.json:
-            print(json.dumps(summary, indent=2))
-        else:
-            print((out / "table.md").read_text())
-            print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
-        return 0
-    # the data-efficiency sweep: one run per fraction, sharing activations and the model
+    # several fractions make the data-efficiency sweep: a run folder per fraction, sharing
+    # the activations and the model
+    sweep = len(args.train_fraction) > 1
     summaries, model = {}, None
     for fraction in args.train_fraction:
         experiment = Experiment(
             replace(config, train_fraction=fraction),
-            out / f"train_fraction_{fraction:g}",
+            out / f"train_fraction_{fraction:g}" if sweep else out,
             model=model,
             activations_dir=out / "activations",
             progress=progress,
         )
         model = experiment.model
         summaries[fraction] = experiment.summarize() if args.summary_only else experiment.run()
-    table = write_fraction_sweep(out, summaries)
     if args.json:
-        print(json.dumps({str(f): s for f, s in summaries.items()}, indent=2))
+        only = next(iter(summaries.values()))
+        print(json.dumps({str(f): s for f, s in summaries.items()} if sweep else only, indent=2))
+    elif sweep:
+        print(write_fraction_sweep(out, summaries), end="")
     else:
-        print(table, end="")
+        print((out / "table.md").read_text())
+        print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
     return 0
 
 

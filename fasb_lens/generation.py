@@ -404,11 +404,12 @@ class _CachedDecoder(_Decoder):
     def prepare(self) -> None:
         """Start from the prompts but their last tokens: a copy of the shared cache, or
         computed here. Runs before any hook is set: no steering touches these positions."""
-        start = self.prompt_cache or PromptCache.from_ids(
-            self.model, [row.prompt_ids for row in self.rows]
-        )
-        self.cache = copy.deepcopy(start.cache)
-        self.mask = start.mask.clone()
+        if self.prompt_cache is None:  # this decoder's own: used as it is, not copied
+            start = PromptCache.from_ids(self.model, [row.prompt_ids for row in self.rows])
+            self.cache, self.mask = start.cache, start.mask
+        else:
+            self.cache = copy.deepcopy(self.prompt_cache.cache)
+            self.mask = self.prompt_cache.mask.clone()
         self.columns = [[] for _ in self.rows]
 
     def step(self) -> Tensor:

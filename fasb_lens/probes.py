@@ -330,10 +330,12 @@ def fit_head_probes(
         train_idx, val_idx: rows to fit on and to validate on.
         split: instead of the rows, a question split (:mod:`fasb_lens.splits`): its
             training and validation questions' prompts, found by the activations' groups.
-        engine: ``"torch"`` (batched Newton, all heads at once) or ``"sklearn"``
+        engine: ``"torch"`` (all heads at once: bound-optimisation steps, then Newton for
+            heads still moving) or ``"sklearn"``
             (``LogisticRegression(C=C, max_iter=1000)`` head by head, the reference).
         C: inverse regularisation strength, as in scikit-learn.
-        max_iter: Newton iterations (default 50) or lbfgs iterations (default 1000).
+        max_iter: the torch engine's Newton iterations after its bound steps (default 50)
+            or lbfgs iterations (default 1000).
         tol: the torch engine stops a head when its gradient, divided by ``C n``, is
             below this in every coordinate (1e-5: tighter than scikit-learn's default).
         heads_per_chunk: heads solved together by the torch engine (bounds memory).
@@ -370,7 +372,7 @@ def fit_head_probes(
 
     flat = z.reshape(n, n_layers_in * n_heads, d_head)
     if engine == "torch":
-        weight, bias = _fit_newton(
+        weight, bias = _fit_torch(
             flat[train],
             train_labels,
             C=C,
@@ -418,7 +420,7 @@ def _objective(x: Tensor, y: Tensor, theta: Tensor, C: float) -> Tensor:
     return C * loss.sum(-1) + 0.5 * (theta[:, :-1] ** 2).sum(-1)
 
 
-def _fit_newton(
+def _fit_torch(
     x: Tensor,
     y: Tensor,
     *,

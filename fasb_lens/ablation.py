@@ -20,39 +20,33 @@ interrupted study resumes, with a progress bar.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.activations import collect_head_activations
 from fasb_lens.data import LabelledPrompt, PromptFormat, TruthfulQAQuestion
 from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
-from fasb_lens.generation import NoSteering
-from fasb_lens.models import (
-    forward,
-    hook_z_name,
-    model_device,
-    model_shape,
-    pad,
-    pad_token_id,
-    tokenize,
-)
+from fasb_lens.interventions import hooked, replace_heads
+from fasb_lens.models import model_shape
+from fasb_lens.policies import Unsteered
 from fasb_lens.probes import HeadProbes
+from fasb_lens.scoring import continuation_log_probs
 from fasb_lens.steering import Steering
 
-Mode = Literal["zero", "mean", "steer"]
+AblationKind = Literal["zero", "mean", "steer"]
+"""What is done to each head: zeroed, replaced by its mean, or steered."""
 Metric = Callable[[TransformerBridge], float]
-ABLATION_LOG = "ablation.jsonl"
 
 
 @contextmanager
@@ -73,51 +67,17 @@ def ablated(
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
     shape = model_shape(model)
-    by_layer: dict[int, list[int]] = {}
     for head in heads:
         shape.check_head(head)
-        by_layer.setdefault(head.layer, []).append(head.head)
-
-    def make_hook(layer: int, indices: list[int]) -> Callable[..., Tensor]:
-        def hook(z: Tensor, hook: Any) -> Tensor:
-            z = z.clone()
-            if mode == "zero":
-                z[:, :, indices] = 0.0
-            else:
-                assert means is not None
-                z[:, :, indices] = means[layer, indices].to(device=z.device, dtype=z.dtype)
-            return z
-
-        return hook
-
-    hooks = [(hook_z_name(layer), make_hook(layer, idx)) for layer, idx in by_layer.items()]
-    with model.hooks(fwd_hooks=hooks):
+    values = None
+    if mode == "mean":
+        assert means is not None
+        values = {head: means[head.layer, head.head] for head in heads}
+    with hooked(model, replace_heads(heads, values)):
         yield model
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def _answer_log_probs(
-    model: TransformerBridge, pairs: Sequence[tuple[str, str]], batch_size: int
-) -> list[float]:
-    """Summed log-probability of each continuation after its prefix (full forwards)."""
-    device = model_device(model)
-    prefixes = tokenize(model, [prefix for prefix, _ in pairs])
-    continuations = tokenize(model, [cont for _, cont in pairs], prepend_bos=False)
-    totals: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(pairs), batch_size):
-            rows = range(start, min(start + batch_size, len(pairs)))
-            sequences = [prefixes[i] + continuations[i] for i in rows]
-            ids, mask = pad(sequences, pad_id=pad_token_id(model), side="right", device=device)
-            log_probs = torch.log_softmax(forward(model, ids, mask).float(), dim=-1)
-            for row, i in enumerate(rows):
-                begin = len(prefixes[i])
-                targets = torch.tensor(continuations[i], device=device)
-                picked = log_probs[row, begin - 1 : begin - 1 + len(targets)]
-                totals.append(float(picked.gather(-1, targets[:, None]).sum()))
-    return totals
 
 
 def logprob_margin(questions: Sequence[TruthfulQAQuestion], *, batch_size: int = 64) -> Metric:
@@ -133,7 +93,7 @@ def logprob_margin(questions: Sequence[TruthfulQAQuestion], *, batch_size: int =
                 owners.append((index, label))
 
     def metric(model: TransformerBridge) -> float:
-        scores = _answer_log_probs(model, pairs, batch_size)
+        scores = continuation_log_probs(model, pairs, batch_size=batch_size)
         margins = []
         for index in range(len(questions)):
             true = [s for s, (i, lab) in zip(scores, owners, strict=True) if i == index and lab]
@@ -153,7 +113,7 @@ def mc2_metric(
 
     def metric(model: TransformerBridge) -> float:
         values = [
-            evaluate_mc(model, q, {"none": NoSteering()}, fmt=fmt, source=source)["none"]["mc2"]
+            evaluate_mc(model, q, {"none": Unsteered()}, fmt=fmt, source=source)["none"]["mc2"]
             for q in questions
         ]
         return sum(values) / len(values)
@@ -204,7 +164,7 @@ def ablation_study(
     metric: Metric,
     *,
     heads: Sequence[Head] | None = None,
-    mode: Mode = "zero",
+    mode: AblationKind = "zero",
     means: Tensor | None = None,
     steering: Steering | None = None,
     strength: float = 5.0,
@@ -228,27 +188,24 @@ def ablation_study(
         missing = [str(h) for h in heads if h not in steering.heads]
         if missing:
             raise ValueError(f"the steering has no vector for {', '.join(missing[:5])}")
-    log_path = Path(out) / ABLATION_LOG if out is not None else None
+    log = (
+        storage.JsonlLog(
+            Path(out) / storage.ABLATION_LOG,
+            key=lambda record: (record["metric"], record["mode"], record["key"]),
+        )
+        if out is not None
+        else None
+    )
     done: dict[str, float] = {}
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if log_path.is_file():
-            for line in log_path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by an interrupted run is recomputed
-                if record.get("metric") == metric_name and record.get("mode") == mode:
-                    done[record["key"]] = record["value"]
+    if log is not None:
+        for record in log.values():
+            if record.get("metric") == metric_name and record.get("mode") == mode:
+                done[record["key"]] = record["value"]
 
     def remember(key: str, value: float) -> None:
         done[key] = value
-        if log_path is not None:
-            with log_path.open("a") as handle:
-                handle.write(
-                    json.dumps({"key": key, "value": value, "metric": metric_name, "mode": mode})
-                    + "\n"
-                )
+        if log is not None:
+            log.append({"key": key, "value": value, "metric": metric_name, "mode": mode})
 
     if "baseline" not in done:
         remember("baseline", metric(model))

@@ -23,6 +23,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.activations import HeadActivations, collect_head_activations, length_sorted
+from fasb_lens.anchoring import anchor_heads
 from fasb_lens.data import (
     LabelledPrompt,
     TruthfulQAQuestion,
@@ -32,21 +33,23 @@ from fasb_lens.data import (
     probing_prompts,
 )
 from fasb_lens.evaluation.truthfulqa import evaluate_mc
-from fasb_lens.generation import FASB, GenerationConfig, GenerationTrace, NoSteering, generate
+from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import (
     cache_root,
     forward,
     hook_z_name,
-    library_versions,
     load_model,
     model_id,
     pad,
     pad_token_id,
     tokenize,
 )
+from fasb_lens.policies import FASB, Unsteered
 from fasb_lens.probes import fit_head_probes
+from fasb_lens.scoring import continuation_log_probs
 from fasb_lens.splits import authors_folds, authors_question_order, train_val_split
-from fasb_lens.steering import Steering, anchor_heads
+from fasb_lens.steering import Steering
+from fasb_lens.storage import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +251,7 @@ def bench_generation(ctx: BenchContext) -> dict[str, Any]:
     run("fasb_reference_s", [prompts[:2]], triggering, mode="reference")
     one_by_one = run("fasb_one_by_one_8_s", alone, triggering)
     batched = run("fasb_batched_8_s", [prompts], triggering)
-    run("plain_cached_8_s", alone, NoSteering())
+    run("plain_cached_8_s", alone, Unsteered())
     run("silent_cached_8_s", alone, silent)
     same = [a.output_ids for a in one_by_one] == [b.output_ids for b in batched]
     return {
@@ -282,7 +285,7 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
     questions = questions[: ctx.mc_questions]
     fmt = _prompt_format(ctx)
     source = "mc_task" if questions[0].mc1_targets else "csv"
-    policy = {"none": NoSteering()}
+    policy = {"none": Unsteered()}
     times: dict[str, float] = {}
     fast: list[float] = []
     pairs: list[tuple[str, str]] = []
@@ -295,7 +298,7 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
                 fast.append(row["log_prob"])
                 pairs.append((prefix, " " + row["answer"]))
     with _timer(times, "naive_s"):
-        naive = [_full_forward_log_prob(ctx.model, prefix, answer) for prefix, answer in pairs]
+        naive = continuation_log_probs(ctx.model, pairs, batch_size=1)
     gap = max(abs(a - b) for a, b in zip(fast, naive, strict=True))
     return {
         "dataset": name,
@@ -306,17 +309,6 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
         "target_speedup": 5,
         "max_abs_log_prob_difference": gap,
     }
-
-
-def _full_forward_log_prob(model: TransformerBridge, prefix: str, answer: str) -> float:
-    """The naive way: the whole prompt and answer, one forward per answer."""
-    prefix_ids = tokenize(model, [prefix])[0]
-    answer_ids = tokenize(model, [answer], prepend_bos=False)[0]
-    with torch.inference_mode():
-        logits = forward(model, torch.tensor([prefix_ids + answer_ids]))[0]
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    start = len(prefix_ids) - 1
-    return float(sum(log_probs[start + t, token] for t, token in enumerate(answer_ids)))
 
 
 def _prompt_format(ctx: BenchContext):

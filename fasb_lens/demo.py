@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fasb_lens.anchoring import anchor_heads
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation.calibration import Calibration, calibrate
-from fasb_lens.generation import FASB, QA_STOP, GenerationConfig, GenerationTrace, generate
+from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model
 from fasb_lens.plotting import (
     anchored_heads,
@@ -25,9 +26,10 @@ from fasb_lens.plotting import (
     save_figure,
     trajectories,
 )
+from fasb_lens.policies import FASB
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import authors_folds
-from fasb_lens.steering import Steering, anchor_heads
+from fasb_lens.steering import Steering
 
 DEMO_QUESTIONS = 3
 
@@ -141,8 +143,7 @@ def run_demo(
         out / "trajectories",
         png=png,
     )
-    probes.save(out / "artifact")
-    steering.save(out / "artifact")
+    anchoring.save(out / "artifact")
     lap("figures")
     return DemoResult(
         probes, steering, calibration, [q.question for q in test], plain, steered, figures, timings

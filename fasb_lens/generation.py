@@ -2,18 +2,11 @@
 
 The loop generates a batch of prompts token by token. After every token it reads the
 anchored heads' ``hook_z`` at the newest position, turns them into ``p_true`` with the
-tracker, and asks the **policy** what to do:
-
-* :class:`NoSteering` - plain decoding;
-* :class:`FixedSteering` - ITI: strength ``alpha`` at every position, from the prompt's
-  last token on;
-* :class:`FASB` - once ``backtrack_tokens`` tokens exist (and at the last step, at EOS
-  or at a stop string) check ``p_true``; at the first check below ``threshold``, set the
-  strength to ``alpha * (1 - p_true)``, drop the last ``backtrack_tokens`` tokens and
-  regenerate the rest of the budget with steering. Its switches give the paper's
-  ablations (fixed strength, no backtracking, deciding once after the question) and
-  options beyond it (several backtracks, the Prototype tracker, a running-mean trigger);
-* :class:`CAASteering` - the CAA baseline: a residual-stream vector at one layer.
+policy's tracker, and asks the **policy** (:mod:`fasb_lens.policies`) what to do: go on,
+or steer from now on, possibly after dropping the last tokens (a backtrack). This module
+is one of the policies' two drivers (the other is :mod:`fasb_lens.scoring`); it counts a
+reading as the number of tokens generated so far, the token chosen from that reading
+included, so FASB's first check comes once ``backtrack_tokens`` tokens exist.
 
 Two execution modes:
 
@@ -33,11 +26,10 @@ away, the strength and the timings.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -45,18 +37,16 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.models import (
-    forward,
-    hook_z_name,
-    model_device,
-    pad,
-    pad_token_id,
-    tokenize,
-)
-from fasb_lens.probes import Tracker
-from fasb_lens.steering import ResidualSteering, Steering, TrackerKind
+from fasb_lens.decoding import CachedDecoder, Decoder, PromptCache, ReferenceDecoder
+from fasb_lens.interventions import capture, heads_from, hooked
+from fasb_lens.models import model_device, tokenize
+from fasb_lens.options import option
+from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
+from fasb_lens.steering import Steering
+from fasb_lens.trackers import Tracker
 
 Mode = Literal["cached", "reference"]
+"""How the loop runs the model: with a KV cache, or recomputing like the authors' loop."""
 QA_STOP = "Q:"
 
 
@@ -73,13 +63,17 @@ class GenerationConfig:
     mode stops only at EOS or the budget and the answer is cut afterwards.
     """
 
-    max_new_tokens: int = 50
+    max_new_tokens: int = option(50, help="token budget of each answer")
     stop_strings: tuple[str, ...] = ()
     stop_at_eos: bool = True
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    mode: Mode = "cached"
+    temperature: float = option(0.0, help="0 = greedy; above 0, sampled")
+    top_p: float = option(1.0, help="nucleus sampling's probability mass (with --temperature)")
+    seed: int = option(0, help="seed of sampling")
+    mode: Mode = option(
+        "cached",
+        help="cached: a KV cache (default); reference: the authors' recompute loop",
+        choices=("cached", "reference"),
+    )
     prepend_bos: bool | None = None
 
     def __post_init__(self) -> None:
@@ -91,119 +85,6 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.mode not in ("cached", "reference"):
             raise ValueError(f"mode must be 'cached' or 'reference', got {self.mode!r}")
-
-
-@dataclass(frozen=True)
-class NoSteering:
-    """Plain decoding; the tracker still reports ``p_true`` if a steering is given."""
-
-    name: str = "none"
-
-
-@dataclass(frozen=True)
-class FixedSteering:
-    """ITI: the anchored heads' vectors at strength ``alpha`` at every position."""
-
-    alpha: float
-    name: str = "fixed"
-
-
-@dataclass(frozen=True)
-class CAASteering:
-    """The CAA baseline: ``alpha`` times a residual-stream vector at every position."""
-
-    caa: ResidualSteering
-    alpha: float
-    name: str = "caa"
-
-
-@dataclass(frozen=True)
-class FASB:
-    """Flexible activation steering with backtracking, and its variants.
-
-    Args:
-        alpha, threshold, backtrack_tokens: the paper's alpha, beta and s.
-        adaptive: strength ``alpha * (1 - p_true)``; ``False`` uses ``alpha`` ("w/o adaptive").
-        backtrack: drop the last ``backtrack_tokens`` tokens on a trigger; ``False`` keeps
-            them and steers from the next token on ("w/o backtracking").
-        after_question: decide once, from the question's last token, before generating
-            (the "after question" ablation, like CAST); the first token is then
-            regenerated with steering if it triggers.
-        max_backtracks: triggers allowed (the paper: 1). After a trigger, checking
-            resumes once ``backtrack_tokens`` new tokens exist.
-        tracker: ``"probe"`` (the authors') or ``"prototype"`` (the paper's alternative).
-        running_mean: trigger on the mean ``p_true`` of the current segment instead of
-            the latest value.
-    """
-
-    alpha: float = 60.0
-    threshold: float = 0.6
-    backtrack_tokens: int = 10
-    adaptive: bool = True
-    backtrack: bool = True
-    after_question: bool = False
-    max_backtracks: int = 1
-    tracker: TrackerKind = "probe"
-    running_mean: bool = False
-
-    def __post_init__(self) -> None:
-        if self.alpha < 0 or self.backtrack_tokens < 0 or self.max_backtracks < 1:
-            raise ValueError("alpha and backtrack_tokens must be >= 0, max_backtracks >= 1")
-        if self.tracker not in ("probe", "prototype"):
-            raise ValueError(f"tracker must be 'probe' or 'prototype', got {self.tracker!r}")
-
-    @property
-    def name(self) -> str:
-        if self.after_question:
-            return "after_question"
-        if not self.backtrack:
-            return "fasb_no_backtrack"
-        return "fasb" if self.adaptive else "fasb_fixed_strength"
-
-    def strength(self, p_true: float) -> float:
-        return self.alpha * (1.0 - p_true) if self.adaptive else self.alpha
-
-
-Policy = NoSteering | FixedSteering | FASB | CAASteering
-
-POLICY_NAMES = (
-    "none",
-    "fixed",
-    "fasb",
-    "fasb_fixed_strength",
-    "fasb_no_backtrack",
-    "after_question",
-    "caa",
-)
-
-
-def make_policy(
-    name: str,
-    *,
-    alpha: float = 60.0,
-    threshold: float = 0.6,
-    backtrack_tokens: int = 10,
-    caa: ResidualSteering | None = None,
-    **options: Any,
-) -> Policy:
-    """A policy by name (as the command line and the experiment runner name them)."""
-    if name == "none":
-        return NoSteering()
-    if name in ("fixed", "iti"):
-        return FixedSteering(alpha)
-    if name == "caa":
-        if caa is None:
-            raise ValueError("the caa policy needs a CAA vector (ResidualSteering)")
-        return CAASteering(caa, alpha)
-    variants = {
-        "fasb": {},
-        "fasb_fixed_strength": {"adaptive": False},
-        "fasb_no_backtrack": {"backtrack": False},
-        "after_question": {"after_question": True},
-    }
-    if name not in variants:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")
-    return FASB(alpha, threshold, backtrack_tokens, **variants[name], **options)
 
 
 # --------------------------------------------------------------------------- traces
@@ -257,8 +138,12 @@ class GenerationTrace:
         """The tracker's reading at every step, discarded steps included."""
         return [step.p_true for step in self.steps]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, *, prompt: bool = True) -> dict[str, Any]:
+        """Everything as JSON-ready data; ``prompt=False`` leaves the prompt out."""
+        data = asdict(self)
+        if not prompt:
+            del data["prompt"], data["prompt_ids"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -266,7 +151,7 @@ class GenerationTrace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationTrace:
         steps = [Step(**step) for step in data.get("steps", [])]
-        return cls(**{**data, "steps": steps})
+        return cls(**{"prompt": "", "prompt_ids": [], **data, "steps": steps})
 
 
 def extract_answer(text: str) -> str:
@@ -289,15 +174,14 @@ class _Row:
 
     prompt_ids: list[int]
     generator: torch.Generator | None
+    tracking: Tracking
     tokens: list[int] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     strength: float = 0.0
-    triggers: int = 0
-    segment_start: int = 0  # first token of the current segment (for checks)
     kept_steps: list[int] = field(default_factory=list)  # the step of each kept token
+    backtracks: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     stop_reason: str = ""
-    trace: dict[str, Any] = field(default_factory=dict)
 
 
 def _sample(logits: Tensor, rows: list[_Row], config: GenerationConfig) -> list[int]:
@@ -319,183 +203,6 @@ def _row_generator(prompt: str, config: GenerationConfig, device: torch.device) 
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-class _Decoder:
-    """Runs one step of the model for every row; cached and reference variants."""
-
-    def __init__(self, model: TransformerBridge, rows: list[_Row]) -> None:
-        self.model = model
-        self.rows = rows
-        self.pad_id = pad_token_id(model)
-        self.device = model_device(model)
-
-    def prepare(self) -> None:
-        """Work done once before decoding, outside the hooks."""
-
-    def step(self) -> Tensor:
-        """Feed each row's next input; return the logits at each row's last position."""
-        raise NotImplementedError
-
-    def backtrack(self, index: int, n_keep: int) -> None:
-        """Row ``index`` keeps its first ``n_keep`` tokens; the last kept one is re-fed."""
-        raise NotImplementedError
-
-
-class _ReferenceDecoder(_Decoder):
-    """The authors' loop: the whole sequence, every step, no cache."""
-
-    def step(self) -> Tensor:
-        sequences = [row.prompt_ids + row.tokens for row in self.rows]
-        ids, mask = pad(sequences, pad_id=self.pad_id, side="left", device=self.device)
-        return forward(self.model, ids, mask)[:, -1]
-
-    def backtrack(self, index: int, n_keep: int) -> None:
-        del self.rows[index].tokens[n_keep:]
-
-
-@dataclass
-class PromptCache:
-    """Every prompt of a batch but its last token, run once, to start several runs from.
-
-    Decoding under any policy starts by feeding each prompt's last token (where steering
-    may already apply); the rest of the prompt is the same work whatever the policy.
-    ``generate(..., prompt_cache=cache)`` starts from a copy instead of recomputing it,
-    which saves a prompt's worth of compute per policy when comparing policies.
-    """
-
-    prompt_ids: list[list[int]]
-    mask: Tensor  # [batch, longest prompt - 1], left padded
-    cache: Any  # HuggingFace DynamicCache; None when every prompt is a single token
-
-    @classmethod
-    def build(
-        cls, model: TransformerBridge, prompts: Sequence[str], *, prepend_bos: bool | None = None
-    ) -> PromptCache:
-        prompt_ids = tokenize(model, list(prompts), prepend_bos=prepend_bos)
-        return cls.from_ids(model, prompt_ids)
-
-    @classmethod
-    def from_ids(cls, model: TransformerBridge, prompt_ids: list[list[int]]) -> PromptCache:
-        device = model_device(model)
-        heads = [ids[:-1] for ids in prompt_ids]
-        if not any(heads):
-            return cls(
-                prompt_ids, torch.zeros(len(heads), 0, dtype=torch.long, device=device), None
-            )
-        ids, mask = pad(heads, pad_id=pad_token_id(model), side="left", device=device)
-        with torch.inference_mode():
-            _, cache = forward(model, ids, mask, use_cache=True)
-        return cls(prompt_ids, mask, cache)
-
-
-class _CachedDecoder(_Decoder):
-    """A KV cache over physical columns; discarded columns are masked out (and cropped
-    from the cache when they are at its end for every row)."""
-
-    def __init__(
-        self, model: TransformerBridge, rows: list[_Row], prompt_cache: PromptCache | None
-    ) -> None:
-        super().__init__(model, rows)
-        self.prompt_cache = prompt_cache
-        self.cache: Any = None
-        self.mask: Tensor | None = None
-        # the physical column of each row's prompt end and generated tokens fed so far
-        self.columns: list[list[int]] = []
-
-    def prepare(self) -> None:
-        """Start from the prompts but their last tokens: a copy of the shared cache, or
-        computed here. Runs before any hook is set: no steering touches these positions."""
-        if self.prompt_cache is None:  # this decoder's own: used as it is, not copied
-            start = PromptCache.from_ids(self.model, [row.prompt_ids for row in self.rows])
-            self.cache, self.mask = start.cache, start.mask
-        else:
-            self.cache = copy.deepcopy(self.prompt_cache.cache)
-            self.mask = self.prompt_cache.mask.clone()
-        self.columns = [[] for _ in self.rows]
-
-    def step(self) -> Tensor:
-        assert self.mask is not None, "prepare() first"
-        column = self.mask.shape[1]
-        feed, live = [], []
-        for row, columns in zip(self.rows, self.columns, strict=True):
-            if row.done:
-                feed.append(self.pad_id)
-                live.append(0)
-                continue
-            feed.append(row.tokens[-1] if row.tokens else row.prompt_ids[-1])
-            live.append(1)
-            columns.append(column)
-        ids = torch.tensor(feed, device=self.device)[:, None]
-        self.mask = torch.cat([self.mask, torch.tensor(live, device=self.device)[:, None]], 1)
-        logits, self.cache = forward(
-            self.model, ids, self.mask, past_key_values=self.cache, use_cache=True
-        )
-        return logits[:, -1]
-
-    def backtrack(self, index: int, n_keep: int) -> None:
-        row, columns = self.rows[index], self.columns[index]
-        del row.tokens[n_keep:]
-        # columns[0] holds the prompt's last token, columns[j + 1] generated token j;
-        # every column from the last kept token's on is dropped, as it is fed again.
-        for column in columns[n_keep:]:
-            self.mask[index, column] = 0
-        del columns[n_keep:]
-        self._crop_masked_tail()
-
-    def _crop_masked_tail(self) -> None:
-        live = self.mask.any(dim=0).tolist()
-        tail = 0
-        while tail < len(live) and not live[len(live) - 1 - tail]:
-            tail += 1
-        if tail:
-            self.cache.crop(-tail)
-            self.mask = self.mask[:, : self.mask.shape[1] - tail]
-
-
-def _check_policy(policy: Policy, steering: Steering | None) -> Tracker | None:
-    if isinstance(policy, FixedSteering | FASB) and steering is None:
-        raise ValueError(f"the {policy.name} policy needs a steering artifact")
-    if steering is None:
-        return None
-    return steering.tracker(policy.tracker if isinstance(policy, FASB) else "probe")
-
-
-def _steering_hooks(
-    policy: Policy, steering: Steering | None, strengths: Tensor
-) -> list[tuple[str, Callable[..., Tensor]]]:
-    if isinstance(policy, CAASteering):
-        return policy.caa.hooks(strengths, positions="last")
-    if isinstance(policy, FixedSteering | FASB) and steering is not None:
-        return steering.hooks(strengths, positions="last")
-    return []
-
-
-def _capture_hooks(
-    tracker: Tracker | None, captured: dict[int, Tensor]
-) -> list[tuple[str, Callable[..., Tensor]]]:
-    """Hooks keeping the anchored layers' ``hook_z`` at the last position, unsteered."""
-    if tracker is None:
-        return []
-
-    def capture(z: Tensor, hook: Any) -> Tensor:
-        captured[int(hook.name.split(".")[1])] = z[:, -1]
-        return z
-
-    return [(hook_z_name(layer), capture) for layer in sorted({h.layer for h in tracker.heads})]
-
-
-def _should_check(policy: FASB, row: _Row, ending: bool) -> bool:
-    if row.triggers >= policy.max_backtracks:
-        return False
-    if policy.after_question:
-        return len(row.tokens) == 1
-    return len(row.tokens) - row.segment_start >= policy.backtrack_tokens or ending
-
-
-def _segment_p_true(row: _Row) -> float:
-    values = [row.steps[i].p_true for i in row.kept_steps[row.segment_start :]]
-    return sum(values) / len(values)  # type: ignore[arg-type]
-
-
 class _Loop:
     """The token loop over a batch: decode, track, let the policy decide, stop."""
 
@@ -510,35 +217,44 @@ class _Loop:
     ) -> None:
         self.model, self.policy, self.config = model, policy, config
         self.tokenizer = model.tokenizer
-        self.tracker = _check_policy(policy, steering)
+        intervention = policy.intervention(steering)
+        self.tracker: Tracker | None = (
+            steering.tracker(policy.tracker) if steering is not None else None
+        )
         device = model_device(model)
         sampling = config.temperature > 0
         prompt_ids = tokenize(model, prompts, prepend_bos=config.prepend_bos)
         if prompt_cache is not None and prompt_cache.prompt_ids != prompt_ids:
             raise ValueError("the prompt cache was built for other prompts")
+        base = float(policy.initial_strength())
         self.rows = [
-            _Row(ids, _row_generator(prompt, config, device) if sampling else None)
+            _Row(
+                ids,
+                _row_generator(prompt, config, device) if sampling else None,
+                Tracking(policy),
+                strength=base,
+            )
             for prompt, ids in zip(prompts, prompt_ids, strict=True)
         ]
-        self.decoder: _Decoder = (
-            _CachedDecoder(model, self.rows, prompt_cache)
+        self.decoder: Decoder = (
+            CachedDecoder(model, self.rows, prompt_cache)
             if config.mode == "cached"
-            else _ReferenceDecoder(model, self.rows)
+            else ReferenceDecoder(model, self.rows)
         )
-        base = policy.alpha if isinstance(policy, FixedSteering | CAASteering) else 0.0
-        self.strengths = torch.full((len(self.rows),), float(base), device=device)
-        for row in self.rows:
-            row.strength = base
+        self.strengths = torch.full((len(self.rows),), base, device=device)
         self.captured: dict[int, Tensor] = {}
-        self.hooks = _capture_hooks(self.tracker, self.captured) + _steering_hooks(
-            policy, steering, self.strengths
-        )
+        self.hooks = []
+        if self.tracker is not None:  # read before any steering on the same hook point
+            layers = [head.layer for head in self.tracker.heads]
+            self.hooks += capture(layers, self.captured, select=lambda z: z[:, -1])
+        if intervention is not None:
+            self.hooks += intervention.hooks(self.strengths, positions="last")
 
     def run(self) -> list[GenerationTrace]:
         start = time.perf_counter()
         n_steps = 0
         self.decoder.prepare()
-        with torch.inference_mode(), self.model.hooks(fwd_hooks=self.hooks):
+        with torch.inference_mode(), hooked(self.model, self.hooks):
             while not all(row.done for row in self.rows):
                 logits = self.decoder.step()
                 p_true = self._p_true()
@@ -560,7 +276,7 @@ class _Loop:
     def _p_true(self) -> list[float | None]:
         if self.tracker is None:
             return [None] * len(self.rows)
-        z = torch.stack([self.captured[h.layer][:, h.head] for h in self.tracker.heads], dim=1)
+        z = heads_from(self.captured, self.tracker.heads)
         return self.tracker.p_true(z.float()).tolist()
 
     def _advance(self, index: int, row: _Row, token: int, p_true: float | None) -> None:
@@ -570,13 +286,13 @@ class _Loop:
         row.kept_steps.append(len(row.steps) - 1)
         row.tokens.append(token)
         reason = self._stop_reason(row, token)
-        if isinstance(self.policy, FASB) and _should_check(self.policy, row, bool(reason)):
-            row.steps[-1].checked = True
-            value = _segment_p_true(row) if self.policy.running_mean else p_true
-            if value is not None and value < self.policy.threshold:
-                self._trigger(index, row, value)
-                return
-        if reason:
+        decision = row.tracking.observe(
+            len(row.tokens), p_true, ending=bool(reason), at_prompt_end=len(row.tokens) == 1
+        )
+        row.steps[-1].checked = decision.checked
+        if decision.trigger is not None:
+            self._trigger(index, row, decision.trigger)
+        elif reason:
             row.done, row.stop_reason = True, reason
 
     def _stop_reason(self, row: _Row, token: int) -> str:
@@ -591,40 +307,29 @@ class _Loop:
             return "max_new_tokens"
         return ""
 
-    def _trigger(self, index: int, row: _Row, p_true: float) -> None:
-        policy = self.policy
-        assert isinstance(policy, FASB)
-        strength = policy.strength(p_true)
-        row.strength = strength
-        self.strengths[index] = strength
-        row.triggers += 1
-        generated = len(row.tokens)
-        if policy.after_question:
-            n_keep = 0
-        elif policy.backtrack:
-            back = policy.backtrack_tokens
-            n_keep = generated - back if generated > back else 0
-        else:
-            n_keep = generated
+    def _trigger(self, index: int, row: _Row, trigger: Trigger) -> None:
+        row.strength = trigger.strength
+        self.strengths[index] = trigger.strength
+        generated, n_keep = len(row.tokens), trigger.keep
         discarded = row.tokens[n_keep:]
         for step_index in row.kept_steps[n_keep:]:
             row.steps[step_index].kept = False
         del row.kept_steps[n_keep:]
         if n_keep < generated:
             self.decoder.backtrack(index, n_keep)
-        row.segment_start = n_keep
-        event = {
-            "step": len(row.steps) - 1,
-            "p_true": p_true,
-            "strength": strength,
-            "kept_tokens": n_keep,
-            "discarded_ids": discarded,
-        }
-        row.trace.setdefault("backtracks", []).append(event)
+        row.backtracks.append(
+            {
+                "step": len(row.steps) - 1,
+                "p_true": trigger.p_true,
+                "strength": trigger.strength,
+                "kept_tokens": n_keep,
+                "discarded_ids": discarded,
+            }
+        )
 
     def _trace(self, row: _Row, timings: dict[str, float]) -> GenerationTrace:
         decode = self.tokenizer.decode
-        events = row.trace.get("backtracks", [])
+        events = row.backtracks
         discarded = [token for event in events for token in event["discarded_ids"]]
         text = decode(row.tokens, skip_special_tokens=True)
         return GenerationTrace(
@@ -662,10 +367,10 @@ def generate(
         prompts: prompt texts (see :meth:`fasb_lens.data.PromptFormat.generation_prompt`
             or :func:`fasb_lens.models.chat_prompt`); a batch gives the same tokens as each
             prompt alone.
-        policy: :class:`NoSteering` (default), :class:`FixedSteering`, :class:`FASB` or
-            :class:`CAASteering`; see :func:`make_policy`.
-        steering: the anchored heads' vectors and tracker; with :class:`NoSteering` it is
-            only used to report ``p_true``.
+        policy: a :class:`~fasb_lens.policies.Policy` (default: no steering); see
+            :func:`~fasb_lens.policies.make_policy`.
+        steering: the anchored heads' vectors and tracker; without steering policies it
+            is only used to report ``p_true``.
         config: decoding settings and the execution mode.
         prompt_cache: :class:`PromptCache` of these prompts, to share the prompt's compute
             between several calls (cached mode; the reference loop recomputes anyway).
@@ -674,14 +379,11 @@ def generate(
         prompts = [prompts]
     if not prompts:
         raise ValueError("no prompts to generate from")
+    policy = policy or Unsteered()
     if steering is not None:
         steering.check_model(model)
-    loop = _Loop(
-        model,
-        list(prompts),
-        policy or NoSteering(),
-        steering,
-        config or GenerationConfig(),
-        prompt_cache,
-    )
+    intervention = policy.intervention(steering)
+    if intervention is not None:
+        intervention.check_model(model)
+    loop = _Loop(model, list(prompts), policy, steering, config or GenerationConfig(), prompt_cache)
     return loop.run()

@@ -61,6 +61,15 @@ class PromptTooLongError(ValueError):
     """A prompt does not fit in the model's context window."""
 
 
+class ModelUnavailableError(OSError):
+    """A named model is neither a local folder nor in the HuggingFace cache, and the hub
+    cannot be reached."""
+
+
+class ShapeMismatchError(ValueError):
+    """An artifact or activations made for a model of another shape."""
+
+
 def hook_z_name(layer: int) -> str:
     """Name of the ``hook_z`` hook point of ``layer``."""
     return HOOK_Z.format(layer=layer)
@@ -102,6 +111,15 @@ class ModelShape:
 
     def describe(self) -> str:
         return f"{self.n_layers} layers x {self.n_heads} heads of {self.d_head}"
+
+
+def check_shape(expected: ModelShape, actual: ModelShape, *, what: str) -> None:
+    """Raise :class:`ShapeMismatchError` saying which shapes differ."""
+    if expected != actual:
+        raise ShapeMismatchError(
+            f"{what} were made for a model with {expected.describe()}, "
+            f"but this model has {actual.describe()}"
+        )
 
 
 def model_shape(model: TransformerBridge) -> ModelShape:
@@ -219,6 +237,25 @@ def _hf_default_prepends_bos(tokenizer: Any) -> bool:
     return len(with_special) > len(without) and with_special[0] == tokenizer.bos_token_id
 
 
+def _hub_tokenizer(name: str) -> Any:
+    """The tokenizer of a hub name or folder; a name that cannot be found raises
+    :class:`ModelUnavailableError` saying so."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        if Path(name).is_dir():
+            raise ModelUnavailableError(
+                f"{name} is not a HuggingFace model folder (no tokenizer files): {error}"
+            ) from error
+        raise ModelUnavailableError(
+            f"model {name!r} is not in the local HuggingFace cache and the hub cannot be "
+            "reached (no network, or HF_HUB_OFFLINE is set); download it where there is "
+            "network, or pass a local folder"
+        ) from error
+
+
 def load_model(
     name: str | os.PathLike[str] | None = None,
     *,
@@ -261,7 +298,7 @@ def load_model(
             **boot_kwargs,
         )
     else:
-        tokenizer = AutoTokenizer.from_pretrained(str(name))
+        tokenizer = _hub_tokenizer(str(name))
         model = TransformerBridge.boot_transformers(
             str(name),
             device=device,
@@ -400,19 +437,26 @@ def forward(
 
 
 def crop_cache(cache: Any, n_tokens: int) -> None:
-    """Drop the last ``n_tokens`` positions from a ``DynamicCache``, in place."""
+    """Drop the last ``n_tokens`` positions from a ``DynamicCache``, in place.
+
+    The negative form of ``crop`` is the one these transformers versions accept.
+    """
     if n_tokens > 0:
         cache.crop(-n_tokens)
 
 
-def library_versions() -> dict[str, str]:
-    """Versions recorded in every artifact's JSON."""
-    from importlib.metadata import PackageNotFoundError, version
+def copy_cache(cache: Any) -> Any:
+    """An independent copy of a ``DynamicCache``, to start several runs from one prefix."""
+    return copy.deepcopy(cache)
 
-    versions = {}
-    for name in ("fasb-lens", "torch", "transformers", "transformer-lens"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+
+def repeat_cache(cache: Any, n: int) -> Any:
+    """A copy of a one-row ``DynamicCache`` repeated ``n`` times along the batch."""
+    repeated = copy.deepcopy(cache)
+    repeated.batch_repeat_interleave(n)
+    return repeated
+
+
+def cache_length(cache: Any) -> int:
+    """Positions held by a ``DynamicCache``."""
+    return int(cache.get_seq_length())

@@ -11,104 +11,37 @@ intercept), minimised for all heads at once in torch (bound-optimisation steps, 
 Newton steps for the heads that need them); ``engine="sklearn"`` runs the per-head
 scikit-learn loop as the reference.
 
-The tracker turns the anchored heads' probes into one number during generation:
-``p_true = mean over anchored heads of sigmoid(w . z + b)`` (:class:`ProbeTracker`), or,
-as the paper's alternative, a vote of cosine similarities to the true and false class
-means (:class:`PrototypeTracker`).
+The anchored heads' probes become the state tracker (:mod:`fasb_lens.trackers`):
+``p_true = mean over anchored heads of sigmoid(w . z + b)``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
-from fasb_lens.activations import HeadActivations, check_shape
-from fasb_lens.models import ModelShape, library_versions
+from fasb_lens.activations import HeadActivations
+from fasb_lens.models import ModelShape, check_shape
 from fasb_lens.splits import Split
+from fasb_lens.trackers import ProbeTracker
 
 Engine = Literal["torch", "sklearn"]
-FORMAT_VERSION = 1
-PROBES_NAME = "probes"
-
-
-# --------------------------------------------------------------------------- trackers
-
-
-class Tracker(Protocol):
-    """Anything that maps the anchored heads' activations to a truthfulness probability."""
-
-    heads: tuple[Head, ...]
-
-    def head_probabilities(
-        self, z: Float[Tensor, "*batch k d_head"]
-    ) -> Float[Tensor, "*batch k"]: ...
-
-    def p_true(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, " *batch"]: ...
-
-
-@dataclass(frozen=True)
-class ProbeTracker:
-    """``p_true(z)`` = mean over the heads of ``sigmoid(w_k . z_k + b_k)``.
-
-    ``z`` holds the heads' activations in the order of ``heads``, with any leading batch
-    and position dimensions: ``[..., k, d_head]``.
-    """
-
-    heads: tuple[Head, ...]
-    weight: Float[Tensor, "k d_head"]
-    bias: Float[Tensor, " k"]
-
-    def head_probabilities(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, "*batch k"]:
-        weight = self.weight.to(device=z.device, dtype=z.dtype)
-        bias = self.bias.to(device=z.device, dtype=z.dtype)
-        return torch.sigmoid((z * weight).sum(-1) + bias)
-
-    def p_true(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, " *batch"]:
-        return self.head_probabilities(z).mean(-1)
-
-
-@dataclass(frozen=True)
-class PrototypeTracker:
-    """The paper's Prototype classifier as a probability.
-
-    Per head, ``sigmoid((cos(z, true_mean) - cos(z, false_mean)) / temperature)``: above
-    0.5 when ``z`` points more towards the true class mean; averaged over the heads. The
-    paper specifies the cosine comparison; the sigmoid of the difference (temperature 1
-    by default) is fasb_lens' choice for turning it into a probability.
-    """
-
-    heads: tuple[Head, ...]
-    true_mean: Float[Tensor, "k d_head"]
-    false_mean: Float[Tensor, "k d_head"]
-    temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-
-    def head_probabilities(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, "*batch k"]:
-        true = self.true_mean.to(device=z.device, dtype=z.dtype)
-        false = self.false_mean.to(device=z.device, dtype=z.dtype)
-        gap = torch.cosine_similarity(z, true, dim=-1) - torch.cosine_similarity(z, false, dim=-1)
-        return torch.sigmoid(gap / self.temperature)
-
-    def p_true(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, " *batch"]:
-        return self.head_probabilities(z).mean(-1)
 
 
 # --------------------------------------------------------------------------- probes
+
+
+_PROBE_TENSORS = ("weight", "bias", "train_accuracy", "val_accuracy", "train_idx", "val_idx")
 
 
 @dataclass
@@ -193,8 +126,6 @@ class HeadProbes:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``probes.safetensors`` and ``probes.json`` into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {
             "weight": self.weight,
             "bias": self.bias,
@@ -204,19 +135,21 @@ class HeadProbes:
             "val_idx": self.val_idx,
         }
         meta = {
-            "format_version": FORMAT_VERSION,
             **self.shape.to_dict(),
             "engine": self.engine,
             "C": self.C,
             "val_majority": self.val_majority,
-            "versions": library_versions(),
         }
-        save_atomic(folder, PROBES_NAME, tensors, meta)
-        return folder
+        return storage.save_artifact(folder, storage.PROBES, tensors, meta)
 
     @classmethod
     def load(cls, folder: str | Path, *, shape: ModelShape | None = None) -> HeadProbes:
-        tensors, meta = load_artifact(Path(folder), PROBES_NAME)
+        tensors, meta = storage.load_artifact(
+            folder,
+            storage.PROBES,
+            tensors=_PROBE_TENSORS,
+            meta=("n_layers", "n_heads", "d_head", "engine", "C", "val_majority"),
+        )
         probes = cls(
             weight=tensors["weight"],
             bias=tensors["bias"],
@@ -231,35 +164,6 @@ class HeadProbes:
         if shape is not None:
             check_shape(probes.shape, shape, what=f"the probes in {folder}")
         return probes
-
-
-def save_atomic(folder: Path, name: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write ``name.safetensors`` and ``name.json`` so that a crash leaves no half file."""
-    for suffix, write in (
-        (
-            ".safetensors",
-            lambda path: save_file({k: v.contiguous() for k, v in tensors.items()}, path),
-        ),
-        (".json", lambda path: Path(path).write_text(json.dumps(meta, indent=1))),
-    ):
-        partial = folder / f"{name}{suffix}.partial"
-        write(partial)
-        os.replace(partial, folder / f"{name}{suffix}")
-
-
-def load_artifact(folder: Path, name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read ``name.safetensors`` and ``name.json`` (no code runs while loading)."""
-    tensor_path, meta_path = folder / f"{name}.safetensors", folder / f"{name}.json"
-    for path in (tensor_path, meta_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: {folder} holds no {name} artifact")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
-            f"(expected {FORMAT_VERSION})"
-        )
-    return load_file(tensor_path), meta
 
 
 # --------------------------------------------------------------------------- fitting

@@ -62,9 +62,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_anchoring(tiny_llama):
     """Heads anchored on 16 mini-set questions for the tiny Llama (4 heads of 16)."""
+    from fasb_lens.anchoring import anchor_heads
     from fasb_lens.data import load_mini_truthfulqa
     from fasb_lens.splits import train_val_split
-    from fasb_lens.steering import anchor_heads
 
     questions = load_mini_truthfulqa()[:16]
     split = train_val_split([q.id for q in questions], seed=0)

@@ -9,16 +9,16 @@ import torch
 
 from fasb_lens._types import Head
 from fasb_lens.ablation import (
-    ABLATION_LOG,
     ablated,
     ablation_study,
     logprob_margin,
     mc2_metric,
     probe_accuracy_metric,
 )
+from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.steering import build_steering
+from fasb_lens.storage import ABLATION_LOG
 
 QUESTIONS = load_mini_truthfulqa()[:4]
 

@@ -9,15 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fasb_lens import activations as activations_module
 from fasb_lens._types import Head
-from fasb_lens.activations import (
-    MANIFEST_NAME,
-    HeadActivations,
-    collect_head_activations,
-)
+from fasb_lens.activations import HeadActivations, collect_head_activations
+from fasb_lens.activations import collect as activations_module
 from fasb_lens.data import LabelledPrompt
 from fasb_lens.models import embedded_model_folder, hook_z_name, model_shape, tokenize
+from fasb_lens.storage import ACTIVATIONS_MANIFEST as MANIFEST_NAME
 
 PROMPTS = [
     "Q: Is the Great Wall of China visible from space? A: No, it is too narrow.",
@@ -151,7 +148,7 @@ def test_streaming_resumes_after_interruption(
     tiny_llama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = collect_head_activations(tiny_llama, LABELLED, progress=False)
-    real_write = activations_module._write_shard
+    real_write = activations_module.write_shard
     written: list[str] = []
 
     def write_then_die(*args, **kwargs):
@@ -160,14 +157,14 @@ def test_streaming_resumes_after_interruption(
         written.append(real_write(*args, **kwargs))
         return written[-1]
 
-    monkeypatch.setattr(activations_module, "_write_shard", write_then_die)
+    monkeypatch.setattr(activations_module, "write_shard", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         collect_head_activations(
             tiny_llama, LABELLED, out_dir=tmp_path, chunk_size=2, progress=False
         )
     with pytest.raises(ValueError, match="unfinished collection"):
         HeadActivations.load(tmp_path)
-    monkeypatch.setattr(activations_module, "_write_shard", real_write)
+    monkeypatch.setattr(activations_module, "write_shard", real_write)
 
     recomputed: list[int] = []
     real_gather = activations_module.gather_last_position

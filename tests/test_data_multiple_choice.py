@@ -1,4 +1,4 @@
-"""Tests for the multiple-choice loaders: small files written here, then the real data.
+"""Multiple-choice loaders and their registry: small files written here, then the real data.
 
 The real-data tests read the folder named by ``FASB_LENS_DATA`` (see its README.md) and
 are skipped when it is not set.
@@ -11,13 +11,18 @@ import logging
 import re
 from collections import Counter
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fasb_lens.data._files import DataError, DataFileNotFoundError
-from fasb_lens.data.multiple_choice import (
-    MC_DATASETS,
+from fasb_lens.data.mc import (
+    DATASETS,
+    MultipleChoiceDataset,
+    dataset,
+    format_description,
+    labelled_option_prompts,
     load_copa,
     load_mmlu,
     load_multiple_choice,
@@ -25,6 +30,8 @@ from fasb_lens.data.multiple_choice import (
     load_sst2,
     load_story_cloze,
     load_winogrande,
+    option_prompts,
+    register,
 )
 from fasb_lens.data.schema import MultipleChoiceItem
 
@@ -594,7 +601,7 @@ def test_story_cloze_rejects_missing_columns_and_empty_files(tmp_path: Path) -> 
 
 
 def test_load_multiple_choice_dispatches_by_name(tmp_path: Path) -> None:
-    assert list(MC_DATASETS) == ["copa", "nli", "mmlu", "sst2", "winogrande", "story_cloze"]
+    assert list(DATASETS) == ["copa", "nli", "mmlu", "sst2", "winogrande", "story_cloze"]
     root = make_mmlu_root(tmp_path)
     items = load_multiple_choice("mmlu", root, split="dev")
     assert [item.id for item in items] == ["mmlu-anatomy-1"]
@@ -607,6 +614,86 @@ def test_load_multiple_choice_rejects_unknown_names(tmp_path: Path) -> None:
         ValueError, match=r"unknown multiple-choice dataset 'boolq'; known: .*'copa'"
     ):
         load_multiple_choice("boolq", tmp_path)
+
+
+def test_registry_lists_the_six_datasets() -> None:
+    assert list(DATASETS) == ["copa", "nli", "mmlu", "sst2", "winogrande", "story_cloze"]
+    for name, entry in DATASETS.items():
+        assert entry.name == name and dataset(name) is entry
+        assert format_description(name) == entry.description and entry.description
+    assert {name: entry.default_path for name, entry in DATASETS.items()} == {
+        "copa": "copa/copa-test.xml",
+        "nli": "snli/test.tsv",
+        "mmlu": "mmlu",
+        "sst2": "sst2/stsa.binary.test",
+        "winogrande": "winogrande/dev.jsonl",
+        "story_cloze": None,
+    }
+    assert dataset("storycloze") is DATASETS["story_cloze"]
+
+
+def test_registry_rejects_unknown_and_taken_names() -> None:
+    known = r"known: \['copa', 'nli', 'mmlu', 'sst2', 'winogrande', 'story_cloze'\]"
+    for lookup in (dataset, format_description):
+        with pytest.raises(ValueError, match=r"unknown multiple-choice dataset 'boolq'; " + known):
+            lookup("boolq")
+    copa = DATASETS["copa"]
+    with pytest.raises(ValueError, match="'copa' is already taken by 'copa'"):
+        register(copa)
+    clash = replace(copa, name="other", aliases=("storycloze",))
+    with pytest.raises(ValueError, match="'storycloze' is already taken by 'story_cloze'"):
+        register(clash)
+    assert list(DATASETS) == ["copa", "nli", "mmlu", "sst2", "winogrande", "story_cloze"]
+
+
+def load_toy(path: str | Path, *, upper: bool = False) -> list[MultipleChoiceItem]:
+    """A toy format: one ``question|option|option|answer index`` per line."""
+    items = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        question, *options, answer = line.split("|")
+        options = [option.upper() if upper else option for option in options]
+        items.append(
+            MultipleChoiceItem(f"toy-{number}", "toy", question, tuple(options), int(answer))
+        )
+    return items
+
+
+def toy_prompts(item: MultipleChoiceItem) -> list[tuple[str, str]]:
+    return [(f"Q: {item.context}\nA:", " " + option) for option in item.options]
+
+
+def test_a_new_dataset_registers_from_a_test(tmp_path: Path) -> None:
+    path = write(tmp_path, "toy.txt", "Sky colour?|blue|green|0\nGrass colour?|blue|green|1\n")
+    toy = MultipleChoiceDataset(
+        name="toy",
+        load=load_toy,
+        option_prompts=toy_prompts,
+        description='Toy: "Q: {question}\\nA:", scoring " {option}"',
+        aliases=("toy-set",),
+    )
+    assert register(toy) is toy
+    try:
+        assert list(DATASETS)[-1] == "toy" and dataset("toy-set") is toy
+        items = load_multiple_choice("toy-set", path, upper=True)
+        assert [(item.id, item.options, item.label) for item in items] == [
+            ("toy-1", ("BLUE", "GREEN"), 0),
+            ("toy-2", ("BLUE", "GREEN"), 1),
+        ]
+        assert option_prompts(items[1]) == [
+            ("Q: Grass colour?\nA:", " BLUE"),
+            ("Q: Grass colour?\nA:", " GREEN"),
+        ]
+        prompts = labelled_option_prompts(items)
+        assert [(p.text, p.label, p.group) for p in prompts[2:]] == [
+            ("Q: Grass colour?\nA: BLUE", 0, "toy-2"),
+            ("Q: Grass colour?\nA: GREEN", 1, "toy-2"),
+        ]
+        assert format_description("toy").startswith("Toy:")
+    finally:
+        DATASETS.pop("toy", None)
+    assert "toy" not in DATASETS
+    with pytest.raises(ValueError, match="unknown dataset 'toy'"):
+        option_prompts(items[0])
 
 
 # --- real data (FASB_LENS_DATA) -----------------------------------------------------------

@@ -10,20 +10,11 @@ import torch
 
 from fasb_lens._types import Head
 from fasb_lens.activations import collect_residual_activations
+from fasb_lens.anchoring import build_caa
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
-from fasb_lens.generation import (
-    FASB,
-    CAASteering,
-    FixedSteering,
-    GenerationConfig,
-    GenerationTrace,
-    NoSteering,
-    extract_answer,
-    generate,
-    make_policy,
-)
+from fasb_lens.generation import GenerationConfig, GenerationTrace, extract_answer, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.steering import build_caa
+from fasb_lens.policies import CAA, FASB, ITI, Unsteered, make_policy
 
 PROMPTS = [
     "Q: Is the Great Wall of China visible from space? A:",
@@ -205,7 +196,7 @@ def test_cached_and_reference_where_they_agree_and_differ(tiny_llama, two_layer_
     position sits in the KV cache with its vector, while the reference run recomputes it
     unsteered, so their readings diverge."""
     steering = two_layer_steering  # steer layer 0, track a head of layer 3 too
-    policy = FixedSteering(alpha=200.0)
+    policy = ITI(alpha=200.0)
     cached = generate(tiny_llama, PROMPTS, steering=steering, policy=policy, config=BUDGET)
     reference = generate(tiny_llama, PROMPTS, steering=steering, policy=policy, config=REFERENCE)
     for a, b in zip(cached, reference, strict=True):
@@ -296,8 +287,8 @@ def test_caa_policy(tiny_llama) -> None:
     assert residual.z.shape[1:] == (1, 1, tiny_llama.cfg.d_model)
     caa = build_caa(residual, layer=1)
     plain = generate(tiny_llama, PROMPTS, config=BUDGET)
-    zero = generate(tiny_llama, PROMPTS, policy=CAASteering(caa, 0.0), config=BUDGET)
-    strong = generate(tiny_llama, PROMPTS, policy=CAASteering(caa, 50.0), config=BUDGET)
+    zero = generate(tiny_llama, PROMPTS, policy=CAA(caa, 0.0), config=BUDGET)
+    strong = generate(tiny_llama, PROMPTS, policy=CAA(caa, 50.0), config=BUDGET)
     assert ids(zero) == ids(plain) and ids(strong) != ids(plain)
 
 
@@ -333,17 +324,17 @@ def test_bad_requests(tiny_llama, steering) -> None:
         GenerationConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="no prompts"):
         generate(tiny_llama, [])
-    assert isinstance(make_policy("none"), NoSteering)
+    assert isinstance(make_policy("none"), Unsteered)
     assert make_policy("fasb_no_backtrack").name == "fasb_no_backtrack"
 
 
 def test_a_shared_prompt_cache_gives_the_same_tokens(tiny_llama, steering) -> None:
-    from fasb_lens.generation import PromptCache
+    from fasb_lens.decoding import PromptCache
 
     cache = PromptCache.build(tiny_llama, PROMPTS)
     for policy in (
-        NoSteering(),
-        FixedSteering(alpha=8.0),
+        Unsteered(),
+        ITI(alpha=8.0),
         FASB(alpha=8.0, threshold=0.4995, backtrack_tokens=3),
     ):
         alone = generate(tiny_llama, PROMPTS, steering=steering, policy=policy, config=BUDGET)

@@ -13,28 +13,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from fasb_lens.data.multiple_choice import (
+from fasb_lens.data.mc import (
+    DATASETS,
     NLI_OPTIONS,
     SST2_OPTIONS,
+    format_description,
+    labelled_option_prompts,
     load_copa,
     load_mmlu,
     load_nli,
     load_sst2,
     load_winogrande,
+    option_prompts,
 )
 from fasb_lens.data.schema import MultipleChoiceItem
-from fasb_lens.evaluation.mc_datasets import (
-    FORMAT_DESCRIPTIONS,
+from fasb_lens.evaluation.mc_suite import (
     evaluate_dataset,
-    labelled_option_prompts,
-    option_prompts,
     predict,
     score_item,
     split_items,
 )
-from fasb_lens.evaluation.scoring import AnswerScore, PrefixScorer
-from fasb_lens.generation import FASB, FixedSteering, NoSteering
 from fasb_lens.models import forward, tokenize
+from fasb_lens.policies import FASB, ITI, Unsteered
+from fasb_lens.scoring import AnswerScore, PrefixScorer
 
 COPA = MultipleChoiceItem(
     id="copa-1",
@@ -141,7 +142,7 @@ ITEMS = (COPA, NLI, MMLU, SST2, WINOGRANDE, STORY_CLOZE)
 )
 def test_option_prompts(item: MultipleChoiceItem, expected: list[tuple[str, str]]) -> None:
     assert option_prompts(item) == expected
-    assert item.dataset in FORMAT_DESCRIPTIONS
+    assert item.dataset in DATASETS and format_description(item.dataset)
 
 
 def test_copa_effect_and_nli_option_order() -> None:
@@ -219,7 +220,7 @@ def test_score_item_equals_naive_forward(tiny_llama, monkeypatch, item) -> None:
         original_init(self, model, prefix, **kwargs)
 
     monkeypatch.setattr(PrefixScorer, "__init__", counting_init)
-    scores = score_item(tiny_llama, item, NoSteering())
+    scores = score_item(tiny_llama, item, Unsteered())
     pairs = option_prompts(item)
     assert len(built) == len({prefix for prefix, _ in pairs})  # one scorer per distinct prefix
     for (prefix, continuation), score in zip(pairs, scores, strict=True):
@@ -251,11 +252,11 @@ def sst2_items(n: int) -> list[MultipleChoiceItem]:
     ]
 
 
-RECORD_KEYS = ("dataset", "item_id", "policy", "prediction", "label", "correct")
+RECORD_KEYS = ("dataset", "item_id", "method", "prediction", "label", "correct")
 RECORD_KEYS += ("log_probs", "triggered")
 POLICIES = {
-    "none": NoSteering(),
-    "fixed": FixedSteering(2.0),
+    "none": Unsteered(),
+    "fixed": ITI(2.0),
     "fasb": FASB(alpha=2.0, threshold=0.6, backtrack_tokens=1),
 }
 
@@ -290,7 +291,7 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch) -> None:
     assert all(0.0 <= accuracy <= 1.0 for accuracy in result["accuracy"].values())
     assert len(records) == result["n_test"] * len(POLICIES) == len(calls)
     for name in POLICIES:
-        mine = [r for r in records if r["policy"] == name]
+        mine = [r for r in records if r["method"] == name]
         assert result["accuracy"][name] == sum(r["correct"] for r in mine) / len(mine)
     first = records[0]
     assert set(first) == set(RECORD_KEYS)
@@ -298,7 +299,7 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch) -> None:
 
     calls.clear()
     again: list[dict] = []
-    done = {(r["item_id"], r["policy"]): r for r in records}
+    done = {(r["item_id"], r["method"]): r for r in records}
     resumed = run(on_item=again.append, done=done)
     assert calls == [] and again == []
     assert resumed["accuracy"] == result["accuracy"]
@@ -307,12 +308,12 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch) -> None:
 def test_evaluate_dataset_limit_and_partial_resume(tiny_llama, monkeypatch) -> None:
     items = sst2_items(40)
     records: list[dict] = []
-    policies = {"none": NoSteering()}
+    policies = {"none": Unsteered()}
     options = {"policies": policies, "top_k": 2, "limit": 30, "seed": 1, "progress": False}
     result = evaluate_dataset(tiny_llama, items, on_item=records.append, **options)
     assert result["n_train"] + result["n_val"] + result["n_test"] == 30
     calls = count_score_calls(monkeypatch)
-    done = {(r["item_id"], r["policy"]): r for r in records[:5]}
+    done = {(r["item_id"], r["method"]): r for r in records[:5]}
     rest: list[dict] = []
     evaluate_dataset(tiny_llama, items, on_item=rest.append, done=done, **options)
     assert len(calls) == len(rest) == len(records) - 5
@@ -361,4 +362,4 @@ def test_option_prompts_on_real_data(data_dir: Path, name: str) -> None:
         pairs = option_prompts(item)
         assert len(pairs) == len(item.options)
         assert all(prefix and cont.startswith(" ") and cont.strip() for prefix, cont in pairs)
-    assert FORMAT_DESCRIPTIONS[item.dataset]
+    assert format_description(item.dataset)

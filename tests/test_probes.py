@@ -8,8 +8,9 @@ import torch
 from fasb_lens._types import Head
 from fasb_lens.activations import collect_head_activations
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
-from fasb_lens.probes import HeadProbes, ProbeTracker, PrototypeTracker, fit_head_probes
+from fasb_lens.probes import HeadProbes, fit_head_probes
 from fasb_lens.splits import train_val_split
+from fasb_lens.trackers import ProbeTracker, PrototypeTracker
 
 N, LAYERS, HEADS, D = 400, 3, 4, 8
 PLANTED = Head(1, 2)

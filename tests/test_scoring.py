@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from fasb_lens.activations import collect_residual_activations
+from fasb_lens.anchoring import build_caa
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
-from fasb_lens.evaluation.scoring import PrefixScorer, mc_metrics
-from fasb_lens.generation import FASB, CAASteering, FixedSteering, NoSteering
+from fasb_lens.evaluation.truthfulqa import mc_metrics
+from fasb_lens.generation import GenerationConfig, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.steering import build_caa
+from fasb_lens.policies import CAA, FASB, ITI, Unsteered
+from fasb_lens.scoring import PrefixScorer
 
 PREFIX = "Be true.\n\nQ: Is the Great Wall of China visible from space?\nA:"
 ANSWERS = [" No, it is too narrow.", " Yes.", " Yes, it is easy to see from the Moon.", " No"]
@@ -49,7 +51,7 @@ def test_plain_and_fixed_scores_equal_naive(tiny_llama, steering) -> None:
     scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering)
     start = len(tokenize(tiny_llama, [PREFIX])[0])
     plain = scorer.score(ANSWERS)
-    fixed = scorer.score(ANSWERS, FixedSteering(alpha=30.0))
+    fixed = scorer.score(ANSWERS, ITI(alpha=30.0))
     for answer, p, f in zip(ANSWERS, plain, fixed, strict=True):
         assert p.log_prob == pytest.approx(naive(tiny_llama, answer)[0], abs=1e-4)
         hooks = steering.hooks(30.0, positions=start)
@@ -99,7 +101,7 @@ def test_after_question_and_caa(tiny_llama, steering) -> None:
         tiny_llama, probing_prompts(load_mini_truthfulqa()[:8]), layers=[2], progress=False
     )
     caa = build_caa(residual, 2)
-    scored = scorer.score(ANSWERS, CAASteering(caa, 5.0))
+    scored = scorer.score(ANSWERS, CAA(caa, 5.0))
     for answer, result in zip(ANSWERS, scored, strict=True):
         hooks = caa.hooks(5.0, positions=start)
         assert result.log_prob == pytest.approx(naive(tiny_llama, answer, hooks)[0], abs=1e-4)
@@ -107,7 +109,7 @@ def test_after_question_and_caa(tiny_llama, steering) -> None:
 
 def test_policy_needs_steering(tiny_llama) -> None:
     scorer = PrefixScorer(tiny_llama, PREFIX)
-    assert len(scorer.score(ANSWERS, NoSteering())) == 4
+    assert len(scorer.score(ANSWERS, Unsteered())) == 4
     with pytest.raises(ValueError, match="needs a steering artifact"):
         scorer.score(ANSWERS, FASB())
 
@@ -131,7 +133,7 @@ def test_steering_the_prompt_end_reaches_first_tokens(tiny_llama, steering) -> N
     scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering, steer_prompt_end=True)
     start = len(tokenize(tiny_llama, [PREFIX])[0])
     plain = scorer.score(ANSWERS)
-    fixed = scorer.score(ANSWERS, FixedSteering(alpha=30.0))
+    fixed = scorer.score(ANSWERS, ITI(alpha=30.0))
     for answer, p, f in zip(ANSWERS, plain, fixed, strict=True):
         hooks = steering.hooks(30.0, positions=start - 1)
         assert f.log_prob == pytest.approx(naive(tiny_llama, answer, hooks)[0], abs=1e-4)
@@ -145,3 +147,48 @@ def test_steering_the_prompt_end_reaches_first_tokens(tiny_llama, steering) -> N
         hooks = steering.hooks(30.0 * (1 - values[hit]), positions=start - 1 + max(hit - back, 0))
         assert result.trigger_token == hit
         assert result.log_prob == pytest.approx(naive(tiny_llama, answer, hooks)[0], abs=1e-4)
+
+
+def test_readings_match_an_independent_forward(tiny_llama, steering) -> None:
+    scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering)
+    ids = tokenize(tiny_llama, ANSWERS, prepend_bos=False)
+    prefix_length = len(tokenize(tiny_llama, [PREFIX])[0])
+    for answer, values in zip(ANSWERS, scorer.readings(ids), strict=True):
+        plain = readings(tiny_llama, steering, answer)
+        assert values == pytest.approx(plain[prefix_length - 1 :], abs=1e-5)
+
+
+def test_generation_and_scoring_decide_alike(tiny_llama, steering) -> None:
+    """Both drivers hand the same readings to the same decision engine.
+
+    Scoring counts the reading at answer token ``t`` as ``t``; generation counts it as the
+    tokens existing after the next one is chosen, ``t + 2`` (fasb_lens.scoring's
+    docstring). So on the tokens of an unsteered generation, scoring with
+    ``backtrack_tokens = s`` must find the same trigger reading, strength and kept tokens
+    as generation with ``s + 2``.
+    """
+    prompt = "Q: Is the Great Wall of China visible from space? A:"
+    budget = GenerationConfig(max_new_tokens=14, stop_at_eos=False)
+    plain = generate(tiny_llama, [prompt], steering=steering, config=budget)[0]
+    scorer = PrefixScorer(tiny_llama, prompt, steering=steering)
+    scored = scorer.readings([plain.output_ids])[0]  # prompt end, then each answer token
+    generated = plain.p_true  # step i reads the prompt end (i = 0), then token i - 1
+    assert scored[:-1] == pytest.approx(generated, abs=1e-5)
+    s = 2
+    candidates = scored[1 + s : -2]  # answer tokens s .. last - 2: checks before the end
+    lowest = min(range(len(candidates)), key=candidates.__getitem__)
+    t = s + lowest
+    threshold = candidates[lowest] + 1e-4
+    assert all(value >= threshold for value in scored[1 + s : 1 + t])  # t is the first below
+    score = scorer.score_ids([plain.output_ids], FASB(10.0, threshold, s))[0]
+    trace = generate(
+        tiny_llama,
+        [prompt],
+        steering=steering,
+        config=budget,
+        policy=FASB(10.0, threshold, s + 2),
+    )[0]
+    assert score.trigger_token == t and trace.trigger_step == t + 1
+    assert score.p_true == pytest.approx(trace.trigger_p_true, abs=1e-5)
+    assert score.strength == pytest.approx(trace.strength, abs=1e-4)
+    assert trace.backtracks[0]["kept_tokens"] == t - s  # scoring steers from answer token t - s

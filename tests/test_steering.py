@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fasb_lens._types import Head
+from fasb_lens.anchoring import build_steering
+from fasb_lens.interventions import position_mask
 from fasb_lens.models import forward, hook_z_name, pad, pad_token_id, tokenize
 from fasb_lens.splits import Split
-from fasb_lens.steering import PolicyDefaults, Steering, build_steering, position_mask
+from fasb_lens.steering import PolicyDefaults, Steering
 
 PROMPTS = ["Q: Do goldfish remember things? A: Yes, for months.", "I have no comment."]
 
@@ -53,30 +54,6 @@ def run_z(model, steering: Steering | None, strength=1.0, **kwargs) -> dict[int,
             with steering.apply(model, strength, **kwargs), model.hooks(fwd_hooks=capture_hooks):
                 forward(model, ids, mask)
     return seen
-
-
-def test_builders(parts, steering) -> None:
-    probes, acts, tuning, _ = parts
-    heads = probes.top_heads(3)
-    assert steering.heads == tuple(heads)
-    weight, _ = probes.params(heads)
-    torch.testing.assert_close(steering.directions, weight / weight.norm(dim=-1, keepdim=True))
-    rows = torch.cat([probes.train_idx, probes.val_idx])
-    z, labels = acts.heads(heads)[rows], acts.labels[rows]
-    difference = z[labels == 1].mean(0) - z[labels == 0].mean(0)
-    prototype = build_steering(probes, acts, tuning, top_k=3, direction="prototype")
-    torch.testing.assert_close(
-        prototype.directions, difference / difference.norm(dim=-1, keepdim=True)
-    )
-    # sigma: population standard deviation of the tuning projections, computed with numpy
-    projections = np.einsum("nkd,kd->nk", tuning.heads(heads).numpy(), steering.directions.numpy())
-    np.testing.assert_allclose(steering.scales.numpy(), projections.std(axis=0), rtol=1e-5)
-    random = build_steering(probes, acts, tuning, top_k=3, direction="random", seed=5)
-    again = build_steering(probes, acts, tuning, top_k=3, direction="random", seed=5)
-    assert torch.equal(random.directions, again.directions)
-    assert not torch.allclose(random.directions, steering.directions)
-    chosen = build_steering(probes, acts, tuning, heads=[Head(0, 1), Head(3, 0)])
-    assert chosen.heads == (Head(0, 1), Head(3, 0))
 
 
 def test_strength_zero_is_no_steering(tiny_llama, steering) -> None:
@@ -136,19 +113,6 @@ def test_hooks_are_removed_after_apply(tiny_llama, steering) -> None:
             raise RuntimeError("boom")
         after = forward(tiny_llama, ids, mask)
     assert torch.equal(before, after)
-
-
-def test_position_mask_rules() -> None:
-    assert position_mask("last", 1, 3).tolist() == [[False, False, True]]
-    assert position_mask(5, 1, 3, offset=4).tolist() == [[False, True, True]]
-    assert position_mask(torch.tensor([1, 2]), 2, 3).tolist() == [
-        [False, True, True],
-        [False, False, True],
-    ]
-    with pytest.raises(ValueError, match=r"per-row start positions must be \[2\]"):
-        position_mask(torch.tensor([1]), 2, 3)
-    with pytest.raises(ValueError, match="positions must be 'last', 'all'"):
-        position_mask("first", 1, 3)  # type: ignore[arg-type]
 
 
 def test_artifact_round_trip_and_format(steering, tmp_path) -> None:

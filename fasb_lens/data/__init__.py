@@ -5,7 +5,7 @@ multiple-choice datasets of the paper, and the prompt builders for probing, tuni
 evaluation.
 """
 
-from fasb_lens.data._files import DataError, DataFileNotFoundError
+from fasb_lens.data._files import DataError, DataFileNotFoundError, read_lines
 from fasb_lens.data.prompts import (
     PROBE_TEMPLATE,
     TUNING_TEMPLATE,
@@ -39,5 +39,6 @@ __all__ = [
     "load_truthfulqa",
     "load_truthfulqa_hub",
     "probing_prompts",
+    "read_lines",
     "tuning_prompts",
 ]

@@ -60,6 +60,14 @@ def read_text(path: str | Path, what: str) -> str:
         ) from None
 
 
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """The file's non-blank lines, stripped; a file without any raises :class:`DataError`."""
+    lines = [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+    if not lines:
+        raise DataError(path, f"holds no lines; expected {what}")
+    return lines
+
+
 def read_csv_rows(
     path: str | Path,
     what: str,

@@ -18,7 +18,6 @@ shift on held-out validation questions:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,24 +26,15 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens import storage
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
+from fasb_lens.decoding import PromptCache
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name, summarize
 from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
-from fasb_lens.generation import (
-    FASB,
-    QA_STOP,
-    CAASteering,
-    FixedSteering,
-    GenerationConfig,
-    GenerationTrace,
-    NoSteering,
-    Policy,
-    PromptCache,
-    generate,
-)
-from fasb_lens.steering import ResidualSteering, Steering
+from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
+from fasb_lens.policies import CAA, FASB, ITI, Policy, Unsteered, policy_spec
+from fasb_lens.steering import CAAVector, Steering
 
-CALIBRATION_NAME = "calibration.json"
 MC_ALPHAS = (0.5, 2.0, 8.0)
 """Strengths of the head vectors swept on multiple choice."""
 GENERATION_ALPHAS = (16.0, 32.0, 64.0)
@@ -71,19 +61,20 @@ class Calibration:
     readings: dict[str, list[Any]] = field(default_factory=dict)
 
     def strength(self, task: str, method: str) -> float | None:
-        """The strength for a policy name (FASB's variants share FASB's)."""
-        family = method if method in ("fixed", "caa") else "fasb"
-        return self.strengths.get(task, {}).get(family)
+        """The strength for a policy name (a policy family shares one strength)."""
+        return self.strengths.get(task, {}).get(policy_spec(method).family)
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CALIBRATION_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
-        return path
+        return storage.write_json(Path(folder) / storage.CALIBRATION, asdict(self))
 
     @classmethod
     def load(cls, folder: str | Path) -> Calibration:
-        return cls(**json.loads((Path(folder) / CALIBRATION_NAME).read_text()))
+        path = Path(folder) / storage.CALIBRATION
+        data = storage.read_json(path, "a calibration")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise storage.ArtifactError(f"{path}: not a calibration ({error})") from error
 
 
 def choose_threshold(
@@ -154,14 +145,14 @@ def _inputs(
 
 
 def _policies(
-    alphas: Sequence[float], threshold: float, backtrack_tokens: int, caa: ResidualSteering | None
+    alphas: Sequence[float], threshold: float, backtrack_tokens: int, caa: CAAVector | None
 ) -> dict[tuple[str, float], Policy]:
     policies: dict[tuple[str, float], Policy] = {}
     for alpha in alphas:
-        policies[("fixed", alpha)] = FixedSteering(alpha)
+        policies[("fixed", alpha)] = ITI(alpha)
         policies[("fasb", alpha)] = FASB(alpha, threshold, backtrack_tokens)
     for alpha in CAA_ALPHAS if caa is not None else ():
-        policies[("caa", alpha)] = CAASteering(caa, alpha)
+        policies[("caa", alpha)] = CAA(caa, alpha)
     return policies
 
 
@@ -189,7 +180,7 @@ def calibrate(
     max_new_tokens: int = 50,
     mc_source: AnswerSource = "mc_task",
     batch_size: int = 8,
-    caa: ResidualSteering | None = None,
+    caa: CAAVector | None = None,
     progress: bool = True,
 ) -> Calibration:
     """Choose the threshold, then each method's strength per task, on validation questions.
@@ -203,7 +194,7 @@ def calibrate(
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=(QA_STOP,))
     truth_judge, info_judge = judge_by_name(judge), judge_by_name("info-check")
     traces = _generate(
-        model, questions, fmt, steering, {"none": NoSteering()}, config, batch_size, progress
+        model, questions, fmt, steering, {"none": Unsteered()}, config, batch_size, progress
     )["none"]
     first_check = [t.p_true[min(backtrack_tokens, len(t.p_true)) - 1] for t in traces]
     verdicts = truth_judge.judge_many(_inputs(questions, traces))

@@ -1,4 +1,4 @@
-"""The command line and the benchmark harness."""
+"""The command line: its commands, the paper's spellings, what the commands write."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ from pathlib import Path
 import pytest
 
 from fasb_lens import cli
-from fasb_lens.bench import BENCHMARKS, run_benchmarks
+from fasb_lens.commands import demo, download_model, mc_datasets
+from fasb_lens.evaluation.config import ExperimentConfig
+from fasb_lens.options import from_args
 from fasb_lens.steering import Steering
 
 
 def test_parser_knows_the_commands() -> None:
     parser = cli.build_parser()
-    assert parser.parse_args(["demo"]).handler is cli.cmd_demo
+    assert parser.parse_args(["demo"]).handler is demo.run
     assert parser.parse_args(["bench", "--only", "activations"]).only == ["activations"]
-    assert parser.parse_args(["download-model"]).handler is cli.cmd_download_model
+    assert parser.parse_args(["download-model"]).handler is download_model.run
     with pytest.raises(SystemExit):
         parser.parse_args(["no-such-command"])
+    # only the command being run gets its options built
+    assert cli.build_parser(["demo"]).parse_args(["demo", "--top-k", "3"]).top_k == 3
 
 
 def test_the_papers_spellings_are_accepted() -> None:
@@ -30,15 +34,14 @@ def test_the_papers_spellings_are_accepted() -> None:
         + ["--methods", "baseline,iti", "fasb", "--metrics", "mc"]
     )
     assert (args.data, args.n_folds, args.tasks) == ("x.csv", 3, ["mc"])
-    assert cli._names(args.methods, cli.METHOD_ALIASES) == ("none", "fixed", "fasb")
+    config = from_args(ExperimentConfig, args, data="mini")
+    assert config.methods == ("none", "fixed", "fasb") and config.tasks == ("mc",)
     args = parser.parse_args(["evaluate-mc", "--dataset", "copa", "--out", "o"])
-    assert args.handler is cli.cmd_mc_datasets and args.datasets == ["copa"]
-    with pytest.raises(SystemExit, match="unknown method"):
-        cli.main(["evaluate-mc", "--data", ".", "--out", "o", "--methods", "caa"])
+    assert args.handler is mc_datasets.run and args.datasets == ["copa"]
 
 
 def test_train_fraction_sweep_is_one_command(tiny_llama_folder, tmp_path, capsys) -> None:
-    from fasb_lens.evaluation.runner import load_fold_artifacts
+    from fasb_lens.evaluation.experiment import load_fold_artifacts
 
     common = ["reproduce", "--data", "mini", "--questions", "8", "--model", str(tiny_llama_folder)]
     common += ["--methods", "none,fasb", "--metrics", "mc", "--mc-source", "csv", "--top-k", "2"]
@@ -64,35 +67,6 @@ def test_console_script_is_installed() -> None:
     assert "download-model" in result.stdout and "bench" in result.stdout
 
 
-def test_bench_activations_on_a_tiny_model(tiny_llama) -> None:
-    reports: list[dict] = []
-    report = run_benchmarks(
-        ["activations"],
-        model=tiny_llama,
-        data_dir=None,
-        n_prompts=40,
-        batch_size=8,
-        progress=False,
-        on_result=reports.append,
-    )
-    entry = report["results"]["activations"]
-    assert entry["n_prompts"] == 40
-    assert entry["dataset"].startswith("mini")
-    for key in ("collect_s", "plain_forward_s", "naive_s"):
-        assert entry[key] > 0
-    assert entry["collect_over_forward"] == pytest.approx(
-        entry["collect_s"] / entry["plain_forward_s"], abs=2e-3
-    )
-    assert report["notes"] and reports == [report]
-    json.dumps(report)
-
-
-def test_bench_rejects_unknown_entries(tiny_llama) -> None:
-    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['nope'\]; known: "):
-        run_benchmarks(["nope"], model=tiny_llama)
-    assert "activations" in BENCHMARKS
-
-
 @pytest.mark.slow
 def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr("fasb_lens.demo.load_model", lambda *a, **k: default_model)
@@ -103,18 +77,6 @@ def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -
     for name in ("heads_accuracy", "anchored_heads", "p_true_distributions", "trajectories"):
         assert (tmp_path / f"{name}.html").is_file()
     assert (tmp_path / "artifact" / "steering.safetensors").is_file()
-
-
-def test_bench_probes_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("FASB_LENS_CACHE", str(tmp_path))
-    entry = run_benchmarks(["probes"], model=tiny_llama, progress=False)["results"]["probes"]
-    assert entry["heads"] == 16 and entry["features"] == 16
-    assert entry["train_rows"] + entry["val_rows"] < 564  # the first fold's test side is held out
-    assert entry["speedup_torch_over_sklearn"] == pytest.approx(
-        entry["sklearn_s"] / entry["torch_s"], rel=0.05
-    )
-    assert 0 <= entry["max_val_accuracy_difference"] <= 1
-    assert list((tmp_path / "bench").iterdir())  # activations kept for the next run
 
 
 def test_collect_and_fit_commands(tiny_llama_folder, tmp_path, capsys) -> None:
@@ -190,7 +152,7 @@ def test_generate_command(tiny_llama_folder, tmp_path, capsys) -> None:
                 "--policy",
                 "fasb",
                 "--threshold",
-                "1.1",
+                "1",
                 "--backtrack-tokens",
                 "2",
                 "--json",
@@ -228,11 +190,3 @@ def test_generate_command(tiny_llama_folder, tmp_path, capsys) -> None:
         == 0
     )
     assert capsys.readouterr().out.startswith("Q: Why?\nA: ")
-
-
-def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
-    entry = run_benchmarks(["mc"], model=tiny_llama, progress=False, mc_questions=4)
-    entry = entry["results"]["mc"]
-    assert entry["questions"] == 4 and entry["answers_scored"] >= 16
-    assert entry["max_abs_log_prob_difference"] < 1e-3  # same scores both ways
-    assert entry["speedup"] == pytest.approx(entry["naive_s"] / entry["cached_batched_s"], rel=0.05)

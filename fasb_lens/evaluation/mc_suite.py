@@ -8,155 +8,37 @@ prompts (the correct option's text 1, each other option's 0), probes on every he
 the ``top_k`` anchored heads, and the same activations set the vectors' scales. The
 held-out test items are then scored under each policy (no steering, ITI's fixed
 steering, FASB), one record per item and policy, so an interrupted run can resume.
+:func:`run_mc_datasets` runs the whole suite into a run folder.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.activations import collect_head_activations
-from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem
-from fasb_lens.evaluation.scoring import AnswerScore, PrefixScorer
-from fasb_lens.generation import Policy
-from fasb_lens.probes import fit_head_probes
+from fasb_lens import storage
+from fasb_lens.anchoring import collect_anchoring_activations, fit_anchoring
+from fasb_lens.data.mc import (
+    dataset,
+    format_description,
+    labelled_option_prompts,
+    load_multiple_choice,
+    option_prompts,
+)
+from fasb_lens.data.schema import MultipleChoiceItem
+from fasb_lens.models import load_model
+from fasb_lens.policies import Policy
+from fasb_lens.scoring import AnswerScore, PrefixScorer
 from fasb_lens.splits import Split
-from fasb_lens.steering import Steering, build_steering
+from fasb_lens.steering import Steering
 
 logger = logging.getLogger(__name__)
-
-OptionPrompt = tuple[str, str]
-"""``(prefix, continuation)``: the model reads the prefix; only the continuation is scored."""
-
-COPA_CONNECTORS = {"cause": " because", "effect": " so"}
-NLI_TEMPLATE = "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:"
-NLI_ANSWERS = {"entailment": "True", "neutral": "Neither", "contradiction": "False"}
-MMLU_TEMPLATE = "The following is a question about {subject}.\n\nQuestion: {question}\nAnswer:"
-SST2_TEMPLATE = "Review: {sentence}\nSentiment:"
-WINOGRANDE_BLANK = "_"
-
-FORMAT_DESCRIPTIONS: dict[str, str] = {
-    "copa": (
-        'COPA: "{premise without its final period} because" (cause) or "... so" (effect), '
-        'scoring " {alternative with its first letter lower-cased}" ("I" stays "I")'
-    ),
-    "nli": (
-        'NLI: "{premise}\\nQuestion: {hypothesis} True, False or Neither?\\nAnswer:", '
-        'scoring " True" (entailment), " Neither" (neutral), " False" (contradiction)'
-    ),
-    "mmlu": (
-        'MMLU: "The following is a question about {subject}.\\n\\nQuestion: {question}'
-        '\\nAnswer:", scoring " {choice text}" (no letters)'
-    ),
-    "sst2": 'SST-2: "Review: {sentence}\\nSentiment:", scoring " negative" / " positive"',
-    "winogrande": (
-        'Winogrande (partial scoring): "{sentence up to the blank}{option}", scoring the same '
-        '" {rest of the sentence}" after each option'
-    ),
-    "story_cloze": 'Story Cloze: "{the four sentences}", scoring " {ending}"',
-}
-
-
-# --- prompt formats -----------------------------------------------------------------------
-
-
-def _same_prefix(prefix: str, answers: Sequence[str]) -> list[OptionPrompt]:
-    return [(prefix, " " + answer) for answer in answers]
-
-
-def _lower_first(text: str) -> str:
-    """``text`` with its first letter lower-cased, except the pronoun "I" (and "I'm", ...)."""
-    first_word = text.split(" ", 1)[0]
-    if first_word == "I" or first_word.startswith("I'"):
-        return text
-    return text[:1].lower() + text[1:]
-
-
-def _copa(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    if item.question not in COPA_CONNECTORS:
-        raise ValueError(
-            f"COPA item {item.id!r} asks for {item.question!r}; expected 'cause' or 'effect'"
-        )
-    premise = item.context.strip().removesuffix(".")
-    prefix = premise + COPA_CONNECTORS[item.question]
-    return _same_prefix(prefix, [_lower_first(option) for option in item.options])
-
-
-def _nli(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    unknown = [option for option in item.options if option not in NLI_ANSWERS]
-    if unknown:
-        raise ValueError(f"NLI item {item.id!r} has options {unknown}; known: {list(NLI_ANSWERS)}")
-    prefix = NLI_TEMPLATE.format(premise=item.context, hypothesis=item.question)
-    return _same_prefix(prefix, [NLI_ANSWERS[option] for option in item.options])
-
-
-def _mmlu(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    if not item.extra.get("subject"):
-        raise ValueError(f"MMLU item {item.id!r} has no extra['subject']")
-    subject = item.extra["subject"].replace("_", " ")
-    prefix = MMLU_TEMPLATE.format(subject=subject, question=item.context)
-    return _same_prefix(prefix, item.options)
-
-
-def _sst2(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    return _same_prefix(SST2_TEMPLATE.format(sentence=item.context), item.options)
-
-
-def _winogrande(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    if item.context.count(WINOGRANDE_BLANK) != 1:
-        raise ValueError(f"Winogrande item {item.id!r} needs exactly one '_' blank")
-    before, after = item.context.split(WINOGRANDE_BLANK)
-    rest = after.lstrip()
-    if not rest:
-        raise ValueError(f"Winogrande item {item.id!r} has nothing after its blank to score")
-    return [(before + option, " " + rest) for option in item.options]
-
-
-def _story_cloze(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    return _same_prefix(item.context, item.options)
-
-
-_FORMATTERS: dict[str, Callable[[MultipleChoiceItem], list[OptionPrompt]]] = {
-    "copa": _copa,
-    "nli": _nli,
-    "mmlu": _mmlu,
-    "sst2": _sst2,
-    "winogrande": _winogrande,
-    "story_cloze": _story_cloze,
-}
-
-
-def option_prompts(item: MultipleChoiceItem) -> list[OptionPrompt]:
-    """``(prefix, continuation)`` for each option of ``item``, in option order.
-
-    The continuation starts with a space and is the only part scored; see
-    :data:`FORMAT_DESCRIPTIONS` for each dataset's format.
-    """
-    if item.dataset not in _FORMATTERS:
-        raise ValueError(
-            f"item {item.id!r} is from unknown dataset {item.dataset!r}; known: {list(_FORMATTERS)}"
-        )
-    return _FORMATTERS[item.dataset](item)
-
-
-def labelled_option_prompts(items: Sequence[MultipleChoiceItem]) -> list[LabelledPrompt]:
-    """One probing prompt per option: ``prefix + continuation``, 1 if correct, grouped by item."""
-    return [
-        LabelledPrompt(
-            text=prefix + continuation,
-            label=int(index == item.label),
-            group=item.id,
-            answer=item.options[index],
-        )
-        for item in items
-        for index, (prefix, continuation) in enumerate(option_prompts(item))
-    ]
-
 
 # --- scoring ------------------------------------------------------------------------------
 
@@ -300,25 +182,21 @@ def _fit_steering(
     """
     known = set(split.train) | set(split.val)
     prompts = labelled_option_prompts([item for item in items if item.id in known])
-    acts = collect_head_activations(
-        model,
-        prompts,
-        batch_size=batch_size,
-        template=FORMAT_DESCRIPTIONS[items[0].dataset],
-        progress=progress,
+    description = format_description(items[0].dataset)
+    activations = collect_anchoring_activations(
+        model, prompts, templates=(description, None), batch_size=batch_size, progress=progress
     )
-    probes = fit_head_probes(acts, split=split, progress=progress)
-    steering = build_steering(probes, acts, acts, top_k=top_k, split=split.to_dict())
-    best = float(probes.val_accuracy[steering.heads[0]])
-    return steering, best, probes.val_majority
+    anchoring = fit_anchoring(activations, split, top_k=top_k, progress=progress)
+    steering, probes = anchoring.steering, anchoring.probes
+    return steering, float(probes.val_accuracy[steering.heads[0]]), probes.val_majority
 
 
-def _record(item: MultipleChoiceItem, policy: str, scores: Sequence[AnswerScore]) -> dict[str, Any]:
+def _record(item: MultipleChoiceItem, method: str, scores: Sequence[AnswerScore]) -> dict[str, Any]:
     prediction = predict(scores)
     return {
         "dataset": item.dataset,
         "item_id": item.id,
-        "policy": policy,
+        "method": method,
         "prediction": prediction,
         "label": item.label,
         "correct": prediction == item.label,
@@ -353,12 +231,12 @@ def evaluate_dataset(
 
     Args:
         items: one dataset's items; ``limit`` keeps a seeded random subset of them.
-        policies: name to policy, e.g. ``{"none": NoSteering(), "fasb": FASB(...)}``;
+        policies: name to policy, e.g. ``{"none": Unsteered(), "fasb": FASB(...)}``;
             the names label the records and the accuracies.
         top_k: anchored heads for the steering, learnt on the train and val items.
-        on_item: called with each new record ``{"dataset", "item_id", "policy",
+        on_item: called with each new record ``{"dataset", "item_id", "method",
             "prediction", "label", "correct", "log_probs", "triggered"}``.
-        done: records of an earlier, interrupted run keyed by ``(item_id, policy)``; they
+        done: records of an earlier, interrupted run keyed by ``(item_id, method)``; they
             are counted as they are and not scored again (nor passed to ``on_item``).
     """
     dataset = _dataset_of(items)
@@ -396,3 +274,74 @@ def evaluate_dataset(
         "val_majority": majority,
         "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
     }
+
+
+def _dataset_key(record: dict[str, Any]) -> tuple:
+    return (record["dataset"], record["item_id"], record["method"])
+
+
+def run_mc_datasets(
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    datasets: Iterable[str],
+    policies: dict[str, Policy],
+    model: TransformerBridge | None = None,
+    paths: Mapping[str, str | Path] | None = None,
+    limit: int | None = 400,
+    top_k: int = 24,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Held-out accuracy of each policy on each multiple-choice dataset, resumable.
+
+    Each dataset is read from its registered place in ``data_dir`` unless ``paths``
+    names its file (Story Cloze is not shipped and always needs one). Records go to
+    ``out/mc_datasets.jsonl`` as they come; the summary to ``out/mc_datasets.json`` and
+    ``out/mc_datasets.md``.
+    """
+    out = Path(out)
+    specs = [dataset(name) for name in datasets]
+    for spec in specs:
+        if spec.default_path is None and spec.name not in (paths or {}):
+            raise ValueError(f"{spec.name} is not shipped: pass its file (paths={{...}})")
+    model = model if model is not None else load_model()
+    log = storage.JsonlLog(out / storage.MC_DATASETS_LOG, _dataset_key)
+    results = {}
+    for spec in specs:
+        name = spec.name
+        given = (paths or {}).get(name)
+        path = Path(given) if given is not None else Path(data_dir) / str(spec.default_path)
+        items = load_multiple_choice(name, path)
+        done = {(r["item_id"], r["method"]): r for r in log.values() if r["dataset"] == name}
+        results[name] = evaluate_dataset(
+            model,
+            items,
+            policies=policies,
+            top_k=top_k,
+            seed=seed,
+            limit=limit,
+            progress=progress,
+            on_item=log.append,
+            done=done,
+        )
+    storage.write_json(out / "mc_datasets.json", results)
+    storage.write_text(out / "mc_datasets.md", datasets_table(results, list(policies)))
+    return results
+
+
+def datasets_table(results: dict[str, dict[str, Any]], policies: list[str]) -> str:
+    lines = [
+        "| Dataset | n test | " + " | ".join(policies) + " |",
+        "|" + "---|" * (len(policies) + 2),
+    ]
+    for name, result in results.items():
+        cells = [f"{100 * result['accuracy'][p]:.1f}" for p in policies]
+        lines.append(f"| {name} | {result['n_test']} | " + " | ".join(cells) + " |")
+    if results:
+        means = [
+            f"{100 * sum(r['accuracy'][p] for r in results.values()) / len(results):.1f}"
+            for p in policies
+        ]
+        lines.append("| average | | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,22 +1,20 @@
 """Every figure of a run directory, rendered with :mod:`fasb_lens.plotting`.
 
-``render_run(run_dir, out)`` reads what :mod:`fasb_lens.evaluation.runner` wrote (probes
-and steering of each fold, the calibration readings and sweeps, the generation records,
-``results.json``) and saves one HTML (and PNG) file per figure; it returns the files with
-a one-line caption each. :func:`trace_from_record` turns a generation record back into a
-:class:`~fasb_lens.generation.GenerationTrace` for the trajectory plots.
+``render_run(run_dir, out)`` reads what :mod:`fasb_lens.evaluation.experiment` wrote
+(probes and steering of each fold, the calibration readings and sweeps, the generation
+records with their traces, ``results.json``) and saves one HTML (and PNG) file per
+figure; it returns the files with a one-line caption each.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
+from fasb_lens import storage
 from fasb_lens.activations import HeadActivations
-from fasb_lens.evaluation.calibration import CALIBRATION_NAME, Calibration
-from fasb_lens.evaluation.runner import load_fold_artifacts, load_run
-from fasb_lens.generation import GenerationTrace, Step
+from fasb_lens.anchoring import PROBING
+from fasb_lens.evaluation.calibration import Calibration
+from fasb_lens.evaluation.experiment import load_fold_artifacts, load_run, record_trace
 from fasb_lens.plotting import (
     anchored_heads,
     head_heatmap,
@@ -26,54 +24,6 @@ from fasb_lens.plotting import (
     sweep_lines,
     trajectories,
 )
-
-
-def trace_from_record(record: dict[str, Any]) -> GenerationTrace:
-    """A generation record of a run, as a trace (token ids are not kept in records)."""
-    kept = record["kept"]
-    trigger = record["trigger_step"]
-    steps = [
-        Step(
-            step=i,
-            token_id=-1,
-            token=token,
-            p_true=p,
-            strength=record["strength"] if trigger is not None and i > trigger else 0.0,
-            checked=i == trigger,
-            kept=k,
-        )
-        for i, (token, p, k) in enumerate(
-            zip(record["tokens"], record["p_true"], kept, strict=True)
-        )
-    ]
-    backtracks = []
-    if trigger is not None:
-        dropped = sum(not k for k in kept[: trigger + 1])
-        backtracks.append(
-            {
-                "step": trigger,
-                "p_true": record["trigger_p_true"],
-                "strength": record["strength"],
-                "kept_tokens": trigger + 1 - dropped,
-                "discarded_ids": [-1] * dropped,
-            }
-        )
-    return GenerationTrace(
-        prompt="",
-        prompt_ids=[],
-        output_ids=list(record.get("output_ids", [])),
-        text=record["text"],
-        answer=record["answer"],
-        policy=record["method"],
-        mode="cached",
-        steps=steps,
-        trigger_step=trigger,
-        trigger_p_true=record["trigger_p_true"],
-        strength=record["strength"],
-        backtracks=backtracks,
-        discarded_text=record["discarded_text"],
-        stop_reason=record["stop_reason"],
-    )
 
 
 def render_run(
@@ -105,8 +55,8 @@ def render_run(
             "anchored heads outlined" + (" (sorted within each layer)" if sort else ""),
         )
 
-    probing = run_dir / "activations" / "probing"
-    if (probing / "head_activations.json").is_file():
+    probing = run_dir / "activations" / PROBING
+    if (probing / storage.ACTIVATIONS_MANIFEST).is_file():
         acts = HeadActivations.load(probing)
         figure = anchored_heads(
             list(steering.heads),
@@ -127,7 +77,7 @@ def render_run(
     calibrations = [
         Calibration.load(folder)
         for folder in sorted((run_dir / "folds").iterdir())
-        if (folder / CALIBRATION_NAME).is_file()
+        if (folder / storage.CALIBRATION).is_file()
     ]
     if calibrations:
         question = [p for c in calibrations for p in c.readings["question"]]
@@ -184,7 +134,7 @@ def render_run(
 
     results = run_dir / "results.json"
     if results.is_file():
-        summary = json.loads(results.read_text())
+        summary = storage.read_json(results, "a run's summary")
         save(
             method_comparison(summary),
             "methods",
@@ -202,8 +152,8 @@ def render_run(
     if fasb:
         pairs = [(r, plain.get((r["fold"], r["question_id"]))) for r in fasb]
         figure = trajectories(
-            [trace_from_record(r) for r, _ in pairs],
-            unsteered=[trace_from_record(p) if p else trace_from_record(r) for r, p in pairs],
+            [record_trace(r) for r, _ in pairs],
+            unsteered=[record_trace(p if p else r) for r, p in pairs],
             labels=[f"{r['question_id']}: {r['answer'][:50]}" for r, _ in pairs],
             threshold=calibrations[0].threshold if calibrations else config.threshold,
         )

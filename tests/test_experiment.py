@@ -1,4 +1,4 @@
-"""The experiment runner: outputs, resuming after a kill, determinism, bad settings."""
+"""The experiment runner: outputs, resuming after a kill, determinism, bad settings, figures."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from fasb_lens.evaluation import calibration as calibration_module
-from fasb_lens.evaluation import runner as runner_module
-from fasb_lens.evaluation.runner import Experiment, ExperimentConfig, RecordLog, load_run
+from fasb_lens.evaluation import experiment as experiment_module
+from fasb_lens.evaluation.config import ExperimentConfig
+from fasb_lens.evaluation.experiment import Experiment, load_run, record_trace
+from fasb_lens.storage import JsonlLog
 
 CONFIG = dict(
     data="mini",
@@ -92,7 +94,7 @@ def test_mc_records_hold_every_answer(finished) -> None:
 
 def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, monkeypatch) -> None:
     out, summary = finished
-    real_append = RecordLog.append
+    real_append = JsonlLog.append
     calls = {"n": 0}
 
     def dying_append(self, record):
@@ -101,10 +103,10 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
             raise KeyboardInterrupt
         real_append(self, record)
 
-    monkeypatch.setattr(RecordLog, "append", dying_append)
+    monkeypatch.setattr(JsonlLog, "append", dying_append)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_llama, tmp_path)
-    monkeypatch.setattr(RecordLog, "append", real_append)
+    monkeypatch.setattr(JsonlLog, "append", real_append)
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 22
     # a torn line, as a kill in the middle of a write would leave
     with (tmp_path / "records.jsonl").open("a") as handle:
@@ -117,13 +119,13 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     assert sum(counts) == 22 and all(n <= 16 for n in counts)
     assert "| n (MC / gen.) |" in (tmp_path / "table.md").read_text()
     evaluated: list[str] = []
-    real_mc = runner_module.evaluate_mc
+    real_mc = experiment_module.evaluate_mc
 
     def counting_mc(model, question, policies, **kwargs):
         evaluated.append(question.id)
         return real_mc(model, question, policies, **kwargs)
 
-    monkeypatch.setattr(runner_module, "evaluate_mc", counting_mc)
+    monkeypatch.setattr(experiment_module, "evaluate_mc", counting_mc)
     resumed = run(tiny_llama, tmp_path)
     assert len(evaluated) < 8  # questions finished before the kill were not scored again
     assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()
@@ -134,7 +136,7 @@ def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
     out, _ = finished
     with pytest.raises(ValueError, match=r"holds a run with other settings \(alpha\)"):
         run(tiny_llama, out, alpha=9.0)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="unknown policy .magic."):
         ExperimentConfig(data="mini", methods=("magic",))
     with pytest.raises(ValueError, match=r"--questions 500 is more than the 94 questions"):
         run(tiny_llama, tmp_path / "big", n_questions=500)
@@ -163,7 +165,7 @@ def test_a_run_started_before_a_setting_existed_resumes(finished) -> None:
 
 
 def test_figures_of_a_run(finished, tmp_path) -> None:
-    from fasb_lens.evaluation.report import render_run, trace_from_record
+    from fasb_lens.run_figures import render_run
 
     out, _ = finished
     made = render_run(out, tmp_path, png=False)
@@ -180,6 +182,7 @@ def test_figures_of_a_run(finished, tmp_path) -> None:
     assert all(path.suffix == ".html" and path.is_file() for path, _ in made)
     _, records, _ = load_run(out)
     record = next(r for r in records if r["task"] == "generation" and r["triggered"])
-    trace = trace_from_record(record)
-    assert trace.trigger_step == record["trigger_step"] and trace.p_true == record["p_true"]
-    assert [s.kept for s in trace.steps] == record["kept"]
+    trace = record_trace(record)
+    assert trace.triggered and trace.answer == record["answer"]
+    assert trace.backtracks and trace.backtracks[0]["discarded_ids"] == trace.discarded_ids
+    assert all(step.token_id >= 0 for step in trace.steps)  # nothing guessed

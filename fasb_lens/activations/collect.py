@@ -1,0 +1,327 @@
+"""Collecting activations at the last token of many prompts, fast and resumable.
+
+The probes of FASB read each head's output before ``W_O`` at a prompt's last token. For
+thousands of prompts this is the costliest step of heads anchoring, so collection
+
+* sorts prompts by length and batches neighbours, so little padding is computed;
+* gathers only the last real token of each row inside the hook (never the whole cache);
+* stops the forward pass as soon as the last requested layer's hook has fired, so the
+  rest of that layer, later layers and the unembedding are never computed;
+* can stream to disk in chunks, so a long run that is killed resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens import storage
+from fasb_lens.activations.store import (
+    ActivationInfo,
+    Activations,
+    HeadActivations,
+    Position,
+    ResidualActivations,
+    new_manifest,
+    read_manifest,
+    write_shard,
+)
+from fasb_lens.data.schema import LabelledPrompt
+from fasb_lens.interventions import Site, StopForward, capture
+from fasb_lens.models import (
+    HOOK_RESID_POST,
+    HOOK_Z,
+    ModelShape,
+    forward,
+    model_device,
+    model_id,
+    pad,
+    pad_token_id,
+    site_shape,
+    tokenize,
+)
+
+PaddingSide = Literal["left", "right"]
+SITES: dict[str, Site] = {HOOK_Z: "z", HOOK_RESID_POST: "resid_post"}
+"""The hook template of each site activations can be collected at."""
+
+
+@dataclass(frozen=True)
+class _Batch:
+    rows: list[int]  # indices into the prompt list
+    ids: Tensor
+    mask: Tensor
+    last: Tensor  # index of each row's last real token
+
+
+def _batches(
+    token_lists: Sequence[Sequence[int]],
+    order: Sequence[int],
+    batch_size: int,
+    *,
+    pad_id: int,
+    side: PaddingSide,
+    device: torch.device,
+) -> Iterator[_Batch]:
+    for start in range(0, len(order), batch_size):
+        rows = list(order[start : start + batch_size])
+        ids, mask = pad([token_lists[i] for i in rows], pad_id=pad_id, side=side, device=device)
+        if side == "left":
+            last = torch.full((len(rows),), ids.shape[1] - 1, device=device)
+        else:
+            last = mask.sum(dim=1) - 1
+        yield _Batch(rows, ids, mask, last)
+
+
+def length_sorted(token_lists: Sequence[Sequence[int]]) -> list[int]:
+    """Indices ordered longest first, so batches hold prompts of similar length."""
+    return sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
+
+
+def gather_last_position(
+    model: TransformerBridge,
+    token_lists: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    site: Site = "z",
+    batch_size: int = 16,
+    padding_side: PaddingSide = "right",
+    progress: bool | tqdm = True,
+) -> dict[int, Tensor]:
+    """``{layer: activations at each prompt's last token}`` in prompt order (float32).
+
+    The forward pass stops right after the last layer's hook fires.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = model_device(model)
+    store: dict[int, Tensor] = {}
+    current: list[_Batch] = []
+
+    def last_token(activation: Tensor) -> Tensor:
+        batch = current[0]
+        return activation[torch.arange(len(batch.rows), device=device), batch.last]
+
+    captured: dict[int, Tensor] = {}
+    hooks = capture(layers, captured, site=site, select=last_token, stop_after_last=True)
+    bar = (
+        progress
+        if isinstance(progress, tqdm)
+        else tqdm(total=len(token_lists), desc="activations", unit="prompt", disable=not progress)
+    )
+    order = length_sorted(token_lists)
+    batches = _batches(
+        token_lists,
+        order,
+        batch_size,
+        pad_id=pad_token_id(model),
+        side=padding_side,
+        device=device,
+    )
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        for batch in batches:
+            current[:] = [batch]
+            try:
+                forward(model, batch.ids, batch.mask)
+            except StopForward:
+                pass
+            for layer, picked in captured.items():
+                if layer not in store:
+                    store[layer] = torch.empty((len(token_lists), *picked.shape[1:]))
+                store[layer][batch.rows] = picked.float().cpu()
+            bar.update(len(batch.rows))
+    if not isinstance(progress, tqdm):
+        bar.close()
+    return store
+
+
+def _as_prompts(
+    prompts: Sequence[str | LabelledPrompt],
+) -> tuple[list[str], Tensor | None, list[str] | None]:
+    if isinstance(prompts, str):
+        raise TypeError("expected a sequence of prompts, not one string")
+    texts = [p.text if isinstance(p, LabelledPrompt) else p for p in prompts]
+    if not texts:
+        raise ValueError("no prompts to collect activations for")
+    if all(isinstance(p, LabelledPrompt) for p in prompts):
+        labelled: list[LabelledPrompt] = list(prompts)  # type: ignore[arg-type]
+        return texts, torch.tensor([p.label for p in labelled]), [p.group for p in labelled]
+    return texts, None, None
+
+
+def _check_layers(layers: Sequence[int] | None, shape: ModelShape) -> tuple[int, ...]:
+    if layers is None:
+        return tuple(range(shape.n_layers))
+    chosen = tuple(sorted(set(int(layer) for layer in layers)))
+    bad = [layer for layer in chosen if not 0 <= layer < shape.n_layers]
+    if bad or not chosen:
+        raise ValueError(f"layers {bad or '[]'} are not in 0..{shape.n_layers - 1}")
+    return chosen
+
+
+def collect_head_activations(
+    model: TransformerBridge,
+    prompts: Sequence[str | LabelledPrompt],
+    *,
+    position: Position = "last",
+    batch_size: int = 32,
+    layers: Sequence[int] | None = None,
+    padding_side: PaddingSide = "right",
+    prepend_bos: bool | None = None,
+    template: str | None = None,
+    out_dir: str | Path | None = None,
+    chunk_size: int = 2048,
+    progress: bool = True,
+) -> HeadActivations:
+    """``hook_z`` of every head (of ``layers``) at each prompt's last real token.
+
+    Args:
+        prompts: texts, or :class:`LabelledPrompt` (then labels and groups are kept).
+        position: only ``"last"``, the last real token of each prompt.
+        batch_size: prompts per forward pass (after sorting by length).
+        layers: layers to collect (default all); later layers are never computed.
+        padding_side: how batches are padded; results do not depend on it.
+        prepend_bos: override the model's BOS rule (see :mod:`fasb_lens.models`).
+        template: the prompt template, recorded with the activations.
+        out_dir: stream to this folder in chunks of ``chunk_size`` prompts; chunks already
+            there from an interrupted run with the same prompts are not recomputed.
+    """
+    return _collect(model, prompts, HeadActivations, **_options(locals()))
+
+
+def collect_residual_activations(
+    model: TransformerBridge, prompts: Sequence[str | LabelledPrompt], **options: Any
+) -> ResidualActivations:
+    """The residual stream after each block (``hook_resid_post``) at each last token.
+
+    Takes the keyword arguments of :func:`collect_head_activations`; the CAA baseline's
+    vector comes from these (see :class:`ResidualActivations`).
+    """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(collect_head_activations).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {unknown}")
+    return _collect(model, prompts, ResidualActivations, **{**defaults, **options})
+
+
+def _options(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in arguments.items() if key not in ("model", "prompts")}
+
+
+def _collect(
+    model: TransformerBridge,
+    prompts: Sequence[str | LabelledPrompt],
+    kind: type[Activations],
+    *,
+    position: Position,
+    batch_size: int,
+    layers: Sequence[int] | None,
+    padding_side: PaddingSide,
+    prepend_bos: bool | None,
+    template: str | None,
+    out_dir: str | Path | None,
+    chunk_size: int,
+    progress: bool,
+) -> Any:
+    if position != "last":
+        raise ValueError(f"position must be 'last', got {position!r}")
+    texts, labels, groups = _as_prompts(prompts)
+    hook_template = kind.SITE
+    shape = site_shape(model, hook_template)
+    info = ActivationInfo(
+        model_id=model_id(model),
+        shape=shape,
+        layers=_check_layers(layers, shape),
+        hook_name=hook_template,
+        position=position,
+        template=template,
+        prepend_bos=bool(model.cfg.default_prepend_bos) if prepend_bos is None else prepend_bos,
+        versions=storage.library_versions(),
+    )
+    token_lists = tokenize(model, texts, prepend_bos=prepend_bos)
+    layers = list(info.layers)
+
+    def run(rows: range, bar: bool | tqdm) -> Tensor:
+        gathered = gather_last_position(
+            model,
+            [token_lists[i] for i in rows],
+            layers,
+            site=SITES[hook_template],
+            batch_size=batch_size,
+            padding_side=padding_side,
+            progress=bar,
+        )
+        z = torch.stack([gathered[layer] for layer in layers], dim=1)
+        return z.reshape(len(rows), len(layers), shape.n_heads, shape.d_head)
+
+    if out_dir is None:
+        z = run(range(len(texts)), progress)
+        return kind(z=z, prompts=texts, info=info, labels=labels, groups=groups)
+    manifest = {
+        **new_manifest(info, texts, groups, has_labels=labels is not None),
+        "fingerprint": _fingerprint(texts, info),
+    }
+    _collect_streaming(Path(out_dir), manifest, labels, run, chunk_size, progress)
+    return kind.load(out_dir)
+
+
+def _fingerprint(texts: Sequence[str], info: ActivationInfo) -> str:
+    """A hash of the prompts and settings, so a resumed run never mixes two collections."""
+    digest = hashlib.sha256()
+    settings = {key: value for key, value in info.to_dict().items() if key != "versions"}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _collect_streaming(
+    folder: Path,
+    manifest: dict[str, Any],
+    labels: Tensor | None,
+    run: Callable[[range, bool | tqdm], Tensor],
+    chunk_size: int,
+    progress: bool,
+) -> None:
+    """Collect chunk by chunk into ``folder``, resuming from the chunks already there."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    folder.mkdir(parents=True, exist_ok=True)
+    n = manifest["n"]
+    shards: list[str] = []
+    if (folder / storage.ACTIVATIONS_MANIFEST).is_file():
+        previous = read_manifest(folder)
+        if previous.get("fingerprint") != manifest["fingerprint"]:
+            raise ValueError(
+                f"{folder} holds activations of other prompts or settings; "
+                "choose another folder or delete it"
+            )
+        shards = [name for name in previous["shards"] if (folder / name).is_file()]
+    first = min(len(shards) * chunk_size, n)
+    bar = tqdm(total=n, initial=first, desc="activations", unit="prompt", disable=not progress)
+    for start in range(first, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        z = run(range(start, stop), bar)
+        shards.append(
+            write_shard(folder, start, stop, z, None if labels is None else labels[start:stop])
+        )
+        storage.write_json(folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": shards})
+    bar.close()
+    storage.write_json(
+        folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": shards, "complete": True}
+    )

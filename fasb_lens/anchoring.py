@@ -1,0 +1,340 @@
+"""Heads anchoring, as one pipeline: activations -> probes -> anchored heads -> vectors.
+
+1. **Collect** each head's output at the last token of labelled probing prompts (and of
+   "tuning" prompts, whose spread sets each vector's scale; and, for the CAA baseline,
+   the residual stream at one layer): :func:`collect_anchoring_activations`.
+2. **Fit** a probe per head on a split's training questions, validate it on the
+   validation questions, anchor the ``top_k`` best heads and build their steering
+   vectors (and CAA's vector): :func:`fit_anchoring`.
+
+:func:`anchor_heads` does both for TruthfulQA-style questions. The demo, ``fasb-lens
+collect``/``fit``, the experiment runner and the multiple-choice suite all go through
+these two functions.
+
+Directions come from the probes (*Probe*: the probe's weight vector), from class means
+(*Prototype*: mean over true answers minus mean over false answers) or, as a control,
+at random; each is normalised, and its scale ``sigma_k`` is the standard deviation of
+the tuning activations projected on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens._types import Head
+from fasb_lens.activations import (
+    HeadActivations,
+    ResidualActivations,
+    collect_head_activations,
+    collect_residual_activations,
+)
+from fasb_lens.data import (
+    PROBE_TEMPLATE,
+    TUNING_TEMPLATE,
+    LabelledPrompt,
+    TruthfulQAQuestion,
+    probing_prompts,
+    tuning_prompts,
+)
+from fasb_lens.models import check_shape
+from fasb_lens.probes import Engine, HeadProbes, fit_head_probes
+from fasb_lens.splits import Split
+from fasb_lens.steering import DIRECTION_KINDS, CAAVector, DirectionKind, PolicyDefaults, Steering
+
+PROBING, TUNING, RESIDUAL = "probing", "tuning", "residual"
+"""Sub-folders of an activations folder."""
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def class_means(
+    values: Float[Tensor, "n ..."], labels: Tensor, rows: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean of ``values`` over true (label 1) and over false (label 0) rows."""
+    if rows is not None:
+        values, labels = values[rows], labels[rows]
+    if labels.min() == labels.max():
+        raise ValueError("class means need both true and false prompts")
+    return values[labels == 1].mean(0), values[labels == 0].mean(0)
+
+
+def _labels(activations: HeadActivations | ResidualActivations) -> Tensor:
+    if activations.labels is None:
+        raise ValueError("class means need labelled activations")
+    return activations.labels
+
+
+def projection_scales(
+    tuning: HeadActivations, heads: Sequence[Head], directions: Tensor
+) -> Float[Tensor, " k"]:
+    """Standard deviation of each head's tuning activations projected on its direction."""
+    projected = (tuning.heads(heads) * directions[None]).sum(-1)
+    return projected.std(dim=0, unbiased=False)
+
+
+def _unit(vectors: Tensor) -> Tensor:
+    norms = vectors.norm(dim=-1, keepdim=True)
+    if (norms < 1e-12).any():
+        raise ValueError("a steering direction has zero length (identical class means?)")
+    return vectors / norms
+
+
+def build_steering(
+    probes: HeadProbes,
+    activations: HeadActivations,
+    tuning: HeadActivations,
+    *,
+    top_k: int | None = None,
+    heads: Sequence[Head] | None = None,
+    direction: DirectionKind = "probe",
+    seed: int = 0,
+    split: dict[str, Any] | None = None,
+    defaults: PolicyDefaults | None = None,
+) -> Steering:
+    """Steering on the ``top_k`` best heads of ``probes`` (or on explicit ``heads``).
+
+    Args:
+        probes: fitted on ``activations`` (its train and validation rows give the
+            Prototype class means, as in the authors' code).
+        tuning: activations of the tuning prompts; their projections set the scales.
+        direction: ``"probe"`` (probe weights), ``"prototype"`` (class-mean difference)
+            or ``"random"`` (seeded random unit vectors, a control).
+    """
+    if (top_k is None) == (heads is None):
+        raise ValueError("give exactly one of top_k and heads")
+    if direction not in DIRECTION_KINDS:
+        raise ValueError(f"direction must be 'probe', 'prototype' or 'random', got {direction!r}")
+    chosen = list(heads) if heads is not None else probes.top_heads(top_k)  # type: ignore[arg-type]
+    check_shape(probes.shape, activations.shape, what="the probes")
+    check_shape(probes.shape, tuning.shape, what="the probes")
+    rows = torch.cat([probes.train_idx, probes.val_idx])
+    true_mean, false_mean = class_means(activations.heads(chosen), _labels(activations), rows)
+    weight, bias = probes.params(chosen)
+    if direction == "probe":
+        directions = _unit(weight.clone())
+    elif direction == "prototype":
+        directions = _unit(true_mean - false_mean)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        directions = _unit(torch.randn(len(chosen), probes.shape.d_head, generator=generator))
+    return Steering(
+        heads=tuple(chosen),
+        directions=directions,
+        scales=projection_scales(tuning, chosen, directions),
+        probe_weight=weight.clone(),
+        probe_bias=bias.clone(),
+        prototype_true=true_mean,
+        prototype_false=false_mean,
+        val_accuracy=probes.val_accuracy.clone(),
+        model_id=activations.info.model_id,
+        shape=probes.shape,
+        direction_kind=direction,
+        template=activations.info.template,
+        split=split,
+        defaults=defaults or PolicyDefaults(),
+    )
+
+
+def build_caa(residual: ResidualActivations, layer: int, rows: Tensor | None = None) -> CAAVector:
+    """CAA's vector at ``layer``: the residual stream's true-minus-false class-mean
+    difference over ``rows`` (see :func:`fasb_lens.activations.collect_residual_activations`)."""
+    if not isinstance(residual, ResidualActivations):
+        raise ValueError("CAA needs residual-stream activations (collect_residual_activations)")
+    true_mean, false_mean = class_means(residual.layer(layer), _labels(residual), rows)
+    return CAAVector(
+        layer=layer,
+        vector=true_mean - false_mean,
+        model_id=residual.info.model_id,
+        n_layers=residual.shape.n_layers,
+    )
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class AnchoringActivations:
+    """The activations anchoring learns from; ``tuning`` may be the probing set itself."""
+
+    probing: HeadActivations
+    tuning: HeadActivations
+    residual: ResidualActivations | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: str | Path, *, model: TransformerBridge | None = None) -> Any:
+        """Read the folder :func:`collect_anchoring_activations` wrote (without tuning
+        prompts, the probing activations serve as tuning ones)."""
+        folder = Path(folder)
+        probing = HeadActivations.load(folder / PROBING, model=model)
+        tuning = (
+            HeadActivations.load(folder / TUNING, model=model)
+            if (folder / TUNING).is_dir()
+            else probing
+        )
+        residual = (
+            ResidualActivations.load(folder / RESIDUAL, model=model)
+            if (folder / RESIDUAL).is_dir()
+            else None
+        )
+        return cls(probing, tuning, residual)  # type: ignore[arg-type]
+
+
+def collect_anchoring_activations(
+    model: TransformerBridge,
+    probing: Sequence[LabelledPrompt],
+    tuning: Sequence[LabelledPrompt] | None = None,
+    *,
+    residual_layer: int | None = None,
+    templates: tuple[str | None, str | None] = (PROBE_TEMPLATE, TUNING_TEMPLATE),
+    out_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> AnchoringActivations:
+    """Head activations of the probing (and tuning) prompts, and with ``residual_layer``
+    the residual stream of the probing prompts at that layer (for CAA).
+
+    With ``out_dir`` each set streams into its sub-folder (``probing/``, ``tuning/``,
+    ``residual/``) and an interrupted collection resumes. Without ``tuning`` the probing
+    activations also set the scales.
+    """
+    folder = Path(out_dir) if out_dir is not None else None
+    options = {"batch_size": batch_size, "progress": progress}
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, collect: Any, prompts: Sequence[LabelledPrompt], **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = None if folder is None else folder / name
+        result = collect(model, prompts, out_dir=out, **options, **kwargs)
+        seconds[name] = round(time.perf_counter() - start, 1)
+        return result
+
+    residual = None
+    if residual_layer is not None:
+        residual = timed(
+            RESIDUAL,
+            collect_residual_activations,
+            probing,
+            layers=[residual_layer],
+            template=templates[0],
+        )
+    heads = timed(PROBING, collect_head_activations, probing, template=templates[0])
+    tuned = (
+        heads
+        if tuning is None
+        else timed(TUNING, collect_head_activations, tuning, template=templates[1])
+    )
+    return AnchoringActivations(heads, tuned, residual, seconds)
+
+
+@dataclass
+class Anchoring:
+    """What heads anchoring produced: the activations, the probes, the steering (and CAA)."""
+
+    activations: HeadActivations
+    tuning: HeadActivations
+    probes: HeadProbes
+    steering: Steering
+    caa: CAAVector | None = None
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the probes, the steering (and the CAA vector) into ``folder``."""
+        self.probes.save(folder)
+        self.steering.save(folder)
+        if self.caa is not None:
+            self.caa.save(folder)
+        return Path(folder)
+
+
+def fit_anchoring(
+    activations: AnchoringActivations,
+    split: Split,
+    *,
+    top_k: int = 24,
+    direction: DirectionKind = "probe",
+    seed: int = 0,
+    defaults: PolicyDefaults | None = None,
+    engine: Engine = "torch",
+    progress: bool = True,
+) -> Anchoring:
+    """Probes on the split's training questions (validated on its validation ones), the
+    ``top_k`` best heads' steering, and CAA's vector when residual activations exist.
+
+    ``seed`` seeds random directions; class means and CAA use the training and
+    validation rows.
+    """
+    probing = activations.probing
+    probes = fit_head_probes(probing, split=split, engine=engine, progress=progress)
+    steering = build_steering(
+        probes,
+        probing,
+        activations.tuning,
+        top_k=top_k,
+        direction=direction,
+        seed=seed,
+        split=split.to_dict(),
+        defaults=defaults,
+    )
+    caa = None
+    if activations.residual is not None:
+        rows = torch.cat([probes.train_idx, probes.val_idx])
+        caa = build_caa(activations.residual, activations.residual.layers[0], rows)
+    return Anchoring(probing, activations.tuning, probes, steering, caa)
+
+
+def truthfulqa_prompts(
+    questions: Sequence[TruthfulQAQuestion], *, tuning_seed: int = 0
+) -> tuple[list[LabelledPrompt], list[LabelledPrompt]]:
+    """TruthfulQA's probing and tuning prompts (see :mod:`fasb_lens.data.prompts`)."""
+    return probing_prompts(questions), tuning_prompts(questions, seed=tuning_seed)
+
+
+def anchor_heads(
+    model: TransformerBridge,
+    questions: Sequence[TruthfulQAQuestion],
+    split: Split,
+    *,
+    top_k: int = 24,
+    direction: DirectionKind = "probe",
+    tuning_seed: int = 0,
+    defaults: PolicyDefaults | None = None,
+    residual_layer: int | None = None,
+    out_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Anchoring:
+    """Heads anchoring of TruthfulQA-style ``questions`` in one call.
+
+    Collects the probing and tuning activations, fits a probe per head on the split's
+    training questions (validated on its validation questions) and builds the steering
+    on the ``top_k`` best heads (and CAA's vector at ``residual_layer``, if given).
+    """
+    probing, tuning = truthfulqa_prompts(questions, tuning_seed=tuning_seed)
+    activations = collect_anchoring_activations(
+        model,
+        probing,
+        tuning,
+        residual_layer=residual_layer,
+        out_dir=out_dir,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return fit_anchoring(
+        activations,
+        split,
+        top_k=top_k,
+        direction=direction,
+        seed=tuning_seed,
+        defaults=defaults,
+        progress=progress,
+    )

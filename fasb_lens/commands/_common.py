@@ -1,0 +1,46 @@
+"""What several commands share: output flags, summaries, the data folder, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def output_flags(parser: argparse.ArgumentParser, json_help: str | None = None) -> None:
+    """``--no-progress`` (and ``--json`` when the command can print JSON)."""
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if json_help:
+        parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def report(summary: dict[str, Any], as_json: bool) -> None:
+    """Print a command's summary: one JSON object, or readable lines."""
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if key == "best_heads":
+            print("best_heads:")
+            for row in value:
+                print(
+                    f"  L{row['layer']}H{row['head']}  validation {row['val_accuracy']:.3f}  "
+                    f"training {row['train_accuracy']:.3f}"
+                )
+        else:
+            print(f"{key}: {value}")
+
+
+def data_dir(value: str | None) -> Path | None:
+    """The data folder: the option's value, else ``$FASB_LENS_DATA``."""
+    value = value or os.environ.get("FASB_LENS_DATA")
+    return Path(value) if value else None
+
+
+def model_for(model_id: str, name: str | None):
+    """The model an artifact was made with (or ``name``), loaded."""
+    from fasb_lens.models import EMBEDDED_MODEL_ID, load_model
+
+    return load_model(name or (None if model_id == EMBEDDED_MODEL_ID else model_id))

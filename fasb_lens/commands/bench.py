@@ -1,0 +1,39 @@
+"""``fasb-lens bench``: benchmarks measured side by side, written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fasb_lens.commands._common import data_dir
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", nargs="*", help="entries to run (default: all)")
+    parser.add_argument("--out", default="bench.json", help="JSON file to write")
+    parser.add_argument("--data", help="data folder (default: $FASB_LENS_DATA)")
+    parser.add_argument("--n-prompts", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--mc-questions", type=int, default=50, help="questions for `mc`")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasb_lens import storage
+    from fasb_lens.bench import run_benchmarks
+
+    out = Path(args.out)
+    report = run_benchmarks(
+        args.only or None,
+        data_dir=data_dir(args.data),
+        n_prompts=args.n_prompts,
+        batch_size=args.batch_size,
+        mc_questions=args.mc_questions,
+        progress=not args.no_progress,
+        on_result=lambda report: storage.write_json(out, report, indent=2),
+    )
+    print(json.dumps(report, indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,82 @@
+"""``fasb-lens demo``: the whole method on the default model and the mini set, offline."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    from fasb_lens.demo import run_demo
+
+    defaults = inspect.signature(run_demo).parameters
+    parser.add_argument("--out", default="fasb_lens_demo", help="output folder")
+    parser.add_argument(
+        "--top-k", "--top", type=int, default=defaults["top_k"].default, help="anchored heads"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=defaults["alpha"].default, help="FASB's strength"
+    )
+    parser.add_argument("--no-png", action="store_true", help="write HTML figures only")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasb_lens.demo import run_demo
+    from fasb_lens.models import EMBEDDED_MODEL_ID
+
+    print("fasb-lens demo: FASB on the embedded SmolLM2-135M-Instruct and the built-in mini set")
+    print("(94 questions about common misconceptions; all offline)\n")
+    result = run_demo(
+        args.out,
+        top_k=args.top_k,
+        alpha=args.alpha,
+        png=not args.no_png,
+        progress=not args.no_progress,
+    )
+    probes, steering, calibration = result.probes, result.steering, result.calibration
+    print(f"model        {EMBEDDED_MODEL_ID} ({steering.shape.describe()})")
+    print(
+        f"probes       one per head; validation questions' majority baseline "
+        f"{probes.val_majority:.2f}; best heads:"
+    )
+    for head in steering.heads[:8]:
+        print(
+            f"             {head!s:<7} validation {probes.val_accuracy[head]:.2f}   "
+            f"training {probes.train_accuracy[head]:.2f}"
+        )
+    readings = calibration.readings
+    print(
+        f"threshold    {calibration.threshold:.3f}, chosen on {len(readings['first_check'])} "
+        f"validation answers (Youden's J {calibration.youden_j:.2f} at detecting the "
+        f"untruthful ones, judged by {calibration.judge})"
+    )
+    print(
+        f"strength     alpha {args.alpha} (steering at alpha * (1 - p_true)), "
+        "backtracking 10 tokens\n"
+    )
+    for question, plain, steered in zip(
+        result.questions, result.plain, result.steered, strict=True
+    ):
+        print(f"Q: {question}")
+        print(f"   without steering: {plain.answer}")
+        if steered.triggered:
+            print(
+                f"   FASB: triggered at token {steered.trigger_step} "
+                f"(p_true {steered.trigger_p_true:.2f} < {calibration.threshold:.2f}), "
+                f"threw away {steered.discarded_text!r}, steered at strength "
+                f"{steered.strength:.2f}:"
+            )
+            print(f"         {steered.answer}")
+        else:
+            lowest = min(p for p in steered.p_true if p is not None)
+            print(f"   FASB: no trigger (lowest p_true {lowest:.2f}); the answer stands")
+        print()
+    print("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()))
+    print(
+        f"figures      {args.out}/ ("
+        + ", ".join(sorted({p.stem for p in result.figures}))
+        + "), artifact in "
+        + f"{args.out}/artifact"
+    )
+    return 0

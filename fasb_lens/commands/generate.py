@@ -1,0 +1,123 @@
+"""``fasb-lens generate``: answer questions (or continue prompts) under a steering policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fasb_lens.commands._common import model_for
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    from fasb_lens.generation import GenerationConfig
+    from fasb_lens.options import add_options
+    from fasb_lens.policies import ALIASES, policy_names
+
+    parser.add_argument("--artifact", required=True, help="folder written by `fit`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--question", help="one question (wrapped in the QA or chat format)")
+    source.add_argument("--prompt", help="a raw prompt, used as is")
+    source.add_argument("--questions-file", help="a text file, one question per line")
+    parser.add_argument(
+        "--policy", choices=[*policy_names(), *ALIASES], default="fasb", help="steering policy"
+    )
+    parser.add_argument("--alpha", type=float, help="strength (default: the artifact's)")
+    parser.add_argument(
+        "--threshold", type=float, help="trigger below this p_true (default: the artifact's)"
+    )
+    parser.add_argument(
+        "--backtrack-tokens", type=int, help="tokens dropped on a trigger (default: the artifact's)"
+    )
+    add_options(parser, GenerationConfig)
+    parser.add_argument("--format", choices=["qa", "chat"], default="qa")
+    parser.add_argument("--primer", help="QA primer file (default: fasb_lens' own)")
+    parser.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
+    parser.add_argument("--caa", help="folder with a CAA vector (for --policy caa)")
+    parser.add_argument("--model", help="hub name or folder (default: the artifact's model)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
+
+
+def _prompt_texts(args: argparse.Namespace, model) -> tuple[list[str], list[str]]:
+    """(labels shown to the user, prompt texts) from --prompt, --question or --questions-file."""
+    from fasb_lens.data import load_prompt_format, read_lines
+    from fasb_lens.models import chat_prompt
+
+    if args.prompt is not None:
+        return [args.prompt], [args.prompt]
+    if args.question is not None:
+        questions = [args.question]
+    else:
+        questions = read_lines(args.questions_file, "a text file of questions, one per line")
+    if args.format == "chat":
+        return questions, [chat_prompt(model, question) for question in questions]
+    fmt = load_prompt_format(args.primer, args.instruction)
+    return questions, [fmt.generation_prompt(question) for question in questions]
+
+
+def _caa(args: argparse.Namespace):
+    from fasb_lens import storage
+    from fasb_lens.policies import policy_spec
+    from fasb_lens.steering import CAAVector
+
+    if policy_spec(args.policy).needs != "caa":
+        return None
+    folder = args.caa or args.artifact
+    if not storage.has_artifact(folder, storage.CAA):
+        raise ValueError(
+            f"{folder} holds no CAA vector; run `collect` and `fit` again or pass --caa"
+        )
+    return CAAVector.load(folder)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasb_lens.generation import QA_STOP, GenerationConfig, generate
+    from fasb_lens.options import from_args
+    from fasb_lens.policies import make_policy
+    from fasb_lens.steering import Steering
+
+    steering = Steering.load(args.artifact)
+    model = model_for(steering.model_id, args.model)
+    steering.check_model(model)
+    defaults = steering.defaults
+    policy = make_policy(
+        args.policy,
+        alpha=defaults.alpha if args.alpha is None else args.alpha,
+        threshold=defaults.threshold if args.threshold is None else args.threshold,
+        backtrack_tokens=(
+            defaults.backtrack_tokens if args.backtrack_tokens is None else args.backtrack_tokens
+        ),
+        caa=_caa(args),
+    )
+    labels, prompts = _prompt_texts(args, model)
+    config = from_args(
+        GenerationConfig,
+        args,
+        stop_strings=(QA_STOP,) if args.format == "qa" and args.prompt is None else (),
+        prepend_bos=False if args.format == "chat" else None,
+    )
+    for start in range(0, len(prompts), args.batch_size):
+        batch = slice(start, start + args.batch_size)
+        traces = generate(model, prompts[batch], policy=policy, steering=steering, config=config)
+        for label, trace in zip(labels[batch], traces, strict=True):
+            if args.json:
+                print(json.dumps({"question": label, **trace.to_dict()}))
+            else:
+                _print_trace(label, trace)
+    return 0
+
+
+def _print_trace(label: str, trace) -> None:
+    print(f"Q: {label}")
+    print(f"A: {trace.answer}")
+    if trace.triggered:
+        print(
+            f"   [{trace.policy}] triggered at step {trace.trigger_step} "
+            f"(p_true {trace.trigger_p_true:.2f}), strength {trace.strength:.2f}; "
+            f"threw away {trace.discarded_text!r}"
+        )
+    else:
+        readings = [p for p in trace.p_true if p is not None]
+        low = f", lowest p_true {min(readings):.2f}" if readings else ""
+        print(f"   [{trace.policy}] no trigger{low}")
+    print()

@@ -1,0 +1,70 @@
+"""``fasb-lens reproduce``: the paper's TruthfulQA table, cross-validated and resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fasb_lens.commands._common import output_flags
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    from fasb_lens.evaluation.config import ExperimentConfig
+    from fasb_lens.options import add_options
+
+    add_options(parser, ExperimentConfig)
+    parser.add_argument(
+        "--out", required=True, help="run folder (rerun the same command to resume)"
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        nargs="+",
+        default=[ExperimentConfig.train_fraction],
+        help="train on this fraction of each training fold; several values run a sweep",
+    )
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="judge and summarise what the run folder holds so far; evaluate nothing new",
+    )
+    output_flags(parser, "print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasb_lens.evaluation.config import ExperimentConfig
+    from fasb_lens.evaluation.experiment import Experiment
+    from fasb_lens.evaluation.summary import write_fraction_sweep
+    from fasb_lens.options import from_args
+
+    start = time.perf_counter()
+    config = from_args(ExperimentConfig, args)
+    out, progress = Path(args.out), not args.no_progress
+    # several fractions make the data-efficiency sweep: a run folder per fraction, sharing
+    # the activations and the model
+    sweep = len(args.train_fraction) > 1
+    summaries, model = {}, None
+    for fraction in args.train_fraction:
+        experiment = Experiment(
+            replace(config, train_fraction=fraction),
+            out / f"train_fraction_{fraction:g}" if sweep else out,
+            model=model,
+            activations_dir=out / "activations",
+            progress=progress,
+        )
+        model = experiment.model
+        summaries[fraction] = experiment.summarize() if args.summary_only else experiment.run()
+    if args.json:
+        only = next(iter(summaries.values()))
+        print(json.dumps({str(f): s for f, s in summaries.items()} if sweep else only, indent=2))
+    elif sweep:
+        print(write_fraction_sweep(out, summaries), end="")
+    else:
+        print((out / "table.md").read_text())
+        print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
+    print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,166 @@
+"""How the token loop runs the model: the decoders of :mod:`fasb_lens.generation`.
+
+A decoder feeds every row of a batch its next input and returns the logits at each row's
+newest position; on a backtrack it forgets a row's dropped tokens. Two exist:
+
+* :class:`CachedDecoder` keeps a KV cache over physical columns: a row's discarded
+  positions are masked out, and cropped from the cache when they are at its end for every
+  row; positions generated with steering keep their steered keys and values;
+* :class:`ReferenceDecoder` is the authors' loop: the whole sequence, every step, no cache.
+
+A row is any object with ``prompt_ids``, ``tokens`` (the generated tokens kept so far) and
+``done``. :class:`PromptCache` runs every prompt of a batch but its last token once, so
+several policies can start from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.models import (
+    copy_cache,
+    crop_cache,
+    forward,
+    model_device,
+    pad,
+    pad_token_id,
+    tokenize,
+)
+
+
+class Decoder:
+    """Runs one step of the model for every row; cached and reference variants."""
+
+    def __init__(self, model: TransformerBridge, rows: list[Any]) -> None:
+        self.model = model
+        self.rows = rows
+        self.pad_id = pad_token_id(model)
+        self.device = model_device(model)
+
+    def prepare(self) -> None:
+        """Work done once before decoding, outside the hooks."""
+
+    def step(self) -> Tensor:
+        """Feed each row's next input; return the logits at each row's last position."""
+        raise NotImplementedError
+
+    def backtrack(self, index: int, n_keep: int) -> None:
+        """Row ``index`` keeps its first ``n_keep`` tokens; the last kept one is re-fed."""
+        raise NotImplementedError
+
+
+class ReferenceDecoder(Decoder):
+    """The authors' loop: the whole sequence, every step, no cache."""
+
+    def step(self) -> Tensor:
+        sequences = [row.prompt_ids + row.tokens for row in self.rows]
+        ids, mask = pad(sequences, pad_id=self.pad_id, side="left", device=self.device)
+        return forward(self.model, ids, mask)[:, -1]
+
+    def backtrack(self, index: int, n_keep: int) -> None:
+        del self.rows[index].tokens[n_keep:]
+
+
+@dataclass
+class PromptCache:
+    """Every prompt of a batch but its last token, run once, to start several runs from.
+
+    Decoding under any policy starts by feeding each prompt's last token (where steering
+    may already apply); the rest of the prompt is the same work whatever the policy.
+    ``generate(..., prompt_cache=cache)`` starts from a copy instead of recomputing it,
+    which saves a prompt's worth of compute per policy when comparing policies.
+    """
+
+    prompt_ids: list[list[int]]
+    mask: Tensor  # [batch, longest prompt - 1], left padded
+    cache: Any  # HuggingFace DynamicCache; None when every prompt is a single token
+
+    @classmethod
+    def build(
+        cls, model: TransformerBridge, prompts: Sequence[str], *, prepend_bos: bool | None = None
+    ) -> PromptCache:
+        prompt_ids = tokenize(model, list(prompts), prepend_bos=prepend_bos)
+        return cls.from_ids(model, prompt_ids)
+
+    @classmethod
+    def from_ids(cls, model: TransformerBridge, prompt_ids: list[list[int]]) -> PromptCache:
+        device = model_device(model)
+        heads = [ids[:-1] for ids in prompt_ids]
+        if not any(heads):
+            return cls(
+                prompt_ids, torch.zeros(len(heads), 0, dtype=torch.long, device=device), None
+            )
+        ids, mask = pad(heads, pad_id=pad_token_id(model), side="left", device=device)
+        with torch.inference_mode():
+            _, cache = forward(model, ids, mask, use_cache=True)
+        return cls(prompt_ids, mask, cache)
+
+
+class CachedDecoder(Decoder):
+    """A KV cache over physical columns; discarded columns are masked out (and cropped
+    from the cache when they are at its end for every row)."""
+
+    def __init__(
+        self, model: TransformerBridge, rows: list[Any], prompt_cache: PromptCache | None
+    ) -> None:
+        super().__init__(model, rows)
+        self.prompt_cache = prompt_cache
+        self.cache: Any = None
+        self.mask: Tensor | None = None
+        # the physical column of each row's prompt end and generated tokens fed so far
+        self.columns: list[list[int]] = []
+
+    def prepare(self) -> None:
+        """Start from the prompts but their last tokens: a copy of the shared cache, or
+        computed here. Runs before any hook is set: no steering touches these positions."""
+        if self.prompt_cache is None:  # this decoder's own: used as it is, not copied
+            start = PromptCache.from_ids(self.model, [row.prompt_ids for row in self.rows])
+            self.cache, self.mask = start.cache, start.mask
+        else:
+            self.cache = copy_cache(self.prompt_cache.cache)
+            self.mask = self.prompt_cache.mask.clone()
+        self.columns = [[] for _ in self.rows]
+
+    def step(self) -> Tensor:
+        assert self.mask is not None, "prepare() first"
+        column = self.mask.shape[1]
+        feed, live = [], []
+        for row, columns in zip(self.rows, self.columns, strict=True):
+            if row.done:
+                feed.append(self.pad_id)
+                live.append(0)
+                continue
+            feed.append(row.tokens[-1] if row.tokens else row.prompt_ids[-1])
+            live.append(1)
+            columns.append(column)
+        ids = torch.tensor(feed, device=self.device)[:, None]
+        self.mask = torch.cat([self.mask, torch.tensor(live, device=self.device)[:, None]], 1)
+        logits, self.cache = forward(
+            self.model, ids, self.mask, past_key_values=self.cache, use_cache=True
+        )
+        return logits[:, -1]
+
+    def backtrack(self, index: int, n_keep: int) -> None:
+        row, columns = self.rows[index], self.columns[index]
+        del row.tokens[n_keep:]
+        # columns[0] holds the prompt's last token, columns[j + 1] generated token j;
+        # every column from the last kept token's on is dropped, as it is fed again.
+        for column in columns[n_keep:]:
+            self.mask[index, column] = 0
+        del columns[n_keep:]
+        self._crop_masked_tail()
+
+    def _crop_masked_tail(self) -> None:
+        live = self.mask.any(dim=0).tolist()
+        tail = 0
+        while tail < len(live) and not live[len(live) - 1 - tail]:
+            tail += 1
+        if tail:
+            crop_cache(self.cache, tail)
+            self.mask = self.mask[:, : self.mask.shape[1] - tail]

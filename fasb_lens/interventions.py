@@ -1,0 +1,242 @@
+"""Every hook fasb_lens puts on a model: steer, ablate, capture.
+
+A hook is a function on one named activation of the forward pass. fasb_lens touches two
+kinds of site, both addressed by layer and never by parsing hook names:
+
+* a head's output before ``W_O`` (``hook_z``, ``[batch, pos, n_heads, d_head]``), keyed by
+  :class:`~fasb_lens.Head`: steered by adding a vector, ablated by replacing it, captured
+  for the tracker and for probing;
+* the residual stream after a block (``hook_resid_post``, ``[batch, pos, d_model]``),
+  keyed by layer: steered by CAA's vector, captured for CAA.
+
+Functions here build ``(hook name, function)`` lists; they are applied only inside a
+context manager (:func:`hooked`, or ``model.hooks(fwd_hooks=...)``), so no hook survives
+an exception. Everything a hook does not target keeps its exact bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens._types import Head
+from fasb_lens.models import hook_resid_post_name, hook_z_name
+
+Hooks = list[tuple[str, Callable[..., Tensor]]]
+Site = Literal["z", "resid_post"]
+"""``"z"``: the heads' outputs (``hook_z``); ``"resid_post"``: the residual stream."""
+
+Positions = Literal["last", "all"] | int | Tensor
+"""Where to act in one forward pass: the ``"last"`` position, ``"all"`` positions, an int
+``p`` (every absolute position ``>= p``), a ``[batch]`` tensor of per-row start positions,
+or a ``[batch, pos]`` boolean mask over the forward's input."""
+Strength = float | Float[Tensor, " batch"]
+
+
+def hook_name(site: Site, layer: int) -> str:
+    """The hook point of ``site`` in ``layer``."""
+    if site == "z":
+        return hook_z_name(layer)
+    if site == "resid_post":
+        return hook_resid_post_name(layer)
+    raise ValueError(f"site must be 'z' or 'resid_post', got {site!r}")
+
+
+@contextmanager
+def hooked(model: TransformerBridge, *hook_lists: Hooks) -> Iterator[TransformerBridge]:
+    """Run every forward pass of ``model`` inside the block with all ``hook_lists`` on."""
+    hooks = [hook for hooks in hook_lists for hook in hooks]
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
+    """The indices into ``heads`` of each layer's heads, layers in increasing order."""
+    grouped: dict[int, list[int]] = {}
+    for index, head in enumerate(heads):
+        grouped.setdefault(head.layer, []).append(index)
+    return dict(sorted(grouped.items()))
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def position_mask(
+    positions: Positions, batch: int, n_pos: int, *, offset: int = 0, device: Any = None
+) -> Bool[Tensor, "batch pos"]:
+    """Which of a forward's ``n_pos`` input positions to act on, per row.
+
+    ``offset`` is the absolute position of the forward's first input (the KV cache's
+    length during cached decoding); int and per-row starts are absolute positions.
+    """
+    absolute = torch.arange(offset, offset + n_pos, device=device)
+    if isinstance(positions, str):
+        if positions == "last":
+            return (absolute == offset + n_pos - 1).expand(batch, n_pos)
+        if positions == "all":
+            return torch.ones(batch, n_pos, dtype=torch.bool, device=device)
+        raise ValueError(f"positions must be 'last', 'all', an int or a tensor, got {positions!r}")
+    if isinstance(positions, int):
+        return (absolute >= positions).expand(batch, n_pos)
+    positions = torch.as_tensor(positions, device=device)
+    if positions.dtype == torch.bool:
+        if tuple(positions.shape) != (batch, n_pos):
+            raise ValueError(
+                f"a position mask must be [{batch}, {n_pos}], got {tuple(positions.shape)}"
+            )
+        return positions
+    if tuple(positions.shape) != (batch,):
+        raise ValueError(f"per-row start positions must be [{batch}], got {tuple(positions.shape)}")
+    return absolute[None, :] >= positions[:, None]
+
+
+def add_at_positions(
+    x: Tensor,
+    amount: Tensor,
+    strength: Strength,
+    positions: Positions,
+    *,
+    offset: int = 0,
+    heads: list[int] | None = None,
+) -> Tensor:
+    """``x`` with ``strength * amount`` added at the chosen positions; the rest untouched.
+
+    ``x`` is ``[batch, pos, ...]``: with ``heads``, ``[batch, pos, n_heads, d_head]`` and
+    ``amount`` ``[len(heads), d_head]``; without, ``amount`` matches ``x[0, 0]``. Entries
+    outside the positions (or with strength 0) keep their exact bits.
+    """
+    batch, n_pos = x.shape[:2]
+    mask = position_mask(positions, batch, n_pos, offset=offset, device=x.device)
+    rows = torch.as_tensor(strength, dtype=x.dtype, device=x.device).expand(batch)
+    amount = amount.to(device=x.device, dtype=x.dtype)
+    target = x[:, :, heads] if heads is not None else x
+    shape = (batch, 1) + (1,) * amount.ndim
+    moved = target + rows.reshape(shape) * amount
+    keep = mask.reshape(batch, n_pos, *(1,) * amount.ndim)
+    if heads is None:
+        return torch.where(keep, moved, x)
+    out = x.clone()
+    out[:, :, heads] = torch.where(keep, moved, target)
+    return out
+
+
+# --------------------------------------------------------------------------- steer
+
+
+def steer_heads(
+    heads: Sequence[Head],
+    vectors: Float[Tensor, "k d_head"],
+    strength: Strength,
+    *,
+    positions: Positions = "last",
+    offset: int = 0,
+) -> Hooks:
+    """Hooks adding ``strength * vectors[k]`` to head ``heads[k]``'s ``hook_z``.
+
+    ``strength`` is a number, or one per batch row (``[batch]``; 0 leaves a row alone).
+    """
+    if len(heads) != len(vectors):
+        raise ValueError(f"{len(heads)} heads but {len(vectors)} vectors")
+
+    def layer_hook(indices: list[int]) -> Callable[..., Tensor]:
+        columns = [heads[i].head for i in indices]
+        amount = vectors[indices]
+
+        def hook(z: Tensor, hook: Any) -> Tensor:
+            return add_at_positions(z, amount, strength, positions, offset=offset, heads=columns)
+
+        return hook
+
+    return [(hook_z_name(layer), layer_hook(indices)) for layer, indices in by_layer(heads).items()]
+
+
+def steer_residual(
+    layer: int,
+    vector: Float[Tensor, " d_model"],
+    strength: Strength,
+    *,
+    positions: Positions = "last",
+    offset: int = 0,
+) -> Hooks:
+    """A hook adding ``strength * vector`` to the residual stream after block ``layer``."""
+
+    def hook(resid: Tensor, hook: Any) -> Tensor:
+        return add_at_positions(resid, vector, strength, positions, offset=offset)
+
+    return [(hook_resid_post_name(layer), hook)]
+
+
+# --------------------------------------------------------------------------- ablate
+
+
+def replace_heads(heads: Sequence[Head], values: Mapping[Head, Tensor] | None = None) -> Hooks:
+    """Hooks replacing each head's ``hook_z`` at every position.
+
+    ``values`` maps a head to what replaces it (a ``[d_head]`` vector, or any tensor that
+    broadcasts to ``[batch, pos, d_head]``); without ``values`` heads are zeroed.
+    """
+    layers: dict[int, list[Head]] = {}
+    for head in heads:
+        layers.setdefault(head.layer, []).append(head)
+
+    def layer_hook(chosen: list[Head]) -> Callable[..., Tensor]:
+        def hook(z: Tensor, hook: Any) -> Tensor:
+            z = z.clone()
+            for head in chosen:
+                if values is None:
+                    z[:, :, head.head] = 0.0
+                else:
+                    z[:, :, head.head] = values[head].to(device=z.device, dtype=z.dtype)
+            return z
+
+        return hook
+
+    return [(hook_z_name(layer), layer_hook(chosen)) for layer, chosen in sorted(layers.items())]
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class StopForward(Exception):
+    """Raised by a capture hook after the last activation a caller needs."""
+
+
+def capture(
+    layers: Sequence[int],
+    store: dict[int, Tensor],
+    *,
+    site: Site = "z",
+    select: Callable[[Tensor], Tensor] | None = None,
+    stop_after_last: bool = False,
+) -> Hooks:
+    """Hooks keeping ``store[layer] = select(activation)`` (the whole activation by default).
+
+    The activation is read as it arrives, before any later hook on the same point
+    changes it. With ``stop_after_last`` the hook of the last layer raises
+    :class:`StopForward`, so nothing after it is computed (the caller catches it).
+    """
+    ordered = sorted(set(layers))
+
+    def layer_hook(layer: int) -> Callable[..., Tensor]:
+        stop = stop_after_last and layer == ordered[-1]
+
+        def hook(activation: Tensor, hook: Any) -> Tensor:
+            store[layer] = activation if select is None else select(activation)
+            if stop:
+                raise StopForward
+            return activation
+
+        return hook
+
+    return [(hook_name(site, layer), layer_hook(layer)) for layer in ordered]
+
+
+def heads_from(store: Mapping[int, Tensor], heads: Sequence[Head]) -> Float[Tensor, "... k d_head"]:
+    """Stack the captured ``hook_z`` of ``heads`` (``store`` from :func:`capture`)."""
+    return torch.stack([store[head.layer][..., head.head, :] for head in heads], dim=-2)

@@ -1,0 +1,121 @@
+"""Settings dataclasses that describe their own command-line options.
+
+A settings field declared with :func:`option` carries its help text (and, if it differs
+from ``--field-name``, its flags) next to its default, so the command line builds its
+options from the dataclass (:func:`add_options`) and reads them back into it
+(:func:`from_args`): every default is written once, in the dataclass.
+
+This module imports nothing heavy, so building a parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flags: tuple[str, ...] = (),
+    choices: Iterable[str] | None = None,
+    names: Callable[[str], str] | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    Args:
+        help: the option's help text.
+        flags: its flags (default ``--field-name``); more than one gives aliases.
+        choices: the allowed values.
+        names: for tuple fields, a function mapping each given name to its canonical
+            name (aliases; raises ``ValueError`` for unknown names).
+    """
+    metadata = {"help": help, "flags": flags, "choices": choices, "names": names}
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple default for a list option")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _base_type(hint: Any) -> Any:
+    """``int`` for ``int | None``; ``tuple`` for ``tuple[str, ...]``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _base_type(args[0])
+    if origin is typing.Literal:
+        return type(typing.get_args(hint)[0])
+    return origin or hint
+
+
+def option_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` declared with :func:`option`."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+    required: Iterable[str] = (),
+) -> None:
+    """Add an option to ``parser`` for each :func:`option` field of ``cls``.
+
+    ``defaults`` overrides a field's default for this command; names in ``required``
+    must be given. Booleans that default to true become ``--no-NAME`` switches.
+    """
+    hints = typing.get_type_hints(cls)
+    skip, needed, overrides = set(exclude), set(required), defaults or {}
+    for field in option_fields(cls):
+        if field.name in skip:
+            continue
+        meta = field.metadata
+        flags = meta["flags"] or (f"--{field.name.replace('_', '-')}",)
+        default = overrides.get(field.name, field.default)
+        kind = _base_type(hints[field.name])
+        kwargs: dict[str, Any] = {"dest": field.name, "help": meta["help"]}
+        if kind is bool:
+            if default:
+                flags = tuple(f"--no-{flag[2:]}" for flag in flags)
+                kwargs["action"] = "store_false"
+            else:
+                kwargs["action"] = "store_true"
+        elif kind is tuple:
+            kwargs.update(nargs="+", default=list(default), metavar="NAME")
+        else:
+            kwargs["type"] = kind
+            if default is not dataclasses.MISSING:
+                kwargs["default"] = default
+            if meta["choices"] is not None:
+                kwargs["choices"] = list(meta["choices"])
+        if field.name in needed or default is dataclasses.MISSING:
+            kwargs["required"] = True
+            kwargs.pop("default", None)
+        parser.add_argument(*flags, **kwargs)
+
+
+def split_names(
+    values: Iterable[str], names: Callable[[str], str] | None = None
+) -> tuple[str, ...]:
+    """Names given space- or comma-separated (``a b`` or ``a,b``), mapped by ``names``."""
+    given = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return tuple(names(name) if names else name for name in given)
+
+
+def from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """An instance of ``cls`` from the parsed options (and ``values``, which win)."""
+    read = {}
+    for field in option_fields(cls):
+        if field.name in values or not hasattr(args, field.name):
+            continue
+        value = getattr(args, field.name)
+        if isinstance(value, list):
+            value = split_names(value, field.metadata["names"])
+        read[field.name] = value
+    return cls(**read, **values)

@@ -1,0 +1,33 @@
+"""Figures: pure functions from data to plotly figures, and one function that saves them.
+
+Every function here takes plain data (tensors, traces, summaries) and returns a
+``plotly.graph_objects.Figure``; none shows, writes or changes anything. Only
+:func:`save_figure` touches the disk: HTML always, PNG when ``kaleido`` can find a
+Chrome/Chromium to render with.
+
+* :func:`head_heatmap` - a value per head (probe accuracy, an ablation effect) as a
+  layers x heads grid, anchored heads outlined (the paper's Figure 4);
+* :func:`p_true_distributions` - the tracker's readings on the question alone versus
+  during generation (the paper's Figure 1);
+* :func:`trajectory` and :func:`trajectories` - ``p_true`` token by token, with the
+  threshold, the trigger, the backtracked span and the steered continuation;
+* :func:`method_comparison`, :func:`sweep_lines` - results of an experiment;
+* :func:`anchored_heads` - where the anchored heads sit and how their directions
+  separate true from false answers.
+"""
+
+from fasb_lens.plotting.common import save_figure
+from fasb_lens.plotting.heads import anchored_heads, head_heatmap
+from fasb_lens.plotting.results import method_comparison, sweep_lines
+from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
+
+__all__ = [
+    "anchored_heads",
+    "head_heatmap",
+    "method_comparison",
+    "p_true_distributions",
+    "save_figure",
+    "sweep_lines",
+    "trajectories",
+    "trajectory",
+]

@@ -1,0 +1,45 @@
+"""Colours, grid helpers and the one function that writes figures to disk."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+TRUE_COLOR, FALSE_COLOR = "#2a9d8f", "#e76f51"
+STEERED_COLOR, PLAIN_COLOR = "#264653", "#a8a8a8"
+
+
+def grid(values: Tensor) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in values.tolist()]
+
+
+def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> list[Path]:
+    """Write ``path`` as ``.html`` (always) and ``.png`` (if a renderer is available).
+
+    PNG export needs the ``kaleido`` package and a Chrome or Chromium on the machine (on
+    Debian: ``apt-get install chromium``); without them only the HTML is written and a
+    warning says what to install. Returns the files written.
+    """
+    base = Path(path).with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    html = base.with_suffix(".html")
+    figure.write_html(html, include_plotlyjs="directory")  # plotly.min.js beside it: offline
+    written = [html]
+    if png:
+        try:
+            figure.write_image(base.with_suffix(".png"), width=1100, height=650, scale=1.5)
+            written.append(base.with_suffix(".png"))
+        except Exception as error:  # kaleido missing, or no browser for it to drive
+            logger.warning(
+                "PNG export of %s failed (%s); install kaleido (pip install 'fasb-lens[figures]')"
+                " and a Chrome/Chromium (apt-get install chromium) for PNGs",
+                base.name,
+                type(error).__name__,
+            )
+    return written

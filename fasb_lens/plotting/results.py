@@ -1,0 +1,90 @@
+"""Figures about results: methods side by side, and calibration sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+
+def method_comparison(
+    summary: Mapping[str, Any], *, judge_pairs: Sequence[str] | None = None
+) -> go.Figure:
+    """Grouped bars per method: MC1/MC2/MC3 and each judge pair's True, Info, True*Info.
+
+    ``summary`` is a ``results.json`` (fold means are plotted; error bars span the folds).
+    """
+    methods = summary["methods"]
+    pairs = (
+        list(judge_pairs)
+        if judge_pairs is not None
+        else sorted(
+            {k for m in methods.values() for k, v in m["mean"].items() if isinstance(v, dict)}
+        )
+    )
+    metrics: list[tuple[str, str, str | None]] = [
+        ("MC1", "mc1", None),
+        ("MC2", "mc2", None),
+        ("MC3", "mc3", None),
+    ]
+    for pair in pairs:
+        for label, key in (("True", "true"), ("Info", "info"), ("True*Info", "true_x_info")):
+            metrics.append((f"{label}<br>({pair})", key, pair))
+    figure = go.Figure()
+    for name, entry in methods.items():
+        means, lows, highs = [], [], []
+        for _, key, pair in metrics:
+            per_fold = [
+                values[pair][key] if pair else values[key] for values in entry["per_fold"].values()
+            ]
+            mean = entry["mean"][pair][key] if pair else entry["mean"][key]
+            means.append(100 * mean)
+            lows.append(100 * (mean - min(per_fold)) if per_fold else 0)
+            highs.append(100 * (max(per_fold) - mean) if per_fold else 0)
+        figure.add_trace(
+            go.Bar(
+                name=name,
+                x=[label for label, _, _ in metrics],
+                y=means,
+                error_y={"type": "data", "array": highs, "arrayminus": lows, "thickness": 1},
+            )
+        )
+    figure.update_layout(
+        barmode="group",
+        title="Methods compared (mean over folds, bars span folds)",
+        yaxis_title="%",
+        template="plotly_white",
+    )
+    return figure
+
+
+def sweep_lines(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    x: str = "alpha",
+    y: str = "mc2",
+    group: str = "method",
+    title: str | None = None,
+    log_x: bool = True,
+) -> go.Figure:
+    """One line per ``group`` value: ``y`` against a swept hyperparameter ``x``."""
+    figure = go.Figure()
+    for name in dict.fromkeys(row[group] for row in rows):
+        points = sorted((row[x], row[y]) for row in rows if row[group] == name)
+        figure.add_trace(
+            go.Scatter(
+                x=[p[0] for p in points],
+                y=[p[1] for p in points],
+                mode="lines+markers",
+                name=str(name),
+            )
+        )
+    figure.update_layout(
+        title=title or f"{y} against {x}",
+        xaxis_title=x,
+        yaxis_title=y,
+        xaxis_type="log" if log_x else "linear",
+        template="plotly_white",
+    )
+    return figure

@@ -1,0 +1,365 @@
+"""Teacher-forced scoring: the log-likelihood of given continuations under a policy.
+
+Multiple-choice evaluation asks how likely the model finds each candidate answer after
+the same prompt. :class:`PrefixScorer` runs the prompt (instruction, primer, question)
+once, keeps its KV cache, and scores every candidate as one padded batch on top of it;
+the score of an answer is the sum of its tokens' log-probabilities.
+
+This module is the policies' second driver (the first is :mod:`fasb_lens.generation`).
+It offers a policy the tracker's reading at the prompt's last token (counted as token
+``-1``) and then at each answer token ``t`` (counted as ``t``: the authors'
+multiple-choice convention, one token later than generation's count). For FASB
+(DESIGN §2.6) this means: checks from the ``(s+1)``-th answer token on and at the last;
+at the first reading below the threshold the answer is scored again with the vectors
+added from ``s`` tokens before it, at strength ``alpha * (1 - p_true)``. A policy that
+steers from the start (ITI, CAA) steers every answer position.
+
+:func:`sequence_log_probs` is the one place a forward's logits become the summed
+log-probability of a continuation; :func:`continuation_log_probs` scores
+``(prefix, continuation)`` pairs with full forwards, the plain reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.interventions import Hooks, capture, heads_from, hooked
+from fasb_lens.models import (
+    cache_length,
+    forward,
+    model_device,
+    pad,
+    pad_token_id,
+    repeat_cache,
+    tokenize,
+)
+from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
+from fasb_lens.steering import Steering
+
+
+def sequence_log_probs(
+    logits: Float[Tensor, "batch pos vocab"],
+    targets: Int[Tensor, "batch pos"],
+    mask: Tensor | None = None,
+) -> Float[Tensor, " batch"]:
+    """Summed log-probability of ``targets`` where ``logits`` predict them.
+
+    ``logits[:, t]`` predicts ``targets[:, t]``; ``mask`` (1 = counted) leaves out
+    padding. The log-softmax is taken in float32.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    picked = log_probs.gather(-1, targets[..., None])[..., 0]
+    if mask is not None:
+        picked = picked * mask
+    return picked.sum(dim=-1)
+
+
+def continuation_log_probs(
+    model: TransformerBridge,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
+    prepend_bos: bool | None = None,
+) -> list[float]:
+    """Summed log-probability of each continuation after its prefix, by full forwards.
+
+    The plain way to score ``(prefix, continuation)`` pairs, one padded batch at a time;
+    :class:`PrefixScorer` gets the same numbers faster when prefixes are shared.
+    """
+    device = model_device(model)
+    prefixes = tokenize(model, [prefix for prefix, _ in pairs], prepend_bos=prepend_bos)
+    continuations = tokenize(model, [cont for _, cont in pairs], prepend_bos=False)
+    totals: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            rows = range(start, min(start + batch_size, len(pairs)))
+            sequences = [prefixes[i] + continuations[i] for i in rows]
+            ids, mask = pad(sequences, pad_id=pad_token_id(model), side="right", device=device)
+            logits = forward(model, ids, mask)
+            for row, i in enumerate(rows):
+                begin, length = len(prefixes[i]), len(continuations[i])
+                span = logits[row : row + 1, begin - 1 : begin - 1 + length]
+                targets = torch.tensor([continuations[i]], device=device)
+                totals.append(float(sequence_log_probs(span, targets)[0]))
+    return totals
+
+
+@dataclass
+class AnswerScore:
+    """The log-likelihood of one continuation and whether steering was triggered."""
+
+    answer: str
+    log_prob: float
+    n_tokens: int
+    triggered: bool = False
+    trigger_token: int | None = None  # index of the answer token that triggered
+    p_true: float | None = None  # the reading that decided (a trigger, or the prompt's)
+    strength: float = 0.0
+
+
+@dataclass
+class _Pass:
+    """Totals and the anchored heads' captured ``hook_z`` of one batch of answers."""
+
+    totals: Tensor
+    z: dict[int, Tensor]
+
+
+class PrefixScorer:
+    """Scores continuations of one prefix under any policy, running the prefix once.
+
+    The prefix but its last token runs once at construction and its KV cache is reused by
+    every call; each batch of continuations is fed with the prefix's last token in front,
+    so that the position predicting an answer's first token is part of the batch.
+
+    ``steer_prompt_end=False`` (the default, as the authors' TruthfulQA evaluation does)
+    steers answer positions only, so an answer's first token, predicted from the prompt,
+    is never affected by steering. ``True`` also steers the prompt's last position: needed
+    when options are single tokens (SST-2's " positive" / " negative"), which would
+    otherwise be scored identically under every policy.
+    """
+
+    def __init__(
+        self,
+        model: TransformerBridge,
+        prefix: str,
+        *,
+        steering: Steering | None = None,
+        prepend_bos: bool | None = None,
+        steer_prompt_end: bool = False,
+    ) -> None:
+        self.model = model
+        self.steering = steering
+        self.prefix_ids = tokenize(model, [prefix], prepend_bos=prepend_bos)[0]
+        self.device = model_device(model)
+        self.answer_start = len(self.prefix_ids)
+        self.steer_from = self.answer_start - 1 if steer_prompt_end else self.answer_start
+        head = self.prefix_ids[:-1]
+        self.cache = None
+        if head:
+            with torch.inference_mode():
+                _, self.cache = forward(
+                    model, torch.tensor([head], device=self.device), use_cache=True
+                )
+        self._plain: dict[tuple[tuple[int, ...], ...], _Pass] = {}
+        # the anchored heads at the prompt's last token, for decisions made there
+        self._prefix = self._run([[]], []) if steering is not None else None
+
+    @property
+    def prefix_p_true(self) -> float | None:
+        """The probe tracker's reading at the prompt's last token (``None`` unsteered)."""
+        if self._prefix is None:
+            return None
+        return float(self._tracker_readings("probe", self._prefix)[0, 0])
+
+    # ----------------------------------------------------------------------- passes
+
+    def _layers(self) -> list[int]:
+        return sorted({head.layer for head in self.steering.heads}) if self.steering else []
+
+    def _run(self, cont_ids: list[list[int]], hooks: Hooks, *, track: bool = True) -> _Pass:
+        """Sum log-probs of each continuation (and the anchored heads' ``hook_z``).
+
+        Position 0 of the batch is the prefix's last token; position ``t + 1`` is the
+        continuation's token ``t``, which position ``t`` predicts.
+        """
+        n = len(cont_ids)
+        rows = [[self.prefix_ids[-1], *ids] for ids in cont_ids]
+        ids, mask = pad(rows, pad_id=pad_token_id(self.model), side="right", device=self.device)
+        cache = None
+        if self.cache is not None:
+            cache = repeat_cache(self.cache, n)
+            head = torch.ones(n, cache_length(cache), dtype=mask.dtype, device=self.device)
+            full_mask = torch.cat([head, mask], dim=1)
+        else:
+            full_mask = mask
+        store: dict[int, Tensor] = {}
+        captures = capture(self._layers(), store) if track else []
+        with torch.inference_mode(), hooked(self.model, captures, hooks):
+            if cache is None:
+                logits = forward(self.model, ids, full_mask)
+            else:
+                logits, _ = forward(self.model, ids, full_mask, past_key_values=cache)
+        totals = sequence_log_probs(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+        return _Pass(totals, store)
+
+    def _unsteered(self, cont_ids: list[list[int]]) -> _Pass:
+        """The unsteered pass, computed once per set of answers: no steering and the
+        tracking pass of every deciding policy share it."""
+        key = tuple(tuple(ids) for ids in cont_ids)
+        if key not in self._plain:
+            self._plain[key] = self._run(cont_ids, [])
+        return self._plain[key]
+
+    def _tracker_readings(self, kind: str, run: _Pass) -> Tensor:
+        """The tracker ``kind`` at every fed position of a pass: ``[batch, pos]``."""
+        assert self.steering is not None
+        tracker = self.steering.tracker(kind)
+        return tracker.p_true(heads_from(run.z, tracker.heads).float())
+
+    def _readings(self, policy: Policy, run: _Pass) -> Tensor:
+        return self._tracker_readings(policy.tracker, run)
+
+    def _hooks(
+        self, policy: Policy, schedules: list[list[tuple[int, float]]], offset: int
+    ) -> Hooks:
+        """Steering hooks for per-row schedules of ``(start position, strength)``.
+
+        Each schedule step sets a row's strength from its start on; step ``j`` adds the
+        difference to step ``j - 1``'s strength, so a row steered twice has the later
+        strength from the later start on.
+        """
+        intervention = policy.intervention(self.steering)
+        hooks: Hooks = []
+        for step in range(max(len(schedule) for schedule in schedules)):
+            starts, amounts = [], []
+            for schedule in schedules:
+                if step < len(schedule):
+                    start, strength = schedule[step]
+                    previous = schedule[step - 1][1] if step else 0.0
+                    starts.append(start)
+                    amounts.append(strength - previous)
+                else:
+                    starts.append(0)
+                    amounts.append(0.0)
+            hooks += intervention.hooks(
+                torch.tensor(amounts, device=self.device),
+                positions=torch.tensor(starts, device=self.device),
+                offset=offset,
+            )
+        return hooks
+
+    # ----------------------------------------------------------------------- scoring
+
+    def score(
+        self, continuations: Sequence[str], policy: Policy | None = None
+    ) -> list[AnswerScore]:
+        """Log-likelihood of each continuation (no BOS; e.g. ``" " + answer``)."""
+        cont_ids = tokenize(self.model, list(continuations), prepend_bos=False)
+        return self.score_ids(cont_ids, policy, texts=continuations)
+
+    def readings(
+        self, cont_ids: Sequence[Sequence[int]], tracker: str = "probe"
+    ) -> list[list[float]]:
+        """The tracker's unsteered readings for each continuation (token ids): at the
+        prompt's last token, then at each of its tokens."""
+        if self._prefix is None:
+            raise ValueError("readings need a steering artifact (the anchored heads)")
+        lists = [list(ids) for ids in cont_ids]
+        prompt_end = float(self._tracker_readings(tracker, self._prefix)[0, 0])
+        values = self._tracker_readings(tracker, self._unsteered(lists))
+        return [
+            [prompt_end, *values[row, 1 : len(ids) + 1].tolist()] for row, ids in enumerate(lists)
+        ]
+
+    def score_ids(
+        self,
+        cont_ids: Sequence[Sequence[int]],
+        policy: Policy | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+    ) -> list[AnswerScore]:
+        """:meth:`score` for continuations given as token ids."""
+        policy = policy or Unsteered()
+        cont_ids = [list(ids) for ids in cont_ids]
+        if texts is None:
+            texts = [self.model.tokenizer.decode(ids) for ids in cont_ids]
+        continuations = list(texts)
+        offset = self.answer_start - 1  # the absolute position of a batch's first token
+        initial = float(policy.initial_strength())
+        results = [
+            AnswerScore(text, 0.0, len(ids), strength=initial)
+            for text, ids in zip(continuations, cont_ids, strict=True)
+        ]
+        schedules: list[list[tuple[int, float]]] = [[] for _ in cont_ids]
+        if initial:
+            schedules = [[(self.steer_from, initial)] for _ in cont_ids]
+            hooks = self._hooks(policy, schedules, offset)
+            first = self._run(cont_ids, hooks, track=policy.decides)
+        else:
+            first = self._unsteered(cont_ids)
+        totals = first.totals
+        if policy.decides:
+            if self._prefix is None:
+                raise ValueError(f"the {policy.name} policy needs a steering artifact")
+            totals = self._decide(policy, cont_ids, results, schedules, first, offset)
+        for result, total in zip(results, totals.tolist(), strict=True):
+            result.log_prob = total
+        return results
+
+    def _decide(
+        self,
+        policy: Policy,
+        cont_ids: list[list[int]],
+        results: list[AnswerScore],
+        schedules: list[list[tuple[int, float]]],
+        first: _Pass,
+        offset: int,
+    ) -> Tensor:
+        """Walk each answer's readings through the policy; re-score the triggered ones."""
+        assert self._prefix is not None
+        prompt_end = float(self._readings(policy, self._prefix)[0, 0])
+        trackings = [Tracking(policy) for _ in cont_ids]
+        pending: dict[int, tuple[int | None, Trigger]] = {}
+        for row, tracking in enumerate(trackings):
+            decision = tracking.observe(-1, prompt_end, at_prompt_end=True)
+            if decision.checked:
+                results[row].p_true = prompt_end
+            if decision.trigger is not None:
+                pending[row] = (None, decision.trigger)
+        readings = self._readings(policy, first)[:, 1:]  # at the answer tokens
+        for row, tracking in enumerate(trackings):
+            if row not in pending:
+                found = self._walk(tracking, readings[row], len(cont_ids[row]), 0)
+                if found is not None:
+                    pending[row] = found
+        totals = first.totals
+        while pending:
+            rows = sorted(pending)
+            for row in rows:
+                position, trigger = pending[row]
+                result = results[row]
+                if not result.triggered:
+                    result.triggered, result.trigger_token = True, position
+                result.p_true, result.strength = trigger.p_true, trigger.strength
+                schedules[row].append((self.steer_from + trigger.keep, trigger.strength))
+            again = [row for row in rows if trackings[row].active]
+            run = self._run(
+                [cont_ids[row] for row in rows],
+                self._hooks(policy, [schedules[row] for row in rows], offset),
+                track=bool(again),
+            )
+            totals = totals.clone()
+            totals[rows] = run.totals
+            pending = {}
+            if again:
+                steered = self._readings(policy, run)[:, 1:]
+                for index, row in enumerate(rows):
+                    tracking = trackings[row]
+                    if tracking.active:
+                        found = self._walk(
+                            tracking, steered[index], len(cont_ids[row]), tracking.segment_start
+                        )
+                        if found is not None:
+                            pending[row] = found
+        return totals
+
+    @staticmethod
+    def _walk(
+        tracking: Tracking, readings: Tensor, length: int, start: int
+    ) -> tuple[int, Trigger] | None:
+        """Offer the readings at answer tokens ``start..length-1``: the first trigger and
+        the answer token it came at."""
+        for position in range(start, length):
+            decision = tracking.observe(
+                position, float(readings[position]), ending=position == length - 1
+            )
+            if decision.trigger is not None:
+                return position, decision.trigger
+        return None

@@ -1,0 +1,58 @@
+"""The benchmark harness: each entry on a tiny model, side by side, JSON-ready."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fasb_lens.bench import BENCHMARKS, run_benchmarks
+
+
+def test_bench_activations_on_a_tiny_model(tiny_llama) -> None:
+    reports: list[dict] = []
+    report = run_benchmarks(
+        ["activations"],
+        model=tiny_llama,
+        data_dir=None,
+        n_prompts=40,
+        batch_size=8,
+        progress=False,
+        on_result=reports.append,
+    )
+    entry = report["results"]["activations"]
+    assert entry["n_prompts"] == 40
+    assert entry["dataset"].startswith("mini")
+    for key in ("collect_s", "plain_forward_s", "naive_s"):
+        assert entry[key] > 0
+    assert entry["collect_over_forward"] == pytest.approx(
+        entry["collect_s"] / entry["plain_forward_s"], abs=2e-3
+    )
+    assert report["notes"] and reports == [report]
+    json.dumps(report)
+
+
+def test_bench_rejects_unknown_entries(tiny_llama) -> None:
+    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['nope'\]; known: "):
+        run_benchmarks(["nope"], model=tiny_llama)
+    assert "activations" in BENCHMARKS
+
+
+def test_bench_probes_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FASB_LENS_CACHE", str(tmp_path))
+    entry = run_benchmarks(["probes"], model=tiny_llama, progress=False)["results"]["probes"]
+    assert entry["heads"] == 16 and entry["features"] == 16
+    assert entry["train_rows"] + entry["val_rows"] < 564  # the first fold's test side is held out
+    assert entry["speedup_torch_over_sklearn"] == pytest.approx(
+        entry["sklearn_s"] / entry["torch_s"], rel=0.05
+    )
+    assert 0 <= entry["max_val_accuracy_difference"] <= 1
+    assert list((tmp_path / "bench").iterdir())  # activations kept for the next run
+
+
+def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
+    entry = run_benchmarks(["mc"], model=tiny_llama, progress=False, mc_questions=4)
+    entry = entry["results"]["mc"]
+    assert entry["questions"] == 4 and entry["answers_scored"] >= 16
+    assert entry["max_abs_log_prob_difference"] < 1e-3  # same scores both ways
+    assert entry["speedup"] == pytest.approx(entry["naive_s"] / entry["cached_batched_s"], rel=0.05)

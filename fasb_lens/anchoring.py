@@ -30,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens import storage
 from fasb_lens._types import Head
 from fasb_lens.activations import (
     HeadActivations,
@@ -248,11 +249,13 @@ class Anchoring:
     caa: CAAVector | None = None
 
     def save(self, folder: str | Path) -> Path:
-        """Write the probes, the steering (and the CAA vector) into ``folder``."""
-        self.probes.save(folder)
-        self.steering.save(folder)
-        if self.caa is not None:
-            self.caa.save(folder)
+        """Write the probes, the steering (and the CAA vector) into ``folder``; they
+        appear together, or not at all if writing fails."""
+        with storage.staged(folder) as stage:
+            self.probes.save(stage)
+            self.steering.save(stage)
+            if self.caa is not None:
+                self.caa.save(stage)
         return Path(folder)
 
 

@@ -15,6 +15,7 @@ import importlib
 import logging
 import sys
 import traceback
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,16 @@ COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line: ``fasb-lens: error: ...`` (status 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        where = f"{command}: " if command else ""
+        print(f"{PROG}: error: {where}{message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def _command_module(command: Command):
     return importlib.import_module(f"fasb_lens.commands.{command.module}")
 
@@ -73,11 +84,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the command named in ``argv`` gets its options (all without
     ``argv``), so listing the commands stays fast."""
     chosen = _chosen(argv) if argv is not None else None
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log details; show tracebacks of errors"
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for command in COMMANDS:
         sub = commands.add_parser(
             command.name, aliases=list(command.aliases), help=command.help, description=command.help

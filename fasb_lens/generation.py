@@ -40,7 +40,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens.decoding import CachedDecoder, Decoder, PromptCache, ReferenceDecoder
 from fasb_lens.interventions import capture, heads_from, hooked
 from fasb_lens.models import model_device, tokenize
-from fasb_lens.options import option
+from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_options, option
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
 from fasb_lens.steering import Steering
 from fasb_lens.trackers import Tracker
@@ -63,11 +63,15 @@ class GenerationConfig:
     mode stops only at EOS or the budget and the answer is cut afterwards.
     """
 
-    max_new_tokens: int = option(50, help="token budget of each answer")
+    max_new_tokens: int = option(50, help="token budget of each answer", bounds=AT_LEAST_ONE)
     stop_strings: tuple[str, ...] = ()
     stop_at_eos: bool = True
-    temperature: float = option(0.0, help="0 = greedy; above 0, sampled")
-    top_p: float = option(1.0, help="nucleus sampling's probability mass (with --temperature)")
+    temperature: float = option(0.0, help="0 = greedy; above 0, sampled", bounds=NON_NEGATIVE)
+    top_p: float = option(
+        1.0,
+        help="nucleus sampling's probability mass (with --temperature)",
+        bounds=Bounds(above=0, maximum=1),
+    )
     seed: int = option(0, help="seed of sampling")
     mode: Mode = option(
         "cached",
@@ -77,12 +81,7 @@ class GenerationConfig:
     prepend_bos: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be non-negative, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_options(self)
         if self.mode not in ("cached", "reference"):
             raise ValueError(f"mode must be 'cached' or 'reference', got {self.mode!r}")
 

@@ -117,7 +117,7 @@ def check_shape(expected: ModelShape, actual: ModelShape, *, what: str) -> None:
     """Raise :class:`ShapeMismatchError` saying which shapes differ."""
     if expected != actual:
         raise ShapeMismatchError(
-            f"{what} were made for a model with {expected.describe()}, "
+            f"{what}: made for a model with {expected.describe()}, "
             f"but this model has {actual.describe()}"
         )
 
@@ -242,6 +242,9 @@ def _hub_tokenizer(name: str) -> Any:
     :class:`ModelUnavailableError` saying so."""
     from transformers import AutoTokenizer
 
+    looks_like_a_path = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_like_a_path and not Path(name).expanduser().exists():
+        raise ModelUnavailableError(f"model folder {name} does not exist")
     try:
         return AutoTokenizer.from_pretrained(name)
     except OSError as error:

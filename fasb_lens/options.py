@@ -18,6 +18,73 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range a number must lie in: ``minimum``/``maximum`` inclusive, ``above``/
+    ``below`` exclusive (``None``: unbounded)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value``, or ``None``."""
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"must be a finite number, got {value}"
+        low = (self.minimum is None or value >= self.minimum) and (
+            self.above is None or value > self.above
+        )
+        high = (self.maximum is None or value <= self.maximum) and (
+            self.below is None or value < self.below
+        )
+        return None if low and high else f"must be {self.describe()}, got {value:g}"
+
+    def describe(self) -> str:
+        parts = []
+        if self.minimum is not None:
+            parts.append(f">= {self.minimum:g}")
+        if self.above is not None:
+            parts.append(f"> {self.above:g}")
+        if self.maximum is not None:
+            parts.append(f"<= {self.maximum:g}")
+        if self.below is not None:
+            parts.append(f"< {self.below:g}")
+        return " and ".join(parts)
+
+
+AT_LEAST_ONE = Bounds(minimum=1)
+NON_NEGATIVE = Bounds(minimum=0)
+PROBABILITY = Bounds(minimum=0, maximum=1)
+FRACTION = Bounds(above=0, below=1)
+
+
+def bounded(kind: type, bounds: Bounds) -> Callable[[str], Any]:
+    """An argparse ``type`` that converts with ``kind`` and refuses values out of ``bounds``."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        problem = bounds.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def non_empty(text: str) -> str:
+    """An argparse ``type`` refusing an empty or blank text."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def option(
     default: Any = dataclasses.MISSING,
     *,
@@ -25,6 +92,7 @@ def option(
     flags: tuple[str, ...] = (),
     choices: Iterable[str] | None = None,
     names: Callable[[str], str] | None = None,
+    bounds: Bounds | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option.
 
@@ -34,8 +102,15 @@ def option(
         choices: the allowed values.
         names: for tuple fields, a function mapping each given name to its canonical
             name (aliases; raises ``ValueError`` for unknown names).
+        bounds: the range of a number; :func:`check_options` and the parser enforce it.
     """
-    metadata = {"help": help, "flags": flags, "choices": choices, "names": names}
+    metadata = {
+        "help": help,
+        "flags": flags,
+        "choices": choices,
+        "names": names,
+        "bounds": bounds,
+    }
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple default for a list option")
     return dataclasses.field(default=default, metadata=metadata)
@@ -89,7 +164,7 @@ def add_options(
         elif kind is tuple:
             kwargs.update(nargs="+", default=list(default), metavar="NAME")
         else:
-            kwargs["type"] = kind
+            kwargs["type"] = bounded(kind, meta["bounds"]) if meta["bounds"] else kind
             if default is not dataclasses.MISSING:
                 kwargs["default"] = default
             if meta["choices"] is not None:
@@ -119,3 +194,15 @@ def from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
             value = split_names(value, field.metadata["names"])
         read[field.name] = value
     return cls(**read, **values)
+
+
+def check_options(instance: Any) -> None:
+    """Refuse an :func:`option` field whose number lies outside its bounds (a settings
+    dataclass calls this in ``__post_init__``)."""
+    for field in option_fields(type(instance)):
+        bounds, value = field.metadata["bounds"], getattr(instance, field.name)
+        if bounds is None or value is None:
+            continue
+        problem = bounds.problem(value)
+        if problem:
+            raise ValueError(f"{field.name} {problem}")

@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,28 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         if partial.exists():
             partial.unlink()
     return path
+
+
+@contextmanager
+def staged(folder: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``folder`` whose files move into ``folder`` when the block
+    ends without an error; after an error nothing of it remains.
+
+    Several files written this way appear together (each by an atomic rename), so a
+    command that fails half-way leaves no part of an artifact behind.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=PARTIAL_SUFFIX, dir=folder.parent)
+    )
+    try:
+        yield stage
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(stage.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -172,9 +197,13 @@ def load_artifact(
     a damaged file or another format version raises :class:`ArtifactError`.
     """
     tensor_path, meta_path = artifact_paths(folder, name)
-    for path in (tensor_path, meta_path):
-        if not path.is_file():
-            raise ArtifactError(f"{folder} holds no {name} artifact: {path.name} is missing")
+    missing = [path.name for path in (tensor_path, meta_path) if not path.is_file()]
+    if len(missing) == 2:
+        raise ArtifactError(
+            f"{folder} holds no {name} artifact ({' and '.join(missing)} are missing)"
+        )
+    if missing:
+        raise ArtifactError(f"{folder}: the {name} artifact is incomplete, {missing[0]} is missing")
     data = read_json(meta_path, f"the metadata of a {name} artifact")
     if not isinstance(data, dict):
         raise ArtifactError(f"{meta_path} holds a {type(data).__name__}, expected a JSON object")

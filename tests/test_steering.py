@@ -142,7 +142,7 @@ def test_artifact_refuses_another_model(steering, tiny_gpt2, tmp_path) -> None:
     steering.save(tmp_path)
     with pytest.raises(ValueError, match="4 layers x 4 heads of 16, but this model has 3 layers"):
         Steering.load(tmp_path, model=tiny_gpt2)
-    with pytest.raises(ValueError, match="this steering were made for a model with 4 layers"):
+    with pytest.raises(ValueError, match="this steering: made for a model with 4 layers"):
         with steering.apply(tiny_gpt2, 1.0):
             pass
 

@@ -39,7 +39,10 @@ def test_artifact_round_trip_records_versions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda d: (d / "thing.json").unlink(), "holds no thing artifact: thing.json is missing"),
+        (
+            lambda d: (d / "thing.json").unlink(),
+            "the thing artifact is incomplete, thing.json is missing",
+        ),
         (lambda d: (d / "thing.json").write_text("{not json"), r"thing.json is not valid JSON"),
         (lambda d: (d / "thing.json").write_text("[1, 2]"), "holds a list, expected a JSON object"),
         (

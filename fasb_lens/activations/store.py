@@ -259,7 +259,9 @@ def new_manifest(
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / storage.ACTIVATIONS_MANIFEST
     if not path.is_file():
-        raise storage.ArtifactError(f"{path} does not exist: {folder} holds no activations")
+        raise storage.ArtifactError(
+            f"{folder} holds no activations ({storage.ACTIVATIONS_MANIFEST} is missing)"
+        )
     manifest = storage.read_json(path, "an activations manifest")
     missing = [
         key

@@ -44,3 +44,40 @@ def model_for(model_id: str, name: str | None):
     from fasb_lens.models import EMBEDDED_MODEL_ID, load_model
 
     return load_model(name or (None if model_id == EMBEDDED_MODEL_ID else model_id))
+
+
+RUN_KINDS = {
+    "reproduce": ("config.json", "records.jsonl"),
+    "mc-datasets": ("mc_datasets.jsonl",),
+    "collect": ("questions.json",),
+    "fit": ("steering.json",),
+    "ablate": ("ablation.jsonl",),
+}
+"""Files that mark a folder as written by a command."""
+
+
+def output_folder(value: str, kind: str) -> Path:
+    """``--out`` as a folder for a ``kind`` command: refused if it is a file or holds what
+    another command wrote."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; expected a folder (new or from `{kind}`)")
+    if path.is_dir():
+        for other, markers in RUN_KINDS.items():
+            if other != kind and any((path / marker).exists() for marker in markers):
+                mine = RUN_KINDS.get(kind, ())
+                if not any((path / marker).exists() for marker in mine):
+                    raise ValueError(
+                        f"--out {path} holds the output of `{other}`, not of `{kind}`; "
+                        "choose another folder"
+                    )
+    return path
+
+
+def existing_folder(value: str, option: str, what: str) -> Path:
+    """A folder the user named, refused with one line if it is not there."""
+    path = Path(value)
+    if not path.is_dir():
+        state = "is a file" if path.exists() else "does not exist"
+        raise ValueError(f"{option} {path} {state}; expected {what}")
+    return path

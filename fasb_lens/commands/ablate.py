@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fasb_lens.commands._common import model_for, output_flags, report
+from fasb_lens.commands._common import model_for, output_flags, output_folder, report
+from fasb_lens.options import AT_LEAST_ONE, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifact", required=True, help="folder written by `fit`")
     parser.add_argument("--activations", help="folder written by `collect` (mean and steer modes)")
-    parser.add_argument("--data", default="mini", help="questions: 'mini' or a TruthfulQA CSV")
-    parser.add_argument("--questions", type=int, default=20, help="questions the metric uses")
+    parser.add_argument(
+        "--truthfulqa",
+        "--data",
+        dest="data",
+        default="mini",
+        help="TruthfulQA questions the metric uses: 'mini', a CSV or a folder",
+    )
+    parser.add_argument(
+        "--questions", type=bounded(int, AT_LEAST_ONE), default=20, help="questions the metric uses"
+    )
     parser.add_argument(
         "--metric", choices=["logprob_margin", "mc2", "probe_accuracy"], default="logprob_margin"
     )
@@ -34,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from fasb_lens.probes import HeadProbes
     from fasb_lens.steering import Steering
 
+    out = output_folder(args.out, "ablate")
     probes = HeadProbes.load(args.artifact)
     steering = Steering.load(args.artifact)
     model = model_for(steering.model_id, args.model)
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         steering=study_steering,
         strength=args.strength,
         metric_name=args.metric,
-        out=args.out,
+        out=out,
         progress=not args.no_progress,
     )
     verb = "steering" if args.mode == "steer" else f"{args.mode}-ablating"
@@ -78,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         zmid=0.0,
         title=f"Change in {args.metric} from {verb} each head (baseline {result.baseline:.3f})",
     )
-    save_figure(figure, Path(args.out) / f"ablation_{args.metric}_{args.mode}", png=not args.no_png)
+    save_figure(figure, out / f"ablation_{args.metric}_{args.mode}", png=not args.no_png)
     summary = {
         "metric": args.metric,
         "mode": args.mode,

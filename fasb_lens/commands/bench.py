@@ -8,15 +8,18 @@ import sys
 from pathlib import Path
 
 from fasb_lens.commands._common import data_dir
+from fasb_lens.options import AT_LEAST_ONE, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="*", help="entries to run (default: all)")
     parser.add_argument("--out", default="bench.json", help="JSON file to write")
     parser.add_argument("--data", help="data folder (default: $FASB_LENS_DATA)")
-    parser.add_argument("--n-prompts", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--mc-questions", type=int, default=50, help="questions for `mc`")
+    parser.add_argument("--n-prompts", type=bounded(int, AT_LEAST_ONE), default=1000)
+    parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=32)
+    parser.add_argument(
+        "--mc-questions", type=bounded(int, AT_LEAST_ONE), default=50, help="questions for `mc`"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import inspect
 
+from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, bounded
+
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     from fasb_lens.demo import run_demo
@@ -12,10 +14,17 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     defaults = inspect.signature(run_demo).parameters
     parser.add_argument("--out", default="fasb_lens_demo", help="output folder")
     parser.add_argument(
-        "--top-k", "--top", type=int, default=defaults["top_k"].default, help="anchored heads"
+        "--top-k",
+        "--top",
+        type=bounded(int, AT_LEAST_ONE),
+        default=defaults["top_k"].default,
+        help="anchored heads",
     )
     parser.add_argument(
-        "--alpha", type=float, default=defaults["alpha"].default, help="FASB's strength"
+        "--alpha",
+        type=bounded(float, NON_NEGATIVE),
+        default=defaults["alpha"].default,
+        help="FASB's strength",
     )
     parser.add_argument("--no-png", action="store_true", help="write HTML figures only")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -12,8 +12,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fasb_lens.commands._common import existing_folder
     from fasb_lens.run_figures import render_run
 
-    for path, caption in render_run(args.run, args.out, png=not args.no_png):
+    run = existing_folder(args.run, "--run", "the folder `reproduce` wrote")
+    for path, caption in render_run(run, args.out, png=not args.no_png):
         print(f"{path}  {caption}")
     return 0

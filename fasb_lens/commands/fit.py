@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from fasb_lens.commands._common import output_flags, report
+from fasb_lens.commands._common import existing_folder, output_flags, output_folder, report
+from fasb_lens.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, PROBABILITY, Bounds, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     defaults = PolicyDefaults()
     parser.add_argument("--activations", required=True, help="folder written by `collect`")
     parser.add_argument("--out", required=True, help="artifact folder")
-    parser.add_argument("--top-k", type=int, default=24, help="anchored heads (paper: 24)")
+    parser.add_argument(
+        "--top-k", type=bounded(int, AT_LEAST_ONE), default=24, help="anchored heads (paper: 24)"
+    )
     parser.add_argument("--direction", choices=DIRECTION_KINDS, default="probe")
     parser.add_argument(
         "--protocol",
@@ -23,19 +25,28 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         default="authors",
         help="authors: 2 contiguous folds in mc_task order, 20%% validation, seed 42",
     )
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--n-folds", type=int, default=2)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--fold", type=bounded(int, NON_NEGATIVE), default=0)
+    parser.add_argument("--n-folds", type=bounded(int, Bounds(minimum=2)), default=2)
+    parser.add_argument("--val-fraction", type=bounded(float, FRACTION), default=0.2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--engine", choices=["torch", "sklearn"], default="torch")
     parser.add_argument(
-        "--alpha", type=float, default=defaults.alpha, help="default strength stored"
+        "--alpha",
+        type=bounded(float, NON_NEGATIVE),
+        default=defaults.alpha,
+        help="default strength stored",
     )
     parser.add_argument(
-        "--threshold", type=float, default=defaults.threshold, help="default threshold stored"
+        "--threshold",
+        type=bounded(float, PROBABILITY),
+        default=defaults.threshold,
+        help="default threshold stored",
     )
     parser.add_argument(
-        "--backtrack-tokens", type=int, default=defaults.backtrack_tokens, help="default stored"
+        "--backtrack-tokens",
+        type=bounded(int, NON_NEGATIVE),
+        default=defaults.backtrack_tokens,
+        help="default stored",
     )
     output_flags(parser, "print a JSON summary")
 
@@ -46,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from fasb_lens.splits import authors_folds, kfold_splits, train_val_split
     from fasb_lens.steering import PolicyDefaults
 
-    folder = Path(args.activations)
+    folder = existing_folder(args.activations, "--activations", "the folder `collect` wrote")
+    out = output_folder(args.out, "fit")
     activations = AnchoringActivations.load(folder)
     order_file = folder / storage.QUESTIONS
     if order_file.is_file():
@@ -73,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     fit_seconds = time.perf_counter() - start
-    anchoring.save(args.out)
+    anchoring.save(out)
     steering, probes = anchoring.steering, anchoring.probes
     summary = {
         "artifact": str(args.out),

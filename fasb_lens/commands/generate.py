@@ -6,6 +6,7 @@ import argparse
 import json
 
 from fasb_lens.commands._common import model_for
+from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, bounded, non_empty
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,18 +16,26 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--artifact", required=True, help="folder written by `fit`")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--question", help="one question (wrapped in the QA or chat format)")
-    source.add_argument("--prompt", help="a raw prompt, used as is")
+    source.add_argument(
+        "--question", type=non_empty, help="one question (wrapped in the QA or chat format)"
+    )
+    source.add_argument("--prompt", type=non_empty, help="a raw prompt, used as is")
     source.add_argument("--questions-file", help="a text file, one question per line")
     parser.add_argument(
         "--policy", choices=[*policy_names(), *ALIASES], default="fasb", help="steering policy"
     )
-    parser.add_argument("--alpha", type=float, help="strength (default: the artifact's)")
     parser.add_argument(
-        "--threshold", type=float, help="trigger below this p_true (default: the artifact's)"
+        "--alpha", type=bounded(float, NON_NEGATIVE), help="strength (default: the artifact's)"
     )
     parser.add_argument(
-        "--backtrack-tokens", type=int, help="tokens dropped on a trigger (default: the artifact's)"
+        "--threshold",
+        type=bounded(float, PROBABILITY),
+        help="trigger below this p_true (default: the artifact's)",
+    )
+    parser.add_argument(
+        "--backtrack-tokens",
+        type=bounded(int, NON_NEGATIVE),
+        help="tokens dropped on a trigger (default: the artifact's)",
     )
     add_options(parser, GenerationConfig)
     parser.add_argument("--format", choices=["qa", "chat"], default="qa")
@@ -34,7 +43,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
     parser.add_argument("--caa", help="folder with a CAA vector (for --policy caa)")
     parser.add_argument("--model", help="hub name or folder (default: the artifact's model)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=8)
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
 
 

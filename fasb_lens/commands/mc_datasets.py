@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from fasb_lens.commands._common import data_dir, output_flags
+from fasb_lens.commands._common import data_dir, existing_folder, output_flags, output_folder
+from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,12 +29,25 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         default=["none", "fixed", "fasb"],
         help="policies to compare (also baseline = none, iti = fixed; a,b or a b)",
     )
-    parser.add_argument("--limit", type=int, default=400, help="items per dataset (0: all)")
-    parser.add_argument("--top-k", type=int, default=24)
-    parser.add_argument("--alpha", type=float, default=8.0, help="strength of FASB's vectors")
-    parser.add_argument("--fixed-alpha", type=float, help="strength of ITI (default: --alpha)")
-    parser.add_argument("--threshold", type=float, default=0.6, help="trigger below this p_true")
-    parser.add_argument("--backtrack-tokens", type=int, default=1)
+    parser.add_argument(
+        "--limit", type=bounded(int, NON_NEGATIVE), default=400, help="items per dataset (0: all)"
+    )
+    parser.add_argument("--top-k", type=bounded(int, AT_LEAST_ONE), default=24)
+    parser.add_argument(
+        "--alpha", type=bounded(float, NON_NEGATIVE), default=8.0, help="strength of FASB's vectors"
+    )
+    parser.add_argument(
+        "--fixed-alpha",
+        type=bounded(float, NON_NEGATIVE),
+        help="strength of ITI (default: --alpha)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=bounded(float, PROBABILITY),
+        default=0.6,
+        help="trigger below this p_true",
+    )
+    parser.add_argument("--backtrack-tokens", type=bounded(int, NON_NEGATIVE), default=1)
     parser.add_argument("--seed", type=int, default=0)
     output_flags(parser, "print the results as JSON")
 
@@ -48,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     data = data_dir(args.data)
     if data is None:
         raise ValueError("--data (or FASB_LENS_DATA) must name the data folder")
+    existing_folder(str(data), "--data", "the data folder (copa/, snli/, mmlu/, ...)")
+    out = output_folder(args.out, "mc-datasets")
     methods = split_names(args.methods, resolve)
     unknown = [name for name in methods if policy_spec(name).needs == "caa"]
     if unknown:
@@ -66,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     names = [dataset(name).name for name in split_names(args.datasets)]
     results = run_mc_datasets(
         data,
-        args.out,
+        out,
         datasets=names,
         policies=policies,
         paths={"story_cloze": args.story_cloze} if args.story_cloze else None,
@@ -78,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print((Path(args.out) / "mc_datasets.md").read_text())
+        print((out / "mc_datasets.md").read_text())
     return 0

@@ -7,9 +7,9 @@ import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-from fasb_lens.commands._common import output_flags
+from fasb_lens.commands._common import output_flags, output_folder
+from fasb_lens.options import Bounds, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--train-fraction",
-        type=float,
+        type=bounded(float, Bounds(above=0, maximum=1)),
         nargs="+",
         default=[ExperimentConfig.train_fraction],
         help="train on this fraction of each training fold; several values run a sweep",
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = from_args(ExperimentConfig, args)
-    out, progress = Path(args.out), not args.no_progress
+    out, progress = output_folder(args.out, "reproduce"), not args.no_progress
     # several fractions make the data-efficiency sweep: a run folder per fraction, sharing
     # the activations and the model
     sweep = len(args.train_fraction) > 1

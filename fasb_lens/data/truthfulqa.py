@@ -46,16 +46,16 @@ def load_truthfulqa(
     """Load TruthfulQA's CSV, with MC targets from ``mc_task.json`` when available.
 
     Args:
-        path: the CSV file, or a folder holding ``TruthfulQA.csv`` (and ``mc_task.json``,
-            which is then loaded too).
+        path: the CSV file, or a folder holding ``TruthfulQA.csv``; an ``mc_task.json``
+            in the same folder is loaded too.
         mc_task: an explicit ``mc_task.json``; every CSV question must have an entry.
         id_prefix: questions are numbered ``{id_prefix}-0000``, ... in CSV order.
     """
     path = Path(path)
     if path.is_dir():
-        if mc_task is None and (path / MC_TASK_NAME).is_file():
-            mc_task = path / MC_TASK_NAME
         path = path / CSV_NAME
+    if mc_task is None and (path.parent / MC_TASK_NAME).is_file():
+        mc_task = path.parent / MC_TASK_NAME
     questions = _read_questions(path, id_prefix)
     if mc_task is not None:
         questions = _attach_mc_targets(questions, Path(mc_task))

@@ -12,7 +12,15 @@ from typing import Any
 
 from fasb_lens.evaluation.judges import JUDGES
 from fasb_lens.evaluation.truthfulqa import AnswerSource
-from fasb_lens.options import option
+from fasb_lens.options import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    PROBABILITY,
+    Bounds,
+    check_options,
+    option,
+)
 from fasb_lens.policies import resolve
 from fasb_lens.steering import DIRECTION_KINDS
 
@@ -48,10 +56,13 @@ class ExperimentConfig:
 
     data: str = option(
         help="TruthfulQA CSV or folder (with mc_task.json), 'mini' or 'hub'",
-        flags=("--data", "--truthfulqa"),
+        flags=("--truthfulqa", "--data"),
     )
     n_questions: int | None = option(
-        None, help="only the first N questions (authors' order)", flags=("--questions",)
+        None,
+        help="only the first N questions (authors' order)",
+        flags=("--questions",),
+        bounds=AT_LEAST_ONE,
     )
     mc_task: str | None = option(None, help="mc_task.json (default: the one next to the CSV)")
     methods: tuple[str, ...] = option(
@@ -66,25 +77,33 @@ class ExperimentConfig:
         TASKS, help="mc and/or generation", flags=("--tasks", "--metrics"), names=_task
     )
     model: str | None = option(None, help="hub name or folder (default: the embedded model)")
-    n_folds: int = option(2, help="cross-validation folds", flags=("--n-folds", "--folds"))
+    n_folds: int = option(
+        2, help="cross-validation folds", flags=("--n-folds", "--folds"), bounds=Bounds(minimum=2)
+    )
     val_fraction: float = 0.2
     train_fraction: float = 1.0
     seed: int = option(42, help="seed of the folds' validation draws")
-    top_k: int = option(24, help="anchored heads")
+    top_k: int = option(24, help="anchored heads", bounds=AT_LEAST_ONE)
     direction: str = option("probe", help="steering directions", choices=DIRECTION_KINDS)
-    alpha: float = option(60.0, help="strength of FASB's vectors")
-    threshold: float = option(0.6, help="trigger below this p_true")
-    backtrack_tokens: int = option(10, help="tokens dropped on a trigger")
-    fixed_alpha: float | None = option(None, help="strength of ITI (default: --alpha)")
-    caa_alpha: float = option(5.0, help="strength of CAA's residual vector")
-    caa_layer: int | None = option(None, help="CAA's residual layer (default: the middle one)")
-    max_new_tokens: int = option(50, help="token budget of each generated answer")
+    alpha: float = option(60.0, help="strength of FASB's vectors", bounds=NON_NEGATIVE)
+    threshold: float = option(0.6, help="trigger below this p_true", bounds=PROBABILITY)
+    backtrack_tokens: int = option(10, help="tokens dropped on a trigger", bounds=NON_NEGATIVE)
+    fixed_alpha: float | None = option(
+        None, help="strength of ITI (default: --alpha)", bounds=NON_NEGATIVE
+    )
+    caa_alpha: float = option(5.0, help="strength of CAA's residual vector", bounds=NON_NEGATIVE)
+    caa_layer: int | None = option(
+        None, help="CAA's residual layer (default: the middle one)", bounds=NON_NEGATIVE
+    )
+    max_new_tokens: int = option(
+        50, help="token budget of each generated answer", bounds=AT_LEAST_ONE
+    )
     mc_source: AnswerSource = option(
         "mc_task", help="multiple-choice answers from", choices=("mc_task", "csv")
     )
     primer: str | None = option(None, help="QA primer file (default: fasb_lens' own)")
     instruction: str | None = option(None, help="instruction file (default: fasb_lens' own)")
-    batch_size: int = option(8, help="prompts generated together")
+    batch_size: int = option(8, help="prompts generated together", bounds=AT_LEAST_ONE)
     tuning_seed: int = 0
     calibrate: bool = option(
         True, help="use --alpha/--threshold as given instead of choosing them on validation"
@@ -93,6 +112,11 @@ class ExperimentConfig:
     calibration_judge: str = "embedding-acc"
 
     def __post_init__(self) -> None:
+        check_options(self)
+        for name, bounds in (("val_fraction", FRACTION), ("calibration_questions", AT_LEAST_ONE)):
+            problem = bounds.problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"{name} {problem}")
         object.__setattr__(self, "methods", tuple(resolve(name) for name in self.methods))
         for name in self.tasks:
             _task(name)
@@ -106,9 +130,10 @@ class ExperimentConfig:
             )
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        for path in (self.primer, self.instruction, self.mc_task):
+        for name in ("primer", "instruction", "mc_task"):
+            path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{path} does not exist")
+                raise FileNotFoundError(f"the {name} file {path} does not exist")
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}

@@ -42,7 +42,7 @@ from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.summary import write_summary
 from fasb_lens.evaluation.truthfulqa import evaluate_mc
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
-from fasb_lens.models import load_model
+from fasb_lens.models import load_model, model_shape
 from fasb_lens.policies import Policy, make_policy, policy_spec
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import Split, authors_folds, authors_question_order
@@ -113,6 +113,15 @@ class Experiment:
         )
         self.fmt = load_prompt_format(config.primer, config.instruction)
         self.model = model if model is not None else load_model(config.model)
+        shape = model_shape(self.model)
+        n_heads = shape.n_layers * shape.n_heads
+        if config.top_k > n_heads:
+            raise ValueError(f"top_k {config.top_k} is more than the model's {n_heads} heads")
+        if config.caa_layer is not None and config.caa_layer >= shape.n_layers:
+            raise ValueError(
+                f"caa_layer {config.caa_layer} is not a layer of this model "
+                f"(0..{shape.n_layers - 1})"
+            )
         self.records = storage.JsonlLog(self.out / storage.RECORDS, record_key)
         self.judgements = storage.JsonlLog(self.out / storage.JUDGEMENTS, judgement_key)
 

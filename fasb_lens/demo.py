@@ -20,10 +20,10 @@ from fasb_lens.evaluation.calibration import Calibration, calibrate
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model
 from fasb_lens.plotting import (
-    anchored_heads,
     head_heatmap,
     p_true_distributions,
     save_figure,
+    steering_heads,
     trajectories,
 )
 from fasb_lens.policies import FASB
@@ -113,18 +113,7 @@ def run_demo(
         out / "heads_accuracy",
         png=png,
     )
-    figures += save_figure(
-        anchored_heads(
-            list(steering.heads),
-            steering.directions,
-            probing.heads(steering.heads),
-            probing.labels,
-            n_layers=steering.shape.n_layers,
-            n_heads=steering.shape.n_heads,
-        ),
-        out / "anchored_heads",
-        png=png,
-    )
+    figures += save_figure(steering_heads(steering, probing), out / "anchored_heads", png=png)
     readings = calibration.readings
     figures += save_figure(
         p_true_distributions(

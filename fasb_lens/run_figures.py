@@ -16,11 +16,11 @@ from fasb_lens.anchoring import PROBING
 from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.experiment import load_fold_artifacts, load_run, record_trace
 from fasb_lens.plotting import (
-    anchored_heads,
     head_heatmap,
     method_comparison,
     p_true_distributions,
     save_figure,
+    steering_heads,
     sweep_lines,
     trajectories,
 )
@@ -57,18 +57,8 @@ def render_run(
 
     probing = run_dir / "activations" / PROBING
     if (probing / storage.ACTIVATIONS_MANIFEST).is_file():
-        acts = HeadActivations.load(probing)
-        figure = anchored_heads(
-            list(steering.heads),
-            steering.directions,
-            acts.heads(steering.heads),
-            acts.labels,
-            n_layers=steering.shape.n_layers,
-            n_heads=steering.shape.n_heads,
-            accuracy=[float(steering.val_accuracy[h]) for h in steering.heads],
-        )
         save(
-            figure,
+            steering_heads(steering, HeadActivations.load(probing)),
             "anchored_heads",
             "where the anchored heads sit, and the projections of "
             "true and false answers on their steering directions",

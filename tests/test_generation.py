@@ -320,7 +320,7 @@ def test_bad_requests(tiny_llama, steering) -> None:
         generate(tiny_llama, PROMPTS, policy=FASB())
     with pytest.raises(ValueError, match="unknown policy 'magic'"):
         make_policy("magic")
-    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         GenerationConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="no prompts"):
         generate(tiny_llama, [])

@@ -17,7 +17,7 @@ Chrome/Chromium to render with.
 """
 
 from fasb_lens.plotting.common import save_figure
-from fasb_lens.plotting.heads import anchored_heads, head_heatmap
+from fasb_lens.plotting.heads import anchored_heads, head_heatmap, steering_heads
 from fasb_lens.plotting.results import method_comparison, sweep_lines
 from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
 
@@ -27,6 +27,7 @@ __all__ = [
     "method_comparison",
     "p_true_distributions",
     "save_figure",
+    "steering_heads",
     "sweep_lines",
     "trajectories",
     "trajectory",

@@ -11,7 +11,9 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from fasb_lens._types import Head
+from fasb_lens.activations import HeadActivations
 from fasb_lens.plotting.common import FALSE_COLOR, TRUE_COLOR, grid
+from fasb_lens.steering import Steering
 
 
 def head_heatmap(
@@ -146,3 +148,19 @@ def anchored_heads(
         title="Anchored heads and their steering directions",
     )
     return figure
+
+
+def steering_heads(steering: Steering, activations: HeadActivations) -> go.Figure:
+    """:func:`anchored_heads` for a steering artifact and the labelled activations it was
+    built from."""
+    if activations.labels is None:
+        raise ValueError("the anchored-heads figure needs labelled activations")
+    return anchored_heads(
+        list(steering.heads),
+        steering.directions,
+        activations.heads(steering.heads),
+        activations.labels,
+        n_layers=steering.shape.n_layers,
+        n_heads=steering.shape.n_heads,
+        accuracy=[float(steering.val_accuracy[head]) for head in steering.heads],
+    )

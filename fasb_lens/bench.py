@@ -40,6 +40,7 @@ from fasb_lens.models import (
     hook_z_name,
     load_model,
     model_id,
+    model_shape,
     pad,
     pad_token_id,
     tokenize,
@@ -64,6 +65,8 @@ class BenchContext:
     batch_size: int = 32
     progress: bool = True
     mc_questions: int = 50
+    ablation_questions: int = 20
+    loop_heads: int = 3
     notes: list[str] = field(default_factory=list)
 
     def questions(self) -> tuple[str, list[TruthfulQAQuestion]]:
@@ -318,11 +321,70 @@ def _prompt_format(ctx: BenchContext):
     return load_prompt_format()
 
 
+def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
+    """The full zero-ablation grid (every head) with ``logprob_margin`` on the first
+    ``ablation_questions`` TruthfulQA questions: the exact engine against the head-by-head
+    loop, and attribution patching for all heads.
+
+    The loop is timed on ``loop_heads`` heads spread over the layers and extrapolated to
+    every head (said so in ``loop_extrapolated_from_heads``); on those heads its values are
+    compared with the engine's (``max_abs_difference``).
+    """
+    from fasb_lens.ablation import (
+        attribution_effects,
+        exact_effects,
+        logprob_margin,
+        loop_effects,
+        make_edits,
+        rank_correlation,
+    )
+
+    model = ctx.model
+    name, questions = ctx.questions()
+    metric = logprob_margin(model, questions[: ctx.ablation_questions])
+    heads = model_shape(model).heads
+    edits = make_edits(heads, "zero")
+    n_layers = model.cfg.n_layers
+    sample_layers = sorted({0, n_layers // 2, n_layers - 1})[: ctx.loop_heads]
+    sample = [h for h in heads if h.layer in sample_layers and h.head == 0][: ctx.loop_heads]
+    times: dict[str, float] = {}
+    with _timer(times, "exact_s"):
+        baseline, exact = exact_effects(model, metric, edits, progress=ctx.progress)
+    with _timer(times, "loop_baseline_s"):
+        metric(model)
+    with _timer(times, "loop_sample_s"):
+        _, looped = loop_effects(model, metric, {h: edits[h] for h in sample}, progress=False)
+    per_head = (times["loop_sample_s"] - times["loop_baseline_s"]) / len(sample)
+    loop_s = times["loop_baseline_s"] + per_head * len(heads)
+    with _timer(times, "attribution_s"):
+        _, estimates, _ = attribution_effects(model, metric, edits, progress=ctx.progress)
+    effects = {head: value - baseline for head, value in exact.items()}
+    return {
+        "dataset": name,
+        "questions": len(metric.groups),
+        "continuations": sum(len(g.continuations) for g in metric.groups),
+        "heads": len(heads),
+        "exact_s": times["exact_s"],
+        "loop_s": round(loop_s, 1),
+        "loop_extrapolated_from_heads": [str(head) for head in sample],
+        "loop_seconds_per_head": round(per_head, 2),
+        "speedup": round(loop_s / times["exact_s"], 1),
+        "attribution_s": times["attribution_s"],
+        "attribution_rank_correlation": round(rank_correlation(effects, estimates), 4),
+        "max_abs_difference": max(abs(looped[h] - exact[h]) for h in sample),
+        "baseline": baseline,
+        "target_exact_s": 180,
+        "target_speedup": 10,
+        "target_attribution_s": 15,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "activations": bench_activations,
     "probes": bench_probes,
     "generation": bench_generation,
     "mc": bench_mc,
+    "ablation": bench_ablation,
 }
 
 
@@ -345,6 +407,7 @@ def run_benchmarks(
     batch_size: int = 32,
     progress: bool = True,
     mc_questions: int = 50,
+    ablation_questions: int = 20,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the named entries (default: all) and return one JSON-ready report.
@@ -363,6 +426,7 @@ def run_benchmarks(
         batch_size=batch_size,
         progress=progress,
         mc_questions=mc_questions,
+        ablation_questions=ablation_questions,
     )
     report: dict[str, Any] = {
         "model": model_id(model),

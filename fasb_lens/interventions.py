@@ -26,11 +26,27 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head
-from fasb_lens.models import hook_resid_post_name, hook_z_name
+from fasb_lens.models import (
+    HOOK_FINAL,
+    HOOK_RESID_POST,
+    HOOK_RESID_PRE,
+    HOOK_W_O_IN,
+    HOOK_Z,
+)
 
 Hooks = list[tuple[str, Callable[..., Tensor]]]
-Site = Literal["z", "resid_post"]
-"""``"z"``: the heads' outputs (``hook_z``); ``"resid_post"``: the residual stream."""
+Site = Literal["z", "w_o_in", "resid_pre", "resid_post", "final"]
+"""Where to read: ``"z"`` the heads' outputs as computed (``hook_z``), ``"w_o_in"`` the
+same after any edit made at ``hook_z`` (as ``W_O`` receives them), ``"resid_pre"`` /
+``"resid_post"`` the residual stream entering / leaving a block, ``"final"`` the final
+normalised residual stream the unembedding reads (one, whatever the layer)."""
+_SITES = {
+    "z": HOOK_Z,
+    "w_o_in": HOOK_W_O_IN,
+    "resid_pre": HOOK_RESID_PRE,
+    "resid_post": HOOK_RESID_POST,
+    "final": HOOK_FINAL,
+}
 
 Positions = Literal["last", "all"] | int | Tensor
 """Where to act in one forward pass: the ``"last"`` position, ``"all"`` positions, an int
@@ -39,13 +55,11 @@ or a ``[batch, pos]`` boolean mask over the forward's input."""
 Strength = float | Float[Tensor, " batch"]
 
 
-def hook_name(site: Site, layer: int) -> str:
+def hook_name(site: Site, layer: int = 0) -> str:
     """The hook point of ``site`` in ``layer``."""
-    if site == "z":
-        return hook_z_name(layer)
-    if site == "resid_post":
-        return hook_resid_post_name(layer)
-    raise ValueError(f"site must be 'z' or 'resid_post', got {site!r}")
+    if site not in _SITES:
+        raise ValueError(f"site must be one of {', '.join(_SITES)}, got {site!r}")
+    return _SITES[site].format(layer=layer)
 
 
 @contextmanager
@@ -153,7 +167,9 @@ def steer_heads(
 
         return hook
 
-    return [(hook_z_name(layer), layer_hook(indices)) for layer, indices in by_layer(heads).items()]
+    return [
+        (hook_name("z", layer), layer_hook(indices)) for layer, indices in by_layer(heads).items()
+    ]
 
 
 def steer_residual(
@@ -169,7 +185,7 @@ def steer_residual(
     def hook(resid: Tensor, hook: Any) -> Tensor:
         return add_at_positions(resid, vector, strength, positions, offset=offset)
 
-    return [(hook_resid_post_name(layer), hook)]
+    return [(hook_name("resid_post", layer), hook)]
 
 
 # --------------------------------------------------------------------------- ablate
@@ -197,7 +213,52 @@ def replace_heads(heads: Sequence[Head], values: Mapping[Head, Tensor] | None = 
 
         return hook
 
-    return [(hook_z_name(layer), layer_hook(chosen)) for layer, chosen in sorted(layers.items())]
+    return [(hook_name("z", layer), layer_hook(chosen)) for layer, chosen in sorted(layers.items())]
+
+
+def edit_rows(
+    layer: int,
+    heads: Sequence[int | None],
+    values: Tensor | None = None,
+    *,
+    add: bool = False,
+) -> Hooks:
+    """A hook editing one head per batch row in ``layer``, at every position.
+
+    Row ``r`` edits head ``heads[r]`` (``None``: the row is left alone): its ``hook_z`` is
+    replaced by ``values[r]`` (a ``[d_head]`` vector; zeros without ``values``), or with
+    ``add`` has ``values[r]`` added. Many single-head ablations thus run as one batch. A
+    single edit applies to every row of any batch.
+    """
+    if add and values is None:
+        raise ValueError("adding needs values")
+    if values is not None and len(values) != len(heads):
+        raise ValueError(f"{len(values)} values for {len(heads)} rows")
+
+    def hook(z: Tensor, hook: Any) -> Tensor:
+        batch = z.shape[0]
+        if len(heads) not in (1, batch):
+            raise ValueError(f"{len(heads)} rows of edits for a batch of {batch}")
+        rows_heads = list(heads) * batch if len(heads) == 1 else list(heads)
+        z = z.clone()
+        groups: dict[int, list[int]] = {}
+        for row, head in enumerate(rows_heads):
+            if head is not None:
+                groups.setdefault(int(head), []).append(row)
+        for head, rows in groups.items():
+            index = torch.tensor(rows, device=z.device)
+            if values is None:
+                z[index, :, head] = 0.0
+                continue
+            source = index if len(heads) > 1 else torch.zeros_like(index)
+            amount = values[source].to(device=z.device, dtype=z.dtype)[:, None, :]
+            if add:
+                z[index, :, head] = z[index, :, head] + amount
+            else:
+                z[index, :, head] = amount.expand(-1, z.shape[1], -1)
+        return z
+
+    return [(hook_name("z", layer), hook)]
 
 
 # --------------------------------------------------------------------------- capture
@@ -218,8 +279,10 @@ def capture(
     """Hooks keeping ``store[layer] = select(activation)`` (the whole activation by default).
 
     The activation is read as it arrives, before any later hook on the same point
-    changes it. With ``stop_after_last`` the hook of the last layer raises
-    :class:`StopForward`, so nothing after it is computed (the caller catches it).
+    changes it (read ``"w_o_in"`` to see the heads after an edit). With
+    ``stop_after_last`` the hook of the last layer raises :class:`StopForward`, so
+    nothing after it is computed (the caller catches it). Site ``"final"`` has one
+    point: pass ``layers=[0]``.
     """
     ordered = sorted(set(layers))
 

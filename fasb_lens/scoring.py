@@ -118,7 +118,8 @@ class PrefixScorer:
     every call; each batch of continuations is fed with the prefix's last token in front,
     so that the position predicting an answer's first token is part of the batch.
 
-    ``steer_prompt_end=False`` (the default, as the authors' TruthfulQA evaluation does)
+    ``prefix_ids`` gives the prefix as token ids instead of text. ``steer_prompt_end=False``
+    (the default, as the authors' TruthfulQA evaluation does)
     steers answer positions only, so an answer's first token, predicted from the prompt,
     is never affected by steering. ``True`` also steers the prompt's last position: needed
     when options are single tokens (SST-2's " positive" / " negative"), which would
@@ -133,10 +134,17 @@ class PrefixScorer:
         steering: Steering | None = None,
         prepend_bos: bool | None = None,
         steer_prompt_end: bool = False,
+        prefix_ids: Sequence[int] | None = None,
     ) -> None:
         self.model = model
         self.steering = steering
-        self.prefix_ids = tokenize(model, [prefix], prepend_bos=prepend_bos)[0]
+        self.prefix_ids = (
+            list(prefix_ids)
+            if prefix_ids is not None
+            else tokenize(model, [prefix], prepend_bos=prepend_bos)[0]
+        )
+        if not self.prefix_ids:
+            raise ValueError("the prefix is empty: nothing to score continuations after")
         self.device = model_device(model)
         self.answer_start = len(self.prefix_ids)
         self.steer_from = self.answer_start - 1 if steer_prompt_end else self.answer_start

@@ -1,26 +1,36 @@
-"""Per-head ablations: what the hooks change, the metrics, the resumable study."""
+"""Per-head studies: the exact engine equals the loop, attribution is the first-order change,
+patching matches a hand-made patch, grids resume and save, bad input is refused."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
 from fasb_lens._types import Head
 from fasb_lens.ablation import (
+    AblationGrid,
     ablated,
     ablation_study,
+    attribution_effects,
+    exact_effects,
+    fasb_heads_study,
     logprob_margin,
+    loop_effects,
+    make_edits,
     mc2_metric,
+    p_true_metric,
+    patching_effects,
     probe_accuracy_metric,
+    rank_correlation,
+    truthfulqa_pairs,
 )
 from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
-from fasb_lens.models import forward, hook_z_name, tokenize
+from fasb_lens.models import forward, hook_z_name, model_shape, tokenize
+from fasb_lens.policies import FASB
 from fasb_lens.storage import ABLATION_LOG
 
-QUESTIONS = load_mini_truthfulqa()[:4]
+QUESTIONS = load_mini_truthfulqa()[:3]
 
 
 def z_of(model, layer: int) -> torch.Tensor:
@@ -44,18 +54,18 @@ def test_zero_and_mean_ablation_change_only_their_head(tiny_llama) -> None:
     others = [0, 2, 3]
     assert torch.equal(zeroed[:, :, others], plain[:, :, others])
     means = torch.randn(4, 4, 16)
-    with ablated(tiny_llama, [Head(2, 1)], mode="mean", means=means):
+    with ablated(tiny_llama, [Head(2, 1)], kind="mean", means=means):
         averaged = z_of(tiny_llama, 2)
     assert torch.equal(averaged[0, :, 1], means[2, 1].expand(averaged.shape[1], -1))
     assert torch.equal(z_of(tiny_llama, 2), plain)  # the hook is gone afterwards
     with pytest.raises(ValueError, match="mean ablation needs"):
-        with ablated(tiny_llama, [Head(0, 0)], mode="mean"):
+        with ablated(tiny_llama, [Head(0, 0)], kind="mean"):
             pass
 
 
 def test_logprob_margin_by_hand(tiny_llama) -> None:
     question = QUESTIONS[0]
-    metric = logprob_margin([question], batch_size=3)
+    metric = logprob_margin(tiny_llama, [question])
 
     def log_prob(answer: str) -> float:
         prefix = tokenize(tiny_llama, [f"Q: {question.question} A:"])[0]
@@ -71,55 +81,218 @@ def test_logprob_margin_by_hand(tiny_llama) -> None:
     assert metric(tiny_llama) == pytest.approx(expected, abs=1e-4)
 
 
-def test_study_grid_and_resume(tiny_llama, tmp_path) -> None:
-    metric = logprob_margin(QUESTIONS)
-    heads = [Head(0, 0), Head(1, 2), Head(3, 3)]
-    result = ablation_study(
-        tiny_llama, metric, heads=heads, metric_name="margin", out=tmp_path, progress=False
+@pytest.mark.parametrize("metric_name", ["logprob_margin", "mc2"])
+def test_exact_engine_equals_the_loop(tiny_model, metric_name) -> None:
+    if metric_name == "logprob_margin":
+        metric = logprob_margin(tiny_model, QUESTIONS)
+    else:
+        metric = mc2_metric(tiny_model, QUESTIONS[:2], fmt=load_prompt_format())
+    edits = make_edits(model_shape(tiny_model).heads, "zero")
+    baseline, loop = loop_effects(tiny_model, metric, edits, progress=False)
+    clean, exact = exact_effects(tiny_model, metric, edits, max_rows=12, progress=False)
+    assert clean == pytest.approx(baseline, abs=1e-4)
+    scale = max(abs(value) for value in loop.values())
+    assert all(exact[h] == pytest.approx(loop[h], abs=1e-4 * max(1.0, scale)) for h in loop)
+    assert len({round(v, 6) for v in loop.values()}) > 4  # the heads do differ
+
+
+def test_every_kind_and_readout_metrics_equal_the_loop(tiny_llama, tiny_anchoring) -> None:
+    anchoring = tiny_anchoring
+    heads = [Head(0, 1), Head(1, 3), Head(2, 0), Head(3, 2)]
+    steering = build_steering(
+        anchoring.probes, anchoring.activations, anchoring.tuning, heads=heads
     )
-    assert result.effect.shape == (4, 4)
-    assert int((~result.effect.isnan()).sum()) == 3
-    with ablated(tiny_llama, [Head(1, 2)]):
-        expected = metric(tiny_llama) - result.baseline
-    assert float(result.effect[1, 2]) == pytest.approx(expected, abs=1e-6)
-    assert [head for head, _ in result.top(3)] == sorted(
-        heads, key=lambda h: float(result.effect[h])
-    )
-    lines = (tmp_path / ABLATION_LOG).read_text().splitlines()
-    assert len(lines) == 4 and json.loads(lines[0])["key"] == "baseline"
-    calls = []
-
-    def counting(model):
-        calls.append(1)
-        return metric(model)
-
-    again = ablation_study(
-        tiny_llama, counting, heads=heads, metric_name="margin", out=tmp_path, progress=False
-    )
-    assert calls == [] and torch.equal(again.effect.nan_to_num(9), result.effect.nan_to_num(9))
-
-
-def test_steering_one_head_at_a_time_and_other_metrics(tiny_llama, tiny_anchoring) -> None:
-    acts, tuning, probes = tiny_anchoring.activations, tiny_anchoring.tuning, tiny_anchoring.probes
     prompts = probing_prompts(QUESTIONS)
-    heads = [Head(0, 1), Head(1, 0)]
-    steering = build_steering(probes, acts, tuning, heads=heads)
-    metric = logprob_margin(QUESTIONS[:2])
-    result = ablation_study(
+    metrics = [
+        logprob_margin(tiny_llama, QUESTIONS[:2]),
+        p_true_metric(tiny_llama, prompts, anchoring.steering),
+        probe_accuracy_metric(tiny_llama, prompts, anchoring.probes, [Head(2, 1), Head(3, 0)]),
+    ]
+    kinds = {
+        "mean": {"means": anchoring.activations.z.mean(0)},
+        "resample": {"reference": anchoring.activations, "samples": 2, "seed": 3},
+        "steer": {"steering": steering, "strength": 4.0},
+    }
+    for metric in metrics:
+        for kind, options in kinds.items():
+            edits = make_edits(heads, kind, **options)
+            _, loop = loop_effects(tiny_llama, metric, edits, progress=False)
+            _, exact = exact_effects(tiny_llama, metric, edits, max_rows=7, progress=False)
+            for head in heads:
+                assert exact[head] == pytest.approx(loop[head], abs=1e-4), (metric.name, kind)
+    draws = make_edits(heads, "resample", reference=anchoring.activations, samples=3, seed=3)
+    again = make_edits(heads, "resample", reference=anchoring.activations, samples=3, seed=3)
+    assert all(
+        torch.equal(a.value, b.value)
+        for h in heads
+        for a, b in zip(draws[h], again[h], strict=True)
+    )
+
+
+def test_attribution_is_the_first_order_change(tiny_llama, tiny_anchoring) -> None:
+    """For a small push the exact change and the estimate agree; for zero ablation the
+    estimate ranks the heads like the exact grid."""
+    anchoring = tiny_anchoring
+    heads = model_shape(tiny_llama).heads
+    steering = build_steering(
+        anchoring.probes, anchoring.activations, anchoring.tuning, heads=heads
+    )
+    for metric in (
+        logprob_margin(tiny_llama, QUESTIONS[:2]),
+        p_true_metric(tiny_llama, probing_prompts(QUESTIONS), anchoring.steering),
+    ):
+        push = make_edits(heads, "steer", steering=steering, strength=0.2)
+        pull = make_edits(heads, "steer", steering=steering, strength=-0.2)
+        baseline, pushed = exact_effects(tiny_llama, metric, push, progress=False)
+        _, pulled = exact_effects(tiny_llama, metric, pull, progress=False)
+        clean, estimate, by_position = attribution_effects(
+            tiny_llama, metric, push, per_position=True, progress=False
+        )
+        assert clean == pytest.approx(baseline, abs=1e-5)
+        for head in heads:  # the central difference cancels the second-order term
+            change = (pushed[head] - pulled[head]) / 2
+            assert estimate[head] == pytest.approx(change, rel=0.02, abs=1e-6), (metric.name, head)
+            assert float(by_position[head].sum()) == pytest.approx(estimate[head], abs=1e-9)
+    zero = make_edits(heads, "zero")
+    metric = logprob_margin(tiny_llama, QUESTIONS[:2])
+    baseline, exact = exact_effects(tiny_llama, metric, zero, progress=False)
+    _, estimate, _ = attribution_effects(tiny_llama, metric, zero, progress=False)
+    effects = {head: value - baseline for head, value in exact.items()}
+    assert rank_correlation(effects, estimate) > 0.5
+    accuracy = probe_accuracy_metric(
+        tiny_llama, probing_prompts(QUESTIONS), anchoring.probes, [Head(3, 0)]
+    )
+    with pytest.raises(ValueError, match="not differentiable"):
+        attribution_effects(tiny_llama, accuracy, zero, progress=False)
+
+
+def test_patching_matches_a_hand_made_patch(tiny_llama, tiny_anchoring) -> None:
+    steering = tiny_anchoring.steering
+    pairs = truthfulqa_pairs(QUESTIONS)
+    result = patching_effects(tiny_llama, pairs, steering=steering)
+    assert result.values.shape == (4, 4, len(pairs))
+    tracker = steering.tracker()
+
+    def reading(text: str, patch=None) -> float:
+        ids = torch.tensor(tokenize(tiny_llama, [text]))
+        seen = {}
+
+        def keep(layer):
+            def hook(z, hook):
+                if patch is not None and patch[0] == layer:
+                    z = z.clone()
+                    z[0, -1, patch[1]] = patch[2]
+                seen[layer] = z[0, -1]
+                return z
+
+            return hook
+
+        layers = sorted({h.layer for h in steering.heads} | ({patch[0]} if patch else set()))
+        hooks = [(hook_z_name(layer), keep(layer)) for layer in layers]
+        with torch.inference_mode(), tiny_llama.hooks(fwd_hooks=hooks):
+            forward(tiny_llama, ids)
+        z = torch.stack([seen[h.layer][h.head] for h in steering.heads])
+        return float(tracker.p_true(z))
+
+    def clean_z(text: str, head: Head) -> torch.Tensor:
+        ids = torch.tensor(tokenize(tiny_llama, [text]))
+        seen = {}
+
+        def hook(z, hook):
+            seen["z"] = z[0, -1, head.head].clone()
+            return z
+
+        with torch.inference_mode(), tiny_llama.hooks(fwd_hooks=[(hook_z_name(head.layer), hook)]):
+            forward(tiny_llama, ids)
+        return seen["z"]
+
+    clean, corrupted = pairs[1]
+    assert float(result.clean[1]) == pytest.approx(reading(clean), abs=1e-5)
+    assert float(result.corrupted[1]) == pytest.approx(reading(corrupted), abs=1e-5)
+    for head in (steering.heads[0], Head(0, 2)):
+        patched = reading(corrupted, (head.layer, head.head, clean_z(clean, head)))
+        assert float(result.values[head.layer, head.head, 1]) == pytest.approx(patched, abs=1e-5)
+    assert result.effect.shape == (4, 4) and torch.isfinite(result.recovered).all()
+
+
+def test_study_grid_saves_and_resumes(tiny_llama, tmp_path) -> None:
+    metric = logprob_margin(tiny_llama, QUESTIONS)
+    heads = [Head(0, 0), Head(1, 2), Head(3, 3)]
+    grid = ablation_study(tiny_llama, metric, heads=heads, out=tmp_path, progress=False)
+    assert grid.effect.shape == (4, 4) and int((~grid.effect.isnan()).sum()) == 3
+    with ablated(tiny_llama, [Head(1, 2)]):
+        expected = metric(tiny_llama) - grid.baseline
+    assert float(grid.effect[1, 2]) == pytest.approx(expected, abs=1e-4)
+    assert [head for head, _ in grid.top(3)] == sorted(heads, key=lambda h: float(grid.effect[h]))
+    assert len((tmp_path / ABLATION_LOG).read_text().splitlines()) == 4
+    loaded = AblationGrid.load(tmp_path, grid.name)
+    assert torch.equal(loaded.values.nan_to_num(7), grid.values.nan_to_num(7))
+    assert (loaded.metric, loaded.kind, loaded.method) == ("logprob_margin", "zero", "exact")
+    more = [*heads, Head(2, 1)]
+    calls: list[int] = []
+    import fasb_lens.ablation.study as study
+
+    real = study.exact_effects
+
+    def counting(model, metric, edits, **kwargs):
+        calls.append(len(edits))
+        return real(model, metric, edits, **kwargs)
+
+    study.exact_effects = counting
+    try:
+        again = ablation_study(tiny_llama, metric, heads=more, out=tmp_path, progress=False)
+    finally:
+        study.exact_effects = real
+    assert calls == [1]  # only the new head was computed
+    assert float(again.effect[1, 2]) == pytest.approx(float(grid.effect[1, 2]), abs=1e-9)
+
+
+def test_which_heads_matter_for_fasb(tiny_llama, tiny_anchoring) -> None:
+    steering = tiny_anchoring.steering
+    rows = fasb_heads_study(
         tiny_llama,
-        metric,
-        heads=heads,
-        mode="steer",
-        steering=steering,
-        strength=20.0,
+        steering,
+        QUESTIONS[:2],
+        fmt=load_prompt_format(),
+        policy=FASB(alpha=4.0, threshold=0.6, backtrack_tokens=2),
+        heads=list(steering.heads[:2]),
+        source="csv",
         progress=False,
     )
-    assert not result.effect[0, 1].isnan() and result.effect[0, 1] != 0
+    assert [row["head"] for row in rows] == ["clean", *map(str, steering.heads[:2])]
+    for row in rows:
+        assert 0 <= row["mc2"] <= 1 and 0 <= row["triggered"] <= 1 and 0 <= row["p_true"] <= 1
+
+
+def test_bad_input(tiny_llama, tiny_anchoring) -> None:
+    metric = logprob_margin(tiny_llama, QUESTIONS[:1])
+    with pytest.raises(ValueError, match=r"head L9H0 does not exist in a model with 4 layers"):
+        ablation_study(tiny_llama, metric, heads=[Head(9, 0)], progress=False)
+    with pytest.raises(ValueError, match="mean ablation needs"):
+        ablation_study(tiny_llama, metric, kind="mean", progress=False)
+    with pytest.raises(ValueError, match="resample ablation needs reference"):
+        make_edits([Head(0, 0)], "resample")
+    with pytest.raises(ValueError, match="ablation kind must be one of"):
+        make_edits([Head(0, 0)], "shuffle")  # type: ignore[arg-type]
+    anchoring = tiny_anchoring
+    two = build_steering(
+        anchoring.probes, anchoring.activations, anchoring.tuning, heads=[Head(0, 1), Head(1, 0)]
+    )
     with pytest.raises(ValueError, match="no vector for L2H2"):
-        ablation_study(
-            tiny_llama, metric, heads=[Head(2, 2)], mode="steer", steering=steering, progress=False
-        )
-    later = probe_accuracy_metric(prompts, probes, [Head(3, 0), Head(3, 1)])
-    assert 0 <= later(tiny_llama) <= 1
-    mc2 = mc2_metric(QUESTIONS[:1], fmt=load_prompt_format())
-    assert 0 < mc2(tiny_llama) < 1
+        make_edits([Head(2, 2)], "steer", steering=two)
+    with pytest.raises(ValueError, match="method must be one of"):
+        ablation_study(tiny_llama, metric, method="magic", progress=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_exact_engine_on_the_default_model(default_model, data_dir) -> None:
+    from fasb_lens.data import load_truthfulqa
+
+    questions = load_truthfulqa(data_dir / "truthfulqa")[:2]
+    metric = logprob_margin(default_model, questions)
+    heads = [Head(0, 3), Head(14, 0), Head(29, 8)]
+    edits = make_edits(heads, "zero")
+    _, loop = loop_effects(default_model, metric, edits, progress=False)
+    _, exact = exact_effects(default_model, metric, edits, progress=False)
+    for head in heads:
+        assert exact[head] == pytest.approx(loop[head], abs=1e-4)

@@ -190,3 +190,29 @@ def test_generate_command(tiny_llama_folder, tmp_path, capsys) -> None:
         == 0
     )
     assert capsys.readouterr().out.startswith("Q: Why?\nA: ")
+
+
+def test_ablate_command(tiny_llama_folder, tmp_path, capsys) -> None:
+    acts, artifact, out = tmp_path / "acts", tmp_path / "artifact", tmp_path / "ablation"
+    quiet = ["--no-progress", "--json"]
+    model = ["--model", str(tiny_llama_folder)]
+    cli.main(["collect", *model, "--limit", "12", "--out", str(acts), "--caa-layer", "-1", *quiet])
+    cli.main(["fit", "--activations", str(acts), "--out", str(artifact), "--top-k", "3", *quiet])
+    capsys.readouterr()
+    common = ["ablate", "--artifact", str(artifact), "--questions", "2", "--out", str(out)]
+    common += ["--no-png", *quiet]
+    assert cli.main([*common, "--method", "exact"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert exact["method"] == "exact" and len(exact["largest_drops"]) == 10
+    assert (out / "ablation_exact_logprob_margin_zero.safetensors").is_file()
+    assert (out / "ablation_exact_logprob_margin_zero.html").is_file()
+    assert cli.main([*common, "--method", "attribution"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "attribution"
+    assert cli.main([*common, "--method", "patching", "--metric", "p_true"]) == 0
+    patched = json.loads(capsys.readouterr().out)
+    assert patched["kind"] == "patch" and (out / "ablation_patching_p_true_patch.json").is_file()
+    assert (
+        cli.main([*common, "--kind", "mean", "--activations", str(acts), "--heads", "anchored"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["kind"] == "mean"

@@ -10,6 +10,7 @@ from fasb_lens._types import Head
 from fasb_lens.generation import GenerationTrace, Step
 from fasb_lens.plotting import (
     anchored_heads,
+    grid_comparison,
     head_heatmap,
     method_comparison,
     p_true_distributions,
@@ -135,6 +136,17 @@ def test_anchored_heads_view() -> None:
     assert true_box.name == "true answers" and len(true_box.y) == 10
     expected = (z[labels == 1][:, 0] * directions[0]).sum(-1)
     assert true_box.y[:5] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_grid_comparison() -> None:
+    exact = torch.tensor([[0.5, -1.0], [float("nan"), 0.25]])
+    estimate = torch.tensor([[0.4, -0.8], [0.1, 0.3]])
+    figure = grid_comparison(exact, estimate, anchored=[Head(0, 1)], rank_correlation=0.9)
+    heatmaps = [t for t in figure.data if isinstance(t, go.Heatmap)]
+    points = [t for t in figure.data if isinstance(t, go.Scatter)]
+    assert len(heatmaps) == 2 and heatmaps[0].zmin == -1.0 and heatmaps[0].zmax == 1.0
+    assert list(points[1].text) == ["L0H1"] and sorted(points[0].text) == ["L0H0", "L1H1"]
+    assert "rank correlation 0.90" in figure.layout.title.text
 
 
 def test_save_figure(tmp_path) -> None:

@@ -20,6 +20,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mc-questions", type=bounded(int, AT_LEAST_ONE), default=50, help="questions for `mc`"
     )
+    parser.add_argument(
+        "--ablation-questions",
+        type=bounded(int, AT_LEAST_ONE),
+        default=20,
+        help="questions for `ablation`",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -34,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         n_prompts=args.n_prompts,
         batch_size=args.batch_size,
         mc_questions=args.mc_questions,
+        ablation_questions=args.ablation_questions,
         progress=not args.no_progress,
         on_result=lambda report: storage.write_json(out, report, indent=2),
     )

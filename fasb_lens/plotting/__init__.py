@@ -13,16 +13,19 @@ Chrome/Chromium to render with.
   threshold, the trigger, the backtracked span and the steered continuation;
 * :func:`method_comparison`, :func:`sweep_lines` - results of an experiment;
 * :func:`anchored_heads` - where the anchored heads sit and how their directions
-  separate true from false answers.
+  separate true from false answers;
+* :func:`grid_comparison` - two per-head grids (exact ablation, attribution estimate)
+  side by side and against each other.
 """
 
 from fasb_lens.plotting.common import save_figure
-from fasb_lens.plotting.heads import anchored_heads, head_heatmap, steering_heads
+from fasb_lens.plotting.heads import anchored_heads, grid_comparison, head_heatmap, steering_heads
 from fasb_lens.plotting.results import method_comparison, sweep_lines
 from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
 
 __all__ = [
     "anchored_heads",
+    "grid_comparison",
     "head_heatmap",
     "method_comparison",
     "p_true_distributions",

@@ -164,3 +164,67 @@ def steering_heads(steering: Steering, activations: HeadActivations) -> go.Figur
         n_heads=steering.shape.n_heads,
         accuracy=[float(steering.val_accuracy[head]) for head in steering.heads],
     )
+
+
+def grid_comparison(
+    exact: Tensor,
+    estimate: Tensor,
+    *,
+    anchored: Sequence[Head] = (),
+    labels: tuple[str, str] = ("exact ablation", "attribution estimate"),
+    title: str = "Each head's effect: exact against the first-order estimate",
+    rank_correlation: float | None = None,
+) -> go.Figure:
+    """Two ``[layer, head]`` effect grids side by side, and one against the other.
+
+    Both heatmaps share one diverging colour scale centred on 0; in the scatter each point
+    is a head (anchored heads in red), so the estimate's agreement is read at a glance.
+    """
+    n_layers, n_heads = exact.shape
+    both = torch.cat([exact.flatten(), estimate.flatten()])
+    bound = float(torch.nan_to_num(both, nan=0.0).abs().max()) or 1.0
+    figure = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(*labels, f"{labels[1]} vs {labels[0]}"),
+        horizontal_spacing=0.08,
+    )
+    for column, values in enumerate((exact, estimate), start=1):
+        figure.add_trace(
+            go.Heatmap(
+                z=grid(values),
+                colorscale="RdBu",
+                zmin=-bound,
+                zmax=bound,
+                showscale=column == 2,
+                hovertemplate="layer %{y}, head %{x}: %{z:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=column,
+        )
+        figure.update_xaxes(title_text="head", row=1, col=column)
+        figure.update_yaxes(title_text="layer", row=1, col=column)
+    marked = set(anchored)
+    heads = [Head(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    keep = [h for h in heads if not (math.isnan(float(exact[h])) or math.isnan(float(estimate[h])))]
+    for is_anchored in (False, True):
+        chosen = [h for h in keep if (h in marked) == is_anchored]
+        figure.add_trace(
+            go.Scatter(
+                x=[float(exact[h]) for h in chosen],
+                y=[float(estimate[h]) for h in chosen],
+                mode="markers",
+                marker={"color": "red" if is_anchored else "#264653", "size": 6},
+                name="anchored heads" if is_anchored else "other heads",
+                text=[str(h) for h in chosen],
+                hovertemplate="%{text}: exact %{x:.4f}, estimate %{y:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=3,
+        )
+    figure.update_xaxes(title_text=labels[0], row=1, col=3)
+    figure.update_yaxes(title_text=labels[1], row=1, col=3)
+    if rank_correlation is not None:
+        title = f"{title} (rank correlation {rank_correlation:.2f})"
+    figure.update_layout(title=title, template="plotly_white", width=1300, height=520)
+    return figure

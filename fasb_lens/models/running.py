@@ -1,0 +1,137 @@
+"""Running a model: forward calls (with a padding mask, a KV cache, or from a given
+block on), the unembedding at chosen positions, and the KV-cache operations."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens._types import AttentionMask, TokenIds
+from fasb_lens.models.shape import model_id
+
+
+def forward(
+    model: TransformerBridge,
+    ids: TokenIds | Tensor,
+    attention_mask: AttentionMask | None = None,
+    *,
+    past_key_values: Any = None,
+    use_cache: bool = False,
+    start_at_layer: int | None = None,
+) -> Any:
+    """One forward pass; returns logits, or ``(logits, cache)`` when a cache is used.
+
+    With ``use_cache=True`` (or a ``past_key_values`` from an earlier call) the model
+    returns HuggingFace's ``DynamicCache``; pass it back with the next tokens and an
+    attention mask covering the cached and the new positions. With ``start_at_layer``,
+    ``ids`` is the residual stream entering that block (``[batch, pos, d_model]``) and
+    the blocks below it are not run at all (see :func:`blocks_from`).
+    """
+    kwargs: dict[str, Any] = {}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if start_at_layer is not None:
+        with blocks_from(model, start_at_layer):
+            return _forward(model, ids, kwargs, past_key_values, use_cache, start_at_layer)
+    return _forward(model, ids, kwargs, past_key_values, use_cache, None)
+
+
+def _forward(
+    model: TransformerBridge,
+    ids: Tensor,
+    kwargs: dict[str, Any],
+    past_key_values: Any,
+    use_cache: bool,
+    start_at_layer: int | None,
+) -> Any:
+    if start_at_layer is not None:
+        kwargs["start_at_layer"] = start_at_layer
+    if past_key_values is not None or use_cache:
+        return model(
+            ids,
+            return_type="logits_and_cache",
+            use_cache=True,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+    return model(ids, **kwargs)
+
+
+@contextmanager
+def blocks_from(model: TransformerBridge, layer: int) -> Iterator[None]:
+    """Inside the block, the wrapped HuggingFace model holds only blocks ``layer`` onwards.
+
+    TransformerLens' ``start_at_layer`` feeds a residual stream into block ``layer`` but
+    still runs (and discards) the blocks below it; with them removed from the stack for
+    the duration of the call, they cost nothing. Hook names are unchanged: each block
+    keeps its own hook points and its attention its layer index (for the KV cache).
+    """
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer {layer} is not in 0..{model.cfg.n_layers - 1}")
+    first = model.blocks[0]
+    root = model.original_model
+    for name, module in root.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and module[0] is first:
+            parent_name, _, attribute = name.rpartition(".")
+            parent = root.get_submodule(parent_name) if parent_name else root
+            break
+    else:
+        raise NotImplementedError(f"{model_id(model)}: the block stack was not found")
+    stack = getattr(parent, attribute)
+    setattr(parent, attribute, torch.nn.ModuleList(list(stack)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attribute, stack)
+
+
+def unembed(model: TransformerBridge, final: Tensor) -> Tensor:
+    """Logits from final residual streams (captured at :data:`HOOK_FINAL`), so that
+    the unembedding runs only at the positions a caller needs."""
+    logits = final @ model.unembed.W_U
+    bias = getattr(model.unembed, "b_U", None)
+    return logits + bias if bias is not None else logits
+
+
+def cache_layers(cache: Any) -> list[tuple[Tensor, Tensor]]:
+    """The ``(keys, values)`` of each layer of a ``DynamicCache``."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def build_cache(layers: Sequence[tuple[Tensor, Tensor]]) -> Any:
+    """A ``DynamicCache`` holding these per-layer ``(keys, values)``."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=list(layers))
+
+
+def crop_cache(cache: Any, n_tokens: int) -> None:
+    """Drop the last ``n_tokens`` positions from a ``DynamicCache``, in place.
+
+    The negative form of ``crop`` is the one these transformers versions accept.
+    """
+    if n_tokens > 0:
+        cache.crop(-n_tokens)
+
+
+def copy_cache(cache: Any) -> Any:
+    """An independent copy of a ``DynamicCache``, to start several runs from one prefix."""
+    return copy.deepcopy(cache)
+
+
+def repeat_cache(cache: Any, n: int) -> Any:
+    """A copy of a one-row ``DynamicCache`` repeated ``n`` times along the batch."""
+    repeated = copy.deepcopy(cache)
+    repeated.batch_repeat_interleave(n)
+    return repeated
+
+
+def cache_length(cache: Any) -> int:
+    """Positions held by a ``DynamicCache``."""
+    return int(cache.get_seq_length())

@@ -42,16 +42,18 @@ from fasb_lens.data import (
     PROBE_TEMPLATE,
     TUNING_TEMPLATE,
     LabelledPrompt,
+    ProbeAnswers,
     TruthfulQAQuestion,
     probing_prompts,
     tuning_prompts,
 )
-from fasb_lens.models import check_shape
+from fasb_lens.models import check_shape, tokenize
+from fasb_lens.prefix import SharedPrefix
 from fasb_lens.probes import Engine, HeadProbes, fit_head_probes
 from fasb_lens.splits import Split
 from fasb_lens.steering import DIRECTION_KINDS, CAAVector, DirectionKind, PolicyDefaults, Steering
 
-PROBING, TUNING, RESIDUAL = "probing", "tuning", "residual"
+PROBING, TUNING, RESIDUAL, CONTEXT = "probing", "tuning", "residual", "context"
 """Sub-folders of an activations folder."""
 
 
@@ -97,7 +99,7 @@ def build_steering(
     *,
     top_k: int | None = None,
     heads: Sequence[Head] | None = None,
-    direction: DirectionKind = "probe",
+    direction: DirectionKind = "prototype",
     seed: int = 0,
     split: dict[str, Any] | None = None,
     defaults: PolicyDefaults | None = None,
@@ -108,8 +110,9 @@ def build_steering(
         probes: fitted on ``activations`` (its train and validation rows give the
             Prototype class means, as in the authors' code).
         tuning: activations of the tuning prompts; their projections set the scales.
-        direction: ``"probe"`` (probe weights), ``"prototype"`` (class-mean difference)
-            or ``"random"`` (seeded random unit vectors, a control).
+        direction: ``"prototype"`` (class-mean difference, the authors' released run's
+            ``--use_center_of_mass``; the default), ``"probe"`` (the probe weights) or
+            ``"random"`` (seeded random unit vectors, a control).
     """
     if (top_k is None) == (heads is None):
         raise ValueError("give exactly one of top_k and heads")
@@ -170,6 +173,7 @@ class AnchoringActivations:
     probing: HeadActivations
     tuning: HeadActivations
     residual: ResidualActivations | None = None
+    context: HeadActivations | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -188,7 +192,12 @@ class AnchoringActivations:
             if (folder / RESIDUAL).is_dir()
             else None
         )
-        return cls(probing, tuning, residual)  # type: ignore[arg-type]
+        context = (
+            HeadActivations.load(folder / CONTEXT, model=model)
+            if (folder / CONTEXT).is_dir()
+            else None
+        )
+        return cls(probing, tuning, residual, context)  # type: ignore[arg-type]
 
 
 def collect_anchoring_activations(
@@ -197,17 +206,20 @@ def collect_anchoring_activations(
     tuning: Sequence[LabelledPrompt] | None = None,
     *,
     residual_layer: int | None = None,
+    context: Sequence[LabelledPrompt] | None = None,
     templates: tuple[str | None, str | None] = (PROBE_TEMPLATE, TUNING_TEMPLATE),
     out_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> AnchoringActivations:
-    """Head activations of the probing (and tuning) prompts, and with ``residual_layer``
-    the residual stream of the probing prompts at that layer (for CAA).
+    """Head activations of the probing (and tuning) prompts, with ``residual_layer`` the
+    residual stream of the probing prompts at that layer (for CAA), and with ``context``
+    the heads on the same answers inside the evaluation prompt (for the context tracker;
+    their shared instruction and primer run once).
 
     With ``out_dir`` each set streams into its sub-folder (``probing/``, ``tuning/``,
-    ``residual/``) and an interrupted collection resumes. Without ``tuning`` the probing
-    activations also set the scales.
+    ``residual/``, ``context/``) and an interrupted collection resumes. Without ``tuning``
+    the probing activations also set the scales.
     """
     folder = Path(out_dir) if out_dir is not None else None
     options = {"batch_size": batch_size, "progress": progress}
@@ -235,7 +247,18 @@ def collect_anchoring_activations(
         if tuning is None
         else timed(TUNING, collect_head_activations, tuning, template=templates[1])
     )
-    return AnchoringActivations(heads, tuned, residual, seconds)
+    inside = None
+    if context is not None:
+        ids = tokenize(model, [prompt.text for prompt in context])
+        shared = SharedPrefix.build(model, ids)
+        inside = timed(
+            CONTEXT,
+            collect_head_activations,
+            context,
+            shared=shared,
+            template="instruction + primer + Q: {question}\nA: {answer}",
+        )
+    return AnchoringActivations(heads, tuned, residual, inside, seconds)
 
 
 @dataclass
@@ -264,7 +287,7 @@ def fit_anchoring(
     split: Split,
     *,
     top_k: int = 24,
-    direction: DirectionKind = "probe",
+    direction: DirectionKind = "prototype",
     seed: int = 0,
     defaults: PolicyDefaults | None = None,
     engine: Engine = "torch",
@@ -274,7 +297,8 @@ def fit_anchoring(
     ``top_k`` best heads' steering, and CAA's vector when residual activations exist.
 
     ``seed`` seeds random directions; class means and CAA use the training and
-    validation rows.
+    validation rows; with context activations the anchored heads also get context probes
+    (the ``context`` tracker), fitted on the same split.
     """
     probing = activations.probing
     probes = fit_head_probes(probing, split=split, engine=engine, progress=progress)
@@ -292,14 +316,23 @@ def fit_anchoring(
     if activations.residual is not None:
         rows = torch.cat([probes.train_idx, probes.val_idx])
         caa = build_caa(activations.residual, activations.residual.layers[0], rows)
+    if activations.context is not None:
+        inside = fit_head_probes(activations.context, split=split, engine=engine, progress=False)
+        steering = steering.with_context(*inside.params(steering.heads))
     return Anchoring(probing, activations.tuning, probes, steering, caa)
 
 
 def truthfulqa_prompts(
-    questions: Sequence[TruthfulQAQuestion], *, tuning_seed: int = 0
+    questions: Sequence[TruthfulQAQuestion],
+    *,
+    tuning_seed: int = 0,
+    answers: ProbeAnswers = "auto",
 ) -> tuple[list[LabelledPrompt], list[LabelledPrompt]]:
     """TruthfulQA's probing and tuning prompts (see :mod:`fasb_lens.data.prompts`)."""
-    return probing_prompts(questions), tuning_prompts(questions, seed=tuning_seed)
+    return (
+        probing_prompts(questions, answers=answers),
+        tuning_prompts(questions, seed=tuning_seed, answers=answers),
+    )
 
 
 def anchor_heads(
@@ -308,8 +341,9 @@ def anchor_heads(
     split: Split,
     *,
     top_k: int = 24,
-    direction: DirectionKind = "probe",
+    direction: DirectionKind = "prototype",
     tuning_seed: int = 0,
+    answers: ProbeAnswers = "auto",
     defaults: PolicyDefaults | None = None,
     residual_layer: int | None = None,
     out_dir: str | Path | None = None,
@@ -322,7 +356,7 @@ def anchor_heads(
     training questions (validated on its validation questions) and builds the steering
     on the ``top_k`` best heads (and CAA's vector at ``residual_layer``, if given).
     """
-    probing, tuning = truthfulqa_prompts(questions, tuning_seed=tuning_seed)
+    probing, tuning = truthfulqa_prompts(questions, tuning_seed=tuning_seed, answers=answers)
     activations = collect_anchoring_activations(
         model,
         probing,

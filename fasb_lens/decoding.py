@@ -32,6 +32,7 @@ from fasb_lens.models import (
     pad_token_id,
     tokenize,
 )
+from fasb_lens.prefix import SharedPrefix, prefill
 
 
 class Decoder:
@@ -74,32 +75,49 @@ class PromptCache:
     Decoding under any policy starts by feeding each prompt's last token (where steering
     may already apply); the rest of the prompt is the same work whatever the policy.
     ``generate(..., prompt_cache=cache)`` starts from a copy instead of recomputing it,
-    which saves a prompt's worth of compute per policy when comparing policies.
+    which saves a prompt's worth of compute per policy when comparing policies; with a
+    :class:`SharedPrefix` the prompts' common beginning is not recomputed either.
     """
 
     prompt_ids: list[list[int]]
-    mask: Tensor  # [batch, longest prompt - 1], left padded
+    mask: Tensor  # [batch, columns]: the shared prefix, then each prompt left padded
     cache: Any  # HuggingFace DynamicCache; None when every prompt is a single token
 
     @classmethod
     def build(
-        cls, model: TransformerBridge, prompts: Sequence[str], *, prepend_bos: bool | None = None
+        cls,
+        model: TransformerBridge,
+        prompts: Sequence[str],
+        *,
+        prepend_bos: bool | None = None,
+        shared: SharedPrefix | None = None,
     ) -> PromptCache:
         prompt_ids = tokenize(model, list(prompts), prepend_bos=prepend_bos)
-        return cls.from_ids(model, prompt_ids)
+        return cls.from_ids(model, prompt_ids, shared=shared)
 
     @classmethod
-    def from_ids(cls, model: TransformerBridge, prompt_ids: list[list[int]]) -> PromptCache:
+    def from_ids(
+        cls,
+        model: TransformerBridge,
+        prompt_ids: list[list[int]],
+        *,
+        shared: SharedPrefix | None = None,
+    ) -> PromptCache:
         device = model_device(model)
-        heads = [ids[:-1] for ids in prompt_ids]
+        if shared is not None and not all(shared.starts(ids) for ids in prompt_ids):
+            shared = None
+        skip = len(shared.ids) if shared is not None else 0
+        heads = [ids[skip:-1] for ids in prompt_ids]
+        rows = len(heads)
+        front = torch.ones(rows, skip, dtype=torch.long, device=device)
         if not any(heads):
-            return cls(
-                prompt_ids, torch.zeros(len(heads), 0, dtype=torch.long, device=device), None
-            )
+            empty = torch.zeros(rows, 0, dtype=torch.long, device=device)
+            cache = shared.cache(rows) if shared is not None else None
+            return cls(prompt_ids, torch.cat([front, empty], dim=1), cache)
         ids, mask = pad(heads, pad_id=pad_token_id(model), side="left", device=device)
-        with torch.inference_mode():
-            _, cache = forward(model, ids, mask, use_cache=True)
-        return cls(prompt_ids, mask, cache)
+        mask = torch.cat([front, mask], dim=1)
+        past = shared.cache(rows) if shared is not None else None
+        return cls(prompt_ids, mask, prefill(model, ids, mask, past))
 
 
 class CachedDecoder(Decoder):
@@ -107,10 +125,15 @@ class CachedDecoder(Decoder):
     from the cache when they are at its end for every row)."""
 
     def __init__(
-        self, model: TransformerBridge, rows: list[Any], prompt_cache: PromptCache | None
+        self,
+        model: TransformerBridge,
+        rows: list[Any],
+        prompt_cache: PromptCache | None,
+        shared: SharedPrefix | None = None,
     ) -> None:
         super().__init__(model, rows)
         self.prompt_cache = prompt_cache
+        self.shared = shared
         self.cache: Any = None
         self.mask: Tensor | None = None
         # the physical column of each row's prompt end and generated tokens fed so far
@@ -120,7 +143,9 @@ class CachedDecoder(Decoder):
         """Start from the prompts but their last tokens: a copy of the shared cache, or
         computed here. Runs before any hook is set: no steering touches these positions."""
         if self.prompt_cache is None:  # this decoder's own: used as it is, not copied
-            start = PromptCache.from_ids(self.model, [row.prompt_ids for row in self.rows])
+            start = PromptCache.from_ids(
+                self.model, [row.prompt_ids for row in self.rows], shared=self.shared
+            )
             self.cache, self.mask = start.cache, start.mask
         else:
             self.cache = copy_cache(self.prompt_cache.cache)

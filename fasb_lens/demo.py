@@ -16,7 +16,7 @@ from typing import Any
 
 from fasb_lens.anchoring import anchor_heads
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
-from fasb_lens.evaluation.calibration import Calibration, calibrate
+from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model
 from fasb_lens.plotting import (
@@ -83,22 +83,25 @@ def run_demo(
     lap("anchor heads: activations, probes, steering")
     fmt = load_prompt_format()
     by_id = {q.id: q for q in questions}
-    calibration = calibrate(
-        model,
-        [by_id[i] for i in split.val],
-        steering,
-        fmt=fmt,
-        backtrack_tokens=backtrack_tokens,
+    calibration, _ = calibrate(
+        CalibrationInputs(
+            model,
+            [by_id[i] for i in split.val],
+            steering,
+            fmt=fmt,
+            backtrack_tokens=backtrack_tokens,
+            mc_source="csv",
+            progress=progress,
+        ),
         tasks=(),
-        mc_source="csv",
-        progress=progress,
     )
+    threshold = calibration.thresholds["generation"]
     lap("choose the threshold")
     test = [by_id[i] for i in split.test[:DEMO_QUESTIONS]]
     prompts = [fmt.generation_prompt(q.question) for q in test]
     config = GenerationConfig(max_new_tokens=50, stop_strings=(QA_STOP,))
     plain = generate(model, prompts, steering=steering, config=config)
-    policy = FASB(alpha, calibration.threshold, backtrack_tokens)
+    policy = FASB(alpha, threshold, backtrack_tokens, tracker=calibration.tracker)
     steered = generate(model, prompts, steering=steering, policy=policy, config=config)
     lap("answer with and without FASB")
 
@@ -114,11 +117,9 @@ def run_demo(
         png=png,
     )
     figures += save_figure(steering_heads(steering, probing), out / "anchored_heads", png=png)
-    readings = calibration.readings
+    readings = calibration.readings[calibration.tracker]
     figures += save_figure(
-        p_true_distributions(
-            readings["question"], readings["first_check"], threshold=calibration.threshold
-        ),
+        p_true_distributions(readings["question"], readings["first_check"], threshold=threshold),
         out / "p_true_distributions",
         png=png,
     )
@@ -127,7 +128,7 @@ def run_demo(
             steered,
             unsteered=plain,
             labels=[q.question for q in test],
-            threshold=calibration.threshold,
+            threshold=threshold,
         ),
         out / "trajectories",
         png=png,

@@ -42,6 +42,7 @@ from fasb_lens.interventions import capture, heads_from, hooked
 from fasb_lens.models import model_device, tokenize
 from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_options, option
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
+from fasb_lens.prefix import SharedPrefix
 from fasb_lens.steering import Steering
 from fasb_lens.trackers import Tracker
 
@@ -213,6 +214,7 @@ class _Loop:
         steering: Steering | None,
         config: GenerationConfig,
         prompt_cache: PromptCache | None = None,
+        shared: SharedPrefix | None = None,
     ) -> None:
         self.model, self.policy, self.config = model, policy, config
         self.tokenizer = model.tokenizer
@@ -236,7 +238,7 @@ class _Loop:
             for prompt, ids in zip(prompts, prompt_ids, strict=True)
         ]
         self.decoder: Decoder = (
-            CachedDecoder(model, self.rows, prompt_cache)
+            CachedDecoder(model, self.rows, prompt_cache, shared)
             if config.mode == "cached"
             else ReferenceDecoder(model, self.rows)
         )
@@ -359,6 +361,7 @@ def generate(
     steering: Steering | None = None,
     config: GenerationConfig | None = None,
     prompt_cache: PromptCache | None = None,
+    shared: SharedPrefix | None = None,
 ) -> list[GenerationTrace]:
     """Generate a continuation of every prompt under ``policy``, as one batch.
 
@@ -373,6 +376,7 @@ def generate(
         config: decoding settings and the execution mode.
         prompt_cache: :class:`PromptCache` of these prompts, to share the prompt's compute
             between several calls (cached mode; the reference loop recomputes anyway).
+        shared: the beginning all prompts share, run once (cached mode).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -384,5 +388,6 @@ def generate(
     intervention = policy.intervention(steering)
     if intervention is not None:
         intervention.check_model(model)
-    loop = _Loop(model, list(prompts), policy, steering, config or GenerationConfig(), prompt_cache)
+    config = config or GenerationConfig()
+    loop = _Loop(model, list(prompts), policy, steering, config, prompt_cache, shared)
     return loop.run()

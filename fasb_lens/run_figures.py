@@ -13,9 +13,10 @@ from pathlib import Path
 from fasb_lens import storage
 from fasb_lens.activations import HeadActivations
 from fasb_lens.anchoring import PROBING
-from fasb_lens.evaluation.calibration import Calibration
+from fasb_lens.evaluation.calibration import Calibration, choose_threshold
 from fasb_lens.evaluation.experiment import load_fold_artifacts, load_run, record_trace
 from fasb_lens.plotting import (
+    direction_share,
     head_heatmap,
     method_comparison,
     p_true_distributions,
@@ -70,26 +71,30 @@ def render_run(
         if (folder / storage.CALIBRATION).is_file()
     ]
     if calibrations:
-        question = [p for c in calibrations for p in c.readings["question"]]
-        first = [p for c in calibrations for p in c.readings["first_check"]]
-        figure = p_true_distributions(
-            question,
-            first,
-            threshold=calibrations[0].threshold,
-            labels=("question only (prompt's last token)", "at the first check during generation"),
-        )
-        save(
-            figure,
-            "p_true_distributions",
-            "the tracker's p_true from the question alone vs "
-            "at the first check during unsteered generation (validation questions)",
-        )
-        sweep = [dict(row, fold=i) for i, c in enumerate(calibrations) for row in c.alpha_sweep]
+        for tracker in calibrations[0].trackers:
+            question = [p for c in calibrations for p in c.readings[tracker]["question"]]
+            first = [p for c in calibrations for p in c.readings[tracker]["first_check"]]
+            auc = ", ".join(f"{c.trackers[tracker]['auc']:.2f}" for c in calibrations)
+            save(
+                p_true_distributions(
+                    question,
+                    first,
+                    threshold=calibrations[0].trackers[tracker]["threshold"],
+                    labels=(
+                        "question only (prompt's last token)",
+                        "at the first check during generation",
+                    ),
+                ),
+                f"p_true_distributions_{tracker}",
+                f"the {tracker} tracker's p_true from the question alone vs at the first "
+                f"check of unsteered answers (validation questions; AUC per fold {auc})",
+            )
+        sweep = [dict(row, fold=i) for i, c in enumerate(calibrations) for row in c.sweep]
         for task, metric in (("mc", "mc2"), ("mc", "mc1"), ("generation", "true_x_info")):
             rows = [
-                dict(r, method=f"{r['method']} (fold {r['fold']})")
-                for r in sweep
-                if r["task"] == task
+                dict(row, method=f"{row['method']} (fold {row['fold']})")
+                for row in sweep
+                if row["task"] == task and _on_final_curve(row, calibrations[row["fold"]])
             ]
             if rows:
                 save(
@@ -102,12 +107,15 @@ def render_run(
                     f"sweep_alpha_{task}_{metric}",
                     f"validation {metric} ({task}) for each strength, per method and fold",
                 )
-        thresholds = [
-            dict(row, curve=f"{key} (fold {i})", value=row[key])
-            for i, c in enumerate(calibrations)
-            for row in c.threshold_sweep
-            for key in ("tpr", "fpr", "triggered")
-        ]
+        thresholds = []
+        for i, c in enumerate(calibrations):
+            checks = c.readings[c.tracker]["first_check"]
+            _, _, rows = choose_threshold(checks, c.readings["truthful"], 0.6)
+            thresholds += [
+                dict(row, curve=f"{key} (fold {i})", value=row[key])
+                for row in rows
+                for key in ("tpr", "fpr", "triggered")
+            ]
         save(
             sweep_lines(
                 thresholds,
@@ -118,7 +126,7 @@ def render_run(
                 title="Trigger rate and detection of untruthful answers vs threshold",
             ),
             "sweep_threshold",
-            "how the threshold trades detection of untruthful answers "
+            "how the generation threshold trades detection of untruthful answers "
             "(TPR) against steering truthful ones (FPR)",
         )
 
@@ -130,6 +138,12 @@ def render_run(
             "methods",
             "MC1/MC2/MC3 and True/Info/True*Info per method (fold means; bars span the folds)",
         )
+        if summary.get("direction_share"):
+            save(
+                direction_share(summary),
+                "direction_share",
+                "each method's gain over no steering next to its random-direction control's",
+            )
 
     fasb = [
         r for r in records if r["task"] == "generation" and r["method"] == "fasb" and r["triggered"]
@@ -145,7 +159,11 @@ def render_run(
             [record_trace(r) for r, _ in pairs],
             unsteered=[record_trace(p if p else r) for r, p in pairs],
             labels=[f"{r['question_id']}: {r['answer'][:50]}" for r, _ in pairs],
-            threshold=calibrations[0].threshold if calibrations else config.threshold,
+            threshold=(
+                calibrations[0].thresholds.get("generation", config.threshold)
+                if calibrations
+                else config.threshold
+            ),
         )
         save(
             figure,
@@ -154,3 +172,12 @@ def render_run(
             "triggered, with what backtracking threw away and the unsteered run",
         )
     return made
+
+
+def _on_final_curve(row: dict, calibration: Calibration) -> bool:
+    """Whether a sweep row lies on the chosen K (and, for MC FASB, the chosen threshold)."""
+    if row["top_k"] != calibration.top_k:
+        return False
+    if row["task"] == "mc" and row["method"] == "fasb":
+        return row["threshold"] == calibration.thresholds.get("mc")
+    return True

@@ -40,6 +40,7 @@ from fasb_lens.models import (
     tokenize,
 )
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
+from fasb_lens.prefix import SharedPrefix, prefill
 from fasb_lens.steering import Steering
 
 
@@ -118,7 +119,13 @@ class PrefixScorer:
     every call; each batch of continuations is fed with the prefix's last token in front,
     so that the position predicting an answer's first token is part of the batch.
 
-    ``prefix_ids`` gives the prefix as token ids instead of text. ``steer_prompt_end=False``
+    ``answer_offset`` moves FASB's checks and its earliest steered position that many
+    answer tokens later: 0 counts the reading at answer token ``t`` as ``t`` (checks from
+    the ``(s+1)``-th token, as DESIGN §2.6 describes); the authors' TruthfulQA code uses 1
+    (checks from the ``(s+2)``-th token, steering never before the second answer token,
+    no check at all on a one-token answer). ``prefix_ids`` gives the prefix as token ids
+    instead of text, and ``shared`` a :class:`~fasb_lens.decoding.SharedPrefix` the prefix
+    begins with, which is then not recomputed. ``steer_prompt_end=False``
     (the default, as the authors' TruthfulQA evaluation does)
     steers answer positions only, so an answer's first token, predicted from the prompt,
     is never affected by steering. ``True`` also steers the prompt's last position: needed
@@ -135,9 +142,14 @@ class PrefixScorer:
         prepend_bos: bool | None = None,
         steer_prompt_end: bool = False,
         prefix_ids: Sequence[int] | None = None,
+        answer_offset: int = 0,
+        shared: SharedPrefix | None = None,
     ) -> None:
+        if answer_offset < 0:
+            raise ValueError(f"answer_offset must be >= 0, got {answer_offset}")
         self.model = model
         self.steering = steering
+        self.answer_offset = answer_offset
         self.prefix_ids = (
             list(prefix_ids)
             if prefix_ids is not None
@@ -150,11 +162,12 @@ class PrefixScorer:
         self.steer_from = self.answer_start - 1 if steer_prompt_end else self.answer_start
         head = self.prefix_ids[:-1]
         self.cache = None
-        if head:
-            with torch.inference_mode():
-                _, self.cache = forward(
-                    model, torch.tensor([head], device=self.device), use_cache=True
-                )
+        if shared is not None and shared.starts(head):
+            rest = torch.tensor([head[len(shared.ids) :]], device=self.device)
+            mask = torch.ones(1, len(head), dtype=torch.long, device=self.device)
+            self.cache = prefill(model, rest, mask, shared.cache(1))
+        elif head:
+            self.cache = prefill(model, torch.tensor([head], device=self.device))
         self._plain: dict[tuple[tuple[int, ...], ...], _Pass] = {}
         # the anchored heads at the prompt's last token, for decisions made there
         self._prefix = self._run([[]], []) if steering is not None else None
@@ -324,7 +337,7 @@ class PrefixScorer:
         readings = self._readings(policy, first)[:, 1:]  # at the answer tokens
         for row, tracking in enumerate(trackings):
             if row not in pending:
-                found = self._walk(tracking, readings[row], len(cont_ids[row]), 0)
+                found = self._walk(tracking, readings[row], len(cont_ids[row]))
                 if found is not None:
                     pending[row] = found
         totals = first.totals
@@ -336,7 +349,8 @@ class PrefixScorer:
                 if not result.triggered:
                     result.triggered, result.trigger_token = True, position
                 result.p_true, result.strength = trigger.p_true, trigger.strength
-                schedules[row].append((self.steer_from + trigger.keep, trigger.strength))
+                start = trigger.keep if position is None else self.answer_offset + trigger.keep
+                schedules[row].append((self.steer_from + start, trigger.strength))
             again = [row for row in rows if trackings[row].active]
             run = self._run(
                 [cont_ids[row] for row in rows],
@@ -352,21 +366,28 @@ class PrefixScorer:
                     tracking = trackings[row]
                     if tracking.active:
                         found = self._walk(
-                            tracking, steered[index], len(cont_ids[row]), tracking.segment_start
+                            tracking,
+                            steered[index],
+                            len(cont_ids[row]),
+                            self.answer_offset + tracking.segment_start,
                         )
                         if found is not None:
                             pending[row] = found
         return totals
 
-    @staticmethod
     def _walk(
-        tracking: Tracking, readings: Tensor, length: int, start: int
+        self, tracking: Tracking, readings: Tensor, length: int, start: int | None = None
     ) -> tuple[int, Trigger] | None:
-        """Offer the readings at answer tokens ``start..length-1``: the first trigger and
-        the answer token it came at."""
-        for position in range(start, length):
+        """Offer the readings at answer tokens ``start..length-1`` (from the answer offset
+        on); return the first trigger and the answer token it came at.
+
+        The reading at answer token ``t`` counts as ``t - answer_offset`` tokens, so a
+        trigger's kept tokens are counted from the offset too.
+        """
+        offset = self.answer_offset
+        for position in range(offset if start is None else start, length):
             decision = tracking.observe(
-                position, float(readings[position]), ending=position == length - 1
+                position - offset, float(readings[position]), ending=position == length - 1
             )
             if decision.trigger is not None:
                 return position, decision.trigger

@@ -96,6 +96,10 @@ class Steering:
     template: str | None = None
     split: dict[str, Any] | None = None
     defaults: PolicyDefaults = field(default_factory=PolicyDefaults)
+    context_weight: Float[Tensor, "k d_head"] | None = None
+    context_bias: Float[Tensor, " k"] | None = None
+    """Probes of the anchored heads trained inside the evaluation prompt (the ``context``
+    tracker), when anchoring collected them."""
 
     def __post_init__(self) -> None:
         k, d_head = len(self.heads), self.shape.d_head
@@ -115,6 +119,10 @@ class Steering:
             "prototype_false": (k, d_head),
             "val_accuracy": (self.shape.n_layers, self.shape.n_heads),
         }
+        if (self.context_weight is None) != (self.context_bias is None):
+            raise ValueError("context probes need both a weight and a bias")
+        if self.context_weight is not None:
+            expected |= {"context_weight": (k, d_head), "context_bias": (k,)}
         for name, shape in expected.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(
@@ -145,12 +153,27 @@ class Steering:
         """The same steering restricted to some of its heads (e.g. one head at a time)."""
         index = [self.heads.index(Head(*head)) for head in heads]
         per_head = ("directions", "scales", "probe_weight", "probe_bias")
-        per_head += ("prototype_true", "prototype_false")
+        per_head += ("prototype_true", "prototype_false", "context_weight", "context_bias")
         return replace(
             self,
             heads=tuple(self.heads[i] for i in index),
-            **{name: getattr(self, name)[index] for name in per_head},
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name)[index]
+                for name in per_head
+            },
         )
+
+    def with_context(self, weight: Tensor, bias: Tensor) -> Steering:
+        """The same steering with context probes for its heads (``[k, d_head]``, ``[k]``)."""
+        return replace(self, context_weight=weight.float(), context_bias=bias.float())
+
+    def randomized(self, seed: int) -> Steering:
+        """A control: the same heads, scales and tracker, each direction replaced by a
+        seeded random unit vector, so steering pushes as hard but in no learnt direction."""
+        generator = torch.Generator().manual_seed(seed)
+        directions = torch.randn(self.top_k, self.shape.d_head, generator=generator)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        return replace(self, directions=directions.to(self.directions), direction_kind="random")
 
     # ----------------------------------------------------------------------- applying
 
@@ -197,6 +220,9 @@ class Steering:
             "prototype_false": self.prototype_false.float(),
             "val_accuracy": self.val_accuracy.float(),
         }
+        if self.context_weight is not None and self.context_bias is not None:
+            tensors["context_weight"] = self.context_weight.float()
+            tensors["context_bias"] = self.context_bias.float()
         meta = {
             "model_id": self.model_id,
             **self.shape.to_dict(),
@@ -251,6 +277,8 @@ class Steering:
                 template=meta.get("template"),
                 split=meta.get("split"),
                 defaults=defaults,
+                context_weight=tensors.get("context_weight"),
+                context_bias=tensors.get("context_bias"),
             )
         except (TypeError, ValueError) as error:
             raise storage.ArtifactError(

@@ -29,7 +29,7 @@ def parts(tiny_anchoring):
 @pytest.fixture(scope="module")
 def steering(parts):
     probes, acts, tuning, split = parts
-    return build_steering(probes, acts, tuning, top_k=3, split=split.to_dict())
+    return build_steering(probes, acts, tuning, top_k=3, split=split.to_dict(), direction="probe")
 
 
 def test_builders(parts, steering) -> None:
@@ -41,7 +41,7 @@ def test_builders(parts, steering) -> None:
     rows = torch.cat([probes.train_idx, probes.val_idx])
     z, labels = acts.heads(heads)[rows], acts.labels[rows]
     difference = z[labels == 1].mean(0) - z[labels == 0].mean(0)
-    prototype = build_steering(probes, acts, tuning, top_k=3, direction="prototype")
+    prototype = build_steering(probes, acts, tuning, top_k=3)  # the released run's default
     torch.testing.assert_close(
         prototype.directions, difference / difference.norm(dim=-1, keepdim=True)
     )
@@ -52,7 +52,7 @@ def test_builders(parts, steering) -> None:
     again = build_steering(probes, acts, tuning, top_k=3, direction="random", seed=5)
     assert torch.equal(random.directions, again.directions)
     assert not torch.allclose(random.directions, steering.directions)
-    chosen = build_steering(probes, acts, tuning, heads=[Head(0, 1), Head(3, 0)])
+    chosen = build_steering(probes, acts, tuning, heads=[Head(0, 1), Head(3, 0)], direction="probe")
     assert chosen.heads == (Head(0, 1), Head(3, 0))
 
 

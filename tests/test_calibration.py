@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation import calibration as calibration_module
-from fasb_lens.evaluation.calibration import Calibration, calibrate, choose_threshold
+from fasb_lens.evaluation.calibration import (
+    Calibration,
+    CalibrationInputs,
+    _Search,
+    calibrate,
+    choose_threshold,
+    detection_auc,
+)
 
 
 def test_threshold_separates_untruthful_answers() -> None:
@@ -31,44 +40,86 @@ def test_threshold_falls_back_with_one_class() -> None:
     assert threshold == 0.6 and math.isnan(j)
 
 
-def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(calibration_module, "MC_ALPHAS", (1.0, 2.0))
-    monkeypatch.setattr(calibration_module, "GENERATION_ALPHAS", (4.0,))
-    questions = load_mini_truthfulqa()[:10]
-    steering = tiny_anchoring.steering
-    result = calibrate(
+def _peaked(optimum: float, noise: float = 0.0):
+    """A validation score peaking at ``optimum`` (log scale), for 6 fake questions."""
+    rng = np.random.RandomState(0)
+
+    def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        value = -((math.log2(alpha) - math.log2(optimum)) ** 2)
+        return {"mc2": list(value + noise * rng.randn(6)), "mc1": [0.0] * 6}
+
+    return evaluate
+
+
+def test_search_leaves_a_grid_whose_edge_is_best() -> None:
+    search = _Search(_peaked(100.0), ("mc2", "mc1"))
+    best = search.strengths((2.0, 8.0, 32.0))
+    tried = sorted(alpha for alpha, _ in search.tried)
+    assert tried[0] < best < tried[-1]  # an interior optimum, not the grid's edge
+    assert 100.0 / 2**0.5 <= best <= 100.0 * 2**0.5
+    low = _Search(_peaked(0.1), ("mc2", "mc1"))
+    assert low.strengths((2.0, 8.0, 32.0)) < 1.0  # extends downwards too
+
+
+def test_search_budget_and_bootstrap() -> None:
+    search = _Search(_peaked(8.0), ("mc2", "mc1"))
+    search.strengths((2.0, 8.0, 32.0))
+    search.fill(9)
+    assert len(search.tried) == 9
+    assert search.best() == pytest.approx(8.0)
+    clear = search.bootstrap(np.random.RandomState(0))
+    assert clear["chosen_wins"] == 1.0 and clear["alpha_range"] == [8.0, 8.0]
+    noisy = _Search(_peaked(8.0, noise=5.0), ("mc2", "mc1"))
+    noisy.strengths((2.0, 8.0, 32.0))
+    assert noisy.bootstrap(np.random.RandomState(0))["chosen_wins"] < 1.0
+
+
+def test_detection_auc() -> None:
+    assert detection_auc([0.9, 0.8, 0.2], [True, True, False]) == 1.0
+    assert detection_auc([0.5, 0.5], [True, False]) == 0.5
+    assert math.isnan(detection_auc([0.5], [True]))
+
+
+@pytest.fixture()
+def small_grids(monkeypatch):
+    grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
+    monkeypatch.setattr(calibration_module, "START_GRIDS", {"mc": grids, "generation": grids})
+    monkeypatch.setattr(calibration_module, "MAX_EXTENSIONS", 1)
+    monkeypatch.setattr(calibration_module, "THRESHOLD_QUANTILES", (0.3, 0.7))
+
+
+def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_grids) -> None:
+    questions = load_mini_truthfulqa()[:4]
+    inputs = CalibrationInputs(
         tiny_llama,
-        questions[:4],
-        steering,
+        questions,
+        tiny_anchoring.steering,
         fmt=load_prompt_format(),
         backtrack_tokens=2,
         max_new_tokens=5,
         mc_source="csv",
-        sweep_questions=2,
+        batch_size=3,
         progress=False,
     )
-    mc = [r for r in result.alpha_sweep if r["task"] == "mc"]
-    assert {(r["method"], r["alpha"]) for r in mc} == {
-        ("fixed", 1.0),
-        ("fixed", 2.0),
-        ("fasb", 1.0),
-        ("fasb", 2.0),
-    }
+    result, steering = calibrate(inputs, top_ks=(1, 2))
+    assert (
+        result.top_k in (1, 2) and steering.heads == tiny_anchoring.steering.heads[: result.top_k]
+    )
     assert set(result.strengths) == {"mc", "generation"}
-    assert result.strengths["generation"] == {"fixed": 4.0, "fasb": 4.0}
+    assert set(result.thresholds) == {"mc", "generation"}
+    checks = result.readings["mc_first_check"]
+    assert min(checks) <= result.thresholds["mc"] <= max(checks)  # chosen on MC readings
+    assert result.tracker == "probe" and set(result.trackers) == {"probe"}
     assert result.strength("mc", "fasb_no_backtrack") == result.strengths["mc"]["fasb"]
-    assert len(result.readings["first_check"]) == 4
+    assert len(result.readings["probe"]["first_check"]) == 4
+    for task in ("mc", "generation"):
+        rows = [r for r in result.sweep if r["task"] == task and r["top_k"] == result.top_k]
+        counts = {m: sum(r["method"] == m for r in rows) for m in ("fixed", "fasb")}
+        assert counts["fixed"] == counts["fasb"] > 0  # the same budget for every family
+        assert set(result.uncertainty[task]) == {"fixed", "fasb"}
     result.save(tmp_path)
     assert Calibration.load(tmp_path) == result
-    none = calibrate(
-        tiny_llama,
-        questions[:2],
-        steering,
-        fmt=load_prompt_format(),
-        backtrack_tokens=2,
-        max_new_tokens=3,
-        mc_source="csv",
-        tasks=(),
-        progress=False,
-    )
+    none, _ = calibrate(dataclasses.replace(inputs, questions=questions[:2]), tasks=())
     assert none.strengths == {} and none.strength("generation", "fasb") is None
+    with pytest.raises(ValueError, match="tracker 'context' is not available"):
+        calibrate(inputs, tasks=(), tracker="context")

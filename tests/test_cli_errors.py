@@ -472,7 +472,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
             "--questions",
             "2",
         ],
-        "--mode mean needs --activations",
+        "--kind mean needs --activations",
     ),
     (
         "ablate: unknown metric",

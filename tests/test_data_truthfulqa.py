@@ -12,6 +12,8 @@ from fasb_lens.data import (
     PROBE_TEMPLATE,
     DataError,
     DataFileNotFoundError,
+    context_prompts,
+    labelled_answers,
     load_mc_task,
     load_mini_truthfulqa,
     load_prompt_format,
@@ -166,6 +168,33 @@ def test_probing_prompts() -> None:
         first.incorrect_answers
     )
     assert {p.group for p in prompts[:n_first]} == {first.id}
+
+
+def test_probing_answers_follow_mc_task_where_present(tmp_path: Path) -> None:
+    """The released run probes mc_task.json's MC2 answers (with their period); questions
+    without an entry keep the CSV's answers; "csv" forces the CSV everywhere."""
+    csv_path = write(tmp_path, "t.csv", HEADER + ROW_A + ROW_B)
+    entries = [
+        mc_entry("Do bulls hate red?", {"No.": 1, "Yes.": 0}, {"No.": 1, "Yes, red.": 0}),
+        mc_entry("Is glass a liquid?", {"No.": 1, "Yes.": 0}),
+    ]
+    mc = write(tmp_path, "mc.json", json.dumps(entries))
+    bulls = load_truthfulqa(csv_path, mc_task=mc)[0]
+    glass = load_truthfulqa(csv_path)[1]  # no mc_task.json beside this CSV
+    assert labelled_answers(bulls) == (("No.",), ("Yes, red.",))
+    assert labelled_answers(bulls, "csv") == (
+        ("No", "They react to motion"),
+        ("Yes", "They hate red"),
+    )
+    assert labelled_answers(glass) == (glass.correct_answers, glass.incorrect_answers)
+    with pytest.raises(ValueError, match="has no mc_task.json answers"):
+        labelled_answers(glass, "mc_task")
+    assert [p.answer for p in probing_prompts([bulls, glass])][:2] == ["No.", "Yes, red."]
+    fmt = load_prompt_format()
+    inside = context_prompts([bulls], fmt)
+    assert [p.label for p in inside] == [1, 0]
+    assert inside[0].text == "".join(fmt.answer_prompt(bulls.question, "No."))
+    assert inside[0].text.startswith(fmt.preamble)
 
 
 def test_tuning_prompts_are_seeded_and_use_another_question() -> None:

@@ -17,7 +17,7 @@ from fasb_lens.storage import JsonlLog
 CONFIG = dict(
     data="mini",
     n_questions=8,
-    methods=("none", "fixed", "caa", "fasb", "after_question"),
+    methods=("none", "fixed", "caa", "fasb", "after_question", "fasb_random"),
     judges=("bleu-acc", "rouge-l-acc", "info-check"),
     top_k=4,
     alpha=4.0,
@@ -28,16 +28,23 @@ CONFIG = dict(
     max_new_tokens=6,
     mc_source="csv",
     batch_size=3,
+    control_seeds=2,
+    top_k_candidates=("2", "4"),
 )
+METHODS = ("none", "fixed", "caa", "fasb", "after_question", "fasb_random/0", "fasb_random/1")
+"""What each question is generated with (the control once per seed)."""
+QUESTION = ("fasb_question", "fasb_random_question/0", "fasb_random_question/1")
+"""What each question is also scored with, under the leak-free protocol."""
 
 
 @pytest.fixture(scope="module", autouse=True)
 def small_grids():
     """Two strengths per sweep keep the calibration of these tiny runs quick."""
+    grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(calibration_module, "MC_ALPHAS", (1.0, 4.0))
-        patch.setattr(calibration_module, "GENERATION_ALPHAS", (4.0, 16.0))
-        patch.setattr(calibration_module, "CAA_ALPHAS", (0.5, 2.0))
+        patch.setattr(calibration_module, "START_GRIDS", {"mc": grids, "generation": grids})
+        patch.setattr(calibration_module, "MAX_EXTENSIONS", 1)
+        patch.setattr(calibration_module, "THRESHOLD_QUANTILES", (0.5,))
         yield
 
 
@@ -68,17 +75,26 @@ def test_a_run_writes_everything(finished) -> None:
     assert (out / "folds" / "fold0" / "caa.safetensors").is_file()
     config, records, judgements = load_run(out)
     assert config.n_questions == 8
-    # 8 questions, each tested once over the 2 folds, 5 methods, 2 tasks
-    assert len(records) == 8 * 5 * 2
-    assert len(judgements) == 8 * 5 * 3
-    assert set(summary["methods"]) == set(CONFIG["methods"])
+    # 8 questions, each tested once over the 2 folds: every method on both tasks, the
+    # leak-free protocol's policies on multiple choice; three judges
+    assert len(records) == 8 * (2 * len(METHODS) + len(QUESTION))
+    assert {r["method"] for r in records} == {*METHODS, *QUESTION}
+    assert len(judgements) == 8 * len(METHODS) * 3
+    assert set(summary["methods"]) == {*CONFIG["methods"], "fasb_question", "fasb_random_question"}
+    assert set(summary["methods"]["fasb_random"]["seeds"]) == {"0", "1"}
+    share = summary["direction_share"]["fasb"]["mc2"]
+    assert share["gain"] == pytest.approx(
+        summary["methods"]["fasb"]["mean"]["mc2"] - summary["methods"]["none"]["mean"]["mc2"]
+    )
+    rates = summary["methods"]["fasb"]["mean"]
+    assert 0 <= rates["steered_true"] <= 1 and 0 <= rates["steered_false"] <= 1
     mean = summary["methods"]["fasb"]["mean"]
     assert 0 <= mean["mc1"] <= 1 and 0 <= mean["mc2"] <= 1
     pair = mean["bleu-acc x info-check"]
     assert pair["true_x_info"] == pytest.approx(pair["true"] * pair["info"], abs=1e-9)
     table = (out / "table.md").read_text()
-    assert table.startswith("| Method | MC1 | MC2 | MC3 | triggered |")
-    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 5
+    assert table.startswith("| Method | MC1 | MC2 | MC3 | MC steered (true / false) | triggered |")
+    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 8
 
 
 def test_mc_records_hold_every_answer(finished) -> None:
@@ -116,16 +132,20 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
         ExperimentConfig(**CONFIG), tmp_path, model=tiny_llama, progress=False
     ).summarize()
     counts = [m["mean"]["n_mc"] + m["mean"]["n_generation"] for m in partial["methods"].values()]
-    assert sum(counts) == 22 and all(n <= 16 for n in counts)
+    written = [
+        json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()[:22]
+    ]
+    done = {(r["method"].split("/")[0], r["question_id"], r["task"]) for r in written}
+    assert sum(counts) == len(done) and all(n <= 16 for n in counts)
     assert "| n (MC / gen.) |" in (tmp_path / "table.md").read_text()
     evaluated: list[str] = []
-    real_mc = experiment_module.evaluate_mc
 
-    def counting_mc(model, question, policies, **kwargs):
-        evaluated.append(question.id)
-        return real_mc(model, question, policies, **kwargs)
+    class CountingChoice(experiment_module.MultipleChoice):
+        def __init__(self, model, question, **kwargs):
+            evaluated.append(question.id)
+            super().__init__(model, question, **kwargs)
 
-    monkeypatch.setattr(experiment_module, "evaluate_mc", counting_mc)
+    monkeypatch.setattr(experiment_module, "MultipleChoice", CountingChoice)
     resumed = run(tiny_llama, tmp_path)
     assert len(evaluated) < 8  # questions finished before the kill were not scored again
     assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()
@@ -174,8 +194,10 @@ def test_figures_of_a_run(finished, tmp_path) -> None:
         "heads_accuracy",
         "heads_accuracy_sorted",
         "anchored_heads",
-        "p_true_distributions",
+        "p_true_distributions_probe",
+        "p_true_distributions_context",
         "methods",
+        "direction_share",
         "sweep_threshold",
         "sweep_alpha_mc_mc2",
     } <= names

@@ -28,7 +28,7 @@ def parts(tiny_anchoring):
 @pytest.fixture(scope="module")
 def steering(parts) -> Steering:
     probes, acts, tuning, split = parts
-    return build_steering(probes, acts, tuning, top_k=3, split=split.to_dict())
+    return build_steering(probes, acts, tuning, top_k=3, split=split.to_dict(), direction="probe")
 
 
 def batch(model):

@@ -50,6 +50,7 @@ from fasb_lens.models import (
     site_shape,
     tokenize,
 )
+from fasb_lens.prefix import SharedPrefix
 
 PaddingSide = Literal["left", "right"]
 SITES: dict[str, Site] = {HOOK_Z: "z", HOOK_RESID_POST: "resid_post"}
@@ -97,11 +98,16 @@ def gather_last_position(
     batch_size: int = 16,
     padding_side: PaddingSide = "right",
     progress: bool | tqdm = True,
+    shared: SharedPrefix | None = None,
 ) -> dict[int, Tensor]:
     """``{layer: activations at each prompt's last token}`` in prompt order (float32).
 
-    The forward pass stops right after the last layer's hook fires.
+    The forward pass stops right after the last layer's hook fires. With ``shared`` (a
+    prefix every prompt begins with, run once) only each prompt's own tokens are run.
     """
+    if shared is not None and not all(shared.starts(ids) for ids in token_lists):
+        raise ValueError("every prompt must begin with the shared prefix")
+    skip = len(shared.ids) if shared is not None else 0
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = model_device(model)
@@ -121,7 +127,7 @@ def gather_last_position(
     )
     order = length_sorted(token_lists)
     batches = _batches(
-        token_lists,
+        [ids[skip:] for ids in token_lists],
         order,
         batch_size,
         pad_id=pad_token_id(model),
@@ -131,8 +137,13 @@ def gather_last_position(
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for batch in batches:
             current[:] = [batch]
+            mask, past = batch.mask, None
+            if shared is not None:
+                rows = len(batch.rows)
+                front = torch.ones(rows, skip, dtype=batch.mask.dtype, device=device)
+                mask, past = torch.cat([front, batch.mask], dim=1), shared.cache(rows)
             try:
-                forward(model, batch.ids, batch.mask)
+                forward(model, batch.ids, mask, past_key_values=past)
             except StopForward:
                 pass
             for layer, picked in captured.items():
@@ -182,6 +193,7 @@ def collect_head_activations(
     out_dir: str | Path | None = None,
     chunk_size: int = 2048,
     progress: bool = True,
+    shared: SharedPrefix | None = None,
 ) -> HeadActivations:
     """``hook_z`` of every head (of ``layers``) at each prompt's last real token.
 
@@ -195,6 +207,7 @@ def collect_head_activations(
         template: the prompt template, recorded with the activations.
         out_dir: stream to this folder in chunks of ``chunk_size`` prompts; chunks already
             there from an interrupted run with the same prompts are not recomputed.
+        shared: a prefix every prompt begins with, run once (see :mod:`fasb_lens.prefix`).
     """
     return _collect(model, prompts, HeadActivations, **_options(locals()))
 
@@ -236,6 +249,7 @@ def _collect(
     out_dir: str | Path | None,
     chunk_size: int,
     progress: bool,
+    shared: SharedPrefix | None,
 ) -> Any:
     if position != "last":
         raise ValueError(f"position must be 'last', got {position!r}")
@@ -264,6 +278,7 @@ def _collect(
             batch_size=batch_size,
             padding_side=padding_side,
             progress=bar,
+            shared=shared,
         )
         z = torch.stack([gathered[layer] for layer in layers], dim=1)
         return z.reshape(len(rows), len(layers), shape.n_heads, shape.d_head)

@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
             f"             {head!s:<7} validation {probes.val_accuracy[head]:.2f}   "
             f"training {probes.train_accuracy[head]:.2f}"
         )
-    readings = calibration.readings
+    threshold = calibration.thresholds["generation"]
+    chosen = calibration.trackers[calibration.tracker]
     print(
-        f"threshold    {calibration.threshold:.3f}, chosen on {len(readings['first_check'])} "
-        f"validation answers (Youden's J {calibration.youden_j:.2f} at detecting the "
-        f"untruthful ones, judged by {calibration.judge})"
+        f"threshold    {threshold:.3f}, chosen on {calibration.questions} validation answers "
+        f"({calibration.tracker} tracker; Youden's J {chosen['j']:.2f}, AUC {chosen['auc']:.2f} "
+        f"at detecting the untruthful ones, judged by {calibration.judge})"
     )
     print(
         f"strength     alpha {args.alpha} (steering at alpha * (1 - p_true)), "
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if steered.triggered:
             print(
                 f"   FASB: triggered at token {steered.trigger_step} "
-                f"(p_true {steered.trigger_p_true:.2f} < {calibration.threshold:.2f}), "
+                f"(p_true {steered.trigger_p_true:.2f} < {threshold:.2f}), "
                 f"threw away {steered.discarded_text!r}, steered at strength "
                 f"{steered.strength:.2f}:"
             )

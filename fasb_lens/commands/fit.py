@@ -18,7 +18,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-k", type=bounded(int, AT_LEAST_ONE), default=24, help="anchored heads (paper: 24)"
     )
-    parser.add_argument("--direction", choices=DIRECTION_KINDS, default="probe")
+    parser.add_argument(
+        "--direction",
+        choices=DIRECTION_KINDS,
+        default="prototype",
+        help="prototype: class-mean difference (the authors' released run); probe: probe weights",
+    )
     parser.add_argument(
         "--protocol",
         choices=["authors", "kfold", "train_val"],

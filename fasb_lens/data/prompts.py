@@ -3,7 +3,10 @@
 Three kinds of prompt, as the FASB and ITI evaluations use them:
 
 * **probing** prompts ``"Q: {question} A: {answer}"``, one per reference answer, labelled
-  1 (true) or 0 (false) and grouped by question: probes learn from their last token;
+  1 (true) or 0 (false) and grouped by question: probes learn from their last token. As
+  in the authors' code, the answers are ``mc_task.json``'s MC2 answers (which end in
+  ``"."``, the token multiple-choice checks land on) when the questions carry them, else
+  the CSV's reference answers;
 * **tuning** prompts ``"Q: {question} A: {answer} Q: {other question}"`` with a randomly
   drawn other question: the spread of their projections sets each direction's scale;
 * **evaluation** prompts: an instruction, a blank line, a six-shot QA primer, then
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from fasb_lens.data._files import DataError, read_text
 from fasb_lens.data.schema import LabelledPrompt, TruthfulQAQuestion
@@ -27,12 +31,34 @@ TUNING_TEMPLATE = "Q: {question} A: {answer} Q: {other_question}"
 QUESTION_SUFFIX = "\n\nQ: {question}"
 ANSWER_PREFIX = "\nA:"
 
+ProbeAnswers = Literal["auto", "mc_task", "csv"]
+"""Which reference answers make probing prompts: ``mc_task.json``'s MC2 answers, the
+CSV's, or (``"auto"``) the MC2 answers where a question has them."""
 
-def probing_prompts(questions: Sequence[TruthfulQAQuestion]) -> list[LabelledPrompt]:
+
+def labelled_answers(
+    question: TruthfulQAQuestion, answers: ProbeAnswers = "auto"
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(true answers, false answers)`` of a question for probing."""
+    if answers not in ("auto", "mc_task", "csv"):
+        raise ValueError(f"answers must be 'auto', 'mc_task' or 'csv', got {answers!r}")
+    if answers == "mc_task" or (answers == "auto" and question.mc2_targets):
+        if not question.mc2_targets:
+            raise ValueError(f"question {question.id} has no mc_task.json answers")
+        true = tuple(text for text, label in question.mc2_targets if label == 1)
+        false = tuple(text for text, label in question.mc2_targets if label == 0)
+        return true, false
+    return question.correct_answers, question.incorrect_answers
+
+
+def probing_prompts(
+    questions: Sequence[TruthfulQAQuestion], *, answers: ProbeAnswers = "auto"
+) -> list[LabelledPrompt]:
     """One labelled prompt per reference answer: true answers (1) then false ones (0)."""
     prompts = []
     for question in questions:
-        for label, answers in ((1, question.correct_answers), (0, question.incorrect_answers)):
+        true, false = labelled_answers(question, answers)
+        for label, texts in ((1, true), (0, false)):
             prompts.extend(
                 LabelledPrompt(
                     text=PROBE_TEMPLATE.format(question=question.question, answer=answer),
@@ -40,13 +66,13 @@ def probing_prompts(questions: Sequence[TruthfulQAQuestion]) -> list[LabelledPro
                     group=question.id,
                     answer=answer,
                 )
-                for answer in answers
+                for answer in texts
             )
     return prompts
 
 
 def tuning_prompts(
-    questions: Sequence[TruthfulQAQuestion], *, seed: int = 0
+    questions: Sequence[TruthfulQAQuestion], *, seed: int = 0, answers: ProbeAnswers = "auto"
 ) -> list[LabelledPrompt]:
     """Probing prompts followed by a different, randomly drawn question (seeded)."""
     if len(questions) < 2:
@@ -54,8 +80,9 @@ def tuning_prompts(
     rng = random.Random(seed)
     prompts = []
     for index, question in enumerate(questions):
-        for label, answers in ((1, question.correct_answers), (0, question.incorrect_answers)):
-            for answer in answers:
+        true, false = labelled_answers(question, answers)
+        for label, texts in ((1, true), (0, false)):
+            for answer in texts:
                 other = rng.randrange(len(questions) - 1)
                 other += other >= index
                 prompts.append(
@@ -69,6 +96,27 @@ def tuning_prompts(
                         group=question.id,
                         answer=answer,
                     )
+                )
+    return prompts
+
+
+def context_prompts(
+    questions: Sequence[TruthfulQAQuestion],
+    fmt: PromptFormat,
+    *,
+    answers: ProbeAnswers = "auto",
+) -> list[LabelledPrompt]:
+    """Probing prompts inside the evaluation prompt: instruction, primer, question, then
+    ``"\nA: {answer}"`` - what the tracker reads during generation - labelled like
+    :func:`probing_prompts`."""
+    prompts = []
+    for question in questions:
+        true, false = labelled_answers(question, answers)
+        for label, texts in ((1, true), (0, false)):
+            for answer in texts:
+                prefix, continuation = fmt.answer_prompt(question.question, answer)
+                prompts.append(
+                    LabelledPrompt(prefix + continuation, label, question.id, answer=answer)
                 )
     return prompts
 

@@ -1,68 +1,90 @@
-"""Choosing FASB's threshold and strengths for a model, on validation questions.
+"""Choosing each method's settings for a model, on validation questions only.
 
-The paper's threshold (0.6) and strength (60) were tuned for LLaMA2-7B-chat and do not
-transfer: the probes learn from short ``"Q: ... A: ..."`` prompts, while generation runs
-after a long instruction and primer, which shifts ``p_true``. Calibration measures that
-shift on held-out validation questions:
+The paper's threshold (0.6), strength (60) and K (24 heads) were tuned for LLaMA2-7B-chat
+and do not transfer as they are. Calibration chooses them on a fold's validation
+questions, per task, and gives every method the same search:
 
-1. **Threshold.** Answers are generated without steering while the tracker reads
-   ``p_true``; a truth judge labels each answer. Triggering at ``p_true < beta`` at the
-   first check is treated as a detector of untruthful answers, and ``beta`` is chosen to
-   maximise Youden's J (true-positive rate minus false-positive rate). The readings are
-   kept: they are the paper's Figure 1 (question-only readings vs readings during
-   generation).
-2. **Strength.** Each method's ``alpha`` (ITI, FASB, CAA) is swept, per task: on
-   multiple choice (validation MC2, then MC1) and on generation (validation True*Info),
-   since answers need far larger pushes than answer log-likelihoods tolerate.
+* **Tracker** (FASB): unsteered answers are generated and judged; each available tracker
+  (the authors' short-prompt probes, and the probes trained inside the evaluation prompt)
+  is scored by how well its reading at the first check separates untruthful answers (AUC
+  and Youden's J). With ``tracker="auto"`` the better one is used.
+* **Strengths**: a log-spaced grid that extends itself (x2) while the best value sits on
+  its edge, then is refined (x2^(+-1/2)) around the best; every method family (ITI, CAA,
+  FASB and its variants) gets the same number of evaluations.
+* **Threshold**: for generation, the Youden threshold of the chosen tracker's first-check
+  readings; for multiple choice, searched jointly with FASB's strength on multiple-choice
+  readings (quantiles of the readings at the answers' checks).
+* **K**: FASB's strength search is run for each candidate number of anchored heads and the
+  best K is kept for every method of the fold.
+
+Objectives: validation MC2 (then MC1) for multiple choice, True x Info (then True) for
+generation. Each chosen value comes with a bootstrap over validation questions: how often
+it wins when the questions are resampled, and the range of the winners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens import storage
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.decoding import PromptCache
-from fasb_lens.evaluation.judges import JudgeInput, judge_by_name, summarize
-from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
+from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
+from fasb_lens.evaluation.truthfulqa import AnswerSource, MultipleChoice
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
+from fasb_lens.models import tokenize
 from fasb_lens.policies import CAA, FASB, ITI, Policy, Unsteered, policy_spec
+from fasb_lens.prefix import SharedPrefix
 from fasb_lens.steering import CAAVector, Steering
 
-MC_ALPHAS = (0.5, 2.0, 8.0)
-"""Strengths of the head vectors swept on multiple choice."""
-GENERATION_ALPHAS = (16.0, 32.0, 64.0)
-"""Strengths of the head vectors swept on generation (answers need larger pushes)."""
-CAA_ALPHAS = (0.25, 1.0, 4.0)
-"""Strengths of the CAA vector (a residual-stream difference, much larger than a head's)."""
+START_GRIDS = {
+    "mc": {"fixed": (2.0, 8.0, 32.0), "fasb": (2.0, 8.0, 32.0), "caa": (0.25, 1.0, 4.0)},
+    "generation": {"fixed": (8.0, 16.0, 32.0), "fasb": (8.0, 16.0, 32.0), "caa": (1.0, 2.0, 4.0)},
+}
+"""Where each task's and family's strength search starts (then extends and refines)."""
+MAX_EXTENSIONS = 4
+THRESHOLD_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
+TOP_K_CANDIDATES = (12, 24, 48)
+BOOTSTRAP = 200
+
+Scores = dict[str, list[float]]
+"""Per metric, one value per validation question."""
 
 
 @dataclass
 class Calibration:
-    """The chosen hyperparameters and everything they were chosen from.
+    """The chosen settings of a fold and everything they were chosen from.
 
-    ``strengths[task][method]`` is the strength chosen for ``task`` (``"mc"`` or
-    ``"generation"``) and ``method`` (``"fasb"`` for FASB and its variants, ``"fixed"``,
-    ``"caa"``).
+    ``strengths[task][family]`` is the strength for ``task`` (``"mc"``, ``"generation"``)
+    and method family (``"fixed"``, ``"caa"``, ``"fasb"``); ``thresholds[task]`` FASB's
+    threshold; ``sweep`` every evaluated setting with its validation means;
+    ``uncertainty[task][family]`` the bootstrap of the choice.
     """
 
-    threshold: float
+    tracker: str
+    top_k: int
+    thresholds: dict[str, float]
     strengths: dict[str, dict[str, float]]
     judge: str
-    youden_j: float
-    threshold_sweep: list[dict[str, float]] = field(default_factory=list)
-    alpha_sweep: list[dict[str, Any]] = field(default_factory=list)
-    readings: dict[str, list[Any]] = field(default_factory=dict)
+    questions: int
+    trackers: dict[str, dict[str, float]] = field(default_factory=dict)
+    uncertainty: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    readings: dict[str, Any] = field(default_factory=dict)
 
     def strength(self, task: str, method: str) -> float | None:
         """The strength for a policy name (a policy family shares one strength)."""
         return self.strengths.get(task, {}).get(policy_spec(method).family)
+
+    def threshold(self, task: str) -> float | None:
+        return self.thresholds.get(task)
 
     def save(self, folder: str | Path) -> Path:
         return storage.write_json(Path(folder) / storage.CALIBRATION, asdict(self))
@@ -75,6 +97,9 @@ class Calibration:
             return cls(**data)
         except TypeError as error:
             raise storage.ArtifactError(f"{path}: not a calibration ({error})") from error
+
+
+# --------------------------------------------------------------------------- pieces
 
 
 def choose_threshold(
@@ -111,144 +136,360 @@ def choose_threshold(
     return best["threshold"], best["j"], sweep
 
 
+def detection_auc(readings: Sequence[float], truthful: Sequence[bool]) -> float:
+    """How often a truthful answer reads higher than an untruthful one (ties count half)."""
+    good = [r for r, ok in zip(readings, truthful, strict=True) if ok]
+    bad = [r for r, ok in zip(readings, truthful, strict=True) if not ok]
+    if not good or not bad:
+        return float("nan")
+    wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
+    return wins / (len(good) * len(bad))
+
+
+def first_check(trace: GenerationTrace, backtrack_tokens: int) -> float:
+    """The reading FASB checks first in an unsteered answer."""
+    readings = trace.p_true
+    return float(readings[min(backtrack_tokens, len(readings)) - 1])  # type: ignore[arg-type]
+
+
+def _key(scores: Scores, keys: Sequence[str]) -> tuple[float, ...]:
+    return tuple(round(float(np.mean(scores[k])), 12) for k in keys)
+
+
+@dataclass
+class _Search:
+    """One family's search: every evaluated setting's per-question scores."""
+
+    evaluate: Callable[[float, float | None], Scores]
+    keys: tuple[str, ...]
+    tried: dict[tuple[float, float | None], Scores] = field(default_factory=dict)
+
+    def score(self, alpha: float, threshold: float | None = None) -> Scores:
+        key = (round(alpha, 9), None if threshold is None else round(threshold, 9))
+        if key not in self.tried:
+            self.tried[key] = self.evaluate(alpha, threshold)
+        return self.tried[key]
+
+    def best(self, threshold: float | None = None) -> float:
+        """The best strength tried at ``threshold`` (ties: the smaller strength)."""
+        alphas = [
+            a for a, t in self.tried if t == (None if threshold is None else round(threshold, 9))
+        ]
+        return max(alphas, key=lambda a: (*_key(self.tried[(a, _t(threshold))], self.keys), -a))
+
+    def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
+        """Grid, extension while the best is on an edge, refinement around the best."""
+        for alpha in grid:
+            self.score(alpha, threshold)
+        for _ in range(MAX_EXTENSIONS):
+            tried = sorted(a for a, t in self.tried if t == _t(threshold))
+            best = self.best(threshold)
+            if best == tried[-1]:
+                self.score(best * 2, threshold)
+            elif best == tried[0]:
+                self.score(best / 2, threshold)
+            else:
+                break
+        best = self.best(threshold)
+        for factor in (2**-0.5, 2**0.5):
+            self.score(best * factor, threshold)
+        return self.best(threshold)
+
+    def fill(self, budget: int, threshold: float | None = None) -> None:
+        """More refinement points around the best until ``budget`` settings are tried."""
+        step = 1
+        while len(self.tried) < budget:
+            best = self.best(threshold)
+            for factor in (2 ** (-step / 4), 2 ** (step / 4)):
+                if len(self.tried) < budget:
+                    self.score(best * factor, threshold)
+            step += 1
+
+    def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
+        """How often the chosen setting wins when validation questions are resampled."""
+        settings = list(self.tried)
+        chosen = max(settings, key=lambda s: (*_key(self.tried[s], self.keys), -s[0]))
+        n = len(next(iter(self.tried.values()))[self.keys[0]])
+        table = np.array([[self.tried[s][self.keys[0]][i] for i in range(n)] for s in settings])
+        winners = []
+        for _ in range(BOOTSTRAP):
+            sample = rng.randint(n, size=n)
+            winners.append(settings[int(np.argmax(table[:, sample].mean(axis=1)))])
+        alphas = [w[0] for w in winners]
+        thresholds = [w[1] for w in winners if w[1] is not None]
+        result = {
+            "chosen_wins": sum(w == chosen for w in winners) / len(winners),
+            "alpha_range": [float(np.percentile(alphas, 5)), float(np.percentile(alphas, 95))],
+        }
+        if thresholds:
+            result["threshold_range"] = [
+                float(np.percentile(thresholds, 5)),
+                float(np.percentile(thresholds, 95)),
+            ]
+        return result
+
+    def rows(self, task: str, method: str, top_k: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "task": task,
+                "method": method,
+                "alpha": alpha,
+                "threshold": threshold,
+                "top_k": top_k,
+                **{k: float(np.mean(v)) for k, v in scores.items()},
+            }
+            for (alpha, threshold), scores in self.tried.items()
+        ]
+
+
+def _t(threshold: float | None) -> float | None:
+    return None if threshold is None else round(threshold, 9)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class CalibrationInputs:
+    """What calibration runs on: the fold's validation questions and artifacts."""
+
+    model: TransformerBridge
+    questions: Sequence[TruthfulQAQuestion]
+    steering: Steering
+    fmt: PromptFormat
+    backtrack_tokens: int
+    caa: CAAVector | None = None
+    shared: SharedPrefix | None = None
+    mc_source: AnswerSource = "mc_task"
+    answer_offset: int = 1
+    max_new_tokens: int = 50
+    batch_size: int = 32
+    judge: str = "embedding-acc"
+    progress: bool = True
+
+
 def _generate(
-    model: TransformerBridge,
-    questions: Sequence[TruthfulQAQuestion],
-    fmt: PromptFormat,
-    steering: Steering,
-    policies: dict[Any, Policy],
-    config: GenerationConfig,
-    batch_size: int,
-    progress: bool,
-) -> dict[Any, list[GenerationTrace]]:
-    """Answers to ``questions`` under each policy; every batch's prompts run once."""
-    traces: dict[Any, list[GenerationTrace]] = {key: [] for key in policies}
-    for start in tqdm(
-        range(0, len(questions), batch_size), desc="calibrate: generate", disable=not progress
-    ):
-        prompts = [fmt.generation_prompt(q.question) for q in questions[start : start + batch_size]]
-        shared = PromptCache.build(model, prompts)
-        for key, policy in policies.items():
-            traces[key] += generate(
-                model, prompts, policy=policy, steering=steering, config=config, prompt_cache=shared
-            )
+    inputs: CalibrationInputs, policy: Policy, steering: Steering
+) -> list[GenerationTrace]:
+    config = GenerationConfig(max_new_tokens=inputs.max_new_tokens, stop_strings=(QA_STOP,))
+    traces: list[GenerationTrace] = []
+    questions = list(inputs.questions)
+    for start in range(0, len(questions), inputs.batch_size):
+        batch = [
+            inputs.fmt.generation_prompt(q.question)
+            for q in questions[start : start + inputs.batch_size]
+        ]
+        cache = PromptCache.build(inputs.model, batch, shared=inputs.shared)
+        traces += generate(
+            inputs.model, batch, policy=policy, steering=steering, config=config, prompt_cache=cache
+        )
     return traces
 
 
-def _inputs(
-    questions: Sequence[TruthfulQAQuestion], traces: Sequence[GenerationTrace]
-) -> list[JudgeInput]:
-    return [
-        JudgeInput(q.question, t.answer, q.correct_answers, q.incorrect_answers)
-        for q, t in zip(questions, traces, strict=True)
-    ]
-
-
-def _policies(
-    alphas: Sequence[float], threshold: float, backtrack_tokens: int, caa: CAAVector | None
-) -> dict[tuple[str, float], Policy]:
-    policies: dict[tuple[str, float], Policy] = {}
-    for alpha in alphas:
-        policies[("fixed", alpha)] = ITI(alpha)
-        policies[("fasb", alpha)] = FASB(alpha, threshold, backtrack_tokens)
-    for alpha in CAA_ALPHAS if caa is not None else ():
-        policies[("caa", alpha)] = CAA(caa, alpha)
-    return policies
-
-
-def _best(rows: list[dict[str, Any]], task: str, key: tuple[str, ...]) -> dict[str, float]:
-    """The strength with the best ``key`` metrics per method (ties: the smaller strength)."""
-    chosen = {}
-    for method in dict.fromkeys(row["method"] for row in rows if row["task"] == task):
-        candidates = [row for row in rows if (row["task"], row["method"]) == (task, method)]
-        best = max(candidates, key=lambda r: (*(round(r[k], 12) for k in key), -r["alpha"]))
-        chosen[method] = best["alpha"]
-    return chosen
+def _judged(inputs: CalibrationInputs, traces: Sequence[GenerationTrace], judge: Any) -> list:
+    return judge.judge_many(
+        [
+            JudgeInput(q.question, t.answer, q.correct_answers, q.incorrect_answers)
+            for q, t in zip(inputs.questions, traces, strict=True)
+        ]
+    )
 
 
 def calibrate(
-    model: TransformerBridge,
-    questions: Sequence[TruthfulQAQuestion],
-    steering: Steering,
+    inputs: CalibrationInputs,
     *,
-    fmt: PromptFormat,
-    backtrack_tokens: int,
-    fallback_threshold: float = 0.6,
     tasks: Sequence[str] = ("mc", "generation"),
-    sweep_questions: int = 32,
-    judge: str = "embedding-acc",
-    max_new_tokens: int = 50,
-    mc_source: AnswerSource = "mc_task",
-    batch_size: int = 8,
-    caa: CAAVector | None = None,
-    progress: bool = True,
-) -> Calibration:
-    """Choose the threshold, then each method's strength per task, on validation questions.
+    tracker: str = "auto",
+    fallback_threshold: float = 0.6,
+    top_ks: Sequence[int] = TOP_K_CANDIDATES,
+    seed: int = 0,
+) -> tuple[Calibration, Steering]:
+    """Choose the tracker, K, thresholds and every family's strengths (module docstring).
 
-    The threshold comes from unsteered generations (Youden's J, see the module
-    docstring). Strengths for multiple choice maximise validation MC2 (then MC1);
-    strengths for generation maximise True*Info (``judge`` for truth, ``info-check`` for
-    informativeness). Both sweeps use the first ``sweep_questions`` questions; ``tasks`` limits
-    which strengths are chosen; with ``caa`` the CAA baseline's strength is chosen too.
+    Returns the calibration and the fold's steering with the chosen K.
     """
-    config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=(QA_STOP,))
-    truth_judge, info_judge = judge_by_name(judge), judge_by_name("info-check")
-    traces = _generate(
-        model, questions, fmt, steering, {"none": Unsteered()}, config, batch_size, progress
-    )["none"]
-    first_check = [t.p_true[min(backtrack_tokens, len(t.p_true)) - 1] for t in traces]
-    verdicts = truth_judge.judge_many(_inputs(questions, traces))
-    truthful = [bool(v.truthful) for v in verdicts]
-    threshold, j, threshold_sweep = choose_threshold(first_check, truthful, fallback_threshold)
+    steering = inputs.steering
+    truth_judge, info_judge = judge_by_name(inputs.judge), judge_by_name("info-check")
+    available = ["probe"] + (["context"] if steering.context_weight is not None else [])
+    if tracker != "auto" and tracker not in available:
+        raise ValueError(f"tracker {tracker!r} is not available (have {available})")
+    bar = tqdm(desc="calibrate", unit="setting", disable=not inputs.progress)
 
-    rows: list[dict[str, Any]] = []
-    subset = list(questions[:sweep_questions])
-    if "mc" in tasks:
-        policies = _policies(MC_ALPHAS, threshold, backtrack_tokens, caa)
-        scores: dict[tuple[str, float], list[dict[str, Any]]] = {key: [] for key in policies}
-        named = {f"{method}@{alpha}": policy for (method, alpha), policy in policies.items()}
-        for question in tqdm(subset, desc="calibrate: MC", disable=not progress):
-            result = evaluate_mc(
-                model, question, named, fmt=fmt, steering=steering, source=mc_source
-            )
-            for method, alpha in policies:
-                scores[(method, alpha)].append(result[f"{method}@{alpha}"])
-        for (method, alpha), values in scores.items():
-            means = {m: sum(v[m] for v in values) / len(values) for m in ("mc1", "mc2", "mc3")}
-            rows.append({"task": "mc", "method": method, "alpha": alpha, **means})
-    if "generation" in tasks:
-        policies = _policies(GENERATION_ALPHAS, threshold, backtrack_tokens, caa)
-        generated = _generate(model, subset, fmt, steering, policies, config, batch_size, progress)
-        for (method, alpha), answers in generated.items():
-            summary = summarize(
-                truth_judge.judge_many(_inputs(subset, answers)),
-                info_judge.judge_many(_inputs(subset, answers)),
-            )
-            rows.append(
-                {
-                    "task": "generation",
-                    "method": method,
-                    "alpha": alpha,
-                    **{k: summary[k] for k in ("true", "info", "true_x_info")},
-                }
-            )
-    strengths = {
-        "mc": _best(rows, "mc", ("mc2", "mc1")),
-        "generation": _best(rows, "generation", ("true_x_info", "true")),
+    # the trackers on unsteered answers (the paper's Figure 1 view)
+    plain: dict[str, list[GenerationTrace]] = {}
+    for name in available:
+        plain[name] = _generate(inputs, Unsteered(tracker=name), steering)
+        bar.update(1)
+    first = next(iter(plain.values()))
+    truthful = [bool(v.truthful) for v in _judged(inputs, first, truth_judge)]
+    readings: dict[str, Any] = {
+        "question_ids": [q.id for q in inputs.questions],
+        "truthful": truthful,
+        "answers": [t.answer for t in first],
     }
-    return Calibration(
-        threshold=threshold,
-        strengths={task: values for task, values in strengths.items() if values},
-        judge=judge,
-        youden_j=j,
-        threshold_sweep=threshold_sweep,
-        alpha_sweep=rows,
-        readings={
-            "question_ids": [q.id for q in questions],
+    comparison: dict[str, dict[str, float]] = {}
+    for name, traces in plain.items():
+        checks = [first_check(t, inputs.backtrack_tokens) for t in traces]
+        threshold, j, _ = choose_threshold(checks, truthful, fallback_threshold)
+        comparison[name] = {
+            "auc": detection_auc(checks, truthful),
+            "j": j,
+            "threshold": threshold,
+        }
+        readings[name] = {
             "question": [t.p_true[0] for t in traces],
-            "first_check": first_check,
+            "first_check": checks,
             "generation": [t.p_true for t in traces],
-            "truthful": truthful,
-            "answers": [t.answer for t in traces],
-        },
+        }
+    if tracker == "auto":
+        tracker = max(available, key=lambda n: (np.nan_to_num(comparison[n]["auc"]), n == "probe"))
+    rng = np.random.RandomState(seed)
+    calibration = Calibration(
+        tracker=tracker,
+        top_k=steering.top_k,
+        thresholds={"generation": float(comparison[tracker]["threshold"])},
+        strengths={},
+        judge=inputs.judge,
+        questions=len(inputs.questions),
+        trackers=comparison,
+        readings=readings,
     )
+    if "mc" in tasks:
+        steering = _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng)
+    if "generation" in tasks:
+        _calibrate_generation(inputs, calibration, steering, truth_judge, info_judge, bar, rng)
+    bar.close()
+    return calibration, steering
+
+
+def _with_k(steering: Steering, k: int) -> Steering:
+    """The fold's steering on its best ``k`` heads (heads are stored best first)."""
+    return steering.subset(steering.heads[: min(k, steering.top_k)])
+
+
+def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
+    """K, FASB's strength and threshold (jointly), ITI's and CAA's strengths, on MC2."""
+    questions = list(inputs.questions)
+    tracker, s = calibration.tracker, inputs.backtrack_tokens
+    keys = ("mc2", "mc1")
+
+    def choices(current: Steering) -> list[MultipleChoice]:
+        return [
+            MultipleChoice(
+                inputs.model,
+                q,
+                fmt=inputs.fmt,
+                steering=current,
+                source=inputs.mc_source,
+                answer_offset=inputs.answer_offset,
+                shared=inputs.shared,
+            )
+            for q in questions
+        ]
+
+    def scorer(items: list[MultipleChoice], make: Callable[[float, float | None], Policy]):
+        def evaluate(alpha: float, threshold: float | None) -> Scores:
+            results = [item.evaluate(make(alpha, threshold)) for item in items]
+            bar.update(1)
+            return {m: [r[m] for r in results] for m in ("mc2", "mc1", "mc3")}
+
+        return evaluate
+
+    def fasb(alpha: float, threshold: float | None) -> Policy:
+        return FASB(alpha, 0.6 if threshold is None else threshold, s, tracker=tracker)
+
+    def check_readings(items: list[MultipleChoice]) -> list[float]:
+        """The tracker at each answer's first check (the unsteered pass, shared)."""
+        checks = []
+        for item in items:
+            ids = tokenize(inputs.model, item.continuations, prepend_bos=False)
+            for values in item.scorer.readings(ids, tracker):
+                answer = values[1:]
+                checks.append(answer[min(inputs.answer_offset + s, len(answer) - 1)])
+        return checks
+
+    # K, and FASB's strength at the median reading as threshold
+    searches: dict[int, tuple[_Search, list[MultipleChoice], list[float]]] = {}
+    for k in sorted({min(k, steering.top_k) for k in top_ks}):
+        items = choices(_with_k(steering, k))
+        checks = check_readings(items)
+        search = _Search(scorer(items, fasb), keys)
+        search.strengths(START_GRIDS["mc"]["fasb"], float(np.quantile(checks, 0.5)))
+        searches[k] = (search, items, checks)
+
+    def best_value(k: int) -> tuple[float, ...]:
+        search, _, checks = searches[k]
+        beta = float(np.quantile(checks, 0.5))
+        return _key(search.tried[(search.best(beta), _t(beta))], keys)
+
+    best_k = max(searches, key=best_value)
+    search, items, checks = searches[best_k]
+    steering = _with_k(steering, best_k)
+    calibration.top_k = best_k
+    calibration.readings["mc_first_check"] = checks
+    alpha = search.best(float(np.quantile(checks, 0.5)))
+    for quantile in THRESHOLD_QUANTILES:  # the threshold at that strength
+        search.score(alpha, float(np.quantile(checks, quantile)))
+    alpha, beta = max(search.tried, key=lambda st: (*_key(search.tried[st], keys), -st[0]))
+    alpha = search.strengths([alpha], beta)  # and the strength again at that threshold
+    calibration.thresholds["mc"] = float(beta)  # type: ignore[arg-type]
+    strengths = {"fasb": float(alpha)}
+    uncertainty = {"fasb": search.bootstrap(rng)}
+    rows = [row for k, (sr, _, _) in searches.items() for row in sr.rows("mc", "fasb", k)]
+    families: dict[str, Callable[[float, float | None], Policy]] = {"fixed": lambda a, t: ITI(a)}
+    if inputs.caa is not None:
+        families["caa"] = lambda a, t: CAA(inputs.caa, a)
+    for family, make in families.items():  # the same number of evaluations as FASB's last search
+        other = _Search(scorer(items, make), keys)
+        other.strengths(START_GRIDS["mc"][family])
+        other.fill(len(search.tried))
+        strengths[family] = float(other.best())
+        uncertainty[family] = other.bootstrap(rng)
+        rows += other.rows("mc", family, best_k)
+    calibration.strengths["mc"] = strengths
+    calibration.uncertainty["mc"] = uncertainty
+    calibration.sweep += rows
+    return steering
+
+
+def _calibrate_generation(inputs, calibration, steering, truth_judge, info_judge, bar, rng) -> None:
+    """Each family's strength on validation True x Info, at the Youden threshold."""
+    tracker = calibration.tracker
+    threshold = calibration.thresholds["generation"]
+    s = inputs.backtrack_tokens
+
+    def scorer(make: Callable[[float], Policy]):
+        def evaluate(alpha: float, _: float | None) -> Scores:
+            traces = _generate(inputs, make(alpha), steering)
+            truth = _judged(inputs, traces, truth_judge)
+            info = _judged(inputs, traces, info_judge)
+            bar.update(1)
+            true = [float(bool(v.truthful)) for v in truth]
+            informative = [float(bool(v.informative)) for v in info]
+            return {
+                "true_x_info": [t * i for t, i in zip(true, informative, strict=True)],
+                "true": true,
+                "info": informative,
+            }
+
+        return evaluate
+
+    families: dict[str, Callable[[float], Policy]] = {
+        "fasb": lambda a: FASB(a, threshold, s, tracker=tracker),
+        "fixed": lambda a: ITI(a),
+    }
+    if inputs.caa is not None:
+        families["caa"] = lambda a: CAA(inputs.caa, a)
+    searches = {}
+    for family, make in families.items():
+        searches[family] = _Search(scorer(make), ("true_x_info", "true"))
+        searches[family].strengths(START_GRIDS["generation"][family])
+    budget = max(len(search.tried) for search in searches.values())
+    strengths, uncertainty = {}, {}
+    for family, search in searches.items():
+        search.fill(budget)
+        strengths[family] = float(search.best())
+        uncertainty[family] = search.bootstrap(rng)
+        calibration.sweep += search.rows("generation", family, calibration.top_k)
+    calibration.strengths["generation"] = strengths
+    calibration.uncertainty["generation"] = uncertainty

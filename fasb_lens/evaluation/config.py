@@ -32,7 +32,14 @@ DEFAULT_METHODS = (
     "fasb_fixed_strength",
     "fasb_no_backtrack",
     "after_question",
+    "fasb_random",
+    "fixed_random",
 )
+CONTROLS = ("fasb_random", "fixed_random")
+"""Methods run once per control seed, their results averaged over the seeds."""
+QUESTION_PROTOCOL = ("fasb", "fasb_random")
+"""Methods also scored under the leak-free multiple-choice protocol, as ``NAME_question``."""
+TRACKERS = ("auto", "probe", "context")
 DEFAULT_JUDGES = ("bleu-acc", "rouge-l-acc", "embedding-acc", "info-check")
 INFO_JUDGES = ("info-check", "allenai-info")
 TASKS = ("mc", "generation")
@@ -84,7 +91,21 @@ class ExperimentConfig:
     train_fraction: float = 1.0
     seed: int = option(42, help="seed of the folds' validation draws")
     top_k: int = option(24, help="anchored heads", bounds=AT_LEAST_ONE)
-    direction: str = option("probe", help="steering directions", choices=DIRECTION_KINDS)
+    direction: str = option(
+        "prototype",
+        help="steering directions: prototype (class means, the authors' run) or probe weights",
+        choices=DIRECTION_KINDS,
+    )
+    probe_answers: str = option(
+        "auto",
+        help="probing answers: mc_task.json's MC2 answers where present (auto), or the CSV's",
+        choices=("auto", "mc_task", "csv"),
+    )
+    mc_offset: int = option(
+        1,
+        help="answer tokens FASB's MC checks start late: 1 as in the authors' code, 0 as described",
+        bounds=NON_NEGATIVE,
+    )
     alpha: float = option(60.0, help="strength of FASB's vectors", bounds=NON_NEGATIVE)
     threshold: float = option(0.6, help="trigger below this p_true", bounds=PROBABILITY)
     backtrack_tokens: int = option(10, help="tokens dropped on a trigger", bounds=NON_NEGATIVE)
@@ -103,20 +124,39 @@ class ExperimentConfig:
     )
     primer: str | None = option(None, help="QA primer file (default: fasb_lens' own)")
     instruction: str | None = option(None, help="instruction file (default: fasb_lens' own)")
-    batch_size: int = option(8, help="prompts generated together", bounds=AT_LEAST_ONE)
+    batch_size: int = option(32, help="prompts generated together", bounds=AT_LEAST_ONE)
     tuning_seed: int = 0
     calibrate: bool = option(
-        True, help="use --alpha/--threshold as given instead of choosing them on validation"
+        True, help="use --alpha/--threshold/--top-k as given instead of choosing them"
     )
-    calibration_questions: int = 32
+    tracker: str = option(
+        "auto",
+        help="FASB's tracker: probe (the authors'), context (probes trained inside the "
+        "evaluation prompt), or auto (the better one on validation)",
+        choices=TRACKERS,
+    )
+    control_seeds: int = option(
+        3, help="random-direction seeds of each control method", bounds=AT_LEAST_ONE
+    )
+    top_k_candidates: tuple[str, ...] = option(
+        ("12", "24", "48"), help="numbers of anchored heads calibration chooses among"
+    )
+    question_protocol: bool = option(
+        True, help="leave out the leak-free multiple-choice protocol (one decision per question)"
+    )
+    calibration_questions: int | None = None
     calibration_judge: str = "embedding-acc"
 
     def __post_init__(self) -> None:
         check_options(self)
         for name, bounds in (("val_fraction", FRACTION), ("calibration_questions", AT_LEAST_ONE)):
-            problem = bounds.problem(getattr(self, name))
+            value = getattr(self, name)
+            problem = bounds.problem(value) if value is not None else None
             if problem:
                 raise ValueError(f"{name} {problem}")
+        for text in self.top_k_candidates:
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"top_k_candidates holds {text!r}; expected positive integers")
         object.__setattr__(self, "methods", tuple(resolve(name) for name in self.methods))
         for name in self.tasks:
             _task(name)
@@ -134,6 +174,10 @@ class ExperimentConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"the {name} file {path} does not exist")
+
+    @property
+    def top_ks(self) -> tuple[int, ...]:
+        return tuple(sorted({int(text) for text in self.top_k_candidates}))
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}

@@ -19,6 +19,7 @@ Everything goes under one run directory, written as it comes:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,22 @@ from fasb_lens.anchoring import (
     fit_anchoring,
     truthfulqa_prompts,
 )
-from fasb_lens.data import TruthfulQAQuestion, load_prompt_format, load_questions
+from fasb_lens.data import (
+    TruthfulQAQuestion,
+    context_prompts,
+    load_prompt_format,
+    load_questions,
+)
 from fasb_lens.decoding import PromptCache
-from fasb_lens.evaluation.calibration import Calibration, calibrate
-from fasb_lens.evaluation.config import TASKS, ExperimentConfig
+from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
+from fasb_lens.evaluation.config import CONTROLS, QUESTION_PROTOCOL, TASKS, ExperimentConfig
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.summary import write_summary
-from fasb_lens.evaluation.truthfulqa import evaluate_mc
+from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
-from fasb_lens.models import load_model, model_shape
-from fasb_lens.policies import Policy, make_policy, policy_spec
+from fasb_lens.models import load_model, model_shape, tokenize
+from fasb_lens.policies import Policy, RandomDirections, make_policy, policy_spec
+from fasb_lens.prefix import SharedPrefix
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import Split, authors_folds, authors_question_order
 from fasb_lens.steering import CAAVector, PolicyDefaults, Steering
@@ -124,6 +131,8 @@ class Experiment:
             )
         self.records = storage.JsonlLog(self.out / storage.RECORDS, record_key)
         self.judgements = storage.JsonlLog(self.out / storage.JUDGEMENTS, judgement_key)
+        prompts = [self.fmt.generation_prompt(q.question) for q in self.questions]
+        self.shared = SharedPrefix.build(self.model, tokenize(self.model, prompts))
 
     def _check_config(self) -> None:
         path = self.out / storage.RUN_CONFIG
@@ -155,40 +164,56 @@ class Experiment:
         it writes can be copied into ``activations/`` instead of being computed again.
         """
         questions = sorted(self.questions, key=lambda question: question.id)
-        probing, tuning = truthfulqa_prompts(questions, tuning_seed=self.config.tuning_seed)
+        probing, tuning = truthfulqa_prompts(
+            questions,
+            tuning_seed=self.config.tuning_seed,
+            answers=self.config.probe_answers,  # type: ignore[arg-type]
+        )
+        context = None
+        if self.config.tracker in ("auto", "context"):
+            answers = self.config.probe_answers
+            context = context_prompts(questions, self.fmt, answers=answers)  # type: ignore[arg-type]
         return collect_anchoring_activations(
             self.model,
             probing,
             tuning,
             residual_layer=self.caa_layer if "caa" in self.config.methods else None,
+            context=context,
             out_dir=self.activations_dir,
             progress=self.progress,
         )
 
     def anchor(self) -> list[_Fold]:
-        """Probes, anchored heads, steering (and CAA) vectors for every fold."""
+        """Probes, anchored heads, steering (and CAA) vectors for every fold, then each
+        fold's calibration (which also chooses how many heads it keeps)."""
         activations = self._activations()
         config = self.config
+        widest = max(config.top_k, *config.top_ks) if config.calibrate else config.top_k
+        shape = activations.probing.shape
+        widest = min(widest, shape.n_layers * shape.n_heads)
         folds = []
         for split in map(self._subsample, self.folds_splits):
             anchoring = fit_anchoring(
                 activations,
                 split,
-                top_k=config.top_k,
+                top_k=min(
+                    widest, activations.probing.shape.n_layers * activations.probing.shape.n_heads
+                ),
                 direction=config.direction,  # type: ignore[arg-type]
                 seed=config.seed,
                 defaults=PolicyDefaults(config.alpha, config.threshold, config.backtrack_tokens),
                 progress=False,
             )
             folder = fold_folder(self.out, split.fold)
+            steering, calibration = anchoring.steering, None
+            if config.calibrate:
+                calibration, steering = self._calibration(split, steering, anchoring.caa, folder)
+            else:
+                steering = steering.subset(steering.heads[: config.top_k])
+            anchoring.steering = steering
             anchoring.save(folder)
-            calibration = (
-                self._calibration(split, anchoring.steering, anchoring.caa, folder)
-                if config.calibrate
-                else None
-            )
             policies = self._policies(anchoring.caa, calibration)
-            folds.append(_Fold(split, anchoring.steering, policies, calibration))
+            folds.append(_Fold(split, steering, policies, calibration))
         return folds
 
     def _subsample(self, split: Split) -> Split:
@@ -207,58 +232,76 @@ class Experiment:
 
     def _calibration(
         self, split: Split, steering: Steering, caa: CAAVector | None, folder: Path
-    ) -> Calibration:
-        """The fold's threshold and strengths, chosen on its validation questions."""
+    ) -> tuple[Calibration, Steering]:
+        """The fold's tracker, K, thresholds and strengths, chosen on its validation
+        questions (kept in ``calibration.json``, so a resumed run does not redo them)."""
         if (folder / storage.CALIBRATION).is_file():
-            return Calibration.load(folder)
+            calibration = Calibration.load(folder)
+            return calibration, steering.subset(steering.heads[: calibration.top_k])
         val = set(split.val)
         config = self.config
-        calibration = calibrate(
+        questions = [q for q in self.questions if q.id in val]
+        inputs = CalibrationInputs(
             self.model,
-            [q for q in self.questions if q.id in val],
+            questions[: config.calibration_questions],
             steering,
-            fmt=self.fmt,
-            backtrack_tokens=config.backtrack_tokens,
-            fallback_threshold=config.threshold,
-            tasks=config.tasks,
-            sweep_questions=config.calibration_questions,
-            judge=config.calibration_judge,
-            max_new_tokens=config.max_new_tokens,
-            mc_source=config.mc_source,
-            batch_size=config.batch_size,
+            self.fmt,
+            config.backtrack_tokens,
             caa=caa,
+            shared=self.shared,
+            mc_source=config.mc_source,
+            answer_offset=config.mc_offset,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            judge=config.calibration_judge,
             progress=self.progress,
         )
+        calibration, steering = calibrate(
+            inputs,
+            tasks=config.tasks,
+            tracker=config.tracker,
+            fallback_threshold=config.threshold,
+            top_ks=config.top_ks,
+            seed=config.seed + split.fold,
+        )
         calibration.save(folder)
-        return calibration
+        return calibration, steering
 
     def _policies(
         self, caa: CAAVector | None, calibration: Calibration | None
     ) -> dict[str, dict[str, Policy]]:
-        """Each task's policies; strengths and threshold from the calibration if any."""
+        """Each task's policies (controls once per seed, as ``NAME/SEED``); strengths,
+        thresholds and the tracker from the calibration if any."""
         config = self.config
-        threshold = calibration.threshold if calibration is not None else config.threshold
         fixed = config.alpha if config.fixed_alpha is None else config.fixed_alpha
         defaults = {"caa": config.caa_alpha, "fixed": fixed}
-
-        def strength(task: str, name: str) -> float:
-            chosen = calibration.strength(task, name) if calibration is not None else None
-            family = policy_spec(name).family
-            return chosen if chosen is not None else defaults.get(family, config.alpha)
-
-        return {
-            task: {
-                name: make_policy(
-                    name,
-                    alpha=strength(task, name),
-                    threshold=threshold,
-                    backtrack_tokens=config.backtrack_tokens,
-                    caa=caa,
-                )
-                for name in config.methods
-            }
-            for task in TASKS
-        }
+        tracker = calibration.tracker if calibration is not None else config.tracker
+        tracker = "probe" if tracker == "auto" else tracker
+        policies: dict[str, dict[str, Policy]] = {}
+        for task in TASKS:
+            chosen = calibration.threshold(task) if calibration is not None else None
+            threshold = config.threshold if chosen is None else chosen
+            policies[task] = {}
+            for name in config.methods:
+                spec = policy_spec(name)
+                strength = calibration.strength(task, name) if calibration is not None else None
+                if strength is None:
+                    strength = defaults.get(spec.family, config.alpha)
+                options = {"tracker": tracker} if spec.family in ("fasb", "none") else {}
+                seeds = range(config.control_seeds) if name in CONTROLS else [None]
+                for seed in seeds:
+                    extra = {} if seed is None else {"seed": seed}
+                    label = name if seed is None else f"{name}/{seed}"
+                    policies[task][label] = make_policy(
+                        name,
+                        alpha=strength,
+                        threshold=threshold,
+                        backtrack_tokens=config.backtrack_tokens,
+                        caa=caa,
+                        **options,
+                        **extra,
+                    )
+        return policies
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -266,44 +309,70 @@ class Experiment:
         test = set(fold.split.test)
         return [question for question in self.questions if question.id in test]
 
+    def _question_policies(self, fold: _Fold, question: TruthfulQAQuestion) -> dict[str, Policy]:
+        """The leak-free protocol's policies for one question (``NAME_question``), decided
+        from the model's own unsteered answer (the ``none`` generation record) with the
+        generation threshold, at the multiple-choice strength."""
+        if not self.config.question_protocol or "generation" not in self.config.tasks:
+            return {}
+        record = self.records.get((fold.split.fold, question.id, "generation", "none"))
+        if record is None:
+            return {}
+        trace = record_trace(record)
+        decided = {}
+        for name, policy in fold.policies["mc"].items():
+            base, _, seed = name.partition("/")
+            if base not in QUESTION_PROTOCOL:
+                continue
+            threshold = _threshold(fold.policies["generation"][name])
+            label = f"{base}_question" + (f"/{seed}" if seed else "")
+            decided[label] = decide_once(_with_threshold(policy, threshold), trace)
+        return decided
+
     def evaluate_mc(self, fold: _Fold) -> None:
         questions = self._test_questions(fold)
         bar = tqdm(
             questions, desc=f"MC fold {fold.split.fold}", unit="question", disable=not self.progress
         )
         for question in bar:
+            candidates = {**fold.policies["mc"], **self._question_policies(fold, question)}
             missing = {
                 name: policy
-                for name, policy in fold.policies["mc"].items()
+                for name, policy in candidates.items()
                 if (fold.split.fold, question.id, "mc", name) not in self.records
             }
             if not missing:
                 continue
-            scored = evaluate_mc(
+            choice = MultipleChoice(
                 self.model,
                 question,
-                missing,
                 fmt=self.fmt,
                 steering=fold.steering,
                 source=self.config.mc_source,
+                answer_offset=self.config.mc_offset,
+                shared=self.shared,
             )
-            for name, result in scored.items():
+            for name, policy in missing.items():
                 self.records.append(
                     {
                         "fold": fold.split.fold,
                         "question_id": question.id,
                         "task": "mc",
                         "method": name,
-                        **result,
+                        **choice.evaluate(policy),
                     }
                 )
 
-    def evaluate_generation(self, fold: _Fold) -> None:
+    def evaluate_generation(self, fold: _Fold, methods: Sequence[str] | None = None) -> None:
         config = GenerationConfig(
             max_new_tokens=self.config.max_new_tokens, stop_strings=(QA_STOP,)
         )
         questions = self._test_questions(fold)
-        policies = fold.policies["generation"]
+        policies = {
+            name: policy
+            for name, policy in fold.policies["generation"].items()
+            if methods is None or name in methods
+        }
         total = len(questions) * len(policies)
         bar = tqdm(
             total=total,
@@ -326,7 +395,7 @@ class Experiment:
                 if not todo:
                     continue
                 if len(todo) == len(batch) and shared is None:
-                    shared = PromptCache.build(self.model, prompts)
+                    shared = PromptCache.build(self.model, prompts, shared=self.shared)
                 traces = generate(
                     self.model,
                     [prompts[i] for i in todo],
@@ -334,6 +403,7 @@ class Experiment:
                     steering=fold.steering,
                     config=config,
                     prompt_cache=shared if len(todo) == len(batch) else None,
+                    shared=self.shared,
                 )
                 for i, trace in zip(todo, traces, strict=True):
                     self.records.append(generation_record(fold.split.fold, batch[i], name, trace))
@@ -379,10 +449,13 @@ class Experiment:
     def run(self) -> dict[str, Any]:
         """Anchor, evaluate every fold, judge, and write the summary; returns it.
 
-        Multiple choice runs on every fold before generation, so the quick table is whole
-        early and a run stopped during generation still has it.
+        Unsteered answers come first (the leak-free multiple-choice protocol decides from
+        them), then multiple choice on every fold, then the other methods' answers.
         """
         folds = self.anchor()
+        if "generation" in self.config.tasks:  # the model's own answers first: the leak-free
+            for fold in folds:  # multiple-choice protocol decides from them
+                self.evaluate_generation(fold, ["none"])
         if "mc" in self.config.tasks:
             for fold in folds:
                 self.evaluate_mc(fold)
@@ -406,12 +479,25 @@ class Experiment:
             if (folder / storage.CALIBRATION).is_file():
                 calibration = Calibration.load(folder)
                 calibrations[str(split.fold)] = {
-                    "threshold": calibration.threshold,
+                    "tracker": calibration.tracker,
+                    "top_k": calibration.top_k,
+                    "thresholds": calibration.thresholds,
                     "strengths": calibration.strengths,
-                    "youden_j": calibration.youden_j,
+                    "trackers": calibration.trackers,
+                    "uncertainty": calibration.uncertainty,
                 }
         records, judgements = self.records.values(), self.judgements.values()
         return write_summary(self.out, self.config, records, judgements, calibrations)
+
+
+def _threshold(policy: Policy) -> float:
+    return (policy.base if isinstance(policy, RandomDirections) else policy).threshold  # type: ignore[attr-defined]
+
+
+def _with_threshold(policy: Policy, threshold: float) -> Policy:
+    if isinstance(policy, RandomDirections):
+        return replace(policy, base=replace(policy.base, threshold=threshold))
+    return replace(policy, threshold=threshold)
 
 
 def generation_record(

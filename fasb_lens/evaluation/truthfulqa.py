@@ -19,7 +19,9 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
-from fasb_lens.policies import Policy
+from fasb_lens.generation import GenerationTrace
+from fasb_lens.policies import ITI, Policy, RandomDirections, Tracking, Unsteered
+from fasb_lens.prefix import SharedPrefix
 from fasb_lens.scoring import AnswerScore, PrefixScorer
 from fasb_lens.steering import Steering
 
@@ -70,6 +72,62 @@ def mc_metrics(true_scores: Sequence[float], false_scores: Sequence[float]) -> d
     }
 
 
+class MultipleChoice:
+    """One TruthfulQA question's multiple choice, ready to score under any policy.
+
+    The prompt runs once (on top of a :class:`~fasb_lens.prefix.SharedPrefix`, if given),
+    and the unsteered pass over the answers is shared by every policy, so scoring the
+    same question under many settings (a calibration sweep) costs one batch per setting.
+    ``answer_offset`` is the scorer's (see :class:`~fasb_lens.scoring.PrefixScorer`).
+    """
+
+    def __init__(
+        self,
+        model: TransformerBridge,
+        question: TruthfulQAQuestion,
+        *,
+        fmt: PromptFormat,
+        steering: Steering | None = None,
+        source: AnswerSource = "mc_task",
+        answer_offset: int = 0,
+        shared: SharedPrefix | None = None,
+    ) -> None:
+        self.question = question
+        self.sets = answer_sets(question, source)
+        self.answers = list(
+            dict.fromkeys(a for true, false in self.sets.values() for a in true + false)
+        )
+        prefix, _ = fmt.answer_prompt(question.question, "")
+        self.scorer = PrefixScorer(
+            model, prefix, steering=steering, answer_offset=answer_offset, shared=shared
+        )
+        self.continuations = [" " + answer for answer in self.answers]
+
+    def evaluate(self, policy: Policy) -> dict[str, Any]:
+        """MC1/MC2/MC3 and every answer's score under ``policy``."""
+        scored: dict[str, AnswerScore] = dict(
+            zip(self.answers, self.scorer.score(self.continuations, policy), strict=True)
+        )
+        metrics = {}
+        for set_name, (true, false) in self.sets.items():
+            values = mc_metrics(
+                [scored[a].log_prob for a in true], [scored[a].log_prob for a in false]
+            )
+            metrics.update({f"{set_name}_{key}": value for key, value in values.items()})
+        rows = [
+            {**asdict(scored[answer]), "answer": answer, "label": label, "set": set_name}
+            for set_name, (true, false) in self.sets.items()
+            for label, group in ((1, true), (0, false))
+            for answer in group
+        ]
+        return {
+            "mc1": metrics["mc1_mc1"],
+            "mc2": metrics["mc2_mc2"],
+            "mc3": metrics["mc2_mc3"],
+            "answers": rows,
+        }
+
+
 def evaluate_mc(
     model: TransformerBridge,
     question: TruthfulQAQuestion,
@@ -78,36 +136,43 @@ def evaluate_mc(
     fmt: PromptFormat,
     steering: Steering | None = None,
     source: AnswerSource = "mc_task",
+    answer_offset: int = 0,
+    shared: SharedPrefix | None = None,
 ) -> dict[str, dict[str, Any]]:
     """MC1/MC2/MC3 and every answer's log-probability, per policy, for one question.
 
     The prompt runs once; each policy scores every distinct answer as one batch.
     """
-    sets = answer_sets(question, source)
-    answers = list(dict.fromkeys(a for true, false in sets.values() for a in true + false))
-    prefix, _ = fmt.answer_prompt(question.question, "")
-    scorer = PrefixScorer(model, prefix, steering=steering)
-    results = {}
-    for name, policy in policies.items():
-        scored: dict[str, AnswerScore] = dict(
-            zip(answers, scorer.score([" " + a for a in answers], policy), strict=True)
+    choice = MultipleChoice(
+        model,
+        question,
+        fmt=fmt,
+        steering=steering,
+        source=source,
+        answer_offset=answer_offset,
+        shared=shared,
+    )
+    return {name: choice.evaluate(policy) for name, policy in policies.items()}
+
+
+def decide_once(policy: Policy, trace: GenerationTrace) -> Policy:
+    """The leak-free multiple-choice protocol: one decision per question.
+
+    ``policy`` (FASB) reads the model's own unsteered answer to the question (``trace``,
+    generated with the policy's tracker) exactly as during generation; if it triggers,
+    every candidate answer is then scored steered from its first token at the trigger's
+    strength, else unsteered. The decision never sees the candidates, so it cannot favour
+    the true ones.
+    """
+    tracking = Tracking(policy)
+    steps = [step for step in trace.steps if step.kept]
+    for index, step in enumerate(steps):
+        decision = tracking.observe(
+            index + 1, step.p_true, ending=index == len(steps) - 1, at_prompt_end=index == 0
         )
-        metrics = {}
-        for set_name, (true, false) in sets.items():
-            values = mc_metrics(
-                [scored[a].log_prob for a in true], [scored[a].log_prob for a in false]
-            )
-            metrics.update({f"{set_name}_{key}": value for key, value in values.items()})
-        rows = [
-            {**asdict(scored[answer]), "answer": answer, "label": label, "set": set_name}
-            for set_name, (true, false) in sets.items()
-            for label, group in ((1, true), (0, false))
-            for answer in group
-        ]
-        results[name] = {
-            "mc1": metrics["mc1_mc1"],
-            "mc2": metrics["mc2_mc2"],
-            "mc3": metrics["mc2_mc3"],
-            "answers": rows,
-        }
-    return results
+        if decision.trigger is not None:
+            fixed: Policy = ITI(decision.trigger.strength)
+            if isinstance(policy, RandomDirections):
+                fixed = RandomDirections(fixed, policy.seed)
+            return fixed
+    return Unsteered()

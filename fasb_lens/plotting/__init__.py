@@ -11,7 +11,8 @@ Chrome/Chromium to render with.
   during generation (the paper's Figure 1);
 * :func:`trajectory` and :func:`trajectories` - ``p_true`` token by token, with the
   threshold, the trigger, the backtracked span and the steered continuation;
-* :func:`method_comparison`, :func:`sweep_lines` - results of an experiment;
+* :func:`method_comparison`, :func:`sweep_lines`, :func:`direction_share` - results of an
+  experiment, and how much of each gain the learnt direction explains;
 * :func:`anchored_heads` - where the anchored heads sit and how their directions
   separate true from false answers;
 * :func:`grid_comparison` - two per-head grids (exact ablation, attribution estimate)
@@ -20,11 +21,12 @@ Chrome/Chromium to render with.
 
 from fasb_lens.plotting.common import save_figure
 from fasb_lens.plotting.heads import anchored_heads, grid_comparison, head_heatmap, steering_heads
-from fasb_lens.plotting.results import method_comparison, sweep_lines
+from fasb_lens.plotting.results import direction_share, method_comparison, sweep_lines
 from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
 
 __all__ = [
     "anchored_heads",
+    "direction_share",
     "grid_comparison",
     "head_heatmap",
     "method_comparison",

@@ -7,6 +7,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from fasb_lens.plotting.common import PLAIN_COLOR, STEERED_COLOR
+
 
 def method_comparison(
     summary: Mapping[str, Any], *, judge_pairs: Sequence[str] | None = None
@@ -85,6 +87,50 @@ def sweep_lines(
         xaxis_title=x,
         yaxis_title=y,
         xaxis_type="log" if log_x else "linear",
+        template="plotly_white",
+    )
+    return figure
+
+
+def direction_share(
+    summary: Mapping[str, Any], *, metrics: Sequence[str] | None = None
+) -> go.Figure:
+    """Each method's gain over no steering next to its random-direction control's gain.
+
+    ``summary`` is a ``results.json``; its ``direction_share`` section gives, per method and
+    metric, the gain and the control's gain. The gap between the two bars is what the
+    learnt direction adds; a control as high as the method means the gain comes from the
+    protocol, not the direction.
+    """
+    shares = summary.get("direction_share", {})
+    figure = go.Figure()
+    for method, rows in shares.items():
+        chosen = [m for m in rows if metrics is None or m in metrics]
+        labels = [f"{method}<br>{m}" for m in chosen]
+        figure.add_trace(
+            go.Bar(
+                name="learnt direction",
+                x=labels,
+                y=[100 * rows[m]["gain"] for m in chosen],
+                marker_color=STEERED_COLOR,
+                legendgroup="real",
+                showlegend=method == next(iter(shares)),
+            ),
+        )
+        figure.add_trace(
+            go.Bar(
+                name="random direction (control)",
+                x=labels,
+                y=[100 * rows[m]["control_gain"] for m in chosen],
+                marker_color=PLAIN_COLOR,
+                legendgroup="control",
+                showlegend=method == next(iter(shares)),
+            ),
+        )
+    figure.update_layout(
+        barmode="group",
+        title="Gain over no steering: the learnt direction vs random directions of the same scale",
+        yaxis_title="gain (points)",
         template="plotly_white",
     )
     return figure

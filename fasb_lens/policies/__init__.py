@@ -1,12 +1,13 @@
 """Steering policies, registered by name; see :mod:`fasb_lens.policies.base`.
 
 ``none`` (= ``baseline``), ``fixed`` (= ``iti``), ``fasb``, ``fasb_fixed_strength``,
-``fasb_no_backtrack``, ``after_question`` and ``caa``.
+``fasb_no_backtrack``, ``after_question``, ``caa``, and the controls ``fasb_random`` and
+``fixed_random`` (the same policies along random directions of the same scale).
 """
 
 # isort: off
 # registration order is the order tables list the policies in
-from fasb_lens.policies import none, iti, fasb, caa  # noqa: F401
+from fasb_lens.policies import none, iti, fasb, caa, controls  # noqa: F401
 
 # isort: on
 from fasb_lens.policies.base import (
@@ -30,6 +31,7 @@ from fasb_lens.policies.base import (
     unregister,
 )
 from fasb_lens.policies.caa import CAA
+from fasb_lens.policies.controls import RandomDirections
 from fasb_lens.policies.fasb import FASB
 from fasb_lens.policies.iti import ITI
 from fasb_lens.policies.none import Unsteered
@@ -48,6 +50,7 @@ __all__ = [
     "Policy",
     "PolicySettings",
     "PolicySpec",
+    "RandomDirections",
     "Tracking",
     "Trigger",
     "Unsteered",

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fasb_lens.policies.base import Policy, PolicySpec, register
+from fasb_lens.policies.base import Policy, PolicySettings, PolicySpec, register
 
 
 @dataclass(frozen=True)
 class Unsteered(Policy):
-    """The baseline: nothing is added, nothing is decided."""
+    """The baseline: nothing is added, nothing is decided; ``tracker`` is only read."""
 
+    tracker: str = "probe"
     name: str = "none"
     family: str = "none"
+
+
+def _build(settings: PolicySettings) -> Unsteered:
+    return Unsteered(tracker=settings.options.get("tracker", "probe"))
 
 
 register(
     PolicySpec(
         name="none",
-        build=lambda settings: Unsteered(),
+        build=_build,
         description="plain greedy (or sampled) decoding, no steering",
         family="none",
         needs="nothing",

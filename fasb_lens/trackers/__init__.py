@@ -1,11 +1,15 @@
 """State trackers: ``p_true`` from the anchored heads' activations.
 
-``"probe"`` (the authors' tracker: the mean of the anchored heads' probe probabilities)
-and ``"prototype"`` (the paper's cosine-similarity classifier). See
+``"probe"`` (the authors' tracker: the mean of the anchored heads' probe probabilities),
+``"prototype"`` (the paper's cosine-similarity classifier) and ``"context"`` (probes
+trained inside the evaluation prompt). See
 :mod:`fasb_lens.trackers.base` for adding one.
 """
 
-from fasb_lens.trackers import probe, prototype  # noqa: F401  (registers the trackers)
+# isort: off
+from fasb_lens.trackers import probe, prototype, context  # noqa: F401  (registers them)
+
+# isort: on
 from fasb_lens.trackers.base import (
     TRACKERS,
     Tracker,

@@ -1,0 +1,103 @@
+"""Controls that separate detection from steering: random directions, one decision per
+question, and the direction's share of a gain."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
+from fasb_lens.evaluation.calibration import first_check
+from fasb_lens.evaluation.summary import direction_shares
+from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once
+from fasb_lens.generation import GenerationConfig, generate
+from fasb_lens.policies import FASB, ITI, RandomDirections, Unsteered, make_policy
+
+
+def test_random_directions_keep_heads_and_scales(tiny_anchoring) -> None:
+    steering = tiny_anchoring.steering
+    control = make_policy("fasb_random", alpha=8.0, threshold=0.5, backtrack_tokens=2, seed=3)
+    assert isinstance(control, RandomDirections) and control.family == "fasb"
+    assert control.base == FASB(8.0, 0.5, 2)
+    random = control.intervention(steering)
+    assert random.heads == steering.heads and torch.equal(random.scales, steering.scales)
+    torch.testing.assert_close(random.directions.norm(dim=-1), torch.ones(steering.top_k))
+    assert not torch.allclose(random.directions, steering.directions)
+    again = make_policy("fasb_random", alpha=8.0, seed=3).intervention(steering)
+    other = make_policy("fasb_random", alpha=8.0, seed=4).intervention(steering)
+    assert torch.equal(random.directions, again.directions)
+    assert not torch.equal(random.directions, other.directions)
+    assert torch.equal(random.probe_weight, steering.probe_weight)  # the tracker is untouched
+    fixed = make_policy("fixed_random", alpha=5.0, seed=1)
+    assert fixed.base == ITI(5.0) and fixed.initial_strength() == 5.0
+
+
+def test_a_control_decides_like_the_method_and_steers_elsewhere(tiny_llama, tiny_anchoring):
+    question = load_mini_truthfulqa()[0]
+    choice = MultipleChoice(
+        tiny_llama,
+        question,
+        fmt=load_prompt_format(),
+        steering=tiny_anchoring.steering,
+        source="csv",
+    )
+    real = choice.evaluate(FASB(8.0, 1.0, 1))
+    control = choice.evaluate(RandomDirections(FASB(8.0, 1.0, 1), seed=0))
+    first = [(a["answer"], a["trigger_token"]) for a in real["answers"]]
+    assert first == [(a["answer"], a["trigger_token"]) for a in control["answers"]]
+    triggered = [i for i, a in enumerate(real["answers"]) if a["triggered"]]
+    assert triggered  # something was steered, so the directions can differ
+    assert any(
+        real["answers"][i]["log_prob"] != pytest.approx(control["answers"][i]["log_prob"])
+        for i in triggered
+    )
+
+
+def test_one_decision_per_question(tiny_llama, tiny_anchoring) -> None:
+    """The leak-free protocol reads the model's own answer once; every candidate is then
+    scored alike (steered from its first token, or not at all)."""
+    steering = tiny_anchoring.steering
+    prompt = load_prompt_format().generation_prompt("Where is the river?")
+    config = GenerationConfig(max_new_tokens=6)
+    trace = generate(tiny_llama, prompt, policy=Unsteered(), steering=steering, config=config)[0]
+    assert decide_once(FASB(8.0, 0.0, 2), trace) == Unsteered()  # p_true < 0 never happens
+    decided = decide_once(FASB(8.0, 1.0, 2), trace)  # p_true < 1 always does
+    assert isinstance(decided, ITI)
+    # the reading FASB checks first during generation decides, at FASB's strength
+    assert decided.alpha == pytest.approx(8.0 * (1 - first_check(trace, 2)), rel=1e-6)
+    control = decide_once(RandomDirections(FASB(8.0, 1.0, 2), seed=7), trace)
+    assert control == RandomDirections(ITI(decided.alpha), seed=7)
+    choice = MultipleChoice(
+        tiny_llama,
+        load_mini_truthfulqa()[0],
+        fmt=load_prompt_format(),
+        steering=steering,
+        source="csv",
+    )
+    scored = choice.evaluate(decided)["answers"]
+    assert {a["strength"] for a in scored} == {decided.alpha}  # every candidate alike
+
+
+def test_the_direction_share_of_a_gain() -> None:
+    def method(mc2: float, pair: float) -> dict:
+        return {"mean": {"mc2": mc2, "j x info": {"true_x_info": pair}, "n_mc": 3}}
+
+    summary = {
+        "methods": {
+            "none": method(0.40, 0.30),
+            "fasb": method(0.60, 0.50),
+            "fasb_random": method(0.55, 0.20),
+            "fixed": method(0.35, 0.40),
+            "fixed_random": method(0.38, 0.35),
+        }
+    }
+    shares = direction_shares(summary)
+    assert shares["fasb"]["mc2"] == {
+        "gain": pytest.approx(0.20),
+        "control_gain": pytest.approx(0.15),
+        "direction_share": pytest.approx(0.25),
+    }
+    # the control lost ground: the direction explains more than all of the gain
+    assert shares["fasb"]["j x info: true_x_info"]["direction_share"] == pytest.approx(1.5)
+    assert shares["fixed"]["mc2"]["direction_share"] is None  # no gain, no share
+    assert direction_shares({"methods": {"fasb": method(0.5, 0.5)}}) == {}

@@ -30,6 +30,7 @@ from fasb_lens.models import (
     model_device,
     pad,
     pad_token_id,
+    select_rows,
     tokenize,
 )
 from fasb_lens.prefix import SharedPrefix, prefill
@@ -43,13 +44,26 @@ class Decoder:
         self.rows = rows
         self.pad_id = pad_token_id(model)
         self.device = model_device(model)
+        self.active: list[int] = list(range(len(rows)))
+        """The rows still in the batch, in batch order; :meth:`compact` drops finished ones."""
 
     def prepare(self) -> None:
         """Work done once before decoding, outside the hooks."""
 
     def step(self) -> Tensor:
-        """Feed each row's next input; return the logits at each row's last position."""
+        """Feed each active row's next input; return the logits at each one's last position
+        (in the order of :attr:`active`)."""
         raise NotImplementedError
+
+    def compaction_due(self) -> bool:
+        """Whether enough rows have finished (a quarter of the batch, or all) that the
+        batch should shrink: finished rows would otherwise still be computed every step."""
+        done = sum(self.rows[i].done for i in self.active)
+        return done > 0 and (done == len(self.active) or 4 * done >= len(self.active))
+
+    def compact(self) -> None:
+        """Drop finished rows from the batch."""
+        self.active = [i for i in self.active if not self.rows[i].done]
 
     def backtrack(self, index: int, n_keep: int) -> None:
         """Row ``index`` keeps its first ``n_keep`` tokens; the last kept one is re-fed."""
@@ -60,7 +74,7 @@ class ReferenceDecoder(Decoder):
     """The authors' loop: the whole sequence, every step, no cache."""
 
     def step(self) -> Tensor:
-        sequences = [row.prompt_ids + row.tokens for row in self.rows]
+        sequences = [self.rows[i].prompt_ids + self.rows[i].tokens for i in self.active]
         ids, mask = pad(sequences, pad_id=self.pad_id, side="left", device=self.device)
         return forward(self.model, ids, mask)[:, -1]
 
@@ -156,7 +170,8 @@ class CachedDecoder(Decoder):
         assert self.mask is not None, "prepare() first"
         column = self.mask.shape[1]
         feed, live = [], []
-        for row, columns in zip(self.rows, self.columns, strict=True):
+        for index in self.active:
+            row, columns = self.rows[index], self.columns[index]
             if row.done:
                 feed.append(self.pad_id)
                 live.append(0)
@@ -171,13 +186,26 @@ class CachedDecoder(Decoder):
         )
         return logits[:, -1]
 
+    def compact(self) -> None:
+        keep = [position for position, i in enumerate(self.active) if not self.rows[i].done]
+        if len(keep) < len(self.active) and keep:
+            assert self.mask is not None
+            chosen = torch.tensor(keep, device=self.device)
+            if self.cache is not None:
+                self.cache = select_rows(self.cache, chosen)
+            self.mask = self.mask[chosen]
+        super().compact()
+        if keep:
+            self._crop_masked_tail()
+
     def backtrack(self, index: int, n_keep: int) -> None:
         row, columns = self.rows[index], self.columns[index]
         del row.tokens[n_keep:]
         # columns[0] holds the prompt's last token, columns[j + 1] generated token j;
         # every column from the last kept token's on is dropped, as it is fed again.
+        position = self.active.index(index)
         for column in columns[n_keep:]:
-            self.mask[index, column] = 0
+            self.mask[position, column] = 0
         del columns[n_keep:]
         self._crop_masked_tail()
 

@@ -242,28 +242,30 @@ class _Loop:
             if config.mode == "cached"
             else ReferenceDecoder(model, self.rows)
         )
-        self.strengths = torch.full((len(self.rows),), base, device=device)
+        self.intervention = intervention
+        self.device = device
         self.captured: dict[int, Tensor] = {}
-        self.hooks = []
-        if self.tracker is not None:  # read before any steering on the same hook point
-            layers = [head.layer for head in self.tracker.heads]
-            self.hooks += capture(layers, self.captured, select=lambda z: z[:, -1])
-        if intervention is not None:
-            self.hooks += intervention.hooks(self.strengths, positions="last")
+        self.strengths = torch.zeros(0)  # the decoding rows' strengths, read by the hooks
 
     def run(self) -> list[GenerationTrace]:
         start = time.perf_counter()
         n_steps = 0
-        self.decoder.prepare()
-        with torch.inference_mode(), hooked(self.model, self.hooks):
-            while not all(row.done for row in self.rows):
-                logits = self.decoder.step()
-                p_true = self._p_true()
-                tokens = _sample(logits, self.rows, self.config)
-                for index, row in enumerate(self.rows):
-                    if not row.done:
-                        self._advance(index, row, tokens[index], p_true[index])
-                n_steps += 1
+        decoder = self.decoder
+        decoder.prepare()
+        with torch.inference_mode():
+            while decoder.active:
+                with hooked(self.model, self._hooks()):
+                    while decoder.active and not decoder.compaction_due():
+                        logits = decoder.step()
+                        p_true = self._p_true()
+                        active = list(decoder.active)
+                        tokens = _sample(logits, [self.rows[i] for i in active], self.config)
+                        for position, index in enumerate(active):
+                            row = self.rows[index]
+                            if not row.done:
+                                self._advance(index, row, tokens[position], p_true[position])
+                        n_steps += 1
+                decoder.compact()
         seconds = time.perf_counter() - start
         generated = sum(len(row.steps) for row in self.rows)
         timings = {
@@ -274,9 +276,23 @@ class _Loop:
         }
         return [self._trace(row, timings) for row in self.rows]
 
+    def _hooks(self) -> list:
+        """The tracker's capture and the policy's steering for the rows now decoding
+        (rebuilt when finished rows leave the batch)."""
+        hooks = []
+        if self.tracker is not None:  # read before any steering on the same hook point
+            layers = [head.layer for head in self.tracker.heads]
+            hooks += capture(layers, self.captured, select=lambda z: z[:, -1])
+        if self.intervention is not None:
+            self.strengths = torch.tensor(
+                [self.rows[i].strength for i in self.decoder.active], device=self.device
+            )
+            hooks += self.intervention.hooks(self.strengths, positions="last")
+        return hooks
+
     def _p_true(self) -> list[float | None]:
         if self.tracker is None:
-            return [None] * len(self.rows)
+            return [None] * len(self.decoder.active)
         z = heads_from(self.captured, self.tracker.heads)
         return self.tracker.p_true(z.float()).tolist()
 
@@ -310,7 +326,8 @@ class _Loop:
 
     def _trigger(self, index: int, row: _Row, trigger: Trigger) -> None:
         row.strength = trigger.strength
-        self.strengths[index] = trigger.strength
+        if self.intervention is not None:
+            self.strengths[self.decoder.active.index(index)] = trigger.strength
         generated, n_keep = len(row.tokens), trigger.keep
         discarded = row.tokens[n_keep:]
         for step_index in row.kept_steps[n_keep:]:

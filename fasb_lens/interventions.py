@@ -32,6 +32,7 @@ from fasb_lens.models import (
     HOOK_RESID_PRE,
     HOOK_W_O_IN,
     HOOK_Z,
+    forward,
 )
 
 Hooks = list[tuple[str, Callable[..., Tensor]]]
@@ -298,6 +299,27 @@ def capture(
         return hook
 
     return [(hook_name(site, layer), layer_hook(layer)) for layer in ordered]
+
+
+def final_residual(
+    model: TransformerBridge,
+    inputs: Tensor,
+    mask: Tensor | None = None,
+    *hook_lists: Hooks,
+    past: Any = None,
+    start_at_layer: int | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """The final normalised residual stream of a forward whose unembedding is never run
+    (:func:`fasb_lens.models.unembed` then maps only the positions a caller scores); a
+    ``past`` KV cache is extended in place; ``hook_lists`` apply during the forward."""
+    store: dict[int, Tensor] = {}
+    stop = capture([0], store, site="final", stop_after_last=True)
+    with hooked(model, *hook_lists, stop):
+        try:
+            forward(model, inputs, mask, past_key_values=past, start_at_layer=start_at_layer)
+        except StopForward:
+            pass
+    return store[0]
 
 
 def heads_from(store: Mapping[int, Tensor], heads: Sequence[Head]) -> Float[Tensor, "... k d_head"]:

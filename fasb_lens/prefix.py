@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.interventions import StopForward, capture, hooked
-from fasb_lens.models import build_cache, cache_layers, forward, model_device
+from fasb_lens.interventions import final_residual
+from fasb_lens.models import build_cache, cache_layers, model_device
 
 
 def prefill(
@@ -29,15 +29,8 @@ def prefill(
     """Run ``ids`` only to fill a KV cache (``past`` extended in place, or a new one);
     the unembedding, which nothing here needs, is never computed."""
     cache = past if past is not None else build_cache([])
-    final: dict[int, Tensor] = {}
-    with (
-        torch.inference_mode(),
-        hooked(model, capture([0], final, site="final", stop_after_last=True)),
-    ):
-        try:
-            forward(model, ids, mask, past_key_values=cache)
-        except StopForward:
-            pass
+    with torch.inference_mode():
+        final_residual(model, ids, mask, past=cache)
     return cache
 
 

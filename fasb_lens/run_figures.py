@@ -13,8 +13,9 @@ from pathlib import Path
 from fasb_lens import storage
 from fasb_lens.activations import HeadActivations
 from fasb_lens.anchoring import PROBING
-from fasb_lens.evaluation.calibration import Calibration, choose_threshold
+from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.experiment import load_fold_artifacts, load_run, record_trace
+from fasb_lens.evaluation.search import choose_threshold
 from fasb_lens.plotting import (
     direction_share,
     head_heatmap,
@@ -107,6 +108,24 @@ def render_run(
                     f"sweep_alpha_{task}_{metric}",
                     f"validation {metric} ({task}) for each strength, per method and fold",
                 )
+        by_k = [
+            row
+            for row in sweep
+            if row["task"] == "mc" and row["method"] == "fasb" and _k_selection(row, sweep)
+        ]
+        if len({row["top_k"] for row in by_k}) > 1:
+            save(
+                sweep_lines(
+                    [dict(row, curve=f"K = {row['top_k']} (fold {row['fold']})") for row in by_k],
+                    x="alpha",
+                    y="mc2",
+                    group="curve",
+                    title="Validation MC2 of FASB for each number of anchored heads K",
+                ),
+                "sweep_top_k",
+                "validation MC2 against FASB's strength for each candidate K, at the threshold "
+                "K was compared at",
+            )
         thresholds = []
         for i, c in enumerate(calibrations):
             checks = c.readings[c.tracker]["first_check"]
@@ -181,3 +200,15 @@ def _on_final_curve(row: dict, calibration: Calibration) -> bool:
     if row["task"] == "mc" and row["method"] == "fasb":
         return row["threshold"] == calibration.thresholds.get("mc")
     return True
+
+
+def _k_selection(row: dict, sweep: list[dict]) -> bool:
+    """Whether an MC FASB sweep row lies at the threshold its K was compared at (the
+    first threshold tried for that fold and K)."""
+    first = next(
+        r["threshold"]
+        for r in sweep
+        if (r["fold"], r["top_k"], r["task"], r["method"])
+        == (row["fold"], row["top_k"], "mc", "fasb")
+    )
+    return row["threshold"] == first

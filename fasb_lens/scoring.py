@@ -21,6 +21,7 @@ log-probability of a continuation; :func:`continuation_log_probs` scores
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.interventions import Hooks, capture, heads_from, hooked
+from fasb_lens.interventions import Hooks, capture, final_residual, heads_from
 from fasb_lens.models import (
     cache_length,
     forward,
@@ -38,6 +39,7 @@ from fasb_lens.models import (
     pad_token_id,
     repeat_cache,
     tokenize,
+    unembed,
 )
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix, prefill
@@ -59,6 +61,23 @@ def sequence_log_probs(
     if mask is not None:
         picked = picked * mask
     return picked.sum(dim=-1)
+
+
+def scored_log_probs(
+    model: TransformerBridge,
+    final: Float[Tensor, "batch pos d_model"],
+    ids: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"],
+) -> Float[Tensor, " batch"]:
+    """Each row's summed log-probability of its tokens after the first (where ``mask``
+    is 1), unembedding only those positions: ``final`` is the final residual stream.
+    Sums are kept in float64, so small differences between runs survive."""
+    valid = mask[:, 1:].bool()
+    rows, positions = valid.nonzero(as_tuple=True)
+    logits = unembed(model, final[rows, positions]).float()
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, positions + 1, None])[:, 0]
+    totals = torch.zeros(ids.shape[0], dtype=torch.float64, device=final.device)
+    return totals.index_add_(0, rows, picked.double())
 
 
 def continuation_log_probs(
@@ -184,6 +203,16 @@ class PrefixScorer:
     def _layers(self) -> list[int]:
         return sorted({head.layer for head in self.steering.heads}) if self.steering else []
 
+    def with_steering(self, steering: Steering) -> PrefixScorer:
+        """This scorer with a steering on a subset of its heads (fewer anchored heads),
+        sharing the prompt's cache and the unsteered passes, which hold every head."""
+        if self.steering is None or not set(steering.heads) <= set(self.steering.heads):
+            raise ValueError("with_steering takes a steering on a subset of the scorer's heads")
+        other = copy.copy(self)
+        other.steering = steering
+        other._layers = self._layers  # type: ignore[method-assign]
+        return other
+
     def _run(self, cont_ids: list[list[int]], hooks: Hooks, *, track: bool = True) -> _Pass:
         """Sum log-probs of each continuation (and the anchored heads' ``hook_z``).
 
@@ -202,12 +231,9 @@ class PrefixScorer:
             full_mask = mask
         store: dict[int, Tensor] = {}
         captures = capture(self._layers(), store) if track else []
-        with torch.inference_mode(), hooked(self.model, captures, hooks):
-            if cache is None:
-                logits = forward(self.model, ids, full_mask)
-            else:
-                logits, _ = forward(self.model, ids, full_mask, past_key_values=cache)
-        totals = sequence_log_probs(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+        with torch.inference_mode():
+            final = final_residual(self.model, ids, full_mask, captures, hooks, past=cache)
+            totals = scored_log_probs(self.model, final, ids, mask)
         return _Pass(totals, store)
 
     def _unsteered(self, cont_ids: list[list[int]]) -> _Pass:

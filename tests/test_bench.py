@@ -56,3 +56,32 @@ def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
     assert entry["questions"] == 4 and entry["answers_scored"] >= 16
     assert entry["max_abs_log_prob_difference"] < 1e-3  # same scores both ways
     assert entry["speedup"] == pytest.approx(entry["naive_s"] / entry["cached_batched_s"], rel=0.05)
+
+
+def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch) -> None:
+    from functools import partial
+
+    from fasb_lens.bench import reproduce
+    from fasb_lens.evaluation import search
+    from fasb_lens.evaluation.config import ExperimentConfig
+
+    grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
+    monkeypatch.setitem(search.START_GRIDS, "mc", grids)
+    monkeypatch.setitem(search.START_GRIDS, "generation", grids)
+    monkeypatch.setattr(search, "MAX_EXTENSIONS", 1)
+    small = partial(
+        ExperimentConfig,
+        methods=("none", "fixed", "fasb", "fasb_random"),
+        judges=("bleu-acc", "info-check"),
+        max_new_tokens=4,
+        top_k=4,
+        top_k_candidates=("2", "4"),
+        caa_layer=1,
+    )
+    monkeypatch.setattr(reproduce, "ExperimentConfig", small)
+    report = run_benchmarks(["reproduce"], model=tiny_llama, progress=False, reproduce_questions=8)
+    entry = report["results"]["reproduce"]
+    assert entry["questions"] == 8 and entry["dataset_questions"] == 94  # the mini set
+    assert entry["full_s"] == pytest.approx(entry["wall_s"] * 94 / 8, abs=1)
+    assert set(entry["phases"]) >= {"anchoring and calibration", "multiple choice", "generation"}
+    assert sum(entry["phases"].values()) <= entry["wall_s"] + 1

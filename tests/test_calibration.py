@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
-from fasb_lens.evaluation import calibration as calibration_module
-from fasb_lens.evaluation.calibration import (
-    Calibration,
-    CalibrationInputs,
-    _Search,
-    calibrate,
-    choose_threshold,
-    detection_auc,
-)
+from fasb_lens.evaluation import search
+from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
+from fasb_lens.evaluation.search import Search, choose_threshold, detection_auc
 
 
 def test_threshold_separates_untruthful_answers() -> None:
@@ -52,24 +46,24 @@ def _peaked(optimum: float, noise: float = 0.0):
 
 
 def test_search_leaves_a_grid_whose_edge_is_best() -> None:
-    search = _Search(_peaked(100.0), ("mc2", "mc1"))
+    search = Search(_peaked(100.0), ("mc2", "mc1"))
     best = search.strengths((2.0, 8.0, 32.0))
     tried = sorted(alpha for alpha, _ in search.tried)
     assert tried[0] < best < tried[-1]  # an interior optimum, not the grid's edge
     assert 100.0 / 2**0.5 <= best <= 100.0 * 2**0.5
-    low = _Search(_peaked(0.1), ("mc2", "mc1"))
+    low = Search(_peaked(0.1), ("mc2", "mc1"))
     assert low.strengths((2.0, 8.0, 32.0)) < 1.0  # extends downwards too
 
 
 def test_search_budget_and_bootstrap() -> None:
-    search = _Search(_peaked(8.0), ("mc2", "mc1"))
+    search = Search(_peaked(8.0), ("mc2", "mc1"))
     search.strengths((2.0, 8.0, 32.0))
     search.fill(9)
     assert len(search.tried) == 9
     assert search.best() == pytest.approx(8.0)
     clear = search.bootstrap(np.random.RandomState(0))
     assert clear["chosen_wins"] == 1.0 and clear["alpha_range"] == [8.0, 8.0]
-    noisy = _Search(_peaked(8.0, noise=5.0), ("mc2", "mc1"))
+    noisy = Search(_peaked(8.0, noise=5.0), ("mc2", "mc1"))
     noisy.strengths((2.0, 8.0, 32.0))
     assert noisy.bootstrap(np.random.RandomState(0))["chosen_wins"] < 1.0
 
@@ -83,9 +77,10 @@ def test_detection_auc() -> None:
 @pytest.fixture()
 def small_grids(monkeypatch):
     grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
-    monkeypatch.setattr(calibration_module, "START_GRIDS", {"mc": grids, "generation": grids})
-    monkeypatch.setattr(calibration_module, "MAX_EXTENSIONS", 1)
-    monkeypatch.setattr(calibration_module, "THRESHOLD_QUANTILES", (0.3, 0.7))
+    monkeypatch.setitem(search.START_GRIDS, "mc", grids)
+    monkeypatch.setitem(search.START_GRIDS, "generation", grids)
+    monkeypatch.setattr(search, "MAX_EXTENSIONS", 1)
+    monkeypatch.setattr(search, "THRESHOLD_QUANTILES", (0.3, 0.7))
 
 
 def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_grids) -> None:

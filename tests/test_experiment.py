@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fasb_lens.evaluation import calibration as calibration_module
 from fasb_lens.evaluation import experiment as experiment_module
+from fasb_lens.evaluation import search
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.experiment import Experiment, load_run, record_trace
 from fasb_lens.storage import JsonlLog
@@ -42,9 +42,10 @@ def small_grids():
     """Two strengths per sweep keep the calibration of these tiny runs quick."""
     grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(calibration_module, "START_GRIDS", {"mc": grids, "generation": grids})
-        patch.setattr(calibration_module, "MAX_EXTENSIONS", 1)
-        patch.setattr(calibration_module, "THRESHOLD_QUANTILES", (0.5,))
+        patch.setitem(search.START_GRIDS, "mc", grids)
+        patch.setitem(search.START_GRIDS, "generation", grids)
+        patch.setattr(search, "MAX_EXTENSIONS", 1)
+        patch.setattr(search, "THRESHOLD_QUANTILES", (0.5,))
         yield
 
 
@@ -198,6 +199,7 @@ def test_figures_of_a_run(finished, tmp_path) -> None:
         "p_true_distributions_context",
         "methods",
         "direction_share",
+        "sweep_top_k",
         "sweep_threshold",
         "sweep_alpha_mc_mc2",
     } <= names

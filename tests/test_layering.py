@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fasb_lens.scoring",),
     ("fasb_lens.evaluation.judges",),
     ("fasb_lens.evaluation.truthfulqa",),
+    ("fasb_lens.evaluation.search",),
     ("fasb_lens.evaluation.calibration",),
     ("fasb_lens.evaluation.config",),
     ("fasb_lens.evaluation.summary",),

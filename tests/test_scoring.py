@@ -192,3 +192,21 @@ def test_generation_and_scoring_decide_alike(tiny_llama, steering) -> None:
     assert score.p_true == pytest.approx(trace.trigger_p_true, abs=1e-5)
     assert score.strength == pytest.approx(trace.strength, abs=1e-4)
     assert trace.backtracks[0]["kept_tokens"] == t - s  # scoring steers from answer token t - s
+
+
+def test_a_scorer_on_fewer_heads_shares_its_passes(tiny_llama, steering) -> None:
+    """Calibration compares numbers of anchored heads on one scorer: the subset's scores
+    equal a fresh scorer's with the subset steering."""
+    answers = [" the river", " a small red boat", " no"]
+    wide = PrefixScorer(tiny_llama, "Q: Where? A:", steering=steering)
+    wide.score(answers, FASB(6.0, 1.0, 1))
+    fewer = steering.subset(steering.heads[:2])
+    shared = wide.with_steering(fewer)
+    fresh = PrefixScorer(tiny_llama, "Q: Where? A:", steering=fewer)
+    for policy in (ITI(6.0), FASB(6.0, 1.0, 1)):
+        for a, b in zip(shared.score(answers, policy), fresh.score(answers, policy), strict=True):
+            assert a.log_prob == pytest.approx(b.log_prob, abs=1e-5)
+            assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
+    assert shared._plain is wide._plain
+    with pytest.raises(ValueError, match="subset of the scorer's heads"):
+        fresh.with_steering(steering)

@@ -23,7 +23,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens._types import Head
 from fasb_lens.ablation.edits import Edit, edit_hooks
 from fasb_lens.ablation.metrics import LogProbMetric, Metric, ReadoutMetric, ScoredGroup
-from fasb_lens.interventions import StopForward, capture, heads_from, hooked
+from fasb_lens.interventions import StopForward, capture, final_residual, heads_from, hooked
 from fasb_lens.models import (
     build_cache,
     cache_layers,
@@ -31,8 +31,8 @@ from fasb_lens.models import (
     model_device,
     pad,
     pad_token_id,
-    unembed,
 )
+from fasb_lens.scoring import scored_log_probs
 
 LayerDone = Callable[[int, dict[Head, float]], None]
 """Called with a layer and its heads' values as soon as the layer is done."""
@@ -190,7 +190,7 @@ class _LogProbEngine(_Engine):
             self._past(cache, len(rows)),
         )
         clean = _CleanGroup(len(prompt), cache, prompt_resid, ids, mask, answer_resid)
-        return clean, self._sums(final, ids, mask)
+        return clean, self._log_probs(final, ids, mask)
 
     def _mask(self, mask: Tensor, prompt_length: int) -> Tensor:
         """The answers' mask with the cached prompt's positions in front."""
@@ -204,25 +204,10 @@ class _LogProbEngine(_Engine):
         return build_cache([(_rows(keys, rows), _rows(values, rows)) for keys, values in cache])
 
     def _final(self, inputs: Tensor, mask: Tensor | None, hooks: list, past, start=None) -> Tensor:
-        """The final residual stream of a forward whose unembedding is never run; a
-        ``past`` cache is extended in place."""
-        final: dict[int, Tensor] = {}
-        stop = capture([0], final, site="final", stop_after_last=True)
-        with hooked(self.model, hooks, stop):
-            try:
-                forward(self.model, inputs, mask, past_key_values=past, start_at_layer=start)
-            except StopForward:
-                pass
-        return final[0]
+        return final_residual(self.model, inputs, mask, hooks, past=past, start_at_layer=start)
 
-    def _sums(self, final: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        """Summed log-probability of each row's tokens after the first."""
-        valid = mask[:, 1:].bool()
-        rows, positions = valid.nonzero(as_tuple=True)
-        logits = unembed(self.model, final[rows, positions]).float()
-        picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, positions + 1, None])
-        sums = torch.zeros(ids.shape[0], dtype=torch.float64, device=final.device)
-        return sums.index_add_(0, rows, picked[:, 0].double()).cpu()
+    def _log_probs(self, final: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        return scored_log_probs(self.model, final, ids, mask).cpu()
 
     def layer(self, layer: int, edits: list[Edit]) -> dict[int, float]:
         per_edit: dict[int, list[Tensor]] = {id(edit): [] for edit in edits}
@@ -256,7 +241,7 @@ class _LogProbEngine(_Engine):
             self._past(cache, replicas * answers),
             start=layer,
         )
-        sums = self._sums(final, clean.answer_ids.repeat(replicas, 1), mask)
+        sums = self._log_probs(final, clean.answer_ids.repeat(replicas, 1), mask)
         return sums.view(replicas, answers)
 
 

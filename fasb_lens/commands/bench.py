@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fasb_lens.commands._common import data_dir
-from fasb_lens.options import AT_LEAST_ONE, bounded
+from fasb_lens.options import AT_LEAST_ONE, Bounds, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         default=20,
         help="questions for `ablation`",
     )
+    parser.add_argument(
+        "--reproduce-questions",
+        type=bounded(int, Bounds(minimum=4)),
+        default=40,
+        help="questions of the `reproduce` subset (its time is extrapolated to the dataset)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -41,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         mc_questions=args.mc_questions,
         ablation_questions=args.ablation_questions,
+        reproduce_questions=args.reproduce_questions,
         progress=not args.no_progress,
         on_result=lambda report: storage.write_json(out, report, indent=2),
     )

@@ -26,7 +26,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=["none", "fixed", "fasb"],
+        default=["none", "fixed", "fasb", "fixed_random", "fasb_random"],
         help="policies to compare (also baseline = none, iti = fixed; a,b or a b)",
     )
     parser.add_argument(
@@ -34,7 +34,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=bounded(int, AT_LEAST_ONE), default=24)
     parser.add_argument(
-        "--alpha", type=bounded(float, NON_NEGATIVE), default=8.0, help="strength of FASB's vectors"
+        "--alpha",
+        type=bounded(float, NON_NEGATIVE),
+        default=8.0,
+        help="strength of FASB's vectors (with --no-calibrate)",
     )
     parser.add_argument(
         "--fixed-alpha",
@@ -48,6 +51,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         help="trigger below this p_true",
     )
     parser.add_argument("--backtrack-tokens", type=bounded(int, NON_NEGATIVE), default=1)
+    parser.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="use --alpha/--fixed-alpha/--threshold as given instead of choosing them on "
+        "each dataset's validation items",
+    )
     parser.add_argument("--seed", type=int, default=0)
     output_flags(parser, "print the results as JSON")
 
@@ -88,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit or None,
         top_k=args.top_k,
         seed=args.seed,
+        calibrate=not args.no_calibrate,
         progress=not args.no_progress,
     )
     if args.json:

@@ -37,6 +37,16 @@ from fasb_lens import storage
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.decoding import PromptCache
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
+from fasb_lens.evaluation.search import (
+    START_GRIDS,
+    Scores,
+    Search,
+    choose_threshold,
+    detection_auc,
+    joint_search,
+    rank_key,
+    threshold_key,
+)
 from fasb_lens.evaluation.truthfulqa import AnswerSource, MultipleChoice
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import tokenize
@@ -44,18 +54,7 @@ from fasb_lens.policies import CAA, FASB, ITI, Policy, Unsteered, policy_spec
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.steering import CAAVector, Steering
 
-START_GRIDS = {
-    "mc": {"fixed": (2.0, 8.0, 32.0), "fasb": (2.0, 8.0, 32.0), "caa": (0.25, 1.0, 4.0)},
-    "generation": {"fixed": (8.0, 16.0, 32.0), "fasb": (8.0, 16.0, 32.0), "caa": (1.0, 2.0, 4.0)},
-}
-"""Where each task's and family's strength search starts (then extends and refines)."""
-MAX_EXTENSIONS = 4
-THRESHOLD_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 TOP_K_CANDIDATES = (12, 24, 48)
-BOOTSTRAP = 200
-
-Scores = dict[str, list[float]]
-"""Per metric, one value per validation question."""
 
 
 @dataclass
@@ -99,151 +98,10 @@ class Calibration:
             raise storage.ArtifactError(f"{path}: not a calibration ({error})") from error
 
 
-# --------------------------------------------------------------------------- pieces
-
-
-def choose_threshold(
-    first_check: Sequence[float], truthful: Sequence[bool], fallback: float
-) -> tuple[float, float, list[dict[str, float]]]:
-    """``(threshold, J, sweep)``: the threshold best separating untruthful answers.
-
-    Candidates lie halfway between consecutive readings; ties go to the threshold that
-    triggers least. With only one class of answers, ``fallback`` is returned.
-    """
-    pairs = sorted(zip(first_check, truthful, strict=True))
-    n_bad = sum(not ok for _, ok in pairs)
-    n_good = len(pairs) - n_bad
-    values = [p for p, _ in pairs]
-    middles = ((a + b) / 2 for a, b in zip(values[:-1], values[1:], strict=True))
-    candidates = sorted({0.0, 1.0, fallback, *middles})
-    sweep = []
-    for beta in candidates:
-        hits = [ok for p, ok in pairs if p < beta]
-        tpr = sum(not ok for ok in hits) / n_bad if n_bad else float("nan")
-        fpr = sum(hits) / n_good if n_good else float("nan")
-        sweep.append(
-            {
-                "threshold": beta,
-                "tpr": tpr,
-                "fpr": fpr,
-                "triggered": len(hits) / len(pairs),
-                "j": tpr - fpr,
-            }
-        )
-    if not n_bad or not n_good:
-        return fallback, float("nan"), sweep
-    best = max(sweep, key=lambda row: (round(row["j"], 12), -row["triggered"]))
-    return best["threshold"], best["j"], sweep
-
-
-def detection_auc(readings: Sequence[float], truthful: Sequence[bool]) -> float:
-    """How often a truthful answer reads higher than an untruthful one (ties count half)."""
-    good = [r for r, ok in zip(readings, truthful, strict=True) if ok]
-    bad = [r for r, ok in zip(readings, truthful, strict=True) if not ok]
-    if not good or not bad:
-        return float("nan")
-    wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
-    return wins / (len(good) * len(bad))
-
-
 def first_check(trace: GenerationTrace, backtrack_tokens: int) -> float:
     """The reading FASB checks first in an unsteered answer."""
     readings = trace.p_true
     return float(readings[min(backtrack_tokens, len(readings)) - 1])  # type: ignore[arg-type]
-
-
-def _key(scores: Scores, keys: Sequence[str]) -> tuple[float, ...]:
-    return tuple(round(float(np.mean(scores[k])), 12) for k in keys)
-
-
-@dataclass
-class _Search:
-    """One family's search: every evaluated setting's per-question scores."""
-
-    evaluate: Callable[[float, float | None], Scores]
-    keys: tuple[str, ...]
-    tried: dict[tuple[float, float | None], Scores] = field(default_factory=dict)
-
-    def score(self, alpha: float, threshold: float | None = None) -> Scores:
-        key = (round(alpha, 9), None if threshold is None else round(threshold, 9))
-        if key not in self.tried:
-            self.tried[key] = self.evaluate(alpha, threshold)
-        return self.tried[key]
-
-    def best(self, threshold: float | None = None) -> float:
-        """The best strength tried at ``threshold`` (ties: the smaller strength)."""
-        alphas = [
-            a for a, t in self.tried if t == (None if threshold is None else round(threshold, 9))
-        ]
-        return max(alphas, key=lambda a: (*_key(self.tried[(a, _t(threshold))], self.keys), -a))
-
-    def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
-        """Grid, extension while the best is on an edge, refinement around the best."""
-        for alpha in grid:
-            self.score(alpha, threshold)
-        for _ in range(MAX_EXTENSIONS):
-            tried = sorted(a for a, t in self.tried if t == _t(threshold))
-            best = self.best(threshold)
-            if best == tried[-1]:
-                self.score(best * 2, threshold)
-            elif best == tried[0]:
-                self.score(best / 2, threshold)
-            else:
-                break
-        best = self.best(threshold)
-        for factor in (2**-0.5, 2**0.5):
-            self.score(best * factor, threshold)
-        return self.best(threshold)
-
-    def fill(self, budget: int, threshold: float | None = None) -> None:
-        """More refinement points around the best until ``budget`` settings are tried."""
-        step = 1
-        while len(self.tried) < budget:
-            best = self.best(threshold)
-            for factor in (2 ** (-step / 4), 2 ** (step / 4)):
-                if len(self.tried) < budget:
-                    self.score(best * factor, threshold)
-            step += 1
-
-    def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
-        """How often the chosen setting wins when validation questions are resampled."""
-        settings = list(self.tried)
-        chosen = max(settings, key=lambda s: (*_key(self.tried[s], self.keys), -s[0]))
-        n = len(next(iter(self.tried.values()))[self.keys[0]])
-        table = np.array([[self.tried[s][self.keys[0]][i] for i in range(n)] for s in settings])
-        winners = []
-        for _ in range(BOOTSTRAP):
-            sample = rng.randint(n, size=n)
-            winners.append(settings[int(np.argmax(table[:, sample].mean(axis=1)))])
-        alphas = [w[0] for w in winners]
-        thresholds = [w[1] for w in winners if w[1] is not None]
-        result = {
-            "chosen_wins": sum(w == chosen for w in winners) / len(winners),
-            "alpha_range": [float(np.percentile(alphas, 5)), float(np.percentile(alphas, 95))],
-        }
-        if thresholds:
-            result["threshold_range"] = [
-                float(np.percentile(thresholds, 5)),
-                float(np.percentile(thresholds, 95)),
-            ]
-        return result
-
-    def rows(self, task: str, method: str, top_k: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "task": task,
-                "method": method,
-                "alpha": alpha,
-                "threshold": threshold,
-                "top_k": top_k,
-                **{k: float(np.mean(v)) for k, v in scores.items()},
-            }
-            for (alpha, threshold), scores in self.tried.items()
-        ]
-
-
-def _t(threshold: float | None) -> float | None:
-    return None if threshold is None else round(threshold, 9)
 
 
 # --------------------------------------------------------------------------- the run
@@ -373,7 +231,7 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     tracker, s = calibration.tracker, inputs.backtrack_tokens
     keys = ("mc2", "mc1")
 
-    def choices(current: Steering) -> list[MultipleChoice]:
+    def choices(current: Steering) -> list[MultipleChoice]:  # prompts run once, for every K
         return [
             MultipleChoice(
                 inputs.model,
@@ -408,44 +266,40 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
                 checks.append(answer[min(inputs.answer_offset + s, len(answer) - 1)])
         return checks
 
-    # K, and FASB's strength at the median reading as threshold
-    searches: dict[int, tuple[_Search, list[MultipleChoice], list[float]]] = {}
+    # K: FASB on the start grid at the median reading as threshold, for each candidate
+    widest = choices(steering)
+    searches: dict[int, tuple[Search, list[MultipleChoice], list[float]]] = {}
     for k in sorted({min(k, steering.top_k) for k in top_ks}):
-        items = choices(_with_k(steering, k))
+        items = [item.with_steering(_with_k(steering, k)) for item in widest]
         checks = check_readings(items)
-        search = _Search(scorer(items, fasb), keys)
-        search.strengths(START_GRIDS["mc"]["fasb"], float(np.quantile(checks, 0.5)))
+        search = Search(scorer(items, fasb), keys)
+        beta = float(np.quantile(checks, 0.5))
+        for alpha in START_GRIDS["mc"]["fasb"]:
+            search.score(alpha, beta)
         searches[k] = (search, items, checks)
 
     def best_value(k: int) -> tuple[float, ...]:
         search, _, checks = searches[k]
         beta = float(np.quantile(checks, 0.5))
-        return _key(search.tried[(search.best(beta), _t(beta))], keys)
+        return rank_key(search.tried[(search.best(beta), threshold_key(beta))], keys)
 
     best_k = max(searches, key=best_value)
     search, items, checks = searches[best_k]
     steering = _with_k(steering, best_k)
     calibration.top_k = best_k
     calibration.readings["mc_first_check"] = checks
-    alpha = search.best(float(np.quantile(checks, 0.5)))
-    for quantile in THRESHOLD_QUANTILES:  # the threshold at that strength
-        search.score(alpha, float(np.quantile(checks, quantile)))
-    alpha, beta = max(search.tried, key=lambda st: (*_key(search.tried[st], keys), -st[0]))
-    alpha = search.strengths([alpha], beta)  # and the strength again at that threshold
-    calibration.thresholds["mc"] = float(beta)  # type: ignore[arg-type]
-    strengths = {"fasb": float(alpha)}
-    uncertainty = {"fasb": search.bootstrap(rng)}
-    rows = [row for k, (sr, _, _) in searches.items() for row in sr.rows("mc", "fasb", k)]
-    families: dict[str, Callable[[float, float | None], Policy]] = {"fixed": lambda a, t: ITI(a)}
+    # then the chosen K's strength and threshold, and the other families' strengths
+    others = {"fixed": Search(scorer(items, lambda a, t: ITI(a)), keys)}
     if inputs.caa is not None:
-        families["caa"] = lambda a, t: CAA(inputs.caa, a)
-    for family, make in families.items():  # the same number of evaluations as FASB's last search
-        other = _Search(scorer(items, make), keys)
-        other.strengths(START_GRIDS["mc"][family])
-        other.fill(len(search.tried))
-        strengths[family] = float(other.best())
-        uncertainty[family] = other.bootstrap(rng)
-        rows += other.rows("mc", family, best_k)
+        others["caa"] = Search(scorer(items, lambda a, t: CAA(inputs.caa, a)), keys)
+    chosen = joint_search(search, checks, others, START_GRIDS["mc"], rng=rng)
+    calibration.thresholds["mc"] = chosen.threshold
+    strengths, uncertainty = chosen.strengths, chosen.uncertainty
+    rows = [
+        row for k, (sr, _, _) in searches.items() if k != best_k for row in sr.rows("mc", "fasb", k)
+    ]
+    for family, done in chosen.searches.items():
+        rows += done.rows("mc", family, best_k)
     calibration.strengths["mc"] = strengths
     calibration.uncertainty["mc"] = uncertainty
     calibration.sweep += rows
@@ -482,7 +336,7 @@ def _calibrate_generation(inputs, calibration, steering, truth_judge, info_judge
         families["caa"] = lambda a: CAA(inputs.caa, a)
     searches = {}
     for family, make in families.items():
-        searches[family] = _Search(scorer(make), ("true_x_info", "true"))
+        searches[family] = Search(scorer(make), ("true_x_info", "true"))
         searches[family].strengths(START_GRIDS["generation"][family])
     budget = max(len(search.tried) for search in searches.values())
     strengths, uncertainty = {}, {}

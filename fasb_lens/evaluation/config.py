@@ -36,7 +36,8 @@ DEFAULT_METHODS = (
     "fixed_random",
 )
 CONTROLS = ("fasb_random", "fixed_random")
-"""Methods run once per control seed, their results averaged over the seeds."""
+"""Methods run with random directions drawn anew for every question (multiple choice) or
+batch of questions (generation), ``control_seeds`` draws each, pooled in the tables."""
 QUESTION_PROTOCOL = ("fasb", "fasb_random")
 """Methods also scored under the leak-free multiple-choice protocol, as ``NAME_question``."""
 TRACKERS = ("auto", "probe", "context")
@@ -136,7 +137,10 @@ class ExperimentConfig:
         choices=TRACKERS,
     )
     control_seeds: int = option(
-        3, help="random-direction seeds of each control method", bounds=AT_LEAST_ONE
+        1,
+        help="random draws per question of each control method (each question gets its own "
+        "directions, so a control's mean covers many draws)",
+        bounds=AT_LEAST_ONE,
     )
     top_k_candidates: tuple[str, ...] = option(
         ("12", "24", "48"), help="numbers of anchored heads calibration chooses among"

@@ -19,7 +19,9 @@ Everything goes under one run directory, written as it comes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from fasb_lens.evaluation.summary import write_summary
 from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model, model_shape, tokenize
-from fasb_lens.policies import Policy, RandomDirections, make_policy, policy_spec
+from fasb_lens.policies import Policy, adjusted, make_policy, policy_spec, redraw, setting
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import Split, authors_folds, authors_question_order
@@ -96,6 +98,7 @@ class Experiment:
         self.out = Path(out)
         self.activations_dir = Path(activations_dir or self.out / "activations")
         self.progress = progress
+        self.timings: dict[str, float] = {}
         self._check_config()
         questions = load_questions(config.data, mc_task=config.mc_task)
         order = authors_question_order(questions)
@@ -270,7 +273,7 @@ class Experiment:
     def _policies(
         self, caa: CAAVector | None, calibration: Calibration | None
     ) -> dict[str, dict[str, Policy]]:
-        """Each task's policies (controls once per seed, as ``NAME/SEED``); strengths,
+        """Each task's policies (controls once per draw, as ``NAME/DRAW``); strengths,
         thresholds and the tracker from the calibration if any."""
         config = self.config
         fixed = config.alpha if config.fixed_alpha is None else config.fixed_alpha
@@ -324,10 +327,16 @@ class Experiment:
             base, _, seed = name.partition("/")
             if base not in QUESTION_PROTOCOL:
                 continue
-            threshold = _threshold(fold.policies["generation"][name])
+            threshold = setting(fold.policies["generation"][name], "threshold")
             label = f"{base}_question" + (f"/{seed}" if seed else "")
-            decided[label] = decide_once(_with_threshold(policy, threshold), trace)
+            decided[label] = decide_once(adjusted(policy, threshold=threshold), trace)
         return decided
+
+    def _drawn(self, name: str, policy: Policy, *where: Any) -> Policy:
+        """A control's policy with the random directions of its draw at ``where`` (a
+        question, or a generation batch); other policies as they are."""
+        draw = name.partition("/")[2]
+        return redraw(policy, self.config.seed, draw, *where)
 
     def evaluate_mc(self, fold: _Fold) -> None:
         questions = self._test_questions(fold)
@@ -335,7 +344,13 @@ class Experiment:
             questions, desc=f"MC fold {fold.split.fold}", unit="question", disable=not self.progress
         )
         for question in bar:
-            candidates = {**fold.policies["mc"], **self._question_policies(fold, question)}
+            candidates = {
+                name: self._drawn(name, policy, question.id)
+                for name, policy in {
+                    **fold.policies["mc"],
+                    **self._question_policies(fold, question),
+                }.items()
+            }
             missing = {
                 name: policy
                 for name, policy in candidates.items()
@@ -399,7 +414,7 @@ class Experiment:
                 traces = generate(
                     self.model,
                     [prompts[i] for i in todo],
-                    policy=policy,
+                    policy=self._drawn(name, policy, fold.split.fold, batch[0].id),
                     steering=fold.steering,
                     config=config,
                     prompt_cache=shared if len(todo) == len(batch) else None,
@@ -452,17 +467,33 @@ class Experiment:
         Unsteered answers come first (the leak-free multiple-choice protocol decides from
         them), then multiple choice on every fold, then the other methods' answers.
         """
-        folds = self.anchor()
+        with self._phase("anchoring and calibration"):
+            folds = self.anchor()
         if "generation" in self.config.tasks:  # the model's own answers first: the leak-free
-            for fold in folds:  # multiple-choice protocol decides from them
-                self.evaluate_generation(fold, ["none"])
+            with self._phase("unsteered answers"):  # multiple-choice protocol decides from them
+                for fold in folds:
+                    self.evaluate_generation(fold, ["none"])
         if "mc" in self.config.tasks:
-            for fold in folds:
-                self.evaluate_mc(fold)
+            with self._phase("multiple choice"):
+                for fold in folds:
+                    self.evaluate_mc(fold)
         if "generation" in self.config.tasks:
-            for fold in folds:
-                self.evaluate_generation(fold)
-        return self.summarize()
+            with self._phase("generation"):
+                for fold in folds:
+                    self.evaluate_generation(fold)
+        with self._phase("judging and summary"):
+            return self.summarize()
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Time a phase of this session's run into ``timings.json`` (seconds, as run now:
+        a resumed run times only what it still had to do)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 1)
+            storage.write_json(self.out / storage.TIMINGS, self.timings)
 
     def summarize(self) -> dict[str, Any]:
         """Judge the answers recorded so far and write the summary; evaluates nothing new.
@@ -488,16 +519,6 @@ class Experiment:
                 }
         records, judgements = self.records.values(), self.judgements.values()
         return write_summary(self.out, self.config, records, judgements, calibrations)
-
-
-def _threshold(policy: Policy) -> float:
-    return (policy.base if isinstance(policy, RandomDirections) else policy).threshold  # type: ignore[attr-defined]
-
-
-def _with_threshold(policy: Policy, threshold: float) -> Policy:
-    if isinstance(policy, RandomDirections):
-        return replace(policy, base=replace(policy.base, threshold=threshold))
-    return replace(policy, threshold=threshold)
 
 
 def generation_record(

@@ -32,8 +32,9 @@ from fasb_lens.data.mc import (
     option_prompts,
 )
 from fasb_lens.data.schema import MultipleChoiceItem
-from fasb_lens.models import load_model
-from fasb_lens.policies import Policy
+from fasb_lens.evaluation.search import START_GRIDS, Scores, Search, joint_search
+from fasb_lens.models import load_model, tokenize
+from fasb_lens.policies import Policy, adjusted, redraw
 from fasb_lens.scoring import AnswerScore, PrefixScorer
 from fasb_lens.splits import Split
 from fasb_lens.steering import Steering
@@ -214,6 +215,89 @@ def _checked_done(record: Mapping[str, Any], item: MultipleChoiceItem) -> dict[s
     return dict(record)
 
 
+CALIBRATED = ("fasb", "fixed")
+"""The families whose strengths (and, for FASB, threshold) are searched per dataset."""
+
+
+def _scores(scorers: Sequence[_ItemScorer], items: Sequence[MultipleChoiceItem], policy: Policy):
+    """Per item: 1 if the policy picks the right option, and the margin of the right
+    option's log-probability over the best wrong one (the tie-breaker)."""
+    correct, margins = [], []
+    for scorer, item in zip(scorers, items, strict=True):
+        scores = scorer.score(policy)
+        wrong = max(s.log_prob for index, s in enumerate(scores) if index != item.label)
+        correct.append(float(predict(scores) == item.label))
+        margins.append(scores[item.label].log_prob - wrong)
+    return {"accuracy": correct, "margin": margins}
+
+
+def calibrate_dataset(
+    model: TransformerBridge,
+    items: Sequence[MultipleChoiceItem],
+    steering: Steering,
+    templates: Mapping[str, Policy],
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Each family's strength, and the thresholded family's threshold, chosen on
+    ``items`` (a dataset's validation items) by accuracy, then margin.
+
+    ``templates`` maps a family (``"fasb"``, ``"fixed"``) to the policy whose settings are
+    searched; FASB's strength and threshold are searched jointly (thresholds from the
+    tracker's readings on the options), and every family gets as many evaluations
+    (:func:`fasb_lens.evaluation.search.joint_search`).
+    """
+    scorers = [_ItemScorer(model, item, steering) for item in items]
+    bar = tqdm(desc=f"calibrate {items[0].dataset}", unit="setting", disable=not progress)
+
+    def search(template: Policy) -> Search:
+        def evaluate(alpha: float, threshold: float | None) -> Scores:
+            bar.update(1)
+            return _scores(scorers, items, adjusted(template, alpha=alpha, threshold=threshold))
+
+        return Search(evaluate, ("accuracy", "margin"))
+
+    readings = [
+        value
+        for scorer in scorers
+        for group, indices in scorer.groups
+        for values in group.readings(
+            tokenize(model, [scorer.continuations[i] for i in indices], prepend_bos=False)
+        )
+        for value in values
+    ]
+    families = {name: templates[name] for name in CALIBRATED if name in templates}
+    grids = START_GRIDS["mc"]
+    rng = np.random.RandomState(seed)
+    if "fasb" in families:
+        others = {name: search(policy) for name, policy in families.items() if name != "fasb"}
+        chosen = joint_search(search(families["fasb"]), readings, others, grids, rng=rng)
+        strengths, threshold = chosen.strengths, chosen.threshold
+        uncertainty, searches = chosen.uncertainty, chosen.searches
+    else:
+        searches = {name: search(policy) for name, policy in families.items()}
+        strengths = {name: float(s.strengths(grids[name])) for name, s in searches.items()}
+        uncertainty = {name: s.bootstrap(rng) for name, s in searches.items()}
+        threshold = None
+    bar.close()
+    return {
+        "items": len(items),
+        "strengths": strengths,
+        "threshold": threshold,
+        "uncertainty": uncertainty,
+        "sweep": [
+            row for name, s in searches.items() for row in s.rows("mc", name, steering.top_k)
+        ],
+    }
+
+
+def calibrated(policy: Policy, calibration: Mapping[str, Any]) -> Policy:
+    """``policy`` with its family's calibrated strength (and threshold, if it has one)."""
+    strength = calibration["strengths"].get(policy.family)
+    return adjusted(policy, alpha=strength, threshold=calibration["threshold"])
+
+
 def evaluate_dataset(
     model: TransformerBridge,
     items: Sequence[MultipleChoiceItem],
@@ -223,6 +307,8 @@ def evaluate_dataset(
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 32,
+    calibrate: bool = True,
+    calibration_dir: str | Path | None = None,
     progress: bool = True,
     on_item: Callable[[dict[str, Any]], None] | None = None,
     done: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
@@ -232,8 +318,12 @@ def evaluate_dataset(
     Args:
         items: one dataset's items; ``limit`` keeps a seeded random subset of them.
         policies: name to policy, e.g. ``{"none": Unsteered(), "fasb": FASB(...)}``;
-            the names label the records and the accuracies.
+            the names label the records and the accuracies. Controls (random directions)
+            draw new directions for every item.
         top_k: anchored heads for the steering, learnt on the train and val items.
+        calibrate: choose the strengths and FASB's threshold on the validation items
+            (:func:`calibrate_dataset`; kept as ``{dataset}.json`` in ``calibration_dir``
+            so a resumed run does not redo it); ``False`` uses the policies as given.
         on_item: called with each new record ``{"dataset", "item_id", "method",
             "prediction", "label", "correct", "log_probs", "triggered"}``.
         done: records of an earlier, interrupted run keyed by ``(item_id, method)``; they
@@ -249,6 +339,20 @@ def evaluate_dataset(
         model, items, split, top_k=top_k, batch_size=batch_size, progress=progress
     )
     logger.info("%s: anchored heads %s", dataset, ", ".join(map(str, steering.heads)))
+    calibration = None
+    if calibrate:
+        saved = Path(calibration_dir) / f"{dataset}.json" if calibration_dir else None
+        if saved is not None and saved.is_file():
+            calibration = storage.read_json(saved, "a dataset's calibration")
+        else:
+            val = [item for item in items if item.id in set(split.val)]
+            templates = {name: policies[name] for name in CALIBRATED if name in policies}
+            calibration = calibrate_dataset(
+                model, val, steering, templates, seed=seed, progress=progress
+            )
+            if saved is not None:
+                storage.write_json(saved, calibration)
+        policies = {name: calibrated(policy, calibration) for name, policy in policies.items()}
     test_ids = set(split.test)
     test_items = [item for item in items if item.id in test_ids]
     correct: dict[str, list[bool]] = {name: [] for name in policies}
@@ -258,7 +362,8 @@ def evaluate_dataset(
         for name, policy in policies.items():
             if name in pending:
                 assert scorer is not None
-                record = _record(item, name, scorer.score(policy))
+                drawn = redraw(policy, seed, name, item.id)
+                record = _record(item, name, scorer.score(drawn))
                 if on_item is not None:
                     on_item(record)
             else:
@@ -273,6 +378,9 @@ def evaluate_dataset(
         "best_val_accuracy": best_val,
         "val_majority": majority,
         "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
+        "calibration": (
+            None if calibration is None else {k: v for k, v in calibration.items() if k != "sweep"}
+        ),
     }
 
 
@@ -291,6 +399,7 @@ def run_mc_datasets(
     limit: int | None = 400,
     top_k: int = 24,
     seed: int = 0,
+    calibrate: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Held-out accuracy of each policy on each multiple-choice dataset, resumable.
@@ -321,6 +430,8 @@ def run_mc_datasets(
             top_k=top_k,
             seed=seed,
             limit=limit,
+            calibrate=calibrate,
+            calibration_dir=out / "calibration",
             progress=progress,
             on_item=log.append,
             done=done,

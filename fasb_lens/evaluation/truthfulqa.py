@@ -11,6 +11,7 @@ answers for MC1, correct vs incorrect for MC2/MC3).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
@@ -102,6 +103,13 @@ class MultipleChoice:
             model, prefix, steering=steering, answer_offset=answer_offset, shared=shared
         )
         self.continuations = [" " + answer for answer in self.answers]
+
+    def with_steering(self, steering: Steering) -> MultipleChoice:
+        """The same question scored with ``steering`` (a subset of this one's heads), its
+        prompt and unsteered pass shared."""
+        other = copy.copy(self)
+        other.scorer = self.scorer.with_steering(steering)
+        return other
 
     def evaluate(self, policy: Policy) -> dict[str, Any]:
         """MC1/MC2/MC3 and every answer's score under ``policy``."""

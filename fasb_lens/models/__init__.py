@@ -39,6 +39,7 @@ from fasb_lens.models.running import (
     crop_cache,
     forward,
     repeat_cache,
+    select_rows,
     unembed,
 )
 from fasb_lens.models.shape import (
@@ -108,6 +109,7 @@ __all__ = [
     "pad",
     "pad_token_id",
     "repeat_cache",
+    "select_rows",
     "site_shape",
     "tokenize",
     "unembed",

@@ -132,6 +132,16 @@ def repeat_cache(cache: Any, n: int) -> Any:
     return repeated
 
 
+def select_rows(cache: Any, rows: Tensor) -> Any:
+    """A new ``DynamicCache`` with only ``rows`` (a ``[n]`` index) of ``cache``'s batch."""
+    return build_cache(
+        [
+            (keys.index_select(0, rows), values.index_select(0, rows))
+            for keys, values in cache_layers(cache)
+        ]
+    )
+
+
 def cache_length(cache: Any) -> int:
     """Positions held by a ``DynamicCache``."""
     return int(cache.get_seq_length())

@@ -104,29 +104,25 @@ def direction_share(
     """
     shares = summary.get("direction_share", {})
     figure = go.Figure()
+    first = next(iter(shares), None)
+    bars = (
+        ("learnt direction", "gain", STEERED_COLOR),
+        ("random direction (control)", "control_gain", PLAIN_COLOR),
+    )
     for method, rows in shares.items():
         chosen = [m for m in rows if metrics is None or m in metrics]
         labels = [f"{method}<br>{m}" for m in chosen]
-        figure.add_trace(
-            go.Bar(
-                name="learnt direction",
-                x=labels,
-                y=[100 * rows[m]["gain"] for m in chosen],
-                marker_color=STEERED_COLOR,
-                legendgroup="real",
-                showlegend=method == next(iter(shares)),
-            ),
-        )
-        figure.add_trace(
-            go.Bar(
-                name="random direction (control)",
-                x=labels,
-                y=[100 * rows[m]["control_gain"] for m in chosen],
-                marker_color=PLAIN_COLOR,
-                legendgroup="control",
-                showlegend=method == next(iter(shares)),
-            ),
-        )
+        for name, key, color in bars:
+            figure.add_trace(
+                go.Bar(
+                    name=name,
+                    x=labels,
+                    y=[100 * rows[m][key] for m in chosen],
+                    marker_color=color,
+                    legendgroup=key,
+                    showlegend=method == first,
+                )
+            )
     figure.update_layout(
         barmode="group",
         title="Gain over no steering: the learnt direction vs random directions of the same scale",

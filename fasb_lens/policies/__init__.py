@@ -23,20 +23,24 @@ from fasb_lens.policies.base import (
     PolicySpec,
     Tracking,
     Trigger,
+    adjusted,
     make_policy,
     policy_names,
     policy_spec,
     register,
     resolve,
+    setting,
     unregister,
 )
 from fasb_lens.policies.caa import CAA
-from fasb_lens.policies.controls import RandomDirections
+from fasb_lens.policies.controls import RandomDirections, redraw
 from fasb_lens.policies.fasb import FASB
 from fasb_lens.policies.iti import ITI
 from fasb_lens.policies.none import Unsteered
 
 __all__ = [
+    "adjusted",
+    "setting",
     "ALIASES",
     "CAA",
     "CONTINUE",
@@ -51,6 +55,7 @@ __all__ = [
     "PolicySettings",
     "PolicySpec",
     "RandomDirections",
+    "redraw",
     "Tracking",
     "Trigger",
     "Unsteered",

@@ -25,7 +25,7 @@ one module with a class and a ``register`` call, imported in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -118,6 +118,22 @@ class Policy:
     def decide(self, check: Check) -> Decision:
         """What to do at a reading (the default: nothing)."""
         return CONTINUE
+
+
+def adjusted(policy: Policy, **changes: Any) -> Policy:
+    """``policy`` with settings changed (``alpha=``, ``threshold=``; ``None`` leaves one
+    as it is): those it has, on itself or on the policy it wraps (a control's ``base``)."""
+    base = getattr(policy, "base", None)
+    if isinstance(base, Policy):
+        return replace(policy, base=adjusted(base, **changes))  # type: ignore[call-arg]
+    names = {f.name for f in fields(policy)}  # type: ignore[arg-type]
+    chosen = {k: v for k, v in changes.items() if k in names and v is not None}
+    return replace(policy, **chosen) if chosen else policy  # type: ignore[type-var]
+
+
+def setting(policy: Policy, name: str) -> Any:
+    """A setting of ``policy`` or of the policy it wraps (``None`` if it has none)."""
+    return getattr(getattr(policy, "base", policy), name, None)
 
 
 def require_steering(policy: Policy, steering: Any) -> Any:

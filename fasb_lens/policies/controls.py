@@ -9,7 +9,8 @@ gain that the real direction explains is then the gain minus the control's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fasb_lens.policies.base import (
@@ -59,6 +60,21 @@ class RandomDirections(Policy):
 
     def decide(self, check: Check) -> Decision:
         return self.base.decide(check)
+
+
+def draw_seed(*parts: Any) -> int:
+    """A seed for one random draw, derived from what identifies it (a run's seed, the draw's
+    number, a question): evaluating each question with its own draw averages a control
+    over many directions at the cost of one."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def redraw(policy: Policy, *parts: Any) -> Policy:
+    """``policy`` with the draw named by ``parts`` if it is a control; else unchanged."""
+    if isinstance(policy, RandomDirections):
+        return replace(policy, seed=draw_seed(*parts))
+    return policy
 
 
 def _fasb_random(settings: PolicySettings) -> RandomDirections:

@@ -1,45 +1,23 @@
-"""Benchmarks behind ``fasb-lens bench``: speed measured side by side in one run.
-
-Each entry times fasb_lens against the baseline it must beat on the same inputs in the
-same process, and reports both absolute times and their ratio (these machines are shared
-and noisy: the ratio is the number to read). Entries register in :data:`BENCHMARKS`;
-later features add theirs.
-"""
+"""The speed entries: activations, probes, generation, multiple choice, ablation grids."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import platform
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.activations import HeadActivations, collect_head_activations, length_sorted
+from fasb_lens.activations import collect_head_activations, length_sorted
 from fasb_lens.anchoring import anchor_heads
+from fasb_lens.bench.context import BenchContext, _prompt_format, _timer
 from fasb_lens.data import (
-    LabelledPrompt,
-    TruthfulQAQuestion,
     load_mini_truthfulqa,
-    load_prompt_format,
-    load_truthfulqa,
-    probing_prompts,
 )
 from fasb_lens.evaluation.truthfulqa import evaluate_mc
 from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import (
-    cache_root,
     forward,
     hook_z_name,
-    load_model,
-    model_id,
     model_shape,
     pad,
     pad_token_id,
@@ -48,64 +26,8 @@ from fasb_lens.models import (
 from fasb_lens.policies import FASB, Unsteered
 from fasb_lens.probes import fit_head_probes
 from fasb_lens.scoring import continuation_log_probs
-from fasb_lens.splits import authors_folds, authors_question_order, train_val_split
+from fasb_lens.splits import authors_folds, train_val_split
 from fasb_lens.steering import Steering
-from fasb_lens.storage import library_versions
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchContext:
-    """What every benchmark entry may use: the model, the data folder, sizes."""
-
-    model: TransformerBridge
-    data_dir: Path | None
-    n_prompts: int = 1000
-    batch_size: int = 32
-    progress: bool = True
-    mc_questions: int = 50
-    ablation_questions: int = 20
-    loop_heads: int = 3
-    notes: list[str] = field(default_factory=list)
-
-    def questions(self) -> tuple[str, list[TruthfulQAQuestion]]:
-        """TruthfulQA with its MC order if the data folder has it, else the mini set."""
-        folder = self.data_dir / "truthfulqa" if self.data_dir else None
-        if folder is not None and (folder / "TruthfulQA.csv").is_file():
-            return "TruthfulQA", load_truthfulqa(folder)
-        note = "TruthfulQA not found: set FASB_LENS_DATA; used the mini set"
-        if note not in self.notes:
-            self.notes.append(note)
-        return "mini (TruthfulQA not found)", load_mini_truthfulqa()
-
-    def probing_prompts(self) -> tuple[str, list[LabelledPrompt]]:
-        """The first ``n_prompts`` probing prompts (repeated if the data has fewer)."""
-        name, questions = self.questions()
-        prompts = probing_prompts(questions)
-        while len(prompts) < self.n_prompts:
-            prompts = prompts + prompts
-        return name, prompts[: self.n_prompts]
-
-    def all_probing_activations(self) -> tuple[str, list[str], HeadActivations]:
-        """Activations of every probing prompt, kept in the cache between runs."""
-        name, questions = self.questions()
-        key = hashlib.sha256(f"{model_id(self.model)}|{name}".encode()).hexdigest()[:16]
-        activations = collect_head_activations(
-            self.model,
-            probing_prompts(questions),
-            batch_size=self.batch_size,
-            out_dir=cache_root() / "bench" / f"probing-{key}",
-            progress=self.progress,
-        )
-        return name, authors_question_order(questions), activations
-
-
-@contextmanager
-def _timer(results: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    results[key] = round(time.perf_counter() - start, 3)
 
 
 def bench_activations(ctx: BenchContext) -> dict[str, Any]:
@@ -314,13 +236,6 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
-def _prompt_format(ctx: BenchContext):
-    folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
-    if folder is not None and (folder / "qa_primer.txt").is_file():
-        return load_prompt_format(folder / "qa_primer.txt", folder / "instruction_prompt.txt")
-    return load_prompt_format()
-
-
 def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
     """The full zero-ablation grid (every head) with ``logprob_margin`` on the first
     ``ablation_questions`` TruthfulQA questions: the exact engine against the head-by-head
@@ -375,67 +290,3 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
         "target_speedup": 10,
         "target_attribution_s": 15,
     }
-
-
-BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
-    "activations": bench_activations,
-    "probes": bench_probes,
-    "generation": bench_generation,
-    "mc": bench_mc,
-    "ablation": bench_ablation,
-}
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def run_benchmarks(
-    names: list[str] | None = None,
-    *,
-    model: TransformerBridge | None = None,
-    data_dir: Path | None = None,
-    n_prompts: int = 1000,
-    batch_size: int = 32,
-    progress: bool = True,
-    mc_questions: int = 50,
-    ablation_questions: int = 20,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run the named entries (default: all) and return one JSON-ready report.
-
-    ``on_result`` receives the report after every entry, so a caller can write it as it
-    grows and keep finished entries if a later one is interrupted.
-    """
-    unknown = sorted(set(names or []) - set(BENCHMARKS))
-    if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
-    model = model if model is not None else load_model()
-    ctx = BenchContext(
-        model,
-        data_dir,
-        n_prompts=n_prompts,
-        batch_size=batch_size,
-        progress=progress,
-        mc_questions=mc_questions,
-        ablation_questions=ablation_questions,
-    )
-    report: dict[str, Any] = {
-        "model": model_id(model),
-        "machine": machine(),
-        "versions": library_versions(),
-        "results": {},
-        "notes": ctx.notes,
-    }
-    for name in names or list(BENCHMARKS):
-        logger.info("benchmark %s", name)
-        report["results"][name] = BENCHMARKS[name](ctx)
-        if on_result is not None:
-            on_result(report)
-    return report

@@ -1,0 +1,51 @@
+"""The end-to-end entry: a whole ``reproduce`` on a fixed subset, extrapolated."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+from fasb_lens.bench.context import BenchContext
+from fasb_lens.evaluation.config import ExperimentConfig
+from fasb_lens.evaluation.experiment import Experiment
+
+
+def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
+    """``fasb-lens reproduce`` with every default (calibration, both folds, every method
+    and control, multiple choice and generation, every judge) on the first
+    ``reproduce_questions`` questions in the authors' order, in a temporary folder.
+
+    ``full_s`` is an estimate, not a measurement: the subset's wall time scaled by the
+    dataset's number of questions over the subset's. Every phase grows linearly with the
+    questions (activations with their prompts, calibration with the validation questions,
+    evaluation with the test questions), so the scaling is linear; ``phases`` gives the
+    measured seconds of each part.
+    """
+    name, questions = ctx.questions()
+    folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
+    if name == "TruthfulQA" and folder is not None:
+        files = {"primer": "qa_primer.txt", "instruction": "instruction_prompt.txt"}
+        paths = {
+            key: str(folder / file) for key, file in files.items() if (folder / file).is_file()
+        }
+        config = ExperimentConfig(data=str(folder), n_questions=ctx.reproduce_questions, **paths)
+    else:
+        config = ExperimentConfig(data="mini", n_questions=ctx.reproduce_questions, mc_source="csv")
+    with tempfile.TemporaryDirectory(prefix="fasb-bench-") as out:
+        start = time.perf_counter()
+        experiment = Experiment(config, out, model=ctx.model, progress=ctx.progress)
+        experiment.run()
+        wall = time.perf_counter() - start
+    scale = len(questions) / config.n_questions  # type: ignore[operator]
+    return {
+        "dataset": name,
+        "questions": config.n_questions,
+        "dataset_questions": len(questions),
+        "methods": list(config.methods),
+        "wall_s": round(wall, 1),
+        "phases": experiment.timings,
+        "full_s": round(wall * scale, 0),
+        "full_s_is": f"an estimate: wall_s x {len(questions)} / {config.n_questions} questions",
+        "target_full_s": 3600,
+    }

@@ -1,0 +1,232 @@
+"""Searching settings on validation data: strengths, thresholds, and how sure a choice is.
+
+A strength search starts from a log-spaced grid, extends it (x2) while the best value sits
+on an edge and beats its neighbour, then refines it (x2^(+-1/2)) around the best, so the
+value it returns is an interior optimum, not the edge of a grid. :func:`joint_search`
+searches a FASB-like family's strength and threshold together (thresholds from quantiles
+of the tracker's readings) and gives every other family the same number of evaluations.
+Each choice comes with a bootstrap over the validation items: how often it wins when they
+are resampled, and the range of the winners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+START_GRIDS = {
+    "mc": {"fixed": (2.0, 8.0, 32.0), "fasb": (2.0, 8.0, 32.0), "caa": (0.25, 1.0, 4.0)},
+    "generation": {"fixed": (8.0, 16.0, 32.0), "fasb": (8.0, 16.0, 32.0), "caa": (1.0, 2.0, 4.0)},
+}
+"""Where each task's and family's strength search starts (then extends and refines)."""
+MAX_EXTENSIONS = 4
+THRESHOLD_QUANTILES = (0.25, 0.5, 0.75)
+BOOTSTRAP = 200
+
+Scores = dict[str, list[float]]
+"""Per metric, one value per validation question."""
+
+
+def choose_threshold(
+    first_check: Sequence[float], truthful: Sequence[bool], fallback: float
+) -> tuple[float, float, list[dict[str, float]]]:
+    """``(threshold, J, sweep)``: the threshold best separating untruthful answers.
+
+    Candidates lie halfway between consecutive readings; ties go to the threshold that
+    triggers least. With only one class of answers, ``fallback`` is returned.
+    """
+    pairs = sorted(zip(first_check, truthful, strict=True))
+    n_bad = sum(not ok for _, ok in pairs)
+    n_good = len(pairs) - n_bad
+    values = [p for p, _ in pairs]
+    middles = ((a + b) / 2 for a, b in zip(values[:-1], values[1:], strict=True))
+    candidates = sorted({0.0, 1.0, fallback, *middles})
+    sweep = []
+    for beta in candidates:
+        hits = [ok for p, ok in pairs if p < beta]
+        tpr = sum(not ok for ok in hits) / n_bad if n_bad else float("nan")
+        fpr = sum(hits) / n_good if n_good else float("nan")
+        sweep.append(
+            {
+                "threshold": beta,
+                "tpr": tpr,
+                "fpr": fpr,
+                "triggered": len(hits) / len(pairs),
+                "j": tpr - fpr,
+            }
+        )
+    if not n_bad or not n_good:
+        return fallback, float("nan"), sweep
+    best = max(sweep, key=lambda row: (round(row["j"], 12), -row["triggered"]))
+    return best["threshold"], best["j"], sweep
+
+
+def detection_auc(readings: Sequence[float], truthful: Sequence[bool]) -> float:
+    """How often a truthful answer reads higher than an untruthful one (ties count half)."""
+    good = [r for r, ok in zip(readings, truthful, strict=True) if ok]
+    bad = [r for r, ok in zip(readings, truthful, strict=True) if not ok]
+    if not good or not bad:
+        return float("nan")
+    wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
+    return wins / (len(good) * len(bad))
+
+
+def rank_key(scores: Scores, keys: Sequence[str]) -> tuple[float, ...]:
+    return tuple(round(float(np.mean(scores[k])), 12) for k in keys)
+
+
+@dataclass
+class Search:
+    """One family's search: every evaluated setting's per-question scores."""
+
+    evaluate: Callable[[float, float | None], Scores]
+    keys: tuple[str, ...]
+    tried: dict[tuple[float, float | None], Scores] = field(default_factory=dict)
+
+    def score(self, alpha: float, threshold: float | None = None) -> Scores:
+        key = (round(alpha, 9), None if threshold is None else round(threshold, 9))
+        if key not in self.tried:
+            self.tried[key] = self.evaluate(alpha, threshold)
+        return self.tried[key]
+
+    def best(self, threshold: float | None = None) -> float:
+        """The best strength tried at ``threshold`` (ties: the smaller strength)."""
+        alphas = [
+            a for a, t in self.tried if t == (None if threshold is None else round(threshold, 9))
+        ]
+        return max(
+            alphas,
+            key=lambda a: (*rank_key(self.tried[(a, threshold_key(threshold))], self.keys), -a),
+        )
+
+    def _beats(self, alpha: float, other: float, threshold: float | None) -> bool:
+        """Whether ``alpha`` scores strictly better than ``other`` (a flat edge is not
+        worth extending: nothing changes there)."""
+        values = [
+            rank_key(self.tried[(round(a, 9), threshold_key(threshold))], self.keys)
+            for a in (alpha, other)
+        ]
+        return values[0] > values[1]
+
+    def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
+        """Grid, extension while the best is on an edge, refinement around the best."""
+        for alpha in grid:
+            self.score(alpha, threshold)
+        for _ in range(MAX_EXTENSIONS):
+            tried = sorted(a for a, t in self.tried if t == threshold_key(threshold))
+            best = self.best(threshold)
+            if len(tried) > 1 and best == tried[-1] and self._beats(best, tried[-2], threshold):
+                self.score(best * 2, threshold)
+            elif len(tried) > 1 and best == tried[0] and self._beats(best, tried[1], threshold):
+                self.score(best / 2, threshold)
+            elif len(tried) == 1:
+                self.score(best * 2, threshold)
+            else:
+                break
+        best = self.best(threshold)
+        for factor in (2**-0.5, 2**0.5):
+            self.score(best * factor, threshold)
+        return self.best(threshold)
+
+    def fill(self, budget: int, threshold: float | None = None) -> None:
+        """More refinement points around the best until ``budget`` settings are tried."""
+        step = 1
+        while len(self.tried) < budget:
+            best = self.best(threshold)
+            for factor in (2 ** (-step / 4), 2 ** (step / 4)):
+                if len(self.tried) < budget:
+                    self.score(best * factor, threshold)
+            step += 1
+
+    def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
+        """How often the chosen setting wins when validation questions are resampled."""
+        settings = list(self.tried)
+        chosen = max(settings, key=lambda s: (*rank_key(self.tried[s], self.keys), -s[0]))
+        n = len(next(iter(self.tried.values()))[self.keys[0]])
+        table = np.array([[self.tried[s][self.keys[0]][i] for i in range(n)] for s in settings])
+        winners = []
+        for _ in range(BOOTSTRAP):
+            sample = rng.randint(n, size=n)
+            winners.append(settings[int(np.argmax(table[:, sample].mean(axis=1)))])
+        alphas = [w[0] for w in winners]
+        thresholds = [w[1] for w in winners if w[1] is not None]
+        result = {
+            "chosen_wins": sum(w == chosen for w in winners) / len(winners),
+            "alpha_range": [float(np.percentile(alphas, 5)), float(np.percentile(alphas, 95))],
+        }
+        if thresholds:
+            result["threshold_range"] = [
+                float(np.percentile(thresholds, 5)),
+                float(np.percentile(thresholds, 95)),
+            ]
+        return result
+
+    def rows(self, task: str, method: str, top_k: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "task": task,
+                "method": method,
+                "alpha": alpha,
+                "threshold": threshold,
+                "top_k": top_k,
+                **{k: float(np.mean(v)) for k, v in scores.items()},
+            }
+            for (alpha, threshold), scores in self.tried.items()
+        ]
+
+
+def threshold_key(threshold: float | None) -> float | None:
+    return None if threshold is None else round(threshold, 9)
+
+
+@dataclass
+class JointResult:
+    """What :func:`joint_search` chose: each family's strength, the threshold of the
+    thresholded family, each choice's bootstrap, and every search (for the sweeps)."""
+
+    strengths: dict[str, float]
+    threshold: float
+    uncertainty: dict[str, dict[str, Any]]
+    searches: dict[str, Search]
+
+
+def joint_search(
+    thresholded: Search,
+    readings: Sequence[float],
+    others: Mapping[str, Search],
+    grids: Mapping[str, Sequence[float]],
+    *,
+    family: str = "fasb",
+    rng: np.random.RandomState,
+) -> JointResult:
+    """A thresholded family's strength and threshold together, then every other family's
+    strength with as many evaluations.
+
+    ``thresholded`` (possibly holding earlier evaluations) is searched at the median of
+    ``readings`` (the tracker at the checks), then at their :data:`THRESHOLD_QUANTILES`
+    with that strength, then again in strength at the best threshold; each search of
+    ``others`` starts on ``grids[name]`` and is filled to the same count.
+    """
+    median = float(np.quantile(readings, 0.5))
+    alpha = thresholded.strengths(grids[family], median)
+    for quantile in THRESHOLD_QUANTILES:
+        thresholded.score(alpha, float(np.quantile(readings, quantile)))
+    ranked = thresholded.tried
+    alpha, beta = max(ranked, key=lambda st: (*rank_key(ranked[st], thresholded.keys), -st[0]))
+    alpha = thresholded.strengths([alpha], beta)
+    strengths = {family: float(alpha)}
+    uncertainty = {family: thresholded.bootstrap(rng)}
+    for name, search in others.items():
+        search.strengths(grids[name])
+        search.fill(len(thresholded.tried))
+        strengths[name] = float(search.best())
+        uncertainty[name] = search.bootstrap(rng)
+    return JointResult(
+        strengths,
+        float(beta),
+        uncertainty,
+        {family: thresholded, **others},  # type: ignore[arg-type]
+    )

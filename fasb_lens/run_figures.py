@@ -14,7 +14,7 @@ from fasb_lens import storage
 from fasb_lens.activations import HeadActivations
 from fasb_lens.anchoring import PROBING
 from fasb_lens.evaluation.calibration import Calibration
-from fasb_lens.evaluation.experiment import load_fold_artifacts, load_run, record_trace
+from fasb_lens.evaluation.records import load_fold_artifacts, load_run, record_trace
 from fasb_lens.evaluation.search import choose_threshold
 from fasb_lens.plotting import (
     direction_share,

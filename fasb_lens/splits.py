@@ -14,10 +14,11 @@ made over question ids and a prompt follows its question (its ``group``). Two pr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 from jaxtyping import Int
 
 from fasb_lens.data.schema import TruthfulQAQuestion
@@ -180,3 +181,17 @@ def train_val_split(
     ids = np.array(list(question_ids), dtype=object)
     train, val = _carve_validation(np.arange(len(ids)), np.random.RandomState(seed), val_fraction)
     return Split(train=tuple(ids[train]), val=tuple(ids[val]), protocol="train_val", seed=seed)
+
+
+def subsample_train(split: Split, fraction: float, seed: int) -> Split:
+    """``split`` with only ``fraction`` of its training questions, drawn with ``seed``.
+
+    Validation and test questions stay whole, so runs with different fractions are scored
+    on the same questions: the paper's data-efficiency study.
+    """
+    if fraction == 1.0:
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    keep = max(1, round(fraction * len(split.train)))
+    chosen = sorted(torch.randperm(len(split.train), generator=generator)[:keep].tolist())
+    return replace(split, train=tuple(split.train[i] for i in chosen))

@@ -58,7 +58,7 @@ def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
     assert entry["speedup"] == pytest.approx(entry["naive_s"] / entry["cached_batched_s"], rel=0.05)
 
 
-def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch) -> None:
+def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path) -> None:
     from functools import partial
 
     from fasb_lens.bench import reproduce
@@ -79,8 +79,20 @@ def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch) -> None:
         caa_layer=1,
     )
     monkeypatch.setattr(reproduce, "ExperimentConfig", small)
-    report = run_benchmarks(["reproduce"], model=tiny_llama, progress=False, reproduce_questions=8)
+    kept = tmp_path / "run"
+    report = run_benchmarks(
+        ["reproduce"], model=tiny_llama, progress=False, reproduce_questions=8, reproduce_out=kept
+    )
     entry = report["results"]["reproduce"]
+    assert (kept / "table.md").is_file()  # the timed run is kept for its tables and figures
+    with pytest.raises(ValueError, match="not empty"):
+        run_benchmarks(
+            ["reproduce"],
+            model=tiny_llama,
+            progress=False,
+            reproduce_questions=8,
+            reproduce_out=kept,
+        )
     assert entry["questions"] == 8 and entry["dataset_questions"] == 94  # the mini set
     assert entry["full_s"] == pytest.approx(entry["wall_s"] * 94 / 8, abs=1)
     assert set(entry["phases"]) >= {"anchoring and calibration", "multiple choice", "generation"}

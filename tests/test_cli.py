@@ -41,7 +41,7 @@ def test_the_papers_spellings_are_accepted() -> None:
 
 
 def test_train_fraction_sweep_is_one_command(tiny_llama_folder, tmp_path, capsys) -> None:
-    from fasb_lens.evaluation.experiment import load_fold_artifacts
+    from fasb_lens.evaluation.records import load_fold_artifacts
 
     common = ["reproduce", "--data", "mini", "--questions", "8", "--model", str(tiny_llama_folder)]
     common += ["--methods", "none,fasb", "--metrics", "mc", "--mc-source", "csv", "--top-k", "2"]

@@ -11,7 +11,8 @@ import pytest
 from fasb_lens.evaluation import experiment as experiment_module
 from fasb_lens.evaluation import search
 from fasb_lens.evaluation.config import ExperimentConfig
-from fasb_lens.evaluation.experiment import Experiment, load_run, record_trace
+from fasb_lens.evaluation.experiment import Experiment
+from fasb_lens.evaluation.records import load_run, record_trace
 from fasb_lens.storage import JsonlLog
 
 CONFIG = dict(

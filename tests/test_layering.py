@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("fasb_lens.evaluation.calibration",),
     ("fasb_lens.evaluation.config",),
     ("fasb_lens.evaluation.summary",),
+    ("fasb_lens.evaluation.records",),
+    ("fasb_lens.evaluation.methods",),
     ("fasb_lens.evaluation.experiment", "fasb_lens.evaluation.mc_suite"),
     ("fasb_lens.plotting",),
     ("fasb_lens.run_figures",),

@@ -50,6 +50,7 @@ def run_benchmarks(
     mc_questions: int = 50,
     ablation_questions: int = 20,
     reproduce_questions: int = 40,
+    reproduce_out: Path | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the named entries (default: all) and return one JSON-ready report.
@@ -70,6 +71,7 @@ def run_benchmarks(
         mc_questions=mc_questions,
         ablation_questions=ablation_questions,
         reproduce_questions=reproduce_questions,
+        reproduce_out=reproduce_out,
     )
     report: dict[str, Any] = {
         "model": model_id(model),

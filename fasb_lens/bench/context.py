@@ -43,6 +43,7 @@ class BenchContext:
     mc_questions: int = 50
     ablation_questions: int = 20
     reproduce_questions: int = 40
+    reproduce_out: Path | None = None  # keep the `reproduce` entry's run here
     loop_heads: int = 3
     notes: list[str] = field(default_factory=list)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from fasb_lens.bench.context import BenchContext
@@ -20,7 +21,8 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
     dataset's number of questions over the subset's. Every phase grows linearly with the
     questions (activations with their prompts, calibration with the validation questions,
     evaluation with the test questions), so the scaling is linear; ``phases`` gives the
-    measured seconds of each part.
+    measured seconds of each part. ``ctx.reproduce_out`` (a new folder) keeps the run, so
+    its tables and figures can be used.
     """
     name, questions = ctx.questions()
     folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
@@ -32,7 +34,16 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
         config = ExperimentConfig(data=str(folder), n_questions=ctx.reproduce_questions, **paths)
     else:
         config = ExperimentConfig(data="mini", n_questions=ctx.reproduce_questions, mc_source="csv")
-    with tempfile.TemporaryDirectory(prefix="fasb-bench-") as out:
+    with ExitStack() as stack:
+        out = ctx.reproduce_out or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="fasb-bench-")
+        )
+        if ctx.reproduce_out is not None and ctx.reproduce_out.exists():
+            if any(ctx.reproduce_out.iterdir()):
+                raise ValueError(
+                    f"--reproduce-out {ctx.reproduce_out} is not empty: a resumed run "
+                    "would not time the whole reproduction; give a new folder"
+                )
         start = time.perf_counter()
         experiment = Experiment(config, out, model=ctx.model, progress=ctx.progress)
         experiment.run()

@@ -32,6 +32,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         default=40,
         help="questions of the `reproduce` subset (its time is extrapolated to the dataset)",
     )
+    parser.add_argument(
+        "--reproduce-out",
+        help="keep the `reproduce` entry's run in this new folder (default: a temporary one)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         mc_questions=args.mc_questions,
         ablation_questions=args.ablation_questions,
         reproduce_questions=args.reproduce_questions,
+        reproduce_out=Path(args.reproduce_out) if args.reproduce_out else None,
         progress=not args.no_progress,
         on_result=lambda report: storage.write_json(out, report, indent=2),
     )

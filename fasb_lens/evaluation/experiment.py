@@ -22,11 +22,10 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -45,33 +44,26 @@ from fasb_lens.data import (
 )
 from fasb_lens.decoding import PromptCache
 from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
-from fasb_lens.evaluation.config import CONTROLS, QUESTION_PROTOCOL, TASKS, ExperimentConfig
+from fasb_lens.evaluation.config import QUESTION_PROTOCOL, ExperimentConfig
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
+from fasb_lens.evaluation.methods import run_policies
+from fasb_lens.evaluation.records import (
+    fold_folder,
+    generation_record,
+    judgement_key,
+    record_key,
+    record_trace,
+)
 from fasb_lens.evaluation.summary import write_summary
 from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once
-from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
+from fasb_lens.generation import QA_STOP, GenerationConfig, generate
 from fasb_lens.models import load_model, model_shape, tokenize
-from fasb_lens.policies import Policy, adjusted, make_policy, policy_spec, redraw, setting
+from fasb_lens.policies import Policy, adjusted, redraw, setting
 from fasb_lens.prefix import SharedPrefix
-from fasb_lens.probes import HeadProbes
-from fasb_lens.splits import Split, authors_folds, authors_question_order
+from fasb_lens.splits import Split, authors_folds, authors_question_order, subsample_train
 from fasb_lens.steering import CAAVector, PolicyDefaults, Steering
 
 logger = logging.getLogger(__name__)
-
-
-def record_key(record: dict[str, Any]) -> tuple:
-    """A run record's key: one per (fold, question, task, method)."""
-    return (record["fold"], record["question_id"], record["task"], record["method"])
-
-
-def judgement_key(record: dict[str, Any]) -> tuple:
-    """A judgement's key: one per (fold, question, method, judge)."""
-    return (record["fold"], record["question_id"], record["method"], record["judge"])
-
-
-def fold_folder(out: str | Path, fold: int) -> Path:
-    return Path(out) / "folds" / f"fold{fold}"
 
 
 @dataclass
@@ -195,13 +187,12 @@ class Experiment:
         shape = activations.probing.shape
         widest = min(widest, shape.n_layers * shape.n_heads)
         folds = []
-        for split in map(self._subsample, self.folds_splits):
+        for split in self.folds_splits:
+            split = subsample_train(split, config.train_fraction, config.seed + split.fold)
             anchoring = fit_anchoring(
                 activations,
                 split,
-                top_k=min(
-                    widest, activations.probing.shape.n_layers * activations.probing.shape.n_heads
-                ),
+                top_k=widest,
                 direction=config.direction,  # type: ignore[arg-type]
                 seed=config.seed,
                 defaults=PolicyDefaults(config.alpha, config.threshold, config.backtrack_tokens),
@@ -215,23 +206,9 @@ class Experiment:
                 steering = steering.subset(steering.heads[: config.top_k])
             anchoring.steering = steering
             anchoring.save(folder)
-            policies = self._policies(anchoring.caa, calibration)
+            policies = run_policies(config, anchoring.caa, calibration)
             folds.append(_Fold(split, steering, policies, calibration))
         return folds
-
-    def _subsample(self, split: Split) -> Split:
-        """The split with only ``train_fraction`` of its training questions (seeded).
-
-        Validation and test questions stay whole, so runs with different fractions are
-        scored on the same questions: the paper's data-efficiency study.
-        """
-        fraction = self.config.train_fraction
-        if fraction == 1.0:
-            return split
-        generator = torch.Generator().manual_seed(self.config.seed + split.fold)
-        keep = max(1, round(fraction * len(split.train)))
-        chosen = sorted(torch.randperm(len(split.train), generator=generator)[:keep].tolist())
-        return replace(split, train=tuple(split.train[i] for i in chosen))
 
     def _calibration(
         self, split: Split, steering: Steering, caa: CAAVector | None, folder: Path
@@ -269,42 +246,6 @@ class Experiment:
         )
         calibration.save(folder)
         return calibration, steering
-
-    def _policies(
-        self, caa: CAAVector | None, calibration: Calibration | None
-    ) -> dict[str, dict[str, Policy]]:
-        """Each task's policies (controls once per draw, as ``NAME/DRAW``); strengths,
-        thresholds and the tracker from the calibration if any."""
-        config = self.config
-        fixed = config.alpha if config.fixed_alpha is None else config.fixed_alpha
-        defaults = {"caa": config.caa_alpha, "fixed": fixed}
-        tracker = calibration.tracker if calibration is not None else config.tracker
-        tracker = "probe" if tracker == "auto" else tracker
-        policies: dict[str, dict[str, Policy]] = {}
-        for task in TASKS:
-            chosen = calibration.threshold(task) if calibration is not None else None
-            threshold = config.threshold if chosen is None else chosen
-            policies[task] = {}
-            for name in config.methods:
-                spec = policy_spec(name)
-                strength = calibration.strength(task, name) if calibration is not None else None
-                if strength is None:
-                    strength = defaults.get(spec.family, config.alpha)
-                options = {"tracker": tracker} if spec.family in ("fasb", "none") else {}
-                seeds = range(config.control_seeds) if name in CONTROLS else [None]
-                for seed in seeds:
-                    extra = {} if seed is None else {"seed": seed}
-                    label = name if seed is None else f"{name}/{seed}"
-                    policies[task][label] = make_policy(
-                        name,
-                        alpha=strength,
-                        threshold=threshold,
-                        backtrack_tokens=config.backtrack_tokens,
-                        caa=caa,
-                        **options,
-                        **extra,
-                    )
-        return policies
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -519,40 +460,3 @@ class Experiment:
                 }
         records, judgements = self.records.values(), self.judgements.values()
         return write_summary(self.out, self.config, records, judgements, calibrations)
-
-
-def generation_record(
-    fold: int, question: TruthfulQAQuestion, method: str, trace: GenerationTrace
-) -> dict[str, Any]:
-    """A generation record: the answer, whether it triggered, and the whole trace (but the
-    prompt, which the run's settings rebuild)."""
-    return {
-        "fold": fold,
-        "question_id": question.id,
-        "task": "generation",
-        "method": method,
-        "answer": trace.answer,
-        "triggered": trace.triggered,
-        "trace": trace.to_dict(prompt=False),
-    }
-
-
-def record_trace(record: dict[str, Any]) -> GenerationTrace:
-    """The :class:`GenerationTrace` stored in a generation record."""
-    return GenerationTrace.from_dict(record["trace"])
-
-
-def load_run(out: str | Path) -> tuple[ExperimentConfig, list[dict], list[dict]]:
-    """A run directory's config, records and judgements (for notebooks and figures)."""
-    out = Path(out)
-    data = storage.read_json(out / storage.RUN_CONFIG, "the settings of a `reproduce` run")
-    config = ExperimentConfig.from_dict(data)
-    records = storage.JsonlLog(out / storage.RECORDS, record_key).values()
-    judgements = storage.JsonlLog(out / storage.JUDGEMENTS, judgement_key).values()
-    return config, records, judgements
-
-
-def load_fold_artifacts(out: str | Path, fold: int) -> tuple[HeadProbes, Steering]:
-    """A fold's probes and steering."""
-    folder = fold_folder(out, fold)
-    return HeadProbes.load(folder), Steering.load(folder)

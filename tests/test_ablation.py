@@ -215,6 +215,16 @@ def test_patching_matches_a_hand_made_patch(tiny_llama, tiny_anchoring) -> None:
     assert result.effect.shape == (4, 4) and torch.isfinite(result.recovered).all()
 
 
+def test_patching_can_be_silent(tiny_llama, tiny_anchoring, capsys) -> None:
+    pairs = truthfulqa_pairs(QUESTIONS[:2])
+    steering = tiny_anchoring.steering
+    loud = patching_effects(tiny_llama, pairs, steering=steering)
+    assert "it/s" in capsys.readouterr().err  # TransformerLens' own bar over the heads
+    quiet = patching_effects(tiny_llama, pairs, steering=steering, progress=False)
+    assert "it/s" not in capsys.readouterr().err
+    assert torch.equal(loud.values, quiet.values)
+
+
 def test_study_grid_saves_and_resumes(tiny_llama, tmp_path) -> None:
     metric = logprob_margin(tiny_llama, QUESTIONS)
     heads = [Head(0, 0), Head(1, 2), Head(3, 3)]

@@ -13,11 +13,15 @@ tracker's ``p_true`` at the corrupted last token (or any function of the logits)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from unittest import mock
 
 import torch
 from torch import Tensor
+from transformer_lens import patching as tl_patching
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.patching import generic_activation_patch
 
@@ -25,6 +29,17 @@ from fasb_lens.data import TruthfulQAQuestion
 from fasb_lens.interventions import capture, heads_from, hooked
 from fasb_lens.models import hook_z_name, model_device, pad, pad_token_id, tokenize
 from fasb_lens.steering import Steering
+
+
+@contextmanager
+def _bar(progress: bool) -> Iterator[None]:
+    """TransformerLens' patching loop with its progress bar on or silenced."""
+    if progress:
+        yield
+        return
+    with mock.patch.object(tl_patching, "tqdm", partial(tl_patching.tqdm, disable=True)):
+        yield
+
 
 LogitMetric = Callable[[Tensor, Tensor], Tensor]
 """``metric(logits [batch, pos, vocab], last [batch]) -> [batch]``."""
@@ -70,6 +85,7 @@ def patching_effects(
     steering: Steering | None = None,
     metric: str | LogitMetric = "p_true",
     tracker: str = "probe",
+    progress: bool = True,
 ) -> PatchingResult:
     """Patch every head's last-token output from each clean prompt into its corrupted one.
 
@@ -77,6 +93,8 @@ def patching_effects(
         pairs: ``(clean, corrupted)`` prompt texts.
         metric: ``"p_true"`` (the tracker over ``steering``'s anchored heads at the
             corrupted last token) or a function of the patched logits.
+        progress: show TransformerLens' bar over the heads (its patching loop always
+            draws one; ``False`` silences it for this call).
     """
     if not pairs:
         raise ValueError("no prompt pairs to patch between")
@@ -137,15 +155,16 @@ def patching_effects(
         )
         clean_value = measure(clean_logits)
         last_rows["last"] = bad_last
-        result = generic_activation_patch(
-            model,
-            bad_ids,
-            clean_cache,
-            measure,
-            last_token_patch,
-            "z",
-            index_axis_names=("layer", "head"),
-            reduce="none",
-            baseline=True,
-        )
+        with _bar(progress):
+            result = generic_activation_patch(
+                model,
+                bad_ids,
+                clean_cache,
+                measure,
+                last_token_patch,
+                "z",
+                index_axis_names=("layer", "head"),
+                reduce="none",
+                baseline=True,
+            )
     return PatchingResult(result.values.cpu(), clean_value.cpu(), result.baseline.cpu())

@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "patching":
         if args.metric != "p_true":
             raise ValueError("--method patching measures the tracker: use --metric p_true")
-        result = patching_effects(model, truthfulqa_pairs(questions), steering=steering)
+        result = patching_effects(
+            model, truthfulqa_pairs(questions), steering=steering, progress=not args.no_progress
+        )
         baseline = float(result.corrupted.mean())
         grid = AblationGrid(
             result.effect + baseline,

@@ -68,6 +68,19 @@ def test_search_budget_and_bootstrap() -> None:
     assert noisy.bootstrap(np.random.RandomState(0))["chosen_wins"] < 1.0
 
 
+def test_bootstrap_breaks_ties_as_the_choice_does() -> None:
+    # MC2 ties everywhere; MC1 decides: the bootstrap must rank by it too, not by the
+    # order the settings were tried in
+    def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        return {"mc2": [0.5] * 6, "mc1": [1.0 if alpha == 4.0 else 0.0] * 6}
+
+    search = Search(evaluate, ("mc2", "mc1"))
+    for alpha in (1.0, 2.0, 4.0):
+        search.score(alpha)
+    assert search.best() == 4.0
+    assert search.bootstrap(np.random.RandomState(0))["chosen_wins"] == 1.0
+
+
 def test_detection_auc() -> None:
     assert detection_auc([0.9, 0.8, 0.2], [True, True, False]) == 1.0
     assert detection_auc([0.5, 0.5], [True, False]) == 0.5

@@ -209,8 +209,10 @@ def test_ablate_command(tiny_llama_folder, tmp_path, capsys) -> None:
     assert cli.main([*common, "--method", "attribution"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "attribution"
     assert cli.main([*common, "--method", "patching", "--metric", "p_true"]) == 0
-    patched = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    patched = json.loads(captured.out)
     assert patched["kind"] == "patch" and (out / "ablation_patching_p_true_patch.json").is_file()
+    assert patched["seconds"] > 0 and "it/s" not in captured.err  # timed, and silent
     assert (
         cli.main([*common, "--kind", "mean", "--activations", str(acts), "--heads", "anchored"])
         == 0

@@ -65,6 +65,8 @@ def _metric(args, model, questions, probes, steering):
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from fasb_lens.ablation import AblationGrid, ablation_study, patching_effects, truthfulqa_pairs
     from fasb_lens.activations import HeadActivations
     from fasb_lens.anchoring import PROBING, TUNING, build_steering
@@ -83,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "patching":
         if args.metric != "p_true":
             raise ValueError("--method patching measures the tracker: use --metric p_true")
+        start = time.perf_counter()
         result = patching_effects(
             model, truthfulqa_pairs(questions), steering=steering, progress=not args.no_progress
         )
+        seconds = round(time.perf_counter() - start, 2)
         baseline = float(result.corrupted.mean())
         grid = AblationGrid(
             result.effect + baseline,
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             "patch",
             "patching",
             steering.model_id,
-            {"pairs": len(questions), "clean": float(result.clean.mean())},
+            {"pairs": len(questions), "clean": float(result.clean.mean()), "seconds": seconds},
         )
         grid.save(out)
     else:

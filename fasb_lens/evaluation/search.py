@@ -142,15 +142,25 @@ class Search:
             step += 1
 
     def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
-        """How often the chosen setting wins when validation questions are resampled."""
+        """How often the chosen setting wins when validation questions are resampled.
+
+        Each resample ranks the settings as the choice does: by every objective in turn
+        (ties of the first broken by the second), then the smaller strength.
+        """
         settings = list(self.tried)
-        chosen = max(settings, key=lambda s: (*rank_key(self.tried[s], self.keys), -s[0]))
+
+        columns = {s: {k: np.asarray(self.tried[s][k]) for k in self.keys} for s in settings}
+
+        def winner(rows: np.ndarray | slice) -> tuple[float, float | None]:
+            def rank(s: tuple[float, float | None]) -> tuple[float, ...]:
+                means = (round(float(columns[s][k][rows].mean()), 12) for k in self.keys)
+                return (*means, -s[0])
+
+            return max(settings, key=rank)
+
+        chosen = winner(slice(None))
         n = len(next(iter(self.tried.values()))[self.keys[0]])
-        table = np.array([[self.tried[s][self.keys[0]][i] for i in range(n)] for s in settings])
-        winners = []
-        for _ in range(BOOTSTRAP):
-            sample = rng.randint(n, size=n)
-            winners.append(settings[int(np.argmax(table[:, sample].mean(axis=1)))])
+        winners = [winner(rng.randint(n, size=n)) for _ in range(BOOTSTRAP)]
         alphas = [w[0] for w in winners]
         thresholds = [w[1] for w in winners if w[1] is not None]
         result = {

@@ -226,5 +226,11 @@ def grid_comparison(
     figure.update_yaxes(title_text=labels[1], row=1, col=3)
     if rank_correlation is not None:
         title = f"{title} (rank correlation {rank_correlation:.2f})"
-    figure.update_layout(title=title, template="plotly_white", width=1300, height=520)
+    figure.update_layout(
+        title=title,
+        template="plotly_white",
+        width=1300,
+        height=520,
+        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": -0.15},
+    )
     return figure

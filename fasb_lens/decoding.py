@@ -56,10 +56,10 @@ class Decoder:
         raise NotImplementedError
 
     def compaction_due(self) -> bool:
-        """Whether enough rows have finished (a quarter of the batch, or all) that the
+        """Whether enough rows have finished (a quarter of the batch or more) that the
         batch should shrink: finished rows would otherwise still be computed every step."""
         done = sum(self.rows[i].done for i in self.active)
-        return done > 0 and (done == len(self.active) or 4 * done >= len(self.active))
+        return done > 0 and 4 * done >= len(self.active)
 
     def compact(self) -> None:
         """Drop finished rows from the batch."""
@@ -122,16 +122,15 @@ class PromptCache:
             shared = None
         skip = len(shared.ids) if shared is not None else 0
         heads = [ids[skip:-1] for ids in prompt_ids]
-        rows = len(heads)
-        front = torch.ones(rows, skip, dtype=torch.long, device=device)
-        if not any(heads):
-            empty = torch.zeros(rows, 0, dtype=torch.long, device=device)
-            cache = shared.cache(rows) if shared is not None else None
-            return cls(prompt_ids, torch.cat([front, empty], dim=1), cache)
-        ids, mask = pad(heads, pad_id=pad_token_id(model), side="left", device=device)
-        mask = torch.cat([front, mask], dim=1)
-        past = shared.cache(rows) if shared is not None else None
-        return cls(prompt_ids, mask, prefill(model, ids, mask, past))
+        if any(heads):
+            ids, mask = pad(heads, pad_id=pad_token_id(model), side="left", device=device)
+        else:
+            ids, mask = None, torch.zeros(len(heads), 0, dtype=torch.long, device=device)
+        past = None
+        if shared is not None:
+            mask, past = shared.extend(mask)
+        cache = prefill(model, ids, mask, past) if ids is not None else past
+        return cls(prompt_ids, mask, cache)
 
 
 class CachedDecoder(Decoder):

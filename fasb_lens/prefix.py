@@ -70,6 +70,14 @@ class SharedPrefix:
         """Whether ``ids`` begins with this prefix (and goes on after it)."""
         return len(ids) > len(self.ids) and tuple(ids[: len(self.ids)]) == self.ids
 
+    def extend(self, mask: Tensor) -> tuple[Tensor, Any]:
+        """What a forward over rows' own tokens needs to follow this prefix: ``mask`` (the
+        rows' own attention mask) with the prefix's columns in front, and a new KV cache
+        holding the prefix for each row."""
+        rows = mask.shape[0]
+        front = torch.ones(rows, len(self.ids), dtype=mask.dtype, device=mask.device)
+        return torch.cat([front, mask], dim=1), self.cache(rows)
+
     def cache(self, rows: int) -> Any:
         """A new ``DynamicCache`` holding the prefix for ``rows`` rows."""
         return build_cache(

@@ -183,8 +183,7 @@ class PrefixScorer:
         self.cache = None
         if shared is not None and shared.starts(head):
             rest = torch.tensor([head[len(shared.ids) :]], device=self.device)
-            mask = torch.ones(1, len(head), dtype=torch.long, device=self.device)
-            self.cache = prefill(model, rest, mask, shared.cache(1))
+            self.cache = prefill(model, rest, *shared.extend(torch.ones_like(rest)))
         elif head:
             self.cache = prefill(model, torch.tensor([head], device=self.device))
         self._plain: dict[tuple[tuple[int, ...], ...], _Pass] = {}

@@ -137,11 +137,7 @@ def gather_last_position(
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for batch in batches:
             current[:] = [batch]
-            mask, past = batch.mask, None
-            if shared is not None:
-                rows = len(batch.rows)
-                front = torch.ones(rows, skip, dtype=batch.mask.dtype, device=device)
-                mask, past = torch.cat([front, batch.mask], dim=1), shared.cache(rows)
+            mask, past = (batch.mask, None) if shared is None else shared.extend(batch.mask)
             try:
                 forward(model, batch.ids, mask, past_key_values=past)
             except StopForward:

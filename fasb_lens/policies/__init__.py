@@ -39,8 +39,6 @@ from fasb_lens.policies.iti import ITI
 from fasb_lens.policies.none import Unsteered
 
 __all__ = [
-    "adjusted",
-    "setting",
     "ALIASES",
     "CAA",
     "CONTINUE",
@@ -55,14 +53,16 @@ __all__ = [
     "PolicySettings",
     "PolicySpec",
     "RandomDirections",
-    "redraw",
     "Tracking",
     "Trigger",
     "Unsteered",
+    "adjusted",
     "make_policy",
     "policy_names",
     "policy_spec",
+    "redraw",
     "register",
     "resolve",
+    "setting",
     "unregister",
 ]

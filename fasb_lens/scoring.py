@@ -38,8 +38,8 @@ from fasb_lens.models import (
     pad,
     pad_token_id,
     repeat_cache,
+    target_log_probs,
     tokenize,
-    unembed,
 )
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix, prefill
@@ -74,8 +74,7 @@ def scored_log_probs(
     Sums are kept in float64, so small differences between runs survive."""
     valid = mask[:, 1:].bool()
     rows, positions = valid.nonzero(as_tuple=True)
-    logits = unembed(model, final[rows, positions]).float()
-    picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, positions + 1, None])[:, 0]
+    picked = target_log_probs(model, final[rows, positions], ids[rows, positions + 1])
     totals = torch.zeros(ids.shape[0], dtype=torch.float64, device=final.device)
     return totals.index_add_(0, rows, picked.double())
 

@@ -3,12 +3,17 @@ patching matches a hand-made patch, grids resume and save, bad input is refused.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from itertools import pairwise
+
 import pytest
 import torch
 
 from fasb_lens._types import Head
 from fasb_lens.ablation import (
     AblationGrid,
+    LogProbMetric,
+    ScoredGroup,
     ablated,
     ablation_study,
     attribution_effects,
@@ -24,6 +29,9 @@ from fasb_lens.ablation import (
     rank_correlation,
     truthfulqa_pairs,
 )
+from fasb_lens.ablation import attribution as attribution_module
+from fasb_lens.ablation import layout as layout_module
+from fasb_lens.ablation.layout import length_bins
 from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, model_shape, tokenize
@@ -81,8 +89,24 @@ def test_logprob_margin_by_hand(tiny_llama) -> None:
     assert metric(tiny_llama) == pytest.approx(expected, abs=1e-4)
 
 
+def test_length_bins_cover_every_answer_once() -> None:
+    lengths = [5, 12, 3, 12, 4, 30, 6]
+    for cost in (0, 4, 24, 1000):
+        bins = length_bins(lengths, cost)
+        assert sorted(i for members in bins for i in members) == list(range(len(lengths)))
+        assert all(
+            max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in pairwise(bins)
+        )
+    assert len(length_bins(lengths, 0)) == len(set(lengths))  # free bins: one per length
+    assert len(length_bins(lengths, 1000)) == 1  # costly bins: one padded batch
+    assert length_bins([], 24) == []
+    assert sorted(len(b) for b in length_bins([3] * 7, 1000, max_rows=3)) == [1, 3, 3]
+
+
+@pytest.mark.parametrize("bin_cost", [0, 1000])  # many bins, one bin
 @pytest.mark.parametrize("metric_name", ["logprob_margin", "mc2"])
-def test_exact_engine_equals_the_loop(tiny_model, metric_name) -> None:
+def test_exact_engine_equals_the_loop(tiny_model, metric_name, bin_cost, monkeypatch) -> None:
+    monkeypatch.setattr(layout_module, "BIN_COST", bin_cost)
     if metric_name == "logprob_margin":
         metric = logprob_margin(tiny_model, QUESTIONS)
     else:
@@ -94,6 +118,27 @@ def test_exact_engine_equals_the_loop(tiny_model, metric_name) -> None:
     scale = max(abs(value) for value in loop.values())
     assert all(exact[h] == pytest.approx(loop[h], abs=1e-4 * max(1.0, scale)) for h in loop)
     assert len({round(v, 6) for v in loop.values()}) > 4  # the heads do differ
+
+
+def test_exact_engine_with_prompts_of_any_length(tiny_model) -> None:
+    """Groups whose prefix is a single token (no prompt to cache) beside long ones, and
+    groups of one answer: the left-padded prompt batch changes no number."""
+    prompt = tuple(tokenize(tiny_model, ["Q: Is the sky blue? A:"], prepend_bos=True)[0])
+    yes, no, maybe = (
+        tuple(ids)
+        for ids in tokenize(tiny_model, [" Yes", " No, it is green", " Maybe"], prepend_bos=False)
+    )
+    groups = (
+        ScoredGroup(prompt, (yes, no, maybe)),
+        ScoredGroup(prompt[:1], (no,)),
+        ScoredGroup(prompt[:4], (yes, maybe)),
+    )
+    metric = LogProbMetric("sum", groups, lambda values: torch.cat(values).sum())
+    edits = make_edits(model_shape(tiny_model).heads, "zero")
+    baseline, loop = loop_effects(tiny_model, metric, edits, progress=False)
+    clean, exact = exact_effects(tiny_model, metric, edits, max_rows=5, progress=False)
+    assert clean == pytest.approx(baseline, abs=1e-4)
+    assert all(exact[h] == pytest.approx(loop[h], abs=1e-4) for h in loop)
 
 
 def test_every_kind_and_readout_metrics_equal_the_loop(tiny_llama, tiny_anchoring) -> None:
@@ -129,7 +174,7 @@ def test_every_kind_and_readout_metrics_equal_the_loop(tiny_llama, tiny_anchorin
     )
 
 
-def test_attribution_is_the_first_order_change(tiny_llama, tiny_anchoring) -> None:
+def test_attribution_is_the_first_order_change(tiny_llama, tiny_anchoring, monkeypatch) -> None:
     """For a small push the exact change and the estimate agree; for zero ablation the
     estimate ranks the heads like the exact grid."""
     anchoring = tiny_anchoring
@@ -159,6 +204,13 @@ def test_attribution_is_the_first_order_change(tiny_llama, tiny_anchoring) -> No
     _, estimate, _ = attribution_effects(tiny_llama, metric, zero, progress=False)
     effects = {head: value - baseline for head, value in exact.items()}
     assert rank_correlation(effects, estimate) > 0.5
+    monkeypatch.setattr(attribution_module, "ATTRIBUTION_TOKENS", 1)  # one question per batch
+    _, one_by_one, _ = attribution_effects(tiny_llama, metric, zero, progress=False)
+    assert all(one_by_one[h] == pytest.approx(estimate[h], rel=1e-4, abs=1e-7) for h in heads)
+    opaque = replace(metric, group_term=None)  # any reduction: a clean pass, then weights
+    value, weighted, _ = attribution_effects(tiny_llama, opaque, zero, progress=False)
+    assert value == pytest.approx(baseline, abs=1e-5)
+    assert all(weighted[h] == pytest.approx(estimate[h], rel=1e-4, abs=1e-7) for h in heads)
     accuracy = probe_accuracy_metric(
         tiny_llama, probing_prompts(QUESTIONS), anchoring.probes, [Head(3, 0)]
     )

@@ -97,3 +97,16 @@ def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path
     assert entry["full_s"] == pytest.approx(entry["wall_s"] * 94 / 8, abs=1)
     assert set(entry["phases"]) >= {"anchoring and calibration", "multiple choice", "generation"}
     assert sum(entry["phases"].values()) <= entry["wall_s"] + 1
+
+
+def test_bench_ablation_on_a_tiny_model(tiny_llama) -> None:
+    report = run_benchmarks(
+        ["ablation"], model=tiny_llama, data_dir=None, progress=False, ablation_questions=2
+    )
+    entry = report["results"]["ablation"]
+    assert entry["heads"] == 16 and entry["questions"] == 2
+    assert entry["max_abs_difference"] < 1e-4  # the engine equals the loop on sampled heads
+    assert entry["speedup"] == pytest.approx(entry["loop_s"] / entry["exact_s"], rel=0.1, abs=0.06)
+    assert entry["naive_loop_s"] > 0 and entry["attribution_s"] > 0
+    assert -1 <= entry["attribution_rank_correlation"] <= 1
+    json.dumps(report)

@@ -30,6 +30,7 @@ from fasb_lens.ablation.metrics import (
     ScoredGroup,
     logprob_margin,
     mc2_metric,
+    mean_over_groups,
     p_true_metric,
     probe_accuracy_metric,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "loop_effects",
     "make_edits",
     "mc2_metric",
+    "mean_over_groups",
     "p_true_metric",
     "patching_effects",
     "probe_accuracy_metric",

@@ -3,13 +3,16 @@
 Replacing head ``h``'s output ``z_h`` by ``z'_h`` changes a metric ``M`` by about
 ``sum over positions of (z'_h - z_h) . dM/dz_h`` (adding ``v`` changes it by
 ``v . dM/dz_h``). One forward and one backward pass give ``dM/dz`` for every head at
-every position at once, so the estimate for all heads costs about three forward passes.
-It is exact for a metric linear in ``z_h`` and a guide elsewhere: compare it with the
-exact grid (:func:`fasb_lens.ablation.exact.exact_effects`) before trusting it.
+every position at once, so the estimate for all heads costs about three forward passes
+(the weights are frozen: the backward computes no weight gradients). It is exact for a
+metric linear in ``z_h`` and a guide elsewhere: compare it with the exact grid
+(:func:`fasb_lens.ablation.exact.exact_effects`) before trusting it.
 
-The gradient is taken through the model with its weights frozen (only activations carry
-gradients); metrics reduced over many prompts are differentiated in two steps (the
-reduction's gradient first, then each batch's), which keeps one batch's graph in memory.
+A log-probability metric runs on its :class:`~fasb_lens.ablation.layout.Layout` (prompts
+once, answers in length bins), a few questions at a time (about ``ATTRIBUTION_TOKENS``
+positions, one graph in memory): a metric that is a mean over questions backpropagates
+each chunk's share of the mean; any other one first takes a clean pass for ``dM/d(sum)``
+of every answer's summed log-probability and backpropagates the sums weighted by it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,16 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head
 from fasb_lens.ablation.edits import Edit
+from fasb_lens.ablation.layout import AnswerBin, Layout
 from fasb_lens.ablation.metrics import LogProbMetric, Metric, ReadoutMetric
 from fasb_lens.interventions import Hooks, StopForward, capture, heads_from, hook_name, hooked
-from fasb_lens.models import forward, model_device, pad, pad_token_id, unembed
+from fasb_lens.models import forward, model_device, pad, pad_token_id
+
+ATTRIBUTION_TOKENS = 2048
+"""Positions (prompts and answers) of the questions run together with gradients."""
+
+BIN_ROWS = 64
+"""Answers per forward."""
 
 
 @contextmanager
@@ -70,6 +80,16 @@ def _probes(layers: list[int], store: dict[int, _Probe]) -> Hooks:
     return [(hook_name("z", layer), hook_for(layer)) for layer in layers]
 
 
+@dataclass
+class _Batch:
+    """One forward's probed ``hook_z`` per layer (with gradients once the backward has
+    run), the mask of its real positions and each position's place in its sequence."""
+
+    z: dict[int, _Probe]
+    mask: Tensor  # [rows, pos]
+    positions: Tensor  # [rows, pos]
+
+
 def attribution_effects(
     model: TransformerBridge,
     metric: Metric,
@@ -81,8 +101,8 @@ def attribution_effects(
     """First-order estimate of every head's change in ``metric`` under its edits.
 
     Returns the clean value, each head's estimated change (the mean over its edits) and,
-    with ``per_position``, each head's estimate split by absolute position (``[pos]``,
-    summed over prompts).
+    with ``per_position``, each head's estimate split by position in the sequence
+    (``[pos]``, summed over prompts).
     """
     if not metric.differentiable:
         raise ValueError(
@@ -90,16 +110,19 @@ def attribution_effects(
             "a smooth metric (use the exact grid)"
         )
     layers = sorted({head.layer for head in edits})
-    totals = {id(edit): 0.0 for head in edits for edit in edits[head]}
-    positions: dict[int, Tensor] = {}
-    runs = _logprob_runs if isinstance(metric, LogProbMetric) else _readout_runs
-    baseline = None
+    totals = {id(edit): torch.zeros(1, dtype=torch.float64) for h in edits for edit in edits[h]}
     with _frozen(model), torch.enable_grad():
+        runs: _LogProbRuns | _ReadoutRuns = (
+            _LogProbRuns(model, metric)
+            if isinstance(metric, LogProbMetric)
+            else _ReadoutRuns(model, metric)
+        )
         bar = tqdm(desc="attribution", unit="batch", disable=not progress)
-        for value, z, mask in runs(model, metric, layers):
-            baseline = value
+        for batch in runs.batches(layers):
+            real = batch.mask.bool()
+            where = batch.positions[real].cpu()
             for head, head_edits in edits.items():
-                current = z.get(head.layer)
+                current = batch.z.get(head.layer)
                 if current is None or current.grad is None:  # no path to the metric
                     continue
                 grad = current.grad[:, :, head.head]
@@ -111,85 +134,127 @@ def attribution_effects(
                         delta = -here
                     else:
                         delta = edit.value.to(here) - here
-                    contribution = ((delta * grad).sum(-1) * mask).double()
-                    totals[id(edit)] += float(contribution.sum())
-                    if per_position:
-                        by_position = contribution.sum(0).cpu()
-                        previous = positions.get(id(edit), torch.zeros(0, dtype=torch.float64))
-                        size = max(len(previous), len(by_position))
-                        merged = torch.zeros(size, dtype=torch.float64)
-                        merged[: len(previous)] += previous
-                        merged[: len(by_position)] += by_position
-                        positions[id(edit)] = merged
+                    share = (delta * grad).sum(-1)[real].double().cpu()
+                    totals[id(edit)] = _accumulate(totals[id(edit)], where, share)
             bar.update(1)
         bar.close()
-    assert baseline is not None
-    estimates = {
-        head: sum(totals[id(e)] for e in head_edits) / len(head_edits)
-        for head, head_edits in edits.items()
-    }
-    per_head = {
-        head: sum(positions.get(id(e), torch.zeros(1, dtype=torch.float64)) for e in head_edits)
-        / len(head_edits)
-        for head, head_edits in edits.items()
-        if per_position
-    }
-    return baseline, estimates, per_head
+    estimates, per_head = {}, {}
+    for head, head_edits in edits.items():
+        estimates[head] = sum(float(totals[id(e)].sum()) for e in head_edits) / len(head_edits)
+        if per_position:
+            width = max(len(totals[id(e)]) for e in head_edits)
+            summed = torch.zeros(width, dtype=torch.float64)
+            for edit in head_edits:
+                summed[: len(totals[id(edit)])] += totals[id(edit)]
+            per_head[head] = summed / len(head_edits)
+    return runs.value, estimates, per_head
 
 
-def _logprob_runs(model: TransformerBridge, metric: LogProbMetric, layers: list[int]):
-    """Per group: one forward of its full sequences and the backward of the metric's
-    first-order share, yielding the captured ``hook_z`` (with ``.grad``) and the mask."""
-    with torch.no_grad():
-        clean = metric.group_log_probs(model)
-    sums = [values.clone().requires_grad_(True) for values in clean]
-    value = metric.reduce(sums)
-    weights = torch.autograd.grad(value, sums)
-    device = model_device(model)
-    for group, weight in zip(metric.groups, weights, strict=True):
-        sequences = [list(group.prefix) + list(ids) for ids in group.continuations]
-        ids, mask = pad(sequences, pad_id=pad_token_id(model), side="right", device=device)
+def _accumulate(total: Tensor, positions: Tensor, share: Tensor) -> Tensor:
+    """``total`` (indexed by position) with ``share`` added at ``positions``."""
+    width = int(positions.max()) + 1 if len(positions) else 0
+    if width > len(total):
+        total = torch.cat([total, total.new_zeros(width - len(total))])
+    return total.index_add_(0, positions, share)
+
+
+class _LogProbRuns:
+    """A few questions at a time, the forward with gradients and the backward of the
+    metric's share of those questions.
+
+    For a metric that is a mean over groups (``group_term``), that share is the mean of
+    the chunk's terms. For any other reduction, a clean pass first gives the metric's
+    derivative with respect to every answer's summed log-probability, and a chunk's share
+    is its sums weighted by those derivatives.
+    """
+
+    def __init__(self, model: TransformerBridge, metric: LogProbMetric) -> None:
+        self.model, self.metric = model, metric
+        self.weights: Tensor | None = None
+        self.value = 0.0
+        if metric.group_term is None:
+            layout = Layout.build(model, metric.groups, bin_rows=BIN_ROWS)
+            with torch.inference_mode():
+                clean, _ = layout.run(model)
+            sums = torch.cat(layout.gather(clean)).requires_grad_(True)
+            value = metric.reduce(list(sums.split(layout.sizes)))
+            (self.weights,) = torch.autograd.grad(value, sums)
+            self.value = float(value.detach())
+
+    def _chunks(self) -> Iterator[tuple[int, int]]:
+        """Consecutive groups of about ``ATTRIBUTION_TOKENS`` positions."""
+        groups = self.metric.groups
+        begin, size = 0, 0
+        for index, group in enumerate(groups):
+            positions = len(group.prefix) + sum(len(ids) + 1 for ids in group.continuations)
+            if size and size + positions > ATTRIBUTION_TOKENS:
+                yield begin, index
+                begin, size = index, 0
+            size += positions
+        if begin < len(groups):
+            yield begin, len(groups)
+
+    def _share(self, layout: Layout, values: list[Tensor], begin: int) -> Tensor:
+        """The chunk's part of the metric, as a function of its answers' sums."""
+        order = torch.cat([answers.place for answers in layout.bins]).argsort()
+        sums = torch.cat(values)[order.to(values[0].device)]
+        term = self.metric.group_term
+        if term is not None:
+            parts = sums.split(layout.sizes)
+            share = sum(term(begin + g, part) for g, part in enumerate(parts))
+            share = share / len(self.metric.groups)
+            self.value += float(share.detach())
+            return share
+        assert self.weights is not None
+        start = sum(len(group.continuations) for group in self.metric.groups[:begin])
+        return (sums * self.weights[start : start + len(sums)].to(sums)).sum()
+
+    def batches(self, layers: list[int]) -> Iterator[_Batch]:
+        for begin, end in self._chunks():
+            layout = Layout.build(self.model, self.metric.groups[begin:end], bin_rows=BIN_ROWS)
+            prompt_z: dict[int, _Probe] = {}
+            answers_z: list[dict[int, _Probe]] = []
+
+            def bin_hooks(answers: AnswerBin, store: list = answers_z) -> Hooks:
+                store.append({})
+                return _probes(layers, store[-1])
+
+            values, _ = layout.run(self.model, _probes(layers, prompt_z), bin_hooks)
+            self._share(layout, values, begin).backward()
+            if layout.prompt_mask is not None:
+                yield _Batch(prompt_z, layout.prompt_mask, layout.prompt_positions())
+            for answers, z in zip(layout.bins, answers_z, strict=True):
+                yield _Batch(z, answers.mask, layout.answer_positions(answers))
+
+
+class _ReadoutRuns:
+    """One forward of every prompt of a :class:`ReadoutMetric` up to the highest layer
+    read, and the backward of the metric itself."""
+
+    def __init__(self, model: TransformerBridge, metric: ReadoutMetric) -> None:
+        self.model, self.metric = model, metric
+        self.value = float("nan")
+
+    def batches(self, layers: list[int]) -> Iterator[_Batch]:
+        model, metric = self.model, self.metric
+        device = model_device(model)
+        prompts = [list(ids) for ids in metric.prompts]
+        ids, mask = pad(prompts, pad_id=pad_token_id(model), side="right", device=device)
+        last = mask.sum(1) - 1
+        rows = torch.arange(len(prompts), device=device)
         z: dict[int, _Probe] = {}
-        final: dict[int, Tensor] = {}
-        stop = capture([0], final, site="final", stop_after_last=True)
-        with hooked(model, _probes(layers, z), stop):
+        read: dict[int, Tensor] = {}
+        top = max(max(metric.layers), max(layers))
+        reads = capture(
+            [*metric.layers, top], read, select=lambda x: x[rows, last], stop_after_last=True
+        )
+        with hooked(model, _probes(layers, z), reads):
             try:
                 forward(model, ids, mask)
             except StopForward:
                 pass
-        start = len(group.prefix) - 1
-        rows, cols = [], []
-        for row, continuation in enumerate(group.continuations):
-            for t in range(len(continuation)):
-                rows.append(row)
-                cols.append(start + t)
-        rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-        logits = unembed(model, final[0][rows_t, cols_t]).float()
-        picked = torch.log_softmax(logits, -1).gather(-1, ids[rows_t, cols_t + 1, None])[:, 0]
-        per_row = torch.zeros(len(sequences), device=device).index_add(0, rows_t, picked)
-        (per_row * weight.to(per_row)).sum().backward()
-        yield float(value.detach()), z, mask.to(final[0].dtype)
-
-
-def _readout_runs(model: TransformerBridge, metric: ReadoutMetric, layers: list[int]):
-    """One forward of every prompt up to the highest layer read, and the backward of the
-    metric's first-order share."""
-    device = model_device(model)
-    prompts = [list(ids) for ids in metric.prompts]
-    ids, mask = pad(prompts, pad_id=pad_token_id(model), side="right", device=device)
-    last = mask.sum(1) - 1
-    rows = torch.arange(len(prompts), device=device)
-    z: dict[int, _Probe] = {}
-    read: dict[int, Tensor] = {}
-    top = max(max(metric.layers), max(layers))
-    reads = capture(
-        [*metric.layers, top], read, select=lambda x: x[rows, last], stop_after_last=True
-    )
-    with hooked(model, _probes(layers, z), reads):
-        try:
-            forward(model, ids, mask)
-        except StopForward:
-            pass
-    value = metric.reduce(heads_from(read, metric.heads))
-    value.backward()
-    yield float(value.detach()), z, mask.to(read[top].dtype)
+        value = metric.reduce(heads_from(read, metric.heads))
+        value.backward()
+        self.value = float(value.detach())
+        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+        yield _Batch(z, mask, positions)

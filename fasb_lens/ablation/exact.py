@@ -4,16 +4,17 @@ Ablating a head in layer ``L`` leaves everything below ``L`` as in the clean run
 engine runs the clean model once, keeps the residual stream entering every layer, and for
 each head starts the forward at its layer (:func:`fasb_lens.models.blocks_from`: the
 blocks below are not run at all). The heads of a layer run together, one head per batch
-replica. Where prompts share a prefix (a question followed by its candidate answers) the
-prefix runs once per ablation and its KV cache serves every answer; only the positions a
-metric scores go through the unembedding. Each number equals the head-by-head loop's
-(:func:`loop_effects`) up to float rounding.
+replica. A log-probability metric runs on its :class:`~fasb_lens.ablation.layout.Layout`:
+the prompts of all questions once per ablation, left-padded into one batch, their KV
+cache serving every answer, and the answers of all questions in bins of similar length,
+so that few forwards are needed and little of each is padding. Only the positions a
+metric scores go through the unembedding. Each number equals the
+head-by-head loop's (:func:`loop_effects`) up to float rounding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -22,7 +23,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head
 from fasb_lens.ablation.edits import Edit, edit_hooks
-from fasb_lens.ablation.metrics import LogProbMetric, Metric, ReadoutMetric, ScoredGroup
+from fasb_lens.ablation.layout import AnswerBin, Layout
+from fasb_lens.ablation.metrics import LogProbMetric, Metric, ReadoutMetric
 from fasb_lens.interventions import StopForward, capture, final_residual, heads_from, hooked
 from fasb_lens.models import (
     build_cache,
@@ -74,7 +76,7 @@ def exact_effects(
     metric: Metric,
     edits: dict[Head, list[Edit]],
     *,
-    max_rows: int = 96,
+    max_rows: int = 256,
     on_layer: LayerDone | None = None,
     progress: bool = True,
 ) -> tuple[float, dict[Head, float]]:
@@ -145,109 +147,82 @@ class _Engine:
         raise NotImplementedError
 
 
-@dataclass
-class _CleanGroup:
-    """One scored group's clean run: the prompt's KV cache and the residual streams."""
-
-    prompt_length: int
-    cache: list[tuple[Tensor, Tensor]] | None  # per layer, batch 1
-    prompt_resid: dict[int, Tensor]  # layer -> [1, prompt, d_model]
-    answer_ids: Tensor  # [answers, width]: the prefix's last token, then each answer
-    answer_mask: Tensor  # [answers, width]
-    answer_resid: dict[int, Tensor]  # layer -> [answers, width, d_model]
-
-
 class _LogProbEngine(_Engine):
+    """The metric's :class:`~fasb_lens.ablation.layout.Layout`: per chunk of edits, the
+    prompts of every group in one batch, then each bin of answers on their cache."""
+
     def __init__(self, model, metric: LogProbMetric, edits, max_rows) -> None:
         super().__init__(model, edits, max_rows)
         self.metric = metric
-        self.clean: list[_CleanGroup] = []
+        per_layer: dict[int, int] = {}
+        for head in edits:
+            per_layer[head.layer] = per_layer.get(head.layer, 0) + len(edits[head])
+        # rows of one bin: enough that a layer's edits fill about ``max_rows`` rows
+        self.bin_rows = max(1, max_rows // max(per_layer.values(), default=1))
+        self.layout = Layout.build(model, metric.groups, bin_rows=self.bin_rows)
+        self.prompt_resid: dict[int, Tensor] = {}
+        self.answer_resid: list[dict[int, Tensor]] = []
+        self.cache: list[tuple[Tensor, Tensor]] | None = None
 
     def prepare(self) -> float:
-        sums = []
-        for group in self.metric.groups:
-            clean, values = self._clean(group)
-            self.clean.append(clean)
-            sums.append(values)
-        return float(self.metric.reduce(sums))
+        def bin_hooks(answers: AnswerBin):
+            self.answer_resid.append({})
+            return capture(self.layers, self.answer_resid[-1], site="resid_pre")
 
-    def _clean(self, group: ScoredGroup) -> tuple[_CleanGroup, Tensor]:
-        prompt = list(group.prefix[:-1])
-        rows = [[group.prefix[-1], *ids] for ids in group.continuations]
-        ids, mask = pad(rows, pad_id=pad_token_id(self.model), side="right", device=self.device)
-        prompt_resid: dict[int, Tensor] = {}
-        cache = None
-        if prompt:
-            filled = build_cache([])
-            inputs = torch.tensor([prompt], device=self.device)
-            self._final(inputs, None, capture(self.layers, prompt_resid, site="resid_pre"), filled)
-            cache = cache_layers(filled)
-        answer_resid: dict[int, Tensor] = {}
-        final = self._final(
-            ids,
-            self._mask(mask, len(prompt)),
-            capture(self.layers, answer_resid, site="resid_pre"),
-            self._past(cache, len(rows)),
-        )
-        clean = _CleanGroup(len(prompt), cache, prompt_resid, ids, mask, answer_resid)
-        return clean, self._log_probs(final, ids, mask)
-
-    def _mask(self, mask: Tensor, prompt_length: int) -> Tensor:
-        """The answers' mask with the cached prompt's positions in front."""
-        head = torch.ones(mask.shape[0], prompt_length, dtype=mask.dtype, device=self.device)
-        return torch.cat([head, mask], dim=1)
-
-    @staticmethod
-    def _past(cache: list[tuple[Tensor, Tensor]] | None, rows: int):
-        if cache is None:
-            return None
-        return build_cache([(_rows(keys, rows), _rows(values, rows)) for keys, values in cache])
-
-    def _final(self, inputs: Tensor, mask: Tensor | None, hooks: list, past, start=None) -> Tensor:
-        return final_residual(self.model, inputs, mask, hooks, past=past, start_at_layer=start)
-
-    def _log_probs(self, final: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        return scored_log_probs(self.model, final, ids, mask).cpu()
+        prompt_hooks = capture(self.layers, self.prompt_resid, site="resid_pre")
+        values, self.cache = self.layout.run(self.model, prompt_hooks, bin_hooks)
+        return float(self.metric.reduce(self.layout.gather(values)))
 
     def layer(self, layer: int, edits: list[Edit]) -> dict[int, float]:
-        per_edit: dict[int, list[Tensor]] = {id(edit): [] for edit in edits}
-        for clean in self.clean:
-            answers = clean.answer_ids.shape[0]
-            for chunk in _chunks(edits, self.max_rows // answers):
-                sums = self._ablated(clean, layer, list(chunk))
+        per_edit = {id(edit): [] for edit in edits}
+        for chunk in _chunks(edits, max(1, self.max_rows // self.bin_rows)):
+            chunk = list(chunk)
+            ablated = self._ablated_prompts(layer, chunk)
+            for answers, resid in zip(self.layout.bins, self.answer_resid, strict=True):
+                final = final_residual(
+                    self.model,
+                    resid[layer].repeat(len(chunk), 1, 1),
+                    self.layout.answer_mask(answers, len(chunk)),
+                    edit_hooks([edit for edit in chunk for _ in answers.place], layer),
+                    past=self.layout.past(
+                        answers, self.cache, replicas=len(chunk), ablated=ablated
+                    ),
+                    start_at_layer=layer,
+                )
+                ids = answers.ids.repeat(len(chunk), 1)
+                mask = answers.mask.repeat(len(chunk), 1)
+                sums = scored_log_probs(self.model, final, ids, mask).view(len(chunk), -1)
                 for edit, values in zip(chunk, sums, strict=True):
                     per_edit[id(edit)].append(values)
-        return {key: float(self.metric.reduce(sums)) for key, sums in per_edit.items()}
+        return {
+            key: float(self.metric.reduce(self.layout.gather(values)))
+            for key, values in per_edit.items()
+        }
 
-    def _ablated(self, clean: _CleanGroup, layer: int, edits: list[Edit]) -> Tensor:
-        """``[len(edits), answers]`` sums with each edit applied in its own replica."""
-        replicas, answers = len(edits), clean.answer_ids.shape[0]
-        cache = None
-        if clean.cache is not None:
+    def _ablated_prompts(self, layer: int, edits: list[Edit]) -> list[tuple[Tensor, Tensor]] | None:
+        """The prompts' KV cache from ``layer`` on with each edit in its own replica (row
+        ``replica * groups + group``), ``max_rows`` rows per forward."""
+        mask = self.layout.prompt_mask
+        if mask is None:
+            return None
+        rows = [(edit, g) for edit in edits for g in range(self.layout.n_groups)]
+        pieces: list[list[tuple[Tensor, Tensor]]] = []
+        for part in _chunks(rows, self.max_rows):
+            index = torch.tensor([g for _, g in part], device=self.device)
             filled = build_cache([])
-            prompt = clean.prompt_resid[layer].expand(replicas, -1, -1)
-            self._final(prompt, None, edit_hooks(edits, layer), filled, start=layer)
-            below = [(_rows(k, replicas), _rows(v, replicas)) for k, v in clean.cache[:layer]]
-            cache = [
-                (keys.repeat_interleave(answers, 0), values.repeat_interleave(answers, 0))
-                for keys, values in below + cache_layers(filled)[layer:]
-            ]
-        mask = clean.answer_mask.repeat(replicas, 1)
-        rows = [edit for edit in edits for _ in range(answers)]
-        final = self._final(
-            clean.answer_resid[layer].repeat(replicas, 1, 1),
-            self._mask(mask, clean.prompt_length) if cache is not None else mask,
-            edit_hooks(rows, layer),
-            self._past(cache, replicas * answers),
-            start=layer,
-        )
-        sums = self._log_probs(final, clean.answer_ids.repeat(replicas, 1), mask)
-        return sums.view(replicas, answers)
-
-
-def _rows(tensor: Tensor, rows: int) -> Tensor:
-    """A one-row tensor repeated to ``rows`` rows (a no-op when it has them)."""
-    return tensor if tensor.shape[0] == rows else tensor.expand(rows, *tensor.shape[1:])
+            final_residual(
+                self.model,
+                self.prompt_resid[layer].index_select(0, index),
+                mask.index_select(0, index),
+                edit_hooks([edit for edit, _ in part], layer),
+                past=filled,
+                start_at_layer=layer,
+            )
+            pieces.append(cache_layers(filled)[layer:])
+        return [
+            (torch.cat([p[i][0] for p in pieces]), torch.cat([p[i][1] for p in pieces]))
+            for i in range(len(pieces[0]))
+        ]
 
 
 class _ReadoutEngine(_Engine):

@@ -54,13 +54,17 @@ class LogProbMetric:
     """A number from the summed log-probabilities of continuations.
 
     ``reduce`` takes one ``[n_continuations]`` tensor per group (in group order) and
-    returns a scalar tensor.
+    returns a scalar tensor. ``group_term``, when given, says that the metric is the mean
+    over groups of ``group_term(g, values_g)`` (build such a metric with
+    :func:`mean_over_groups`): attribution patching then differentiates a few groups at a
+    time without a clean pass first.
     """
 
     name: str
     groups: tuple[ScoredGroup, ...]
     reduce: Callable[[list[Tensor]], Tensor]
     differentiable: bool = True
+    group_term: Callable[[int, Tensor], Tensor] | None = None
 
     def group_log_probs(self, model: TransformerBridge) -> list[Tensor]:
         """Each group's summed log-probabilities, by the prefix-cached scorer."""
@@ -103,6 +107,17 @@ class ReadoutMetric:
 Metric = LogProbMetric | ReadoutMetric
 
 
+def mean_over_groups(
+    name: str, groups: Sequence[ScoredGroup], term: Callable[[int, Tensor], Tensor]
+) -> LogProbMetric:
+    """The metric that averages ``term(g, values_g)`` over the groups."""
+
+    def reduce(values: list[Tensor]) -> Tensor:
+        return torch.stack([term(g, v) for g, v in enumerate(values)]).mean()
+
+    return LogProbMetric(name, tuple(groups), reduce, group_term=term)
+
+
 # --------------------------------------------------------------------------- builders
 
 
@@ -126,11 +141,10 @@ def logprob_margin(
         groups.append(ScoredGroup(prefix, tuple(continuations)))
         n_true.append(len(question.correct_answers))
 
-    def reduce(values: list[Tensor]) -> Tensor:
-        margins = [v[:n].mean() - v[n:].mean() for v, n in zip(values, n_true, strict=True)]
-        return torch.stack(margins).mean()
+    def margin(g: int, values: Tensor) -> Tensor:
+        return values[: n_true[g]].mean() - values[n_true[g] :].mean()
 
-    return LogProbMetric("logprob_margin", tuple(groups), reduce)
+    return mean_over_groups("logprob_margin", groups, margin)
 
 
 def mc2_metric(
@@ -150,13 +164,10 @@ def mc2_metric(
         groups.append(ScoredGroup(_ids(model, [prefix], prepend_bos=None)[0], tuple(continuations)))
         n_true.append(len(true))
 
-    def reduce(values: list[Tensor]) -> Tensor:
-        mass = [
-            (v[:n].logsumexp(0) - v.logsumexp(0)).exp() for v, n in zip(values, n_true, strict=True)
-        ]
-        return torch.stack(mass).mean()
+    def true_mass(g: int, values: Tensor) -> Tensor:
+        return (values[: n_true[g]].logsumexp(0) - values.logsumexp(0)).exp()
 
-    return LogProbMetric("mc2", tuple(groups), reduce)
+    return mean_over_groups("mc2", groups, true_mass)
 
 
 def _readout_prompts(model: TransformerBridge, prompts: Sequence[LabelledPrompt]) -> tuple:

@@ -253,6 +253,8 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
         make_edits,
         rank_correlation,
     )
+    from fasb_lens.ablation.edits import edit_hooks
+    from fasb_lens.interventions import hooked
 
     model = ctx.model
     name, questions = ctx.questions()
@@ -269,6 +271,16 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
         _, looped = loop_effects(model, metric, {h: edits[h] for h in sample}, progress=False)
     per_call = times["loop_sample_s"] / (len(sample) + 1)
     loop_s = per_call * (len(heads) + 1)
+    pairs = [
+        (f"Q: {q.question} A:", f" {answer}")
+        for q in questions[: ctx.ablation_questions]
+        for answer in (*q.correct_answers, *q.incorrect_answers)
+    ]
+    with (
+        _timer(times, "naive_head_s"),
+        hooked(model, edit_hooks(edits[sample[0]], sample[0].layer)),
+    ):
+        continuation_log_probs(model, pairs)  # full forwards, logits at every position
     with _timer(times, "attribution_s"):
         _, estimates, _ = attribution_effects(model, metric, edits, progress=ctx.progress)
     effects = {head: value - baseline for head, value in exact.items()}
@@ -282,6 +294,14 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
         "loop_extrapolated_from_heads": [str(head) for head in sample],
         "loop_seconds_per_head": round(per_call, 2),
         "speedup": round(loop_s / times["exact_s"], 1),
+        "naive_loop_s": round(times["naive_head_s"] * (len(heads) + 1), 1),
+        "naive_loop_note": (
+            "the loop with the metric computed the plain way (a full forward of every "
+            "question+answer, logits at every position), timed on one head and extrapolated"
+        ),
+        "speedup_over_naive_loop": round(
+            times["naive_head_s"] * (len(heads) + 1) / times["exact_s"], 1
+        ),
         "attribution_s": times["attribution_s"],
         "attribution_rank_correlation": round(rank_correlation(effects, estimates), 4),
         "max_abs_difference": max(abs(looped[h] - exact[h]) for h in sample),

@@ -40,6 +40,7 @@ from fasb_lens.models.running import (
     forward,
     repeat_cache,
     select_rows,
+    target_log_probs,
     unembed,
 )
 from fasb_lens.models.shape import (
@@ -112,5 +113,6 @@ __all__ = [
     "select_rows",
     "site_shape",
     "tokenize",
+    "target_log_probs",
     "unembed",
 ]

@@ -3,7 +3,8 @@
 ``render_run(run_dir, out)`` reads what :mod:`fasb_lens.evaluation.experiment` wrote
 (probes and steering of each fold, the calibration readings and sweeps, the generation
 records with their traces, ``results.json``) and saves one HTML (and PNG) file per
-figure; it returns the files with a one-line caption each.
+figure; it returns the files with a one-line caption each. A folder written by
+``mc-datasets`` gets its accuracy figure (:func:`render_mc_datasets`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.records import load_fold_artifacts, load_run, record_trace
 from fasb_lens.evaluation.search import choose_threshold
 from fasb_lens.plotting import (
+    dataset_accuracies,
     direction_share,
     head_heatmap,
     method_comparison,
@@ -33,6 +35,8 @@ def render_run(
 ) -> list[tuple[Path, str]]:
     """Render every figure of a run into ``out``; returns ``(file, caption)`` pairs."""
     run_dir, out = Path(run_dir), Path(out)
+    if (run_dir / storage.MC_DATASETS_SUMMARY).is_file():
+        return render_mc_datasets(run_dir, out, png=png)
     config, records, _ = load_run(run_dir)
     made: list[tuple[Path, str]] = []
 
@@ -191,6 +195,16 @@ def render_run(
             "triggered, with what backtracking threw away and the unsteered run",
         )
     return made
+
+
+def render_mc_datasets(run_dir: str | Path, out: str | Path, *, png: bool = True):
+    """The accuracy figure of an ``mc-datasets`` run folder."""
+    results = storage.read_json(
+        Path(run_dir) / storage.MC_DATASETS_SUMMARY, "an mc-datasets summary"
+    )
+    caption = "held-out accuracy per dataset and method, with 95% binomial intervals"
+    paths = save_figure(dataset_accuracies(results), Path(out) / "mc_datasets", png=png)
+    return [(path, caption) for path in paths]
 
 
 def _on_final_curve(row: dict, calibration: Calibration) -> bool:

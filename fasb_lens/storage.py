@@ -50,6 +50,7 @@ CALIBRATION = "calibration.json"
 TIMINGS = "timings.json"
 QUESTIONS = "questions.json"
 MC_DATASETS_LOG = "mc_datasets.jsonl"
+MC_DATASETS_SUMMARY = "mc_datasets.json"
 ABLATION_LOG = "ablation.jsonl"
 
 PARTIAL_SUFFIX = ".partial"

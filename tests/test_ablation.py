@@ -31,7 +31,7 @@ from fasb_lens.ablation import (
 )
 from fasb_lens.ablation import attribution as attribution_module
 from fasb_lens.ablation import layout as layout_module
-from fasb_lens.ablation.layout import length_bins
+from fasb_lens.ablation.layout import Layout, length_bins
 from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, model_shape, tokenize
@@ -139,6 +139,26 @@ def test_exact_engine_with_prompts_of_any_length(tiny_model) -> None:
     clean, exact = exact_effects(tiny_model, metric, edits, max_rows=5, progress=False)
     assert clean == pytest.approx(baseline, abs=1e-4)
     assert all(exact[h] == pytest.approx(loop[h], abs=1e-4) for h in loop)
+
+
+def test_layout_scores_like_the_prefix_scorer(tiny_model) -> None:
+    metric = logprob_margin(tiny_model, QUESTIONS)
+    layout = Layout.build(tiny_model, metric.groups, bin_rows=4)
+    assert sorted(int(i) for b in layout.bins for i in b.place) == list(range(sum(layout.sizes)))
+    with torch.inference_mode():
+        values, cache = layout.run(tiny_model)
+    for mine, reference in zip(
+        layout.gather(values), metric.group_log_probs(tiny_model), strict=True
+    ):
+        assert torch.allclose(mine, reference, atol=1e-4)
+    lengths = [len(group.prefix) - 1 for group in metric.groups]
+    positions = layout.prompt_positions()
+    for g, length in enumerate(lengths):  # left-padded: the last column is position length - 1
+        assert positions[g, -1] == length - 1 and int(layout.prompt_mask[g].sum()) == length
+    answers = layout.bins[0]
+    starts = torch.tensor(lengths)[answers.group]
+    assert torch.equal(layout.answer_positions(answers)[:, 0], starts)
+    assert cache is not None and cache[0][0].shape[0] == len(metric.groups)
 
 
 def test_every_kind_and_readout_metrics_equal_the_loop(tiny_llama, tiny_anchoring) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -10,6 +12,7 @@ from fasb_lens._types import Head
 from fasb_lens.generation import GenerationTrace, Step
 from fasb_lens.plotting import (
     anchored_heads,
+    dataset_accuracies,
     grid_comparison,
     head_heatmap,
     method_comparison,
@@ -19,6 +22,7 @@ from fasb_lens.plotting import (
     trajectories,
     trajectory,
 )
+from fasb_lens.run_figures import render_run
 
 
 def make_trace(
@@ -121,6 +125,22 @@ def test_method_comparison_and_sweeps() -> None:
     lines = sweep_lines(rows, title="MC2 vs alpha")
     assert [line.name for line in lines.data] == ["fixed", "fasb"]
     assert list(lines.data[0].x) == [1, 2, 4] and lines.layout.xaxis.type == "log"
+
+
+def test_dataset_accuracies(tmp_path) -> None:
+    results = {
+        "copa": {"n_test": 200, "accuracy": {"none": 0.725, "fasb": 0.70}},
+        "nli": {"n_test": 100, "accuracy": {"none": 0.5, "fasb": 0.31}},
+    }
+    figure = dataset_accuracies(results)
+    assert [bar.name for bar in figure.data] == ["none", "fasb"]
+    assert list(figure.data[0].x) == ["copa", "nli"]
+    assert figure.data[1].y[1] == pytest.approx(31.0)
+    assert figure.data[0].error_y.array[1] == pytest.approx(9.8)  # 1.96 * sqrt(.25 / 100)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mc_datasets.json").write_text(json.dumps(results))
+    made = render_run(tmp_path / "run", tmp_path / "figs", png=False)
+    assert [path.name for path, _ in made] == ["mc_datasets.html"]
 
 
 def test_anchored_heads_view() -> None:

@@ -436,7 +436,7 @@ def run_mc_datasets(
             on_item=log.append,
             done=done,
         )
-    storage.write_json(out / "mc_datasets.json", results)
+    storage.write_json(out / storage.MC_DATASETS_SUMMARY, results)
     storage.write_text(out / "mc_datasets.md", datasets_table(results, list(policies)))
     return results
 

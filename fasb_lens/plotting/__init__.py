@@ -13,6 +13,7 @@ Chrome/Chromium to render with.
   threshold, the trigger, the backtracked span and the steered continuation;
 * :func:`method_comparison`, :func:`sweep_lines`, :func:`direction_share` - results of an
   experiment, and how much of each gain the learnt direction explains;
+  :func:`dataset_accuracies` - the multiple-choice datasets, method by method;
 * :func:`anchored_heads` - where the anchored heads sit and how their directions
   separate true from false answers;
 * :func:`grid_comparison` - two per-head grids (exact ablation, attribution estimate)
@@ -21,11 +22,17 @@ Chrome/Chromium to render with.
 
 from fasb_lens.plotting.common import save_figure
 from fasb_lens.plotting.heads import anchored_heads, grid_comparison, head_heatmap, steering_heads
-from fasb_lens.plotting.results import direction_share, method_comparison, sweep_lines
+from fasb_lens.plotting.results import (
+    dataset_accuracies,
+    direction_share,
+    method_comparison,
+    sweep_lines,
+)
 from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
 
 __all__ = [
     "anchored_heads",
+    "dataset_accuracies",
     "direction_share",
     "grid_comparison",
     "head_heatmap",

@@ -130,3 +130,37 @@ def direction_share(
         template="plotly_white",
     )
     return figure
+
+
+def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Held-out accuracy per multiple-choice dataset and method, with a 95% interval.
+
+    ``results`` is an ``mc_datasets.json`` (dataset -> its summary, with ``accuracy`` per
+    method and ``n_test``); the interval is the normal approximation to the binomial, so
+    two bars whose intervals overlap widely are not told apart by the test items.
+    """
+    names = list(results)
+    methods = list(dict.fromkeys(m for r in results.values() for m in r["accuracy"]))
+    figure = go.Figure()
+    for method in methods:
+        values, errors = [], []
+        for name in names:
+            p, n = results[name]["accuracy"].get(method), results[name]["n_test"]
+            values.append(None if p is None else 100 * p)
+            errors.append(0 if p is None or not n else 196 * (p * (1 - p) / n) ** 0.5)
+        figure.add_trace(
+            go.Bar(
+                name=method,
+                x=names,
+                y=values,
+                error_y={"type": "data", "array": errors, "thickness": 1},
+            )
+        )
+    figure.update_layout(
+        barmode="group",
+        title="Held-out accuracy per dataset (bars: 95% binomial interval)",
+        yaxis_title="accuracy (%)",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return figure

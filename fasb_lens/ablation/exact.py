@@ -154,11 +154,11 @@ class _LogProbEngine(_Engine):
     def __init__(self, model, metric: LogProbMetric, edits, max_rows) -> None:
         super().__init__(model, edits, max_rows)
         self.metric = metric
-        per_layer: dict[int, int] = {}
-        for head in edits:
-            per_layer[head.layer] = per_layer.get(head.layer, 0) + len(edits[head])
+        widest = max(
+            (sum(len(edits[h]) for h in heads) for _, heads in _by_layer(edits)), default=1
+        )
         # rows of one bin: enough that a layer's edits fill about ``max_rows`` rows
-        self.bin_rows = max(1, max_rows // max(per_layer.values(), default=1))
+        self.bin_rows = max(1, max_rows // widest)
         self.layout = Layout.build(model, metric.groups, bin_rows=self.bin_rows)
         self.prompt_resid: dict[int, Tensor] = {}
         self.answer_resid: list[dict[int, Tensor]] = []

@@ -290,11 +290,11 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
         "continuations": sum(len(g.continuations) for g in metric.groups),
         "heads": len(heads),
         "exact_s": times["exact_s"],
-        "loop_s": round(loop_s, 1),
+        "loop_s": round(loop_s, 3),
         "loop_extrapolated_from_heads": [str(head) for head in sample],
         "loop_seconds_per_head": round(per_call, 2),
         "speedup": round(loop_s / times["exact_s"], 1),
-        "naive_loop_s": round(times["naive_head_s"] * (len(heads) + 1), 1),
+        "naive_loop_s": round(times["naive_head_s"] * (len(heads) + 1), 3),
         "naive_loop_note": (
             "the loop with the metric computed the plain way (a full forward of every "
             "question+answer, logits at every position), timed on one head and extrapolated"

@@ -186,7 +186,7 @@ class _LogProbRuns:
         groups = self.metric.groups
         begin, size = 0, 0
         for index, group in enumerate(groups):
-            positions = len(group.prefix) + sum(len(ids) + 1 for ids in group.continuations)
+            positions = len(group.prefix) - 1 + sum(len(ids) for ids in group.continuations)
             if size and size + positions > ATTRIBUTION_TOKENS:
                 yield begin, index
                 begin, size = index, 0
@@ -224,7 +224,7 @@ class _LogProbRuns:
             if layout.prompt_mask is not None:
                 yield _Batch(prompt_z, layout.prompt_mask, layout.prompt_positions())
             for answers, z in zip(layout.bins, answers_z, strict=True):
-                yield _Batch(z, answers.mask, layout.answer_positions(answers))
+                yield _Batch(z, answers.input_mask, layout.answer_positions(answers))
 
 
 class _ReadoutRuns:

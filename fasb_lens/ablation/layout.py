@@ -4,9 +4,10 @@ A :class:`~fasb_lens.ablation.metrics.LogProbMetric` scores answers after prompt
 question, then each candidate answer). A :class:`Layout` runs every prompt once, all of
 them left-padded into one batch, and keeps their KV cache; the answers of all prompts
 then run in bins of similar length (:func:`length_bins`), each row the prompt's last
-token followed by one answer, on top of its own prompt's cache. Few forwards, little
-padding, and no prompt token run twice. The bridge takes each token's position from the
-attention mask, so left padding changes no number beyond float rounding.
+token followed by one answer less its last token (nothing is predicted from it), on top
+of its own prompt's cache. Few forwards, little padding, and no prompt token run twice.
+The bridge takes each token's position from the attention mask, so left padding changes
+no number beyond float rounding.
 
 The exact engine and attribution patching both run their forwards on this layout.
 """
@@ -58,12 +59,22 @@ def length_bins(
 
 @dataclass
 class AnswerBin:
-    """Answers (of any prompts) of similar length that run together."""
+    """Answers (of any prompts) of similar length that run together: ``ids`` are the
+    scored rows, ``inputs`` what the forward runs (every column but the last, whose
+    output would predict nothing)."""
 
     group: Int[Tensor, " rows"]  # each row's prompt
     place: Int[Tensor, " rows"]  # each row's index among all answers, in group order
     ids: Int[Tensor, "rows width"]  # the prompt's last token, then the answer
     mask: Int[Tensor, "rows width"]
+
+    @property
+    def inputs(self) -> Int[Tensor, "rows width-1"]:
+        return self.ids[:, :-1]
+
+    @property
+    def input_mask(self) -> Int[Tensor, "rows width-1"]:
+        return self.mask[:, :-1]
 
 
 @dataclass
@@ -105,8 +116,9 @@ class Layout:
         return len(self.sizes)
 
     def answer_mask(self, answers: AnswerBin, replicas: int = 1) -> Tensor:
-        """The bin's mask (repeated for ``replicas``) with its prompts' columns in front."""
-        mask = answers.mask.repeat(replicas, 1)
+        """The bin's input mask (repeated for ``replicas``) with its prompts' columns in
+        front."""
+        mask = answers.input_mask.repeat(replicas, 1)
         if self.prompt_mask is None:
             return mask
         front = self.prompt_mask.index_select(0, answers.group).repeat(replicas, 1)
@@ -118,8 +130,8 @@ class Layout:
         return self.prompt_mask.cumsum(1) - 1
 
     def answer_positions(self, answers: AnswerBin) -> Tensor:
-        """``[rows, width]`` each answer column's position in its own sequence."""
-        width = answers.ids.shape[1]
+        """``[rows, width-1]`` each input column's position in its own sequence."""
+        width = answers.inputs.shape[1]
         start = torch.zeros_like(answers.group)
         if self.prompt_mask is not None:
             start = self.prompt_mask.sum(1).index_select(0, answers.group)
@@ -144,7 +156,7 @@ class Layout:
         for answers in self.bins:
             final = final_residual(
                 model,
-                answers.ids,
+                answers.inputs,
                 self.answer_mask(answers),
                 list(bin_hooks(answers)),
                 past=self.past(answers, cache),

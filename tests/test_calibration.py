@@ -10,7 +10,12 @@ import pytest
 
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation import search
-from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
+from fasb_lens.evaluation.calibration import (
+    Calibration,
+    CalibrationInputs,
+    calibrate,
+    next_k_edge,
+)
 from fasb_lens.evaluation.search import Search, choose_threshold, detection_auc
 
 
@@ -110,9 +115,12 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
         progress=False,
     )
     result, steering = calibrate(inputs, top_ks=(1, 2))
-    assert (
-        result.top_k in (1, 2) and steering.heads == tiny_anchoring.steering.heads[: result.top_k]
-    )
+    assert steering.heads == tiny_anchoring.steering.heads[: result.top_k]
+    tried = sorted({r["top_k"] for r in result.sweep if r["task"] == "mc"})
+    extended = [k for k in tried if k not in (1, 2)]
+    assert result.top_k in tried and len(extended) <= 1  # MAX_EXTENSIONS is 1 here
+    # a K on an edge that could move means the one extension was spent
+    assert next_k_edge(tried, result.top_k, tiny_anchoring.steering.top_k) is None or extended
     assert set(result.strengths) == {"mc", "generation"}
     assert set(result.thresholds) == {"mc", "generation"}
     checks = result.readings["mc_first_check"]
@@ -131,3 +139,12 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
     assert none.strengths == {} and none.strength("generation", "fasb") is None
     with pytest.raises(ValueError, match="tracker 'context' is not available"):
         calibrate(inputs, tasks=(), tracker="context")
+
+
+def test_k_candidates_extend_from_an_edge() -> None:
+    assert next_k_edge([12, 24, 48], 48, 270) == 96  # the largest won: try twice as many
+    assert next_k_edge([12, 24, 48, 96, 192], 192, 270) == 270  # at most every head
+    assert next_k_edge([12, 24, 48, 270], 270, 270) is None  # nothing wider to try
+    assert next_k_edge([12, 24, 48], 12, 270) == 6  # the smallest won: try half
+    assert next_k_edge([1, 2], 1, 270) is None
+    assert next_k_edge([12, 24, 48], 24, 270) is None  # interior: found

@@ -14,8 +14,9 @@ questions, per task, and gives every method the same search:
 * **Threshold**: for generation, the Youden threshold of the chosen tracker's first-check
   readings; for multiple choice, searched jointly with FASB's strength on multiple-choice
   readings (quantiles of the readings at the answers' checks).
-* **K**: FASB's strength search is run for each candidate number of anchored heads and the
-  best K is kept for every method of the fold.
+* **K**: FASB's start grid is run for each candidate number of anchored heads, the
+  candidates extending (x2, or /2) while the best K is the largest (smallest) tried, up to
+  every anchored head; the best K is kept for every method of the fold.
 
 Objectives: validation MC2 (then MC1) for multiple choice, True x Info (then True) for
 generation. Each chosen value comes with a bootstrap over validation questions: how often
@@ -24,7 +25,7 @@ it wins when the questions are resampled, and the range of the winners.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens import storage
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.decoding import PromptCache
+from fasb_lens.evaluation import search as search_module
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.search import (
     START_GRIDS,
@@ -225,6 +227,17 @@ def _with_k(steering: Steering, k: int) -> Steering:
     return steering.subset(steering.heads[: min(k, steering.top_k)])
 
 
+def next_k_edge(tried: Collection[int], best: int, most: int) -> int | None:
+    """The next K to try when the best one sits on an edge of those tried: twice the
+    largest (at most ``most``, every anchored head) or half the smallest (at least 1);
+    ``None`` when the best is interior or the edge cannot move."""
+    if best == max(tried) and best < most:
+        return min(2 * best, most)
+    if best == min(tried) and best > 1:
+        return max(1, best // 2)
+    return None
+
+
 def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     """K, FASB's strength and threshold (jointly), ITI's and CAA's strengths, on MC2."""
     questions = list(inputs.questions)
@@ -269,7 +282,8 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     # K: FASB on the start grid at the median reading as threshold, for each candidate
     widest = choices(steering)
     searches: dict[int, tuple[Search, list[MultipleChoice], list[float]]] = {}
-    for k in sorted({min(k, steering.top_k) for k in top_ks}):
+
+    def try_k(k: int) -> None:
         items = [item.with_steering(_with_k(steering, k)) for item in widest]
         checks = check_readings(items)
         search = Search(scorer(items, fasb), keys)
@@ -281,8 +295,15 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     def best_value(k: int) -> tuple[float, ...]:
         search, _, checks = searches[k]
         beta = float(np.quantile(checks, 0.5))
-        return rank_key(search.tried[(search.best(beta), threshold_key(beta))], keys)
+        return (*rank_key(search.tried[(search.best(beta), threshold_key(beta))], keys), -k)
 
+    for k in sorted({min(k, steering.top_k) for k in top_ks}):
+        try_k(k)
+    for _ in range(search_module.MAX_EXTENSIONS):
+        edge = next_k_edge(searches, max(searches, key=best_value), steering.top_k)
+        if edge is None:
+            break
+        try_k(edge)
     best_k = max(searches, key=best_value)
     search, items, checks = searches[best_k]
     steering = _with_k(steering, best_k)

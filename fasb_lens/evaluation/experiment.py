@@ -183,9 +183,9 @@ class Experiment:
         fold's calibration (which also chooses how many heads it keeps)."""
         activations = self._activations()
         config = self.config
-        widest = max(config.top_k, *config.top_ks) if config.calibrate else config.top_k
         shape = activations.probing.shape
-        widest = min(widest, shape.n_layers * shape.n_heads)
+        # calibration may extend its K candidates up to every head
+        widest = shape.n_layers * shape.n_heads if config.calibrate else config.top_k
         folds = []
         for split in self.folds_splits:
             split = subsample_train(split, config.train_fraction, config.seed + split.fold)

@@ -16,7 +16,13 @@ from fasb_lens.evaluation.calibration import (
     calibrate,
     next_k_edge,
 )
-from fasb_lens.evaluation.search import Search, choose_threshold, detection_auc
+from fasb_lens.evaluation.search import (
+    Search,
+    choose_threshold,
+    detection_auc,
+    edge_quantile,
+    joint_search,
+)
 
 
 def test_threshold_separates_untruthful_answers() -> None:
@@ -148,3 +154,29 @@ def test_k_candidates_extend_from_an_edge() -> None:
     assert next_k_edge([12, 24, 48], 12, 270) == 6  # the smallest won: try half
     assert next_k_edge([1, 2], 1, 270) is None
     assert next_k_edge([12, 24, 48], 24, 270) is None  # interior: found
+
+
+def test_threshold_quantiles_extend_from_an_edge() -> None:
+    rising = lambda q: (q,)  # noqa: E731 - a score growing with the threshold
+    assert edge_quantile([0.25, 0.5, 0.75], rising) == 0.875  # halfway to 1
+    assert edge_quantile([0.25, 0.5, 0.75], lambda q: (-q,)) == 0.125  # halfway to 0
+    assert edge_quantile([0.25, 0.5, 0.75], lambda q: (-abs(q - 0.5),)) is None  # interior
+    assert edge_quantile([0.25, 0.5, 0.75], lambda q: (0.0,)) is None  # flat: no edge wins
+
+
+def test_joint_search_finds_an_interior_threshold() -> None:
+    readings = list(np.linspace(0.0, 1.0, 101))  # quantile q is the threshold q
+
+    def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        # best at alpha 8 and threshold 0.9, beyond the start quantiles' 0.75
+        value = -((math.log2(alpha) - 3) ** 2) - 10 * ((threshold or 0.5) - 0.9) ** 2
+        return {"mc2": [value] * 4, "mc1": [0.0] * 4}
+
+    others = {"fixed": Search(_peaked(8.0), ("mc2", "mc1"))}
+    grids = {"fasb": (2.0, 8.0, 32.0), "fixed": (2.0, 8.0, 32.0)}
+    thresholded = Search(evaluate, ("mc2", "mc1"))
+    chosen = joint_search(thresholded, readings, others, grids, rng=np.random.RandomState(0))
+    thresholds = sorted({t for _, t in thresholded.tried if t is not None})
+    assert thresholds[0] < chosen.threshold < thresholds[-1]  # interior, not an edge
+    assert abs(chosen.threshold - 0.9) < 0.05 and chosen.strengths["fasb"] == pytest.approx(8.0)
+    assert len(others["fixed"].tried) == len(thresholded.tried)  # the same budget

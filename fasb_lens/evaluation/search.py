@@ -188,6 +188,23 @@ class Search:
         ]
 
 
+def edge_quantile(
+    quantiles: Sequence[float], value: Callable[[float], tuple[float, ...]]
+) -> float | None:
+    """The next quantile of the readings to try as threshold when the best of
+    ``quantiles`` (by ``value``, ties to the lower) is the highest or lowest and beats its
+    neighbour: halfway to 1 or to 0; ``None`` when the best is interior or ties."""
+    tried = sorted(quantiles)
+    best = max(tried, key=lambda quantile: (*value(quantile), -quantile))  # ties: lower
+    if len(tried) < 2:
+        return None
+    if best == tried[-1] and value(best) > value(tried[-2]):
+        return (best + 1) / 2
+    if best == tried[0] and value(best) > value(tried[1]):
+        return best / 2
+    return None
+
+
 def threshold_key(threshold: float | None) -> float | None:
     return None if threshold is None else round(threshold, 9)
 
@@ -217,13 +234,23 @@ def joint_search(
 
     ``thresholded`` (possibly holding earlier evaluations) is searched at the median of
     ``readings`` (the tracker at the checks), then at their :data:`THRESHOLD_QUANTILES`
-    with that strength, then again in strength at the best threshold; each search of
+    with that strength (extended towards 0 or 1 while an edge quantile wins), then again
+    in strength at the best threshold; each search of
     ``others`` starts on ``grids[name]`` and is filled to the same count.
     """
     median = float(np.quantile(readings, 0.5))
     alpha = thresholded.strengths(grids[family], median)
-    for quantile in THRESHOLD_QUANTILES:
-        thresholded.score(alpha, float(np.quantile(readings, quantile)))
+
+    def at(quantile: float) -> tuple[float, ...]:
+        scores = thresholded.score(alpha, float(np.quantile(readings, quantile)))
+        return rank_key(scores, thresholded.keys)
+
+    quantiles = list(THRESHOLD_QUANTILES)
+    for _ in range(MAX_EXTENSIONS):
+        edge = edge_quantile(quantiles, at)
+        if edge is None:
+            break
+        quantiles.append(edge)
     ranked = thresholded.tried
     alpha, beta = max(ranked, key=lambda st: (*rank_key(ranked[st], thresholded.keys), -st[0]))
     alpha = thresholded.strengths([alpha], beta)

@@ -102,30 +102,24 @@ class Search:
             key=lambda a: (*rank_key(self.tried[(a, threshold_key(threshold))], self.keys), -a),
         )
 
-    def _beats(self, alpha: float, other: float, threshold: float | None) -> bool:
-        """Whether ``alpha`` scores strictly better than ``other`` (a flat edge is not
-        worth extending: nothing changes there)."""
-        values = [
-            rank_key(self.tried[(round(a, 9), threshold_key(threshold))], self.keys)
-            for a in (alpha, other)
-        ]
-        return values[0] > values[1]
-
     def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
-        """Grid, extension while the best is on an edge, refinement around the best."""
+        """Grid, extension (x2 or /2, :func:`beyond_edge`) while the best is on an edge,
+        refinement around the best."""
         for alpha in grid:
             self.score(alpha, threshold)
+
+        def value(alpha: float) -> tuple[float, ...]:
+            return rank_key(self.tried[(round(alpha, 9), threshold_key(threshold))], self.keys)
+
         for _ in range(MAX_EXTENSIONS):
-            tried = sorted(a for a, t in self.tried if t == threshold_key(threshold))
-            best = self.best(threshold)
-            if len(tried) > 1 and best == tried[-1] and self._beats(best, tried[-2], threshold):
-                self.score(best * 2, threshold)
-            elif len(tried) > 1 and best == tried[0] and self._beats(best, tried[1], threshold):
-                self.score(best / 2, threshold)
-            elif len(tried) == 1:
-                self.score(best * 2, threshold)
+            tried = [a for a, t in self.tried if t == threshold_key(threshold)]
+            if len(tried) == 1:
+                step = tried[0] * 2
             else:
+                step = beyond_edge(tried, value, lambda a: a * 2, lambda a: a / 2)
+            if step is None:
                 break
+            self.score(step, threshold)
         best = self.best(threshold)
         for factor in (2**-0.5, 2**0.5):
             self.score(best * factor, threshold)
@@ -188,21 +182,33 @@ class Search:
         ]
 
 
+def beyond_edge(
+    points: Sequence[float],
+    value: Callable[[float], tuple[float, ...]],
+    up: Callable[[float], float],
+    down: Callable[[float], float],
+) -> float | None:
+    """The next point to try when the best of ``points`` (by ``value``, ties to the
+    smaller point) is the largest or the smallest and strictly beats its neighbour:
+    ``up(best)`` or ``down(best)``; ``None`` when the best is interior or its edge is flat
+    (nothing changes there)."""
+    tried = sorted(points)
+    if len(tried) < 2:
+        return None
+    best = max(tried, key=lambda point: (*value(point), -point))
+    if best == tried[-1] and value(best) > value(tried[-2]):
+        return up(best)
+    if best == tried[0] and value(best) > value(tried[1]):
+        return down(best)
+    return None
+
+
 def edge_quantile(
     quantiles: Sequence[float], value: Callable[[float], tuple[float, ...]]
 ) -> float | None:
-    """The next quantile of the readings to try as threshold when the best of
-    ``quantiles`` (by ``value``, ties to the lower) is the highest or lowest and beats its
-    neighbour: halfway to 1 or to 0; ``None`` when the best is interior or ties."""
-    tried = sorted(quantiles)
-    best = max(tried, key=lambda quantile: (*value(quantile), -quantile))  # ties: lower
-    if len(tried) < 2:
-        return None
-    if best == tried[-1] and value(best) > value(tried[-2]):
-        return (best + 1) / 2
-    if best == tried[0] and value(best) > value(tried[1]):
-        return best / 2
-    return None
+    """The next quantile of the readings to try as threshold (:func:`beyond_edge`):
+    halfway to 1 above the highest, or to 0 below the lowest."""
+    return beyond_edge(quantiles, value, lambda q: (q + 1) / 2, lambda q: q / 2)
 
 
 def threshold_key(threshold: float | None) -> float | None:

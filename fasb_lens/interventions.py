@@ -308,6 +308,7 @@ def final_residual(
     *hook_lists: Hooks,
     past: Any = None,
     start_at_layer: int | None = None,
+    position_ids: Tensor | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """The final normalised residual stream of a forward whose unembedding is never run
     (:func:`fasb_lens.models.unembed` then maps only the positions a caller scores); a
@@ -316,7 +317,14 @@ def final_residual(
     stop = capture([0], store, site="final", stop_after_last=True)
     with hooked(model, *hook_lists, stop):
         try:
-            forward(model, inputs, mask, past_key_values=past, start_at_layer=start_at_layer)
+            forward(
+                model,
+                inputs,
+                mask,
+                past_key_values=past,
+                start_at_layer=start_at_layer,
+                position_ids=position_ids,
+            )
         except StopForward:
             pass
     return store[0]

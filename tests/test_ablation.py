@@ -31,7 +31,7 @@ from fasb_lens.ablation import (
 )
 from fasb_lens.ablation import attribution as attribution_module
 from fasb_lens.ablation import layout as layout_module
-from fasb_lens.ablation.layout import Layout, length_bins
+from fasb_lens.ablation.layout import AnswerTree, Layout, length_bins
 from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, model_shape, tokenize
@@ -103,6 +103,17 @@ def test_length_bins_cover_every_answer_once() -> None:
     assert sorted(len(b) for b in length_bins([3] * 7, 1000, max_rows=3)) == [1, 3, 3]
 
 
+def test_answer_tree_runs_shared_beginnings_once() -> None:
+    tree = AnswerTree.build(7, [(1, 2, 3), (1, 2, 4, 5), (6,)])
+    assert tree.tokens == (7, 1, 2, 4)  # the prompt's last token, then "1", "1 2", "1 2 4"
+    assert tree.parent == (-1, 0, 1, 2) and tree.depth == (0, 1, 2, 3)
+    reads = [(0, 1, 0), (1, 2, 0), (2, 3, 0), (0, 1, 1), (1, 2, 1), (2, 4, 1), (3, 5, 1)]
+    assert tree.reads == (*reads, (0, 6, 2))  # every answer token, read at its prefix's node
+    sees = tree.sees(6).tolist()
+    assert sees[3] == [True, True, True, True, False, False]
+    assert sees[5] == [False] * 5 + [True]  # a padding column sees only itself
+
+
 @pytest.mark.parametrize("bin_cost", [0, 1000])  # many bins, one bin
 @pytest.mark.parametrize("metric_name", ["logprob_margin", "mc2"])
 def test_exact_engine_equals_the_loop(tiny_model, metric_name, bin_cost, monkeypatch) -> None:
@@ -124,12 +135,12 @@ def test_exact_engine_with_prompts_of_any_length(tiny_model) -> None:
     """Groups whose prefix is a single token (no prompt to cache) beside long ones, and
     groups of one answer: the left-padded prompt batch changes no number."""
     prompt = tuple(tokenize(tiny_model, ["Q: Is the sky blue? A:"], prepend_bos=True)[0])
-    yes, no, maybe = (
-        tuple(ids)
-        for ids in tokenize(tiny_model, [" Yes", " No, it is green", " Maybe"], prepend_bos=False)
-    )
+    texts = [" Yes", " No, it is green", " Maybe", " No, it is blue"]
+    yes, no, maybe, blue = (tuple(ids) for ids in tokenize(tiny_model, texts, prepend_bos=False))
+    shared = next(i for i, (a, b) in enumerate(zip(no, blue, strict=False)) if a != b)
+    assert shared >= 2  # answers that begin alike share those tokens in the tree
     groups = (
-        ScoredGroup(prompt, (yes, no, maybe)),
+        ScoredGroup(prompt, (yes, no, maybe, blue)),
         ScoredGroup(prompt[:1], (no,)),
         ScoredGroup(prompt[:4], (yes, maybe)),
     )

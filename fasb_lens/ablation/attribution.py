@@ -9,10 +9,11 @@ metric linear in ``z_h`` and a guide elsewhere: compare it with the exact grid
 (:func:`fasb_lens.ablation.exact.exact_effects`) before trusting it.
 
 A log-probability metric runs on its :class:`~fasb_lens.ablation.layout.Layout` (prompts
-once, answers in length bins), a few questions at a time (about ``ATTRIBUTION_TOKENS``
-positions, one graph in memory): a metric that is a mean over questions backpropagates
-each chunk's share of the mean; any other one first takes a clean pass for ``dM/d(sum)``
-of every answer's summed log-probability and backpropagates the sums weighted by it.
+once, each prompt's answers as one token tree), a few questions at a time (about
+``ATTRIBUTION_TOKENS`` positions, one graph in memory): a metric that is a mean over
+questions backpropagates each chunk's share of the mean; any other one first takes a clean
+pass for ``dM/d(sum)`` of every answer's summed log-probability and backpropagates the
+sums weighted by it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head
 from fasb_lens.ablation.edits import Edit
-from fasb_lens.ablation.layout import AnswerBin, Layout
+from fasb_lens.ablation.layout import AnswerBin, AnswerTree, Layout
 from fasb_lens.ablation.metrics import LogProbMetric, Metric, ReadoutMetric
 from fasb_lens.interventions import Hooks, StopForward, capture, heads_from, hook_name, hooked
 from fasb_lens.models import forward, model_device, pad, pad_token_id
@@ -37,7 +38,7 @@ ATTRIBUTION_TOKENS = 2048
 """Positions (prompts and answers) of the questions run together with gradients."""
 
 BIN_ROWS = 64
-"""Answers per forward."""
+"""Answer trees (prompts) per forward."""
 
 
 @contextmanager
@@ -186,7 +187,8 @@ class _LogProbRuns:
         groups = self.metric.groups
         begin, size = 0, 0
         for index, group in enumerate(groups):
-            positions = len(group.prefix) - 1 + sum(len(ids) for ids in group.continuations)
+            tree = AnswerTree.build(group.prefix[-1], group.continuations)
+            positions = len(group.prefix) - 1 + len(tree.tokens)
             if size and size + positions > ATTRIBUTION_TOKENS:
                 yield begin, index
                 begin, size = index, 0

@@ -6,9 +6,10 @@ each head starts the forward at its layer (:func:`fasb_lens.models.blocks_from`:
 blocks below are not run at all). The heads of a layer run together, one head per batch
 replica. A log-probability metric runs on its :class:`~fasb_lens.ablation.layout.Layout`:
 the prompts of all questions once per ablation, left-padded into one batch, their KV
-cache serving every answer, and the answers of all questions in bins of similar length,
-so that few forwards are needed and little of each is padding. Only the positions a
-metric scores go through the unembedding. Each number equals the
+cache serving every answer, and each question's answers as one token tree (shared
+beginnings run once), trees of similar size in one forward, so that few forwards are
+needed and little of each is padding. Only the positions a metric scores go through the
+unembedding, each once however many answers read it. Each number equals the
 head-by-head loop's (:func:`loop_effects`) up to float rounding.
 """
 
@@ -34,7 +35,6 @@ from fasb_lens.models import (
     pad,
     pad_token_id,
 )
-from fasb_lens.scoring import scored_log_probs
 
 LayerDone = Callable[[int, dict[Head, float]], None]
 """Called with a layer and its heads' values as soon as the layer is done."""
@@ -82,8 +82,9 @@ def exact_effects(
 ) -> tuple[float, dict[Head, float]]:
     """Every head's value of ``metric`` under its edits, computed as described above.
 
-    ``max_rows`` bounds the rows of one batched forward (ablations x prompts). Returns the
-    clean value and each head's value (the mean over its edits).
+    ``max_rows`` bounds the rows of one batched forward (ablations x prompts; for a
+    log-probability metric a row is one prompt's whole answer tree, tens of positions).
+    Returns the clean value and each head's value (the mean over its edits).
     """
     if isinstance(metric, LogProbMetric):
         engine: _Engine = _LogProbEngine(model, metric, edits, max_rows)
@@ -179,19 +180,16 @@ class _LogProbEngine(_Engine):
             chunk = list(chunk)
             ablated = self._ablated_prompts(layer, chunk)
             for answers, resid in zip(self.layout.bins, self.answer_resid, strict=True):
-                final = final_residual(
+                final = self.layout.forward(
                     self.model,
+                    answers,
                     resid[layer].repeat(len(chunk), 1, 1),
-                    self.layout.answer_mask(answers, len(chunk)),
-                    edit_hooks([edit for edit in chunk for _ in answers.place], layer),
-                    past=self.layout.past(
-                        answers, self.cache, replicas=len(chunk), ablated=ablated
-                    ),
+                    edit_hooks([edit for edit in chunk for _ in answers.group], layer),
+                    self.layout.past(answers, self.cache, replicas=len(chunk), ablated=ablated),
+                    replicas=len(chunk),
                     start_at_layer=layer,
                 )
-                ids = answers.ids.repeat(len(chunk), 1)
-                mask = answers.mask.repeat(len(chunk), 1)
-                sums = scored_log_probs(self.model, final, ids, mask).view(len(chunk), -1)
+                sums = self.layout.score(self.model, answers, final, replicas=len(chunk))
                 for edit, values in zip(chunk, sums, strict=True):
                     per_edit[id(edit)].append(values)
         return {
@@ -205,6 +203,7 @@ class _LogProbEngine(_Engine):
         mask = self.layout.prompt_mask
         if mask is None:
             return None
+        positions = self.layout.prompt_positions()  # a residual input carries none itself
         rows = [(edit, g) for edit in edits for g in range(self.layout.n_groups)]
         pieces: list[list[tuple[Tensor, Tensor]]] = []
         for part in _chunks(rows, self.max_rows):
@@ -217,6 +216,7 @@ class _LogProbEngine(_Engine):
                 edit_hooks([edit for edit, _ in part], layer),
                 past=filled,
                 start_at_layer=layer,
+                position_ids=positions.index_select(0, index),
             )
             pieces.append(cache_layers(filled)[layer:])
         return [

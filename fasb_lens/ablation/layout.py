@@ -2,12 +2,17 @@
 
 A :class:`~fasb_lens.ablation.metrics.LogProbMetric` scores answers after prompts (a
 question, then each candidate answer). A :class:`Layout` runs every prompt once, all of
-them left-padded into one batch, and keeps their KV cache; the answers of all prompts
-then run in bins of similar length (:func:`length_bins`), each row the prompt's last
-token followed by one answer less its last token (nothing is predicted from it), on top
-of its own prompt's cache. Few forwards, little padding, and no prompt token run twice.
-The bridge takes each token's position from the attention mask, so left padding changes
-no number beyond float rounding.
+them left-padded into one batch, and keeps their KV cache. The answers of one prompt then
+run as one row, a token tree (:class:`AnswerTree`): the prompt's last token, then every
+distinct answer prefix once (answers that begin alike share those tokens), each token
+attending to its prompt and to its own ancestors and placed at its depth after the
+prompt. An answer's last token is never an input (nothing is predicted from it), and the
+log-softmax of a token shared by several answers is taken once, then read for each of
+their next tokens. Trees of similar size run together (:func:`length_bins`). On 20
+TruthfulQA questions the trees hold 1,629 of the 2,739 positions that one row per answer
+would run. The bridge takes an explicit ``[rows, 1, pos, past + pos]`` mask as given and
+each token's position from ``position_ids``, so neither the padding nor the tree changes
+a number beyond float rounding.
 
 The exact engine and attribution patching both run their forwards on this layout.
 """
@@ -18,18 +23,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.ablation.metrics import ScoredGroup
 from fasb_lens.interventions import Hooks, final_residual
-from fasb_lens.models import build_cache, cache_layers, model_device, pad, pad_token_id
-from fasb_lens.scoring import scored_log_probs
+from fasb_lens.models import (
+    build_cache,
+    cache_layers,
+    model_device,
+    pad,
+    pad_token_id,
+    target_log_probs,
+)
 
 BIN_COST = 24
-"""Padded positions worth one more forward: answers are split into one more length bin
-when that saves more padded positions than this."""
+"""Padded positions worth one more forward: answer trees are split into one more bin of
+similar sizes when that saves more padded positions than this."""
 
 
 def length_bins(
@@ -57,29 +68,67 @@ def length_bins(
     return bins[::-1]
 
 
+@dataclass(frozen=True)
+class AnswerTree:
+    """One prompt's answers as a token tree: ``tokens[0]`` is the prompt's last token and
+    every other node extends its ``parent`` by one token; ``reads`` lists, for every
+    token of every answer, ``(node, token, answer)``: the node whose output predicts it."""
+
+    tokens: tuple[int, ...]
+    parent: tuple[int, ...]
+    depth: tuple[int, ...]
+    reads: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def build(cls, last: int, answers: Sequence[Sequence[int]]) -> AnswerTree:
+        nodes: dict[tuple[int, ...], int] = {(): 0}
+        tokens, parent, depth, reads = [last], [-1], [0], []
+        for index, answer in enumerate(answers):
+            answer = tuple(answer)
+            for k, token in enumerate(answer):
+                reads.append((nodes[answer[:k]], token, index))
+                if k + 1 < len(answer) and answer[: k + 1] not in nodes:
+                    nodes[answer[: k + 1]] = len(tokens)
+                    tokens.append(token)
+                    parent.append(nodes[answer[:k]])
+                    depth.append(k + 1)
+        return cls(tuple(tokens), tuple(parent), tuple(depth), tuple(reads))
+
+    def sees(self, width: int) -> Bool[Tensor, "width width"]:
+        """Which nodes each node attends to (its ancestors and itself); a padding column
+        sees only itself, so that no row of the attention is empty."""
+        sees = torch.eye(width, dtype=torch.bool)
+        for node, up in enumerate(self.parent):
+            if up >= 0:
+                sees[node] |= sees[up]
+        return sees
+
+
 @dataclass
 class AnswerBin:
-    """Answers (of any prompts) of similar length that run together: ``ids`` are the
-    scored rows, ``inputs`` what the forward runs (every column but the last, whose
-    output would predict nothing)."""
+    """Answer trees of similar size that run together, one row per prompt. The ``read_``
+    tensors say which node's output scores which token of which answer (answers numbered
+    within the bin; ``place`` gives each one's index among all answers in group order)."""
 
     group: Int[Tensor, " rows"]  # each row's prompt
-    place: Int[Tensor, " rows"]  # each row's index among all answers, in group order
-    ids: Int[Tensor, "rows width"]  # the prompt's last token, then the answer
-    mask: Int[Tensor, "rows width"]
+    place: Int[Tensor, " answers"]
+    inputs: Int[Tensor, "rows width"]  # the trees' tokens
+    input_mask: Int[Tensor, "rows width"]  # 1 for a node, 0 for padding
+    sees: Bool[Tensor, "rows width width"]
+    depth: Int[Tensor, "rows width"]
+    read_row: Int[Tensor, " reads"]
+    read_node: Int[Tensor, " reads"]
+    read_token: Int[Tensor, " reads"]
+    read_answer: Int[Tensor, " reads"]
 
     @property
-    def inputs(self) -> Int[Tensor, "rows width-1"]:
-        return self.ids[:, :-1]
-
-    @property
-    def input_mask(self) -> Int[Tensor, "rows width-1"]:
-        return self.mask[:, :-1]
+    def n_answers(self) -> int:
+        return len(self.place)
 
 
 @dataclass
 class Layout:
-    """A metric's groups as one left-padded prompt batch and bins of answers.
+    """A metric's groups as one left-padded prompt batch and bins of answer trees.
 
     ``prompt_ids`` is ``None`` when no group has a prompt before its last token.
     """
@@ -99,43 +148,110 @@ class Layout:
         prompt_ids = prompt_mask = None
         if any(prompts):
             prompt_ids, prompt_mask = pad(prompts, pad_id=pad_id, side="left", device=device)
-        rows = [
-            (g, [group.prefix[-1], *answer])
-            for g, group in enumerate(groups)
-            for answer in group.continuations
-        ]
+        trees = [AnswerTree.build(group.prefix[-1], group.continuations) for group in groups]
+        first = [0]
+        for group in groups:
+            first.append(first[-1] + len(group.continuations))
         bins = []
-        for members in length_bins([len(ids) for _, ids in rows], max_rows=bin_rows):
-            ids, mask = pad([rows[i][1] for i in members], pad_id=pad_id, device=device)
-            group = torch.tensor([rows[i][0] for i in members], device=device)
-            bins.append(AnswerBin(group, torch.tensor(members), ids, mask))
+        for members in length_bins([len(t.tokens) for t in trees], max_rows=bin_rows):
+            ids, mask = pad([trees[g].tokens for g in members], pad_id=pad_id, device=device)
+            width = ids.shape[1]
+            depth = torch.zeros_like(ids)
+            reads: list[tuple[int, int, int, int]] = []
+            place: list[int] = []
+            for row, g in enumerate(members):
+                depth[row, : len(trees[g].depth)] = torch.tensor(trees[g].depth)
+                reads += [(row, n, t, a + len(place)) for n, t, a in trees[g].reads]
+                place += range(first[g], first[g + 1])
+            read = torch.tensor(reads, dtype=torch.long, device=device).T
+            bins.append(
+                AnswerBin(
+                    group=torch.tensor(members, device=device),
+                    place=torch.tensor(place),
+                    inputs=ids,
+                    input_mask=mask,
+                    sees=torch.stack([trees[g].sees(width) for g in members]).to(device),
+                    depth=depth,
+                    read_row=read[0],
+                    read_node=read[1],
+                    read_token=read[2],
+                    read_answer=read[3],
+                )
+            )
         return cls([len(group.continuations) for group in groups], prompt_ids, prompt_mask, bins)
 
     @property
     def n_groups(self) -> int:
         return len(self.sizes)
 
-    def answer_mask(self, answers: AnswerBin, replicas: int = 1) -> Tensor:
-        """The bin's input mask (repeated for ``replicas``) with its prompts' columns in
-        front."""
-        mask = answers.input_mask.repeat(replicas, 1)
-        if self.prompt_mask is None:
-            return mask
-        front = self.prompt_mask.index_select(0, answers.group).repeat(replicas, 1)
-        return torch.cat([front, mask], dim=1)
+    def attention(self, answers: AnswerBin, replicas: int = 1) -> Bool[Tensor, "r 1 q k"]:
+        """The bin's ``[rows, 1, width, prompt + width]`` attention mask (repeated for
+        ``replicas``): each node sees its prompt's real columns and its tree ancestors."""
+        tree = answers.sees
+        if self.prompt_mask is not None:
+            front = self.prompt_mask.index_select(0, answers.group).bool()
+            front = front[:, None, :] & answers.input_mask.bool()[:, :, None]
+            tree = torch.cat([front, tree], dim=2)
+        return tree[:, None].repeat(replicas, 1, 1, 1)
 
     def prompt_positions(self) -> Tensor:
-        """``[groups, prompt]`` each prompt column's position in its own sequence."""
+        """``[groups, prompt]`` each prompt column's position in its own sequence (0 for
+        the left padding)."""
         assert self.prompt_mask is not None
-        return self.prompt_mask.cumsum(1) - 1
+        return (self.prompt_mask.cumsum(1) - 1).clamp_min(0)
 
     def answer_positions(self, answers: AnswerBin) -> Tensor:
-        """``[rows, width-1]`` each input column's position in its own sequence."""
-        width = answers.inputs.shape[1]
+        """``[rows, width]`` each node's position in its own sequence (its prompt's
+        length plus its depth in the tree)."""
         start = torch.zeros_like(answers.group)
         if self.prompt_mask is not None:
             start = self.prompt_mask.sum(1).index_select(0, answers.group)
-        return start[:, None] + torch.arange(width, device=start.device)
+        return start[:, None] + answers.depth
+
+    def forward(
+        self,
+        model: TransformerBridge,
+        answers: AnswerBin,
+        inputs: Tensor,
+        hooks: Hooks,
+        past,
+        *,
+        replicas: int = 1,
+        start_at_layer: int | None = None,
+    ) -> Tensor:
+        """The final residual stream of a bin's trees (``replicas`` copies of its rows):
+        ``inputs`` are their tokens, or the residual stream entering ``start_at_layer``."""
+        return final_residual(
+            model,
+            inputs,
+            self.attention(answers, replicas),
+            list(hooks),
+            past=past,
+            start_at_layer=start_at_layer,
+            position_ids=self.answer_positions(answers).repeat(replicas, 1),
+        )
+
+    def score(
+        self, model: TransformerBridge, answers: AnswerBin, final: Tensor, replicas: int = 1
+    ) -> Tensor:
+        """``[replicas, answers]`` each answer's summed log-probability (float64,
+        differentiable) from :meth:`forward`'s final residual stream: one unembedding per
+        node that predicts a token, read for every token it predicts."""
+        width = final.shape[1]
+        unique, index = torch.unique(
+            answers.read_row * width + answers.read_node, return_inverse=True
+        )
+        offsets = torch.arange(replicas, device=final.device)
+        rows = final.reshape(replicas, -1, final.shape[-1])[:, unique].flatten(0, 1)
+        picked = target_log_probs(
+            model,
+            rows,
+            answers.read_token.repeat(replicas),
+            at=(offsets[:, None] * len(unique) + index[None]).flatten(),
+        )
+        slots = (offsets[:, None] * answers.n_answers + answers.read_answer[None]).flatten()
+        totals = torch.zeros(replicas * answers.n_answers, dtype=torch.float64, device=final.device)
+        return totals.index_add_(0, slots, picked.double()).view(replicas, answers.n_answers)
 
     def run(
         self,
@@ -143,8 +259,9 @@ class Layout:
         prompt_hooks: Hooks = (),
         bin_hooks: Callable[[AnswerBin], Hooks] = lambda answers: (),
     ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]] | None]:
-        """The clean forwards: each bin's summed log-probabilities (``[rows]``, float64,
-        differentiable when gradients are on) and the prompts' KV cache per layer."""
+        """The clean forwards: each bin's summed log-probabilities of its answers
+        (``[answers]``, float64, differentiable when gradients are on) and the prompts' KV
+        cache per layer."""
         cache = None
         if self.prompt_ids is not None:
             filled = build_cache([])
@@ -154,14 +271,10 @@ class Layout:
             cache = cache_layers(filled)
         values = []
         for answers in self.bins:
-            final = final_residual(
-                model,
-                answers.inputs,
-                self.answer_mask(answers),
-                list(bin_hooks(answers)),
-                past=self.past(answers, cache),
+            final = self.forward(
+                model, answers, answers.inputs, bin_hooks(answers), self.past(answers, cache)
             )
-            values.append(scored_log_probs(model, final, answers.ids, answers.mask))
+            values.append(self.score(model, answers, final)[0])
         return values, cache
 
     def past(
@@ -193,7 +306,7 @@ class Layout:
         return build_cache(below + above)
 
     def gather(self, values: list[Tensor]) -> list[Tensor]:
-        """Per-bin values (``[rows]`` each) back in group order, one tensor per group."""
+        """Per-bin values (``[answers]`` each) back in group order, one tensor per group."""
         total = sum(self.sizes)
         flat = torch.zeros(total, dtype=torch.float64)
         for answers, part in zip(self.bins, values, strict=True):

@@ -25,6 +25,7 @@ def forward(
     past_key_values: Any = None,
     use_cache: bool = False,
     start_at_layer: int | None = None,
+    position_ids: Int[Tensor, "batch pos"] | None = None,
 ) -> Any:
     """One forward pass; returns logits, or ``(logits, cache)`` when a cache is used.
 
@@ -32,11 +33,16 @@ def forward(
     returns HuggingFace's ``DynamicCache``; pass it back with the next tokens and an
     attention mask covering the cached and the new positions. With ``start_at_layer``,
     ``ids`` is the residual stream entering that block (``[batch, pos, d_model]``) and
-    the blocks below it are not run at all (see :func:`blocks_from`).
+    the blocks below it are not run at all (see :func:`blocks_from`). ``attention_mask``
+    may also be a ``[batch, 1, pos, past + pos]`` boolean mask saying which positions each
+    token sees (a tree of sequences in one row); ``position_ids`` then give each token's
+    position, which the bridge otherwise derives from a ``[batch, past + pos]`` mask.
     """
     kwargs: dict[str, Any] = {}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
     if start_at_layer is not None:
         with blocks_from(model, start_at_layer):
             return _forward(model, ids, kwargs, past_key_values, use_cache, start_at_layer)
@@ -121,22 +127,30 @@ for a 49k-token vocabulary, instead of one tensor for every position)."""
 def target_log_probs(
     model: TransformerBridge,
     final: Float[Tensor, "n d_model"],
-    targets: Int[Tensor, " n"],
-) -> Float[Tensor, " n"]:
-    """``log p(targets[i])`` under the logits of ``final[i]``, in float32.
+    targets: Int[Tensor, " m"],
+    *,
+    at: Int[Tensor, " m"] | None = None,
+) -> Float[Tensor, " m"]:
+    """``log p(targets[i])`` under the logits of ``final[at[i]]`` (``at`` defaults to
+    ``i``), in float32; a row read for several targets is unembedded once.
 
     Taken as the target's logit minus the log-sum-exp of its row, ``UNEMBED_ROWS``
     positions at a time: no full log-softmax is written, which on a CPU more than halves
     the cost of scoring. Differentiable (attribution patching backpropagates through it).
     """
-    parts = []
+    if at is None:
+        at = torch.arange(len(targets), device=targets.device)
+    parts, order = [], []
     for start in range(0, final.shape[0], UNEMBED_ROWS):
         logits = unembed(model, final[start : start + UNEMBED_ROWS]).float()
-        picked = logits.gather(-1, targets[start : start + UNEMBED_ROWS, None])[:, 0]
-        parts.append(picked - _logsumexp(logits))
+        here = ((at >= start) & (at < start + UNEMBED_ROWS)).nonzero()[:, 0]
+        local = at[here] - start
+        picked = logits[local, targets[here]]
+        parts.append(picked - _logsumexp(logits)[local])
+        order.append(here)
     if not parts:
         return final.new_zeros(0, dtype=torch.float32)
-    return torch.cat(parts)
+    return torch.cat(parts)[torch.cat(order).argsort()]
 
 
 def cache_layers(cache: Any) -> list[tuple[Tensor, Tensor]]:

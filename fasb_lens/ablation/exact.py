@@ -203,7 +203,6 @@ class _LogProbEngine(_Engine):
         mask = self.layout.prompt_mask
         if mask is None:
             return None
-        positions = self.layout.prompt_positions()  # a residual input carries none itself
         rows = [(edit, g) for edit in edits for g in range(self.layout.n_groups)]
         pieces: list[list[tuple[Tensor, Tensor]]] = []
         for part in _chunks(rows, self.max_rows):
@@ -216,7 +215,6 @@ class _LogProbEngine(_Engine):
                 edit_hooks([edit for edit, _ in part], layer),
                 past=filled,
                 start_at_layer=layer,
-                position_ids=positions.index_select(0, index),
             )
             pieces.append(cache_layers(filled)[layer:])
         return [

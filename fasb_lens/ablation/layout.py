@@ -116,8 +116,7 @@ class AnswerBin:
     input_mask: Int[Tensor, "rows width"]  # 1 for a node, 0 for padding
     sees: Bool[Tensor, "rows width width"]
     depth: Int[Tensor, "rows width"]
-    read_row: Int[Tensor, " reads"]
-    read_node: Int[Tensor, " reads"]
+    read_at: Int[Tensor, " reads"]  # the reading node, counted over the bin's real nodes
     read_token: Int[Tensor, " reads"]
     read_answer: Int[Tensor, " reads"]
 
@@ -157,12 +156,14 @@ class Layout:
             ids, mask = pad([trees[g].tokens for g in members], pad_id=pad_id, device=device)
             width = ids.shape[1]
             depth = torch.zeros_like(ids)
-            reads: list[tuple[int, int, int, int]] = []
+            reads: list[tuple[int, int, int]] = []
             place: list[int] = []
+            nodes = 0  # real nodes in the rows above
             for row, g in enumerate(members):
                 depth[row, : len(trees[g].depth)] = torch.tensor(trees[g].depth)
-                reads += [(row, n, t, a + len(place)) for n, t, a in trees[g].reads]
+                reads += [(nodes + n, t, a + len(place)) for n, t, a in trees[g].reads]
                 place += range(first[g], first[g + 1])
+                nodes += len(trees[g].tokens)
             read = torch.tensor(reads, dtype=torch.long, device=device).T
             bins.append(
                 AnswerBin(
@@ -172,10 +173,9 @@ class Layout:
                     input_mask=mask,
                     sees=torch.stack([trees[g].sees(width) for g in members]).to(device),
                     depth=depth,
-                    read_row=read[0],
-                    read_node=read[1],
-                    read_token=read[2],
-                    read_answer=read[3],
+                    read_at=read[0],
+                    read_token=read[1],
+                    read_answer=read[2],
                 )
             )
         return cls([len(group.continuations) for group in groups], prompt_ids, prompt_mask, bins)
@@ -195,10 +195,9 @@ class Layout:
         return tree[:, None].repeat(replicas, 1, 1, 1)
 
     def prompt_positions(self) -> Tensor:
-        """``[groups, prompt]`` each prompt column's position in its own sequence (0 for
-        the left padding)."""
+        """``[groups, prompt]`` each prompt column's position in its own sequence."""
         assert self.prompt_mask is not None
-        return (self.prompt_mask.cumsum(1) - 1).clamp_min(0)
+        return self.prompt_mask.cumsum(1) - 1
 
     def answer_positions(self, answers: AnswerBin) -> Tensor:
         """``[rows, width]`` each node's position in its own sequence (its prompt's
@@ -236,18 +235,14 @@ class Layout:
     ) -> Tensor:
         """``[replicas, answers]`` each answer's summed log-probability (float64,
         differentiable) from :meth:`forward`'s final residual stream: one unembedding per
-        node that predicts a token, read for every token it predicts."""
-        width = final.shape[1]
-        unique, index = torch.unique(
-            answers.read_row * width + answers.read_node, return_inverse=True
-        )
+        node (every node predicts a token), read for every token it predicts."""
+        real = answers.input_mask.bool()
         offsets = torch.arange(replicas, device=final.device)
-        rows = final.reshape(replicas, -1, final.shape[-1])[:, unique].flatten(0, 1)
         picked = target_log_probs(
             model,
-            rows,
+            final[real.repeat(replicas, 1)],
             answers.read_token.repeat(replicas),
-            at=(offsets[:, None] * len(unique) + index[None]).flatten(),
+            at=(offsets[:, None] * int(real.sum()) + answers.read_at[None]).flatten(),
         )
         slots = (offsets[:, None] * answers.n_answers + answers.read_answer[None]).flatten()
         totals = torch.zeros(replicas * answers.n_answers, dtype=torch.float64, device=final.device)

@@ -41,6 +41,11 @@ def forward(
     kwargs: dict[str, Any] = {}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
+    padding = attention_mask is not None and attention_mask.ndim == 2
+    if position_ids is None and start_at_layer is not None and padding:
+        # the bridge derives positions from the mask only for token ids; a residual input
+        # gets the same ones here, so left padding shifts nothing
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1] :]
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     if start_at_layer is not None:

@@ -53,7 +53,8 @@ Positions = Literal["last", "all"] | int | Tensor
 """Where to act in one forward pass: the ``"last"`` position, ``"all"`` positions, an int
 ``p`` (every absolute position ``>= p``), a ``[batch]`` tensor of per-row start positions,
 or a ``[batch, pos]`` boolean mask over the forward's input."""
-Strength = float | Float[Tensor, " batch"]
+Strength = float | Float[Tensor, " batch"] | Float[Tensor, "batch pos"]
+"""How much to add: one number, one per batch row, or one per row and input position."""
 
 
 def hook_name(site: Site, layer: int = 0) -> str:
@@ -121,6 +122,7 @@ def add_at_positions(
     heads: list[int] | None = None,
 ) -> Tensor:
     """``x`` with ``strength * amount`` added at the chosen positions; the rest untouched.
+    ``strength`` is one number, one per row or one per row and position (``[batch, pos]``).
 
     ``x`` is ``[batch, pos, ...]``: with ``heads``, ``[batch, pos, n_heads, d_head]`` and
     ``amount`` ``[len(heads), d_head]``; without, ``amount`` matches ``x[0, 0]``. Entries
@@ -128,11 +130,11 @@ def add_at_positions(
     """
     batch, n_pos = x.shape[:2]
     mask = position_mask(positions, batch, n_pos, offset=offset, device=x.device)
-    rows = torch.as_tensor(strength, dtype=x.dtype, device=x.device).expand(batch)
+    scale = torch.as_tensor(strength, dtype=x.dtype, device=x.device)
+    scale = scale.expand(batch)[:, None] if scale.ndim < 2 else scale
     amount = amount.to(device=x.device, dtype=x.dtype)
     target = x[:, :, heads] if heads is not None else x
-    shape = (batch, 1) + (1,) * amount.ndim
-    moved = target + rows.reshape(shape) * amount
+    moved = target + scale.reshape(*scale.shape, *(1,) * amount.ndim) * amount
     keep = mask.reshape(batch, n_pos, *(1,) * amount.ndim)
     if heads is None:
         return torch.where(keep, moved, x)
@@ -154,7 +156,8 @@ def steer_heads(
 ) -> Hooks:
     """Hooks adding ``strength * vectors[k]`` to head ``heads[k]``'s ``hook_z``.
 
-    ``strength`` is a number, or one per batch row (``[batch]``; 0 leaves a row alone).
+    ``strength`` is a number, one per batch row (``[batch]``) or one per row and position
+    (``[batch, pos]``); 0 leaves an entry alone.
     """
     if len(heads) != len(vectors):
         raise ValueError(f"{len(heads)} heads but {len(vectors)} vectors")

@@ -2,8 +2,9 @@
 
 Multiple-choice evaluation asks how likely the model finds each candidate answer after
 the same prompt. :class:`PrefixScorer` runs the prompt (instruction, primer, question)
-once, keeps its KV cache, and scores every candidate as one padded batch on top of it;
-the score of an answer is the sum of its tokens' log-probabilities.
+once, keeps its KV cache, and scores the candidates on top of it as one token tree
+(:class:`~fasb_lens.trees.TokenTree`: answers that begin alike share those tokens, and
+nothing is padded); the score of an answer is the sum of its tokens' log-probabilities.
 
 This module is the policies' second driver (the first is :mod:`fasb_lens.generation`).
 It offers a policy the tracker's reading at the prompt's last token (counted as token
@@ -32,18 +33,20 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.interventions import Hooks, capture, final_residual, heads_from
 from fasb_lens.models import (
+    build_cache,
+    cache_layers,
     cache_length,
     forward,
     model_device,
     pad,
     pad_token_id,
-    repeat_cache,
     target_log_probs,
     tokenize,
 )
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix, prefill
 from fasb_lens.steering import Steering
+from fasb_lens.trees import TokenTree
 
 
 def sequence_log_probs(
@@ -124,10 +127,13 @@ class AnswerScore:
 
 @dataclass
 class _Pass:
-    """Totals and the anchored heads' captured ``hook_z`` of one batch of answers."""
+    """One batch of answers fed as a token tree: each answer's summed log-probability,
+    the anchored heads' captured ``hook_z`` at every node, and ``nodes[a, t]``, the node
+    that fed answer ``a``'s position ``t`` (0: the prompt's last token; 0 past its end)."""
 
     totals: Tensor
     z: dict[int, Tensor]
+    nodes: Int[Tensor, "answers pos"]
 
 
 class PrefixScorer:
@@ -187,7 +193,7 @@ class PrefixScorer:
             self.cache = prefill(model, torch.tensor([head], device=self.device))
         self._plain: dict[tuple[tuple[int, ...], ...], _Pass] = {}
         # the anchored heads at the prompt's last token, for decisions made there
-        self._prefix = self._run([[]], []) if steering is not None else None
+        self._prefix = self._run([[]]) if steering is not None else None
 
     @property
     def prefix_p_true(self) -> float | None:
@@ -211,74 +217,93 @@ class PrefixScorer:
         other._layers = self._layers  # type: ignore[method-assign]
         return other
 
-    def _run(self, cont_ids: list[list[int]], hooks: Hooks, *, track: bool = True) -> _Pass:
+    def _run(
+        self,
+        cont_ids: list[list[int]],
+        policy: Policy | None = None,
+        schedules: list[list[tuple[int, float]]] | None = None,
+        *,
+        track: bool = True,
+    ) -> _Pass:
         """Sum log-probs of each continuation (and the anchored heads' ``hook_z``).
 
-        Position 0 of the batch is the prefix's last token; position ``t + 1`` is the
-        continuation's token ``t``, which position ``t`` predicts.
+        The answers run as one token tree (:class:`~fasb_lens.trees.TokenTree`) after the
+        prompt's cache: the prompt's last token, then every distinct answer prefix once.
+        With ``schedules`` (one per answer, see :meth:`_strengths`) ``policy`` steers, and
+        answers share a node only where their strengths agree up to it.
         """
-        n = len(cont_ids)
-        rows = [[self.prefix_ids[-1], *ids] for ids in cont_ids]
-        ids, mask = pad(rows, pad_id=pad_token_id(self.model), side="right", device=self.device)
-        cache = None
-        if self.cache is not None:
-            cache = repeat_cache(self.cache, n)
-            head = torch.ones(n, cache_length(cache), dtype=mask.dtype, device=self.device)
-            full_mask = torch.cat([head, mask], dim=1)
-        else:
-            full_mask = mask
+        strengths = None
+        if schedules is not None:
+            strengths = [
+                self._strengths(schedule, len(ids))
+                for ids, schedule in zip(cont_ids, schedules, strict=True)
+            ]
+        tree = TokenTree.build(self.prefix_ids[-1], cont_ids, keys=strengths, leaves=track)
+        prompt = cache_length(self.cache) if self.cache is not None else 0
+        ids = torch.tensor([tree.tokens], device=self.device)
+        positions = self.answer_start - 1 + torch.tensor([tree.depth], device=self.device)
+        hooks: Hooks = []
+        if strengths is not None and policy is not None:
+            at_node = torch.zeros(1, len(tree), device=self.device)
+            for path, values in zip(tree.paths, strengths, strict=True):
+                at_node[0, list(path)] = torch.tensor(values[: len(path)], device=self.device)
+            hooks = policy.intervention(self.steering).hooks(at_node, positions=at_node != 0)
         store: dict[int, Tensor] = {}
         captures = capture(self._layers(), store) if track else []
+        past = build_cache(cache_layers(self.cache)) if self.cache is not None else None
         with torch.inference_mode():
-            final = final_residual(self.model, ids, full_mask, captures, hooks, past=cache)
-            totals = scored_log_probs(self.model, final, ids, mask)
-        return _Pass(totals, store)
+            final = final_residual(
+                self.model,
+                ids,
+                tree.attention(prompt).to(self.device),
+                captures,
+                hooks,
+                past=past,
+                position_ids=positions,
+            )[0]
+            totals = torch.zeros(len(cont_ids), dtype=torch.float64, device=self.device)
+            if tree.reads:
+                node, token, answer = torch.tensor(tree.reads, device=self.device).T
+                used, at = node.unique(return_inverse=True)
+                picked = target_log_probs(self.model, final[used], token, at=at)
+                totals.index_add_(0, answer, picked.double())
+        width = max(len(path) for path in tree.paths) if tree.paths else 1
+        nodes = torch.zeros(len(cont_ids), width, dtype=torch.long, device=self.device)
+        for row, path in enumerate(tree.paths):
+            nodes[row, : len(path)] = torch.tensor(path, dtype=torch.long)
+        return _Pass(totals, store, nodes)
+
+    def _strengths(self, schedule: list[tuple[int, float]], length: int) -> list[float]:
+        """The steering strength at each fed position of an answer of ``length`` tokens
+        (the prompt's last token, then its tokens) under ``schedule``: each step
+        ``(start, strength)`` sets the strength from the absolute position ``start`` on."""
+        first = self.answer_start - 1
+        values = []
+        for position in range(first, first + length + 1):
+            total, previous = 0.0, 0.0
+            for start, strength in schedule:
+                if position >= start:
+                    total += strength - previous
+                previous = strength
+            values.append(total)
+        return values
 
     def _unsteered(self, cont_ids: list[list[int]]) -> _Pass:
         """The unsteered pass, computed once per set of answers: no steering and the
         tracking pass of every deciding policy share it."""
         key = tuple(tuple(ids) for ids in cont_ids)
         if key not in self._plain:
-            self._plain[key] = self._run(cont_ids, [])
+            self._plain[key] = self._run(cont_ids)
         return self._plain[key]
 
     def _tracker_readings(self, kind: str, run: _Pass) -> Tensor:
         """The tracker ``kind`` at every fed position of a pass: ``[batch, pos]``."""
         assert self.steering is not None
         tracker = self.steering.tracker(kind)
-        return tracker.p_true(heads_from(run.z, tracker.heads).float())
+        return tracker.p_true(heads_from(run.z, tracker.heads).float())[0][run.nodes]
 
     def _readings(self, policy: Policy, run: _Pass) -> Tensor:
         return self._tracker_readings(policy.tracker, run)
-
-    def _hooks(
-        self, policy: Policy, schedules: list[list[tuple[int, float]]], offset: int
-    ) -> Hooks:
-        """Steering hooks for per-row schedules of ``(start position, strength)``.
-
-        Each schedule step sets a row's strength from its start on; step ``j`` adds the
-        difference to step ``j - 1``'s strength, so a row steered twice has the later
-        strength from the later start on.
-        """
-        intervention = policy.intervention(self.steering)
-        hooks: Hooks = []
-        for step in range(max(len(schedule) for schedule in schedules)):
-            starts, amounts = [], []
-            for schedule in schedules:
-                if step < len(schedule):
-                    start, strength = schedule[step]
-                    previous = schedule[step - 1][1] if step else 0.0
-                    starts.append(start)
-                    amounts.append(strength - previous)
-                else:
-                    starts.append(0)
-                    amounts.append(0.0)
-            hooks += intervention.hooks(
-                torch.tensor(amounts, device=self.device),
-                positions=torch.tensor(starts, device=self.device),
-                offset=offset,
-            )
-        return hooks
 
     # ----------------------------------------------------------------------- scoring
 
@@ -316,7 +341,6 @@ class PrefixScorer:
         if texts is None:
             texts = [self.model.tokenizer.decode(ids) for ids in cont_ids]
         continuations = list(texts)
-        offset = self.answer_start - 1  # the absolute position of a batch's first token
         initial = float(policy.initial_strength())
         results = [
             AnswerScore(text, 0.0, len(ids), strength=initial)
@@ -325,15 +349,14 @@ class PrefixScorer:
         schedules: list[list[tuple[int, float]]] = [[] for _ in cont_ids]
         if initial:
             schedules = [[(self.steer_from, initial)] for _ in cont_ids]
-            hooks = self._hooks(policy, schedules, offset)
-            first = self._run(cont_ids, hooks, track=policy.decides)
+            first = self._run(cont_ids, policy, schedules, track=policy.decides)
         else:
             first = self._unsteered(cont_ids)
         totals = first.totals
         if policy.decides:
             if self._prefix is None:
                 raise ValueError(f"the {policy.name} policy needs a steering artifact")
-            totals = self._decide(policy, cont_ids, results, schedules, first, offset)
+            totals = self._decide(policy, cont_ids, results, schedules, first)
         for result, total in zip(results, totals.tolist(), strict=True):
             result.log_prob = total
         return results
@@ -345,7 +368,6 @@ class PrefixScorer:
         results: list[AnswerScore],
         schedules: list[list[tuple[int, float]]],
         first: _Pass,
-        offset: int,
     ) -> Tensor:
         """Walk each answer's readings through the policy; re-score the triggered ones."""
         assert self._prefix is not None
@@ -378,7 +400,8 @@ class PrefixScorer:
             again = [row for row in rows if trackings[row].active]
             run = self._run(
                 [cont_ids[row] for row in rows],
-                self._hooks(policy, [schedules[row] for row in rows], offset),
+                policy,
+                [schedules[row] for row in rows],
                 track=bool(again),
             )
             totals = totals.clone()

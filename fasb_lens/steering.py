@@ -181,7 +181,8 @@ class Steering:
         """Forward hooks adding ``strength * sigma_k * d_k`` to each anchored head.
 
         Args:
-            strength: a number, or one per batch row (``[batch]``; 0 leaves a row alone).
+            strength: a number, one per batch row (``[batch]``) or per row and position
+                (``[batch, pos]``); 0 leaves an entry alone.
             positions: see :data:`fasb_lens.interventions.Positions`.
             offset: absolute position of the forward's first input (the KV cache length
                 during cached decoding); used by int and per-row starts.

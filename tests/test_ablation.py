@@ -31,7 +31,7 @@ from fasb_lens.ablation import (
 )
 from fasb_lens.ablation import attribution as attribution_module
 from fasb_lens.ablation import layout as layout_module
-from fasb_lens.ablation.layout import AnswerTree, Layout, length_bins
+from fasb_lens.ablation.layout import Layout, length_bins
 from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, model_shape, tokenize
@@ -101,17 +101,6 @@ def test_length_bins_cover_every_answer_once() -> None:
     assert len(length_bins(lengths, 1000)) == 1  # costly bins: one padded batch
     assert length_bins([], 24) == []
     assert sorted(len(b) for b in length_bins([3] * 7, 1000, max_rows=3)) == [1, 3, 3]
-
-
-def test_answer_tree_runs_shared_beginnings_once() -> None:
-    tree = AnswerTree.build(7, [(1, 2, 3), (1, 2, 4, 5), (6,)])
-    assert tree.tokens == (7, 1, 2, 4)  # the prompt's last token, then "1", "1 2", "1 2 4"
-    assert tree.parent == (-1, 0, 1, 2) and tree.depth == (0, 1, 2, 3)
-    reads = [(0, 1, 0), (1, 2, 0), (2, 3, 0), (0, 1, 1), (1, 2, 1), (2, 4, 1), (3, 5, 1)]
-    assert tree.reads == (*reads, (0, 6, 2))  # every answer token, read at its prefix's node
-    sees = tree.sees(6).tolist()
-    assert sees[3] == [True, True, True, True, False, False]
-    assert sees[5] == [False] * 5 + [True]  # a padding column sees only itself
 
 
 @pytest.mark.parametrize("bin_cost", [0, 1000])  # many bins, one bin

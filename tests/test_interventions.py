@@ -55,6 +55,13 @@ def test_add_at_positions_leaves_other_bits_alone() -> None:
     torch.testing.assert_close(
         add_at_positions(residual, amount[0], 2.0, "last")[0, 2], residual[0, 2] + 2 * amount[0]
     )
+    per_position = torch.tensor([[0.0, 1.5, -2.0, 0.0], [3.0, 0.0, 0.0, 0.5]])
+    out = add_at_positions(x, amount, per_position, "all", heads=[0, 2])
+    for row in range(2):
+        for pos in range(4):
+            expected = x[row, pos, [0, 2]] + per_position[row, pos] * amount
+            torch.testing.assert_close(out[row, pos, [0, 2]], expected)
+    assert torch.equal(out[0, 0], x[0, 0]) and torch.equal(out[1, 1], x[1, 1])  # strength 0
 
 
 def test_steer_replace_and_capture_on_a_model(tiny_llama) -> None:

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fasb_lens.models",),
     ("fasb_lens.testing",),
     ("fasb_lens.interventions",),
-    ("fasb_lens.prefix",),
+    ("fasb_lens.prefix", "fasb_lens.trees"),
     ("fasb_lens.activations",),
     ("fasb_lens.trackers",),
     ("fasb_lens.probes",),

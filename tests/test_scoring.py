@@ -86,6 +86,38 @@ def test_fasb_scores_equal_naive(tiny_llama, steering) -> None:
         assert result.log_prob == pytest.approx(naive(tiny_llama, answer, hooks)[0], abs=1e-4)
 
 
+def test_answers_scored_together_equal_answers_scored_alone(tiny_llama, steering) -> None:
+    """One forward runs every answer as a token tree: answers that begin alike share those
+    tokens only while their steering agrees, so each answer's score, trigger and strength
+    are what scoring it alone gives, whatever the others do."""
+    answers = [*ANSWERS, " Yes, it is.", " No, it is too narrow to see.", " No, it is"]
+    ids = tokenize(tiny_llama, answers, prepend_bos=False)
+    assert len({tuple(a[:2]) for a in ids}) < len(ids)  # some answers begin alike
+    scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering)
+    values = sorted(v for row in scorer.readings(ids) for v in row[2:])
+
+    def alone(policy):
+        return [
+            PrefixScorer(tiny_llama, PREFIX, steering=steering).score([answer], policy)[0]
+            for answer in answers
+        ]
+
+    def fasb(threshold: float) -> FASB:
+        return FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1)
+
+    # the threshold at which the answers trigger at the most different tokens
+    threshold = max(
+        values[1:-1:2], key=lambda t: len({r.trigger_token for r in alone(fasb(t + 1e-6))})
+    )
+    for policy in (Unsteered(), ITI(alpha=20.0), fasb(threshold + 1e-6)):
+        together = scorer.score(answers, policy)
+        for a, b in zip(together, alone(policy), strict=True):
+            assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+            assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
+            assert a.strength == pytest.approx(b.strength, abs=1e-5)
+    assert len({r.trigger_token for r in together}) >= 3  # untriggered, and two tokens
+
+
 def test_after_question_and_caa(tiny_llama, steering) -> None:
     scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering)
     start = len(tokenize(tiny_llama, [PREFIX])[0])

@@ -29,10 +29,11 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import Head
 from fasb_lens.ablation.edits import Edit
-from fasb_lens.ablation.layout import AnswerBin, AnswerTree, Layout
+from fasb_lens.ablation.layout import AnswerBin, Layout
 from fasb_lens.ablation.metrics import LogProbMetric, Metric, ReadoutMetric
 from fasb_lens.interventions import Hooks, StopForward, capture, heads_from, hook_name, hooked
 from fasb_lens.models import forward, model_device, pad, pad_token_id
+from fasb_lens.trees import TokenTree
 
 ATTRIBUTION_TOKENS = 2048
 """Positions (prompts and answers) of the questions run together with gradients."""
@@ -187,7 +188,7 @@ class _LogProbRuns:
         groups = self.metric.groups
         begin, size = 0, 0
         for index, group in enumerate(groups):
-            tree = AnswerTree.build(group.prefix[-1], group.continuations)
+            tree = TokenTree.build(group.prefix[-1], group.continuations)
             positions = len(group.prefix) - 1 + len(tree.tokens)
             if size and size + positions > ATTRIBUTION_TOKENS:
                 yield begin, index

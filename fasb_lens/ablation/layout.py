@@ -3,12 +3,12 @@
 A :class:`~fasb_lens.ablation.metrics.LogProbMetric` scores answers after prompts (a
 question, then each candidate answer). A :class:`Layout` runs every prompt once, all of
 them left-padded into one batch, and keeps their KV cache. The answers of one prompt then
-run as one row, a token tree (:class:`AnswerTree`): the prompt's last token, then every
-distinct answer prefix once (answers that begin alike share those tokens), each token
-attending to its prompt and to its own ancestors and placed at its depth after the
-prompt. An answer's last token is never an input (nothing is predicted from it), and the
-log-softmax of a token shared by several answers is taken once, then read for each of
-their next tokens. Trees of similar size run together (:func:`length_bins`). On 20
+run as one row, a token tree (:class:`~fasb_lens.trees.TokenTree`): the prompt's last
+token, then every distinct answer prefix once (answers that begin alike share those
+tokens), each token attending to its prompt and to its own ancestors and placed at its
+depth after the prompt. An answer's last token is never an input (nothing is predicted
+from it), and the log-softmax of a token shared by several answers is taken once, then
+read for each of their next tokens. Trees of similar size run together (:func:`length_bins`). On 20
 TruthfulQA questions the trees hold 1,629 of the 2,739 positions that one row per answer
 would run. The bridge takes an explicit ``[rows, 1, pos, past + pos]`` mask as given and
 each token's position from ``position_ids``, so neither the padding nor the tree changes
@@ -37,6 +37,7 @@ from fasb_lens.models import (
     pad_token_id,
     target_log_probs,
 )
+from fasb_lens.trees import TokenTree
 
 BIN_COST = 24
 """Padded positions worth one more forward: answer trees are split into one more bin of
@@ -66,42 +67,6 @@ def length_bins(
         bins.append(order[cut[end] : end])
         end = cut[end]
     return bins[::-1]
-
-
-@dataclass(frozen=True)
-class AnswerTree:
-    """One prompt's answers as a token tree: ``tokens[0]`` is the prompt's last token and
-    every other node extends its ``parent`` by one token; ``reads`` lists, for every
-    token of every answer, ``(node, token, answer)``: the node whose output predicts it."""
-
-    tokens: tuple[int, ...]
-    parent: tuple[int, ...]
-    depth: tuple[int, ...]
-    reads: tuple[tuple[int, int, int], ...]
-
-    @classmethod
-    def build(cls, last: int, answers: Sequence[Sequence[int]]) -> AnswerTree:
-        nodes: dict[tuple[int, ...], int] = {(): 0}
-        tokens, parent, depth, reads = [last], [-1], [0], []
-        for index, answer in enumerate(answers):
-            answer = tuple(answer)
-            for k, token in enumerate(answer):
-                reads.append((nodes[answer[:k]], token, index))
-                if k + 1 < len(answer) and answer[: k + 1] not in nodes:
-                    nodes[answer[: k + 1]] = len(tokens)
-                    tokens.append(token)
-                    parent.append(nodes[answer[:k]])
-                    depth.append(k + 1)
-        return cls(tuple(tokens), tuple(parent), tuple(depth), tuple(reads))
-
-    def sees(self, width: int) -> Bool[Tensor, "width width"]:
-        """Which nodes each node attends to (its ancestors and itself); a padding column
-        sees only itself, so that no row of the attention is empty."""
-        sees = torch.eye(width, dtype=torch.bool)
-        for node, up in enumerate(self.parent):
-            if up >= 0:
-                sees[node] |= sees[up]
-        return sees
 
 
 @dataclass
@@ -147,7 +112,7 @@ class Layout:
         prompt_ids = prompt_mask = None
         if any(prompts):
             prompt_ids, prompt_mask = pad(prompts, pad_id=pad_id, side="left", device=device)
-        trees = [AnswerTree.build(group.prefix[-1], group.continuations) for group in groups]
+        trees = [TokenTree.build(group.prefix[-1], group.continuations) for group in groups]
         first = [0]
         for group in groups:
             first.append(first[-1] + len(group.continuations))

@@ -78,7 +78,7 @@ class MultipleChoice:
 
     The prompt runs once (on top of a :class:`~fasb_lens.prefix.SharedPrefix`, if given),
     and the unsteered pass over the answers is shared by every policy, so scoring the
-    same question under many settings (a calibration sweep) costs one batch per setting.
+    same question under many settings (a calibration sweep) costs one forward per setting.
     ``answer_offset`` is the scorer's (see :class:`~fasb_lens.scoring.PrefixScorer`).
     """
 
@@ -149,7 +149,7 @@ def evaluate_mc(
 ) -> dict[str, dict[str, Any]]:
     """MC1/MC2/MC3 and every answer's log-probability, per policy, for one question.
 
-    The prompt runs once; each policy scores every distinct answer as one batch.
+    The prompt runs once; each policy scores every distinct answer in one forward.
     """
     choice = MultipleChoice(
         model,

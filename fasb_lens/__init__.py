@@ -43,6 +43,7 @@ _EXPORTS = {
     "trajectories": "fasb_lens.plotting",
     "p_true_distributions": "fasb_lens.plotting",
     "save_figure": "fasb_lens.plotting",
+    "keep_freed_memory": "fasb_lens.allocator",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fasb_lens"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("fasb_lens._types", "fasb_lens.options", "fasb_lens.storage"),
+    ("fasb_lens._types", "fasb_lens.options", "fasb_lens.storage", "fasb_lens.allocator"),
     ("fasb_lens.data",),
     ("fasb_lens.splits",),
     ("fasb_lens.models",),

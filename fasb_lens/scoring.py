@@ -40,7 +40,6 @@ from fasb_lens.models import (
     model_device,
     pad,
     pad_token_id,
-    target_log_probs,
     tokenize,
 )
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
@@ -64,22 +63,6 @@ def sequence_log_probs(
     if mask is not None:
         picked = picked * mask
     return picked.sum(dim=-1)
-
-
-def scored_log_probs(
-    model: TransformerBridge,
-    final: Float[Tensor, "batch pos d_model"],
-    ids: Int[Tensor, "batch pos"],
-    mask: Int[Tensor, "batch pos"],
-) -> Float[Tensor, " batch"]:
-    """Each row's summed log-probability of its tokens after the first (where ``mask``
-    is 1), unembedding only those positions: ``final`` is the final residual stream.
-    Sums are kept in float64, so small differences between runs survive."""
-    valid = mask[:, 1:].bool()
-    rows, positions = valid.nonzero(as_tuple=True)
-    picked = target_log_probs(model, final[rows, positions], ids[rows, positions + 1])
-    totals = torch.zeros(ids.shape[0], dtype=torch.float64, device=final.device)
-    return totals.index_add_(0, rows, picked.double())
 
 
 def continuation_log_probs(
@@ -261,12 +244,7 @@ class PrefixScorer:
                 past=past,
                 position_ids=positions,
             )[0]
-            totals = torch.zeros(len(cont_ids), dtype=torch.float64, device=self.device)
-            if tree.reads:
-                node, token, answer = torch.tensor(tree.reads, device=self.device).T
-                used, at = node.unique(return_inverse=True)
-                picked = target_log_probs(self.model, final[used], token, at=at)
-                totals.index_add_(0, answer, picked.double())
+            totals = tree.log_probs(self.model, final)
         width = max(len(path) for path in tree.paths) if tree.paths else 1
         nodes = torch.zeros(len(cont_ids), width, dtype=torch.long, device=self.device)
         for row, path in enumerate(tree.paths):

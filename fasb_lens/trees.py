@@ -19,8 +19,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.models import target_log_probs
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,21 @@ class TokenTree:
             if up >= 0:
                 sees[node] |= sees[up]
         return sees
+
+    def log_probs(
+        self, model: TransformerBridge, final: Float[Tensor, "nodes d_model"]
+    ) -> Float[Tensor, " answers"]:
+        """Each answer's summed log-probability (float64) from the final residual stream of
+        a forward that fed the tree: a node is unembedded once, however many answer tokens
+        it predicts."""
+        totals = torch.zeros(len(self.paths), dtype=torch.float64, device=final.device)
+        if self.reads:
+            node, token, answer = torch.tensor(self.reads, device=final.device).T
+            used, at = node.unique(return_inverse=True)
+            totals.index_add_(
+                0, answer, target_log_probs(model, final[used], token, at=at).double()
+            )
+        return totals
 
     def attention(self, prompt: int) -> Bool[Tensor, "1 1 width width_with_prompt"]:
         """The ``[1, 1, nodes, prompt + nodes]`` mask of a forward that feeds the tree after

@@ -184,13 +184,6 @@ def copy_cache(cache: Any) -> Any:
     return copy.deepcopy(cache)
 
 
-def repeat_cache(cache: Any, n: int) -> Any:
-    """A copy of a one-row ``DynamicCache`` repeated ``n`` times along the batch."""
-    repeated = copy.deepcopy(cache)
-    repeated.batch_repeat_interleave(n)
-    return repeated
-
-
 def select_rows(cache: Any, rows: Tensor) -> Any:
     """A new ``DynamicCache`` with only ``rows`` (a ``[n]`` index) of ``cache``'s batch."""
     return build_cache(

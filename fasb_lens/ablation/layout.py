@@ -8,11 +8,12 @@ token, then every distinct answer prefix once (answers that begin alike share th
 tokens), each token attending to its prompt and to its own ancestors and placed at its
 depth after the prompt. An answer's last token is never an input (nothing is predicted
 from it), and the log-softmax of a token shared by several answers is taken once, then
-read for each of their next tokens. Trees of similar size run together (:func:`length_bins`). On 20
-TruthfulQA questions the trees hold 1,629 of the 2,739 positions that one row per answer
-would run. The bridge takes an explicit ``[rows, 1, pos, past + pos]`` mask as given and
-each token's position from ``position_ids``, so neither the padding nor the tree changes
-a number beyond float rounding.
+read for each of their next tokens. Trees of similar size run together
+(:func:`length_bins`). On 20 TruthfulQA questions the trees hold 1,629 of the 2,739
+positions that one row per answer would run. The bridge takes an explicit
+``[rows, 1, pos, past + pos]`` mask as given and each token's position from
+``position_ids``, so neither the padding nor the tree changes a number beyond float
+rounding.
 
 The exact engine and attribution patching both run their forwards on this layout.
 """

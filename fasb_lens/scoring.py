@@ -42,7 +42,7 @@ from fasb_lens.models import (
     pad_token_id,
     tokenize,
 )
-from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
+from fasb_lens.policies import Intervention, Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix, prefill
 from fasb_lens.steering import Steering
 from fasb_lens.trees import TokenTree
@@ -111,12 +111,14 @@ class AnswerScore:
 @dataclass
 class _Pass:
     """One batch of answers fed as a token tree: each answer's summed log-probability,
-    the anchored heads' captured ``hook_z`` at every node, and ``nodes[a, t]``, the node
-    that fed answer ``a``'s position ``t`` (0: the prompt's last token; 0 past its end)."""
+    the anchored heads' captured ``hook_z`` at every node, ``nodes[a, t]``, the node
+    that fed answer ``a``'s position ``t`` (0: the prompt's last token; 0 past its end),
+    and (unsteered passes) the residual stream entering the lowest anchored layer."""
 
     totals: Tensor
     z: dict[int, Tensor]
     nodes: Int[Tensor, "answers pos"]
+    resid: Float[Tensor, "nodes d_model"] | None = None
 
 
 class PrefixScorer:
@@ -207,13 +209,17 @@ class PrefixScorer:
         schedules: list[list[tuple[int, float]]] | None = None,
         *,
         track: bool = True,
+        base: tuple[_Pass, Sequence[int]] | None = None,
     ) -> _Pass:
         """Sum log-probs of each continuation (and the anchored heads' ``hook_z``).
 
         The answers run as one token tree (:class:`~fasb_lens.trees.TokenTree`) after the
         prompt's cache: the prompt's last token, then every distinct answer prefix once.
         With ``schedules`` (one per answer, see :meth:`_strengths`) ``policy`` steers, and
-        answers share a node only where their strengths agree up to it.
+        answers share a node only where their strengths agree up to it. ``base`` is the
+        unsteered pass of these answers (and each answer's row in it): below the lowest
+        block the steering changes, a steered forward would recompute exactly that pass,
+        so it starts from the residual stream the pass kept (:meth:`_start_layer`).
         """
         strengths = None
         if schedules is not None:
@@ -226,22 +232,31 @@ class PrefixScorer:
         ids = torch.tensor([tree.tokens], device=self.device)
         positions = self.answer_start - 1 + torch.tensor([tree.depth], device=self.device)
         hooks: Hooks = []
+        inputs, start, kept = ids, None, None
         if strengths is not None and policy is not None:
             at_node = torch.zeros(1, len(tree), device=self.device)
             for path, values in zip(tree.paths, strengths, strict=True):
                 at_node[0, list(path)] = torch.tensor(values[: len(path)], device=self.device)
-            hooks = policy.intervention(self.steering).hooks(at_node, positions=at_node != 0)
+            intervention = policy.intervention(self.steering)
+            hooks = intervention.hooks(at_node, positions=at_node != 0)
+            start = self._start_layer(intervention, base)
+            if start is not None and base is not None:
+                inputs = self._residual_inputs(tree, *base)
         store: dict[int, Tensor] = {}
         captures = capture(self._layers(), store) if track else []
+        if strengths is None and self._layers():
+            kept = {}
+            captures += capture([self._layers()[0]], kept, site="resid_pre")
         past = build_cache(cache_layers(self.cache)) if self.cache is not None else None
         with torch.inference_mode():
             final = final_residual(
                 self.model,
-                ids,
+                inputs,
                 tree.attention(prompt).to(self.device),
                 captures,
                 hooks,
                 past=past,
+                start_at_layer=start,
                 position_ids=positions,
             )[0]
             totals = tree.log_probs(self.model, final)
@@ -249,7 +264,31 @@ class PrefixScorer:
         nodes = torch.zeros(len(cont_ids), width, dtype=torch.long, device=self.device)
         for row, path in enumerate(tree.paths):
             nodes[row, : len(path)] = torch.tensor(path, dtype=torch.long)
-        return _Pass(totals, store, nodes)
+        resid = next(iter(kept.values()))[0] if kept else None
+        return _Pass(totals, store, nodes, resid)
+
+    def _start_layer(
+        self, intervention: Intervention, base: tuple[_Pass, Sequence[int]] | None
+    ) -> int | None:
+        """The block a steered forward starts at: the lowest anchored layer, whose input
+        the unsteered pass ``base`` kept, when the intervention changes nothing below it
+        (``None``: run every block)."""
+        if base is None or base[0].resid is None:
+            return None
+        lowest = self._layers()[0]
+        return lowest if lowest > 0 and intervention.first_layer >= lowest else None
+
+    @staticmethod
+    def _residual_inputs(
+        tree: TokenTree, plain: _Pass, rows: Sequence[int]
+    ) -> Float[Tensor, "1 nodes d_model"]:
+        """Each node's residual stream entering the start layer, read from the unsteered
+        pass ``plain`` at the node that fed the same tokens (answer ``rows[a]`` there)."""
+        assert plain.resid is not None
+        source = torch.zeros(len(tree), dtype=torch.long, device=plain.resid.device)
+        for row, path in zip(rows, tree.paths, strict=True):
+            source[list(path)] = plain.nodes[row, : len(path)]
+        return plain.resid[source][None]
 
     def _strengths(self, schedule: list[tuple[int, float]], length: int) -> list[float]:
         """The steering strength at each fed position of an answer of ``length`` tokens
@@ -273,6 +312,14 @@ class PrefixScorer:
         if key not in self._plain:
             self._plain[key] = self._run(cont_ids)
         return self._plain[key]
+
+    def _base(
+        self, cont_ids: list[list[int]], rows: Sequence[int]
+    ) -> tuple[_Pass, Sequence[int]] | None:
+        """The unsteered pass of ``cont_ids`` if it has run (a steered pass of the answers
+        ``rows`` then starts from it), else ``None``: it is not run just for that."""
+        plain = self._plain.get(tuple(tuple(ids) for ids in cont_ids))
+        return None if plain is None else (plain, rows)
 
     def _tracker_readings(self, kind: str, run: _Pass) -> Tensor:
         """The tracker ``kind`` at every fed position of a pass: ``[batch, pos]``."""
@@ -327,7 +374,8 @@ class PrefixScorer:
         schedules: list[list[tuple[int, float]]] = [[] for _ in cont_ids]
         if initial:
             schedules = [[(self.steer_from, initial)] for _ in cont_ids]
-            first = self._run(cont_ids, policy, schedules, track=policy.decides)
+            base = self._base(cont_ids, range(len(cont_ids)))
+            first = self._run(cont_ids, policy, schedules, track=policy.decides, base=base)
         else:
             first = self._unsteered(cont_ids)
         totals = first.totals
@@ -381,6 +429,7 @@ class PrefixScorer:
                 policy,
                 [schedules[row] for row in rows],
                 track=bool(again),
+                base=self._base(cont_ids, rows),
             )
             totals = totals.clone()
             totals[rows] = run.totals

@@ -141,6 +141,11 @@ class Steering:
         return len(self.heads)
 
     @property
+    def first_layer(self) -> int:
+        """The lowest block these vectors change (the lowest anchored head's layer)."""
+        return min(head.layer for head in self.heads)
+
+    @property
     def vectors(self) -> Float[Tensor, "k d_head"]:
         """``sigma_k * d_k``: what strength 1 adds to each head."""
         return self.scales[:, None] * self.directions
@@ -309,6 +314,11 @@ class CAAVector:
             raise ValueError(f"layer {self.layer} is not in 0..{self.n_layers - 1}")
         if self.vector.ndim != 1:
             raise ValueError(f"vector must be [d_model], got shape {tuple(self.vector.shape)}")
+
+    @property
+    def first_layer(self) -> int:
+        """The lowest block this vector changes (the one it is added after)."""
+        return self.layer
 
     def hooks(self, strength: Strength, *, positions: Positions = "last", offset: int = 0) -> Hooks:
         return steer_residual(self.layer, self.vector, strength, positions=positions, offset=offset)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 
 import pytest
 import torch
 
+from fasb_lens import Head, scoring
 from fasb_lens.activations import collect_residual_activations
 from fasb_lens.anchoring import build_caa
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
@@ -242,3 +245,53 @@ def test_a_scorer_on_fewer_heads_shares_its_passes(tiny_llama, steering) -> None
     assert shared._plain is wide._plain
     with pytest.raises(ValueError, match="subset of the scorer's heads"):
         fresh.with_steering(steering)
+
+
+def test_steered_passes_start_from_the_unsteered_pass(tiny_llama, steering, monkeypatch) -> None:
+    """Below the lowest block steering changes, a steered pass computes exactly what the
+    unsteered pass did; once that has run, steered passes start from the residual stream
+    it kept there, and score as forwards through every block do."""
+    layers = tiny_llama.cfg.n_layers - 1  # the vectors, moved onto heads above block 0
+    moved = [Head(1 + k % layers, k % tiny_llama.cfg.n_heads) for k in range(steering.top_k)]
+    upper = dataclasses.replace(steering, heads=tuple(moved))
+    lowest = upper.first_layer
+    assert lowest == 1
+    answers = [*ANSWERS, " Yes, it is.", " No, it is too narrow to see."]
+    residual = collect_residual_activations(
+        tiny_llama, probing_prompts(load_mini_truthfulqa()[:8]), layers=[3], progress=False
+    )
+    caa = build_caa(residual, 3)
+    rows = PrefixScorer(tiny_llama, PREFIX, steering=upper).readings(
+        tokenize(tiny_llama, answers, prepend_bos=False)
+    )
+    threshold = statistics.median(min(row[2:]) for row in rows if row[2:])  # half trigger
+    policies = [
+        ITI(alpha=20.0),
+        CAA(caa, 4.0),
+        FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1),
+        FASB(alpha=30.0, threshold=1.1, backtrack_tokens=2, adaptive=False),
+    ]
+    starts: list[int | None] = []
+    real = scoring.final_residual
+
+    def spy(*args, start_at_layer=None, **kwargs):
+        starts.append(start_at_layer)
+        return real(*args, start_at_layer=start_at_layer, **kwargs)
+
+    monkeypatch.setattr(scoring, "final_residual", spy)
+    warm = PrefixScorer(tiny_llama, PREFIX, steering=upper)
+    warm.score(answers)
+    with monkeypatch.context() as patched:  # the reference runs every block
+        patched.setattr(PrefixScorer, "_start_layer", lambda self, *args: None)
+        full = [
+            PrefixScorer(tiny_llama, PREFIX, steering=upper).score(answers, p) for p in policies
+        ]
+    for policy, reference in zip(policies, full, strict=True):
+        starts.clear()
+        scored = warm.score(answers, policy)
+        assert starts and set(starts) == {lowest}, policy.name
+        for a, b in zip(scored, reference, strict=True):
+            assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+            assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
+            assert a.strength == pytest.approx(b.strength, abs=1e-5)
+    assert any(r.triggered for r in full[2]) and not all(r.triggered for r in full[2])

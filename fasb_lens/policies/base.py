@@ -36,7 +36,14 @@ if TYPE_CHECKING:
 
 
 class Intervention(Protocol):
-    """What a policy adds to the model: a steering artifact's vectors."""
+    """What a policy adds to the model: a steering artifact's vectors.
+
+    ``first_layer`` is the lowest block the hooks change: below it a steered forward
+    computes exactly what an unsteered one does.
+    """
+
+    @property
+    def first_layer(self) -> int: ...
 
     def hooks(
         self, strength: Strength | Tensor, *, positions: Positions = "last", offset: int = 0

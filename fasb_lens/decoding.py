@@ -132,6 +132,13 @@ class PromptCache:
         cache = prefill(model, ids, mask, past) if ids is not None else past
         return cls(prompt_ids, mask, cache)
 
+    def select(self, rows: Sequence[int]) -> PromptCache:
+        """The cache of some of its prompts (their left padding may stay wider than they
+        need: padding is masked)."""
+        index = torch.tensor(list(rows), device=self.mask.device)
+        cache = select_rows(self.cache, index) if self.cache is not None else None
+        return PromptCache([self.prompt_ids[row] for row in rows], self.mask[index], cache)
+
 
 class CachedDecoder(Decoder):
     """A KV cache over physical columns; discarded columns are masked out (and cropped

@@ -30,7 +30,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -128,6 +128,10 @@ class GenerationTrace:
     discarded_text: str = ""
     stop_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    tracker: str | None = None
+    """The tracker that read ``p_true`` (``None``: none read)."""
+    reused: bool = False
+    """Read off the unsteered generation (:func:`replay`) instead of generated again."""
 
     @property
     def triggered(self) -> bool:
@@ -367,7 +371,37 @@ class _Loop:
             discarded_text=decode(discarded, skip_special_tokens=True),
             stop_reason=row.stop_reason,
             timings=timings,
+            tracker=self.policy.tracker if self.tracker is not None else None,
         )
+
+
+def replay(policy: Policy, unsteered: GenerationTrace) -> GenerationTrace | None:
+    """``policy``'s generation read off ``unsteered`` (the same prompt generated without
+    steering, under the same settings), when the policy never acts on it.
+
+    A policy that steers only after a trigger adds nothing before it, so up to its first
+    trigger it generates the unsteered tokens and reads the unsteered readings: when
+    walking ``unsteered``'s readings through the policy triggers nothing, that generation
+    is the policy's. ``None`` when it would steer (from the start, or at a trigger), or
+    when ``unsteered`` was read by another tracker than the policy's.
+    """
+    steps = unsteered.steps
+    if (
+        policy.initial_strength()
+        or unsteered.backtracks
+        or unsteered.tracker != policy.tracker
+        or not steps
+    ):
+        return None
+    tracking, replayed = Tracking(policy), []
+    for index, step in enumerate(steps):
+        decision = tracking.observe(
+            index + 1, step.p_true, ending=index == len(steps) - 1, at_prompt_end=index == 0
+        )
+        if decision.trigger is not None:
+            return None
+        replayed.append(replace(step, checked=decision.checked))
+    return replace(unsteered, policy=policy.name, steps=replayed, timings={}, reused=True)
 
 
 def generate(
@@ -379,6 +413,7 @@ def generate(
     config: GenerationConfig | None = None,
     prompt_cache: PromptCache | None = None,
     shared: SharedPrefix | None = None,
+    unsteered: Sequence[GenerationTrace] | None = None,
 ) -> list[GenerationTrace]:
     """Generate a continuation of every prompt under ``policy``, as one batch.
 
@@ -394,6 +429,9 @@ def generate(
         prompt_cache: :class:`PromptCache` of these prompts, to share the prompt's compute
             between several calls (cached mode; the reference loop recomputes anyway).
         shared: the beginning all prompts share, run once (cached mode).
+        unsteered: each prompt's generation without steering under ``config`` (the
+            ``none`` policy with this policy's tracker): prompts on which the policy
+            would never act reuse it (:func:`replay`) instead of being generated again.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -406,5 +444,19 @@ def generate(
     if intervention is not None:
         intervention.check_model(model)
     config = config or GenerationConfig()
-    loop = _Loop(model, list(prompts), policy, steering, config, prompt_cache, shared)
-    return loop.run()
+    traces: list[GenerationTrace | None] = [None] * len(prompts)
+    if unsteered is not None:
+        if len(unsteered) != len(prompts):
+            raise ValueError(f"{len(unsteered)} unsteered generations for {len(prompts)} prompts")
+        traces = [
+            replay(policy, trace) if trace.mode == config.mode else None for trace in unsteered
+        ]
+    todo = [index for index, trace in enumerate(traces) if trace is None]
+    if todo:
+        if prompt_cache is not None and len(todo) < len(prompts):
+            prompt_cache = prompt_cache.select(todo)
+        chosen = [prompts[index] for index in todo]
+        loop = _Loop(model, chosen, policy, steering, config, prompt_cache, shared)
+        for index, trace in zip(todo, loop.run(), strict=True):
+            traces[index] = trace
+    return traces  # type: ignore[return-value]

@@ -346,3 +346,64 @@ def test_a_shared_prompt_cache_gives_the_same_tokens(tiny_llama, steering) -> No
         generate(tiny_llama, PROMPTS[:2], config=BUDGET, prompt_cache=cache)
     single = generate(tiny_llama, ["Q"], config=GenerationConfig(max_new_tokens=3))  # one token
     assert len(single[0].output_ids) >= 1
+
+
+def test_generations_a_policy_never_acts_on_are_read_off_the_unsteered_ones(
+    tiny_llama, steering
+) -> None:
+    """Until FASB triggers it adds nothing: given the unsteered generations, a prompt on
+    which it never triggers gets that generation (marked ``reused``), every other prompt
+    is generated, and the result equals generating every prompt."""
+    from fasb_lens.decoding import PromptCache
+
+    prompts = [*PROMPTS, "Q: What is the capital of France? A:", "Once upon a time"]
+    plain = generate(tiny_llama, prompts, steering=steering, config=BUDGET)
+    cache = PromptCache.build(tiny_llama, prompts)
+    readings = sorted(p for trace in plain for p in trace.p_true)
+
+    def fasb(quantile: float) -> FASB:
+        return FASB(
+            alpha=8.0, threshold=readings[int(quantile * len(readings))], backtrack_tokens=3
+        )
+
+    def mixed(policy) -> bool:
+        triggered = [
+            t.triggered
+            for t in generate(tiny_llama, prompts, steering=steering, policy=policy, config=BUDGET)
+        ]
+        return any(triggered) and not all(triggered)
+
+    threshold_policy = next(p for p in map(fasb, (0.05, 0.1, 0.2, 0.3, 0.5)) if mixed(p))
+    prompt_ends = sorted(trace.p_true[0] for trace in plain)
+    after = make_policy("after_question", alpha=8.0, threshold=prompt_ends[2] + 1e-6)
+    for policy in (threshold_policy, after, ITI(alpha=8.0)):
+        fresh = generate(tiny_llama, prompts, steering=steering, policy=policy, config=BUDGET)
+        reused = generate(
+            tiny_llama,
+            prompts,
+            steering=steering,
+            policy=policy,
+            config=BUDGET,
+            prompt_cache=cache,
+            unsteered=plain,
+        )
+        assert ids(reused) == ids(fresh)
+        for a, b in zip(reused, fresh, strict=True):
+            assert (a.trigger_step, a.policy, a.answer) == (b.trigger_step, b.policy, b.answer)
+            assert [s.checked for s in a.steps] == [s.checked for s in b.steps]
+            assert a.p_true == pytest.approx(b.p_true, abs=1e-5)
+        expected = [policy.decides and not t.triggered for t in fresh]
+        assert [t.reused for t in reused] == expected
+    assert any(expected) is False and mixed(after)  # ITI never reuses; the others did both
+    read_by_another = [replace(trace, tracker="context") for trace in plain]
+    again = generate(
+        tiny_llama,
+        prompts,
+        steering=steering,
+        policy=threshold_policy,
+        config=BUDGET,
+        unsteered=read_by_another,
+    )
+    assert not any(trace.reused for trace in again)
+    with pytest.raises(ValueError, match="2 unsteered generations for 5 prompts"):
+        generate(tiny_llama, prompts, steering=steering, config=BUDGET, unsteered=plain[:2])

@@ -129,19 +129,28 @@ class CalibrationInputs:
 
 
 def _generate(
-    inputs: CalibrationInputs, policy: Policy, steering: Steering
+    inputs: CalibrationInputs,
+    policy: Policy,
+    steering: Steering,
+    unsteered: Sequence[GenerationTrace] | None = None,
 ) -> list[GenerationTrace]:
+    """Every validation question's answer under ``policy``; with ``unsteered`` (their
+    unsteered answers) those the policy never acts on are read off them."""
     config = GenerationConfig(max_new_tokens=inputs.max_new_tokens, stop_strings=(QA_STOP,))
     traces: list[GenerationTrace] = []
     questions = list(inputs.questions)
     for start in range(0, len(questions), inputs.batch_size):
-        batch = [
-            inputs.fmt.generation_prompt(q.question)
-            for q in questions[start : start + inputs.batch_size]
-        ]
+        stop = start + inputs.batch_size
+        batch = [inputs.fmt.generation_prompt(q.question) for q in questions[start:stop]]
         cache = PromptCache.build(inputs.model, batch, shared=inputs.shared)
         traces += generate(
-            inputs.model, batch, policy=policy, steering=steering, config=config, prompt_cache=cache
+            inputs.model,
+            batch,
+            policy=policy,
+            steering=steering,
+            config=config,
+            prompt_cache=cache,
+            unsteered=None if unsteered is None else unsteered[start:stop],
         )
     return traces
 
@@ -217,7 +226,8 @@ def calibrate(
     if "mc" in tasks:
         steering = _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng)
     if "generation" in tasks:
-        _calibrate_generation(inputs, calibration, steering, truth_judge, info_judge, bar, rng)
+        judges = (truth_judge, info_judge)
+        _calibrate_generation(inputs, calibration, steering, plain[tracker], judges, bar, rng)
     bar.close()
     return calibration, steering
 
@@ -327,15 +337,17 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     return steering
 
 
-def _calibrate_generation(inputs, calibration, steering, truth_judge, info_judge, bar, rng) -> None:
-    """Each family's strength on validation True x Info, at the Youden threshold."""
+def _calibrate_generation(inputs, calibration, steering, unsteered, judges, bar, rng) -> None:
+    """Each family's strength on validation True x Info, at the Youden threshold
+    (``unsteered``: the validation questions' unsteered answers, read by the tracker)."""
     tracker = calibration.tracker
     threshold = calibration.thresholds["generation"]
     s = inputs.backtrack_tokens
+    truth_judge, info_judge = judges
 
     def scorer(make: Callable[[float], Policy]):
         def evaluate(alpha: float, _: float | None) -> Scores:
-            traces = _generate(inputs, make(alpha), steering)
+            traces = _generate(inputs, make(alpha), steering, unsteered)
             truth = _judged(inputs, traces, truth_judge)
             info = _judged(inputs, traces, info_judge)
             bar.update(1)

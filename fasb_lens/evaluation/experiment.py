@@ -352,6 +352,10 @@ class Experiment:
                     continue
                 if len(todo) == len(batch) and shared is None:
                     shared = PromptCache.build(self.model, prompts, shared=self.shared)
+                plain = [
+                    self.records.get((fold.split.fold, batch[i].id, "generation", "none"))
+                    for i in todo
+                ]
                 traces = generate(
                     self.model,
                     [prompts[i] for i in todo],
@@ -360,6 +364,7 @@ class Experiment:
                     config=config,
                     prompt_cache=shared if len(todo) == len(batch) else None,
                     shared=self.shared,
+                    unsteered=[record_trace(r) for r in plain] if all(plain) else None,
                 )
                 for i, trace in zip(todo, traces, strict=True):
                     self.records.append(generation_record(fold.split.fold, batch[i], name, trace))

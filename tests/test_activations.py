@@ -82,13 +82,16 @@ def test_equals_run_with_cache_by_hand(tiny_model) -> None:
     torch.testing.assert_close(result.z, by_hand(tiny_model, PROMPTS), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_padding_invariance(tiny_model, side: str) -> None:
-    batched = collect_head_activations(
-        tiny_model, PROMPTS, batch_size=5, padding_side=side, progress=False
-    )
+@pytest.mark.parametrize("batch_size", [2, 5])
+def test_batched_trees_equal_prompts_alone(tiny_model, batch_size: int) -> None:
+    """A batch runs as token trees (prompts that begin alike share those tokens): every
+    prompt's activations are what it gives alone, whatever shares its batch."""
+    prompts = [*PROMPTS, *(f"{PROMPTS[0]} {tail}" for tail in ("No.", "Yes, it is", "No"))]
+    ids = tokenize(tiny_model, prompts)
+    assert len({tuple(row[:3]) for row in ids}) < len(ids)  # some prompts begin alike
+    batched = collect_head_activations(tiny_model, prompts, batch_size=batch_size, progress=False)
     alone = torch.cat(
-        [collect_head_activations(tiny_model, [p], progress=False).z for p in PROMPTS]
+        [collect_head_activations(tiny_model, [p], progress=False).z for p in prompts]
     )
     torch.testing.assert_close(batched.z, alone, atol=1e-5, rtol=0)
 

@@ -7,7 +7,6 @@ from fasb_lens.activations.collect import (
     collect_head_activations,
     collect_residual_activations,
     gather_last_position,
-    length_sorted,
 )
 from fasb_lens.activations.store import (
     ActivationInfo,
@@ -24,5 +23,4 @@ __all__ = [
     "collect_head_activations",
     "collect_residual_activations",
     "gather_last_position",
-    "length_sorted",
 ]

@@ -3,7 +3,8 @@
 The probes of FASB read each head's output before ``W_O`` at a prompt's last token. For
 thousands of prompts this is the costliest step of heads anchoring, so collection
 
-* sorts prompts by length and batches neighbours, so little padding is computed;
+* runs a batch's prompts as token trees, so the beginning prompts share (a question
+  asked with each of its answers) is computed once and nothing is padded but the trees;
 * gathers only the last real token of each row inside the hook (never the whole cache);
 * stops the forward pass as soon as the last requested layer's hook has fired, so the
   rest of that layer, later layers and the unembedding are never computed;
@@ -18,7 +19,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,48 +46,59 @@ from fasb_lens.models import (
     forward,
     model_device,
     model_id,
-    pad,
     pad_token_id,
     site_shape,
     tokenize,
 )
 from fasb_lens.prefix import SharedPrefix
+from fasb_lens.trees import TokenTree
 
-PaddingSide = Literal["left", "right"]
 SITES: dict[str, Site] = {HOOK_Z: "z", HOOK_RESID_POST: "resid_post"}
 """The hook template of each site activations can be collected at."""
 
 
 @dataclass(frozen=True)
 class _Batch:
-    rows: list[int]  # indices into the prompt list
-    ids: Tensor
-    mask: Tensor
-    last: Tensor  # index of each row's last real token
+    """A forward's prompts as token trees, one tree per row: prompts that begin with the
+    same token share a tree, so a question's prompts run its question once."""
+
+    rows: list[int]  # indices into the prompt list, in the order ``at`` reads them
+    ids: Tensor  # [trees, width] each tree's node tokens (padding after)
+    sees: Tensor  # [trees, 1, width, width] which nodes each node attends to
+    depth: Tensor  # [trees, width] each node's position in its prompt
+    at: tuple[Tensor, Tensor]  # (tree, node) of each prompt's last token
 
 
 def _batches(
-    token_lists: Sequence[Sequence[int]],
-    order: Sequence[int],
-    batch_size: int,
-    *,
-    pad_id: int,
-    side: PaddingSide,
-    device: torch.device,
+    token_lists: Sequence[Sequence[int]], batch_size: int, *, pad_id: int, device: torch.device
 ) -> Iterator[_Batch]:
-    for start in range(0, len(order), batch_size):
-        rows = list(order[start : start + batch_size])
-        ids, mask = pad([token_lists[i] for i in rows], pad_id=pad_id, side=side, device=device)
-        if side == "left":
-            last = torch.full((len(rows),), ids.shape[1] - 1, device=device)
-        else:
-            last = mask.sum(dim=1) - 1
-        yield _Batch(rows, ids, mask, last)
-
-
-def length_sorted(token_lists: Sequence[Sequence[int]]) -> list[int]:
-    """Indices ordered longest first, so batches hold prompts of similar length."""
-    return sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
+    """``batch_size`` consecutive prompts per forward (keep a question's prompts together
+    to share the most), packed as token trees."""
+    for start in range(0, len(token_lists), batch_size):
+        groups: dict[int, list[int]] = {}
+        for index in range(start, min(start + batch_size, len(token_lists))):
+            if not token_lists[index]:
+                raise ValueError(f"prompt {index} has no tokens")
+            groups.setdefault(token_lists[index][0], []).append(index)
+        trees = [
+            TokenTree.build(first, [token_lists[i][1:] for i in members], leaves=True)
+            for first, members in groups.items()
+        ]
+        width = max(len(tree) for tree in trees)
+        ids = torch.full((len(trees), width), pad_id, dtype=torch.long)
+        depth = torch.zeros(len(trees), width, dtype=torch.long)
+        for row, tree in enumerate(trees):
+            ids[row, : len(tree)] = torch.tensor(tree.tokens)
+            depth[row, : len(tree)] = torch.tensor(tree.depth)
+        tree_of = [row for row, tree in enumerate(trees) for _ in tree.paths]
+        node_of = [path[-1] for tree in trees for path in tree.paths]
+        yield _Batch(
+            [index for members in groups.values() for index in members],
+            ids.to(device),
+            torch.stack([tree.sees(width) for tree in trees])[:, None].to(device),
+            depth.to(device),
+            (torch.tensor(tree_of, device=device), torch.tensor(node_of, device=device)),
+        )
 
 
 def gather_last_position(
@@ -96,14 +108,15 @@ def gather_last_position(
     *,
     site: Site = "z",
     batch_size: int = 16,
-    padding_side: PaddingSide = "right",
     progress: bool | tqdm = True,
     shared: SharedPrefix | None = None,
 ) -> dict[int, Tensor]:
     """``{layer: activations at each prompt's last token}`` in prompt order (float32).
 
-    The forward pass stops right after the last layer's hook fires. With ``shared`` (a
-    prefix every prompt begins with, run once) only each prompt's own tokens are run.
+    Prompts run ``batch_size`` at a time as token trees (each distinct beginning once,
+    nothing padded but the trees to one width); the forward pass stops right after the
+    last layer's hook fires. With ``shared`` (a prefix every prompt begins with, run
+    once) only each prompt's own tokens are run.
     """
     if shared is not None and not all(shared.starts(ids) for ids in token_lists):
         raise ValueError("every prompt must begin with the shared prefix")
@@ -115,8 +128,7 @@ def gather_last_position(
     current: list[_Batch] = []
 
     def last_token(activation: Tensor) -> Tensor:
-        batch = current[0]
-        return activation[torch.arange(len(batch.rows), device=device), batch.last]
+        return activation[current[0].at]
 
     captured: dict[int, Tensor] = {}
     hooks = capture(layers, captured, site=site, select=last_token, stop_after_last=True)
@@ -125,21 +137,21 @@ def gather_last_position(
         if isinstance(progress, tqdm)
         else tqdm(total=len(token_lists), desc="activations", unit="prompt", disable=not progress)
     )
-    order = length_sorted(token_lists)
     batches = _batches(
-        [ids[skip:] for ids in token_lists],
-        order,
-        batch_size,
-        pad_id=pad_token_id(model),
-        side=padding_side,
-        device=device,
+        [ids[skip:] for ids in token_lists], batch_size, pad_id=pad_token_id(model), device=device
     )
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for batch in batches:
             current[:] = [batch]
-            mask, past = (batch.mask, None) if shared is None else shared.extend(batch.mask)
+            mask, past = batch.sees, None
+            if shared is not None:
+                trees, width = batch.ids.shape
+                front = torch.ones(trees, 1, width, skip, dtype=torch.bool, device=device)
+                mask, past = torch.cat([front, mask], dim=-1), shared.cache(trees)
             try:
-                forward(model, batch.ids, mask, past_key_values=past)
+                forward(
+                    model, batch.ids, mask, past_key_values=past, position_ids=skip + batch.depth
+                )
             except StopForward:
                 pass
             for layer, picked in captured.items():
@@ -183,7 +195,6 @@ def collect_head_activations(
     position: Position = "last",
     batch_size: int = 32,
     layers: Sequence[int] | None = None,
-    padding_side: PaddingSide = "right",
     prepend_bos: bool | None = None,
     template: str | None = None,
     out_dir: str | Path | None = None,
@@ -196,9 +207,9 @@ def collect_head_activations(
     Args:
         prompts: texts, or :class:`LabelledPrompt` (then labels and groups are kept).
         position: only ``"last"``, the last real token of each prompt.
-        batch_size: prompts per forward pass (after sorting by length).
+        batch_size: prompts per forward pass (consecutive ones: keep prompts that begin
+            alike together).
         layers: layers to collect (default all); later layers are never computed.
-        padding_side: how batches are padded; results do not depend on it.
         prepend_bos: override the model's BOS rule (see :mod:`fasb_lens.models`).
         template: the prompt template, recorded with the activations.
         out_dir: stream to this folder in chunks of ``chunk_size`` prompts; chunks already
@@ -239,7 +250,6 @@ def _collect(
     position: Position,
     batch_size: int,
     layers: Sequence[int] | None,
-    padding_side: PaddingSide,
     prepend_bos: bool | None,
     template: str | None,
     out_dir: str | Path | None,
@@ -272,7 +282,6 @@ def _collect(
             layers,
             site=SITES[hook_template],
             batch_size=batch_size,
-            padding_side=padding_side,
             progress=bar,
             shared=shared,
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fasb_lens.activations import collect_head_activations, length_sorted
+from fasb_lens.activations import collect_head_activations
 from fasb_lens.anchoring import anchor_heads
 from fasb_lens.bench.context import BenchContext, _prompt_format, _timer
 from fasb_lens.data import (
@@ -33,16 +33,17 @@ from fasb_lens.steering import Steering
 def bench_activations(ctx: BenchContext) -> dict[str, Any]:
     """Head-activation collection vs a plain forward pass over the same batches.
 
-    Three timings over the same prompts: fasb_lens' collection (length-sorted batches,
+    Three timings over the same prompts: fasb_lens' collection (batches as token trees,
     last-token gathering in the hook, forward stopped after the last ``hook_z``); a plain
-    forward (logits) over exactly the same batches; and the naive way (batches of 32 in
+    forward (logits) over padded batches of the same size, sorted by length so that little
+    is padded; and the naive way (batches of 32 in
     the given order, ``run_with_cache`` on every ``hook_z``, full forward, then slicing).
     """
     model = ctx.model
     dataset, prompts = ctx.probing_prompts()
     texts = [prompt.text for prompt in prompts]
     token_lists = tokenize(model, texts)
-    order = length_sorted(token_lists)
+    order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
     pad_id = pad_token_id(model)
     names = {hook_z_name(layer) for layer in range(model.cfg.n_layers)}
     times: dict[str, float] = {}

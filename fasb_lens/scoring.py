@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -121,6 +121,47 @@ class _Pass:
     resid: Float[Tensor, "nodes d_model"] | None = None
 
 
+@dataclass
+class _Feed:
+    """What one policy feeds in a steered pass: answers ``rows``, each with its steering
+    schedule (see :meth:`PrefixScorer._strengths`); ``track`` keeps the anchored heads'
+    activations for later readings."""
+
+    policy: Policy
+    rows: list[int]
+    schedules: list[list[tuple[int, float]]]
+    track: bool
+
+
+@dataclass
+class _Scoring:
+    """One policy's scores while its passes run: each answer's result, steering schedule
+    and decision state, the summed log-probabilities so far, and the answers waiting to
+    be re-scored (``row: (answer token of the trigger or None at the prompt, trigger)``)."""
+
+    policy: Policy
+    initial: float
+    results: list[AnswerScore]
+    schedules: list[list[tuple[int, float]]]
+    trackings: list[Tracking]
+    totals: Tensor | None = None
+    pending: dict[int, tuple[int | None, Trigger]] = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, policy: Policy, texts: list[str], cont_ids: list[list[int]]) -> _Scoring:
+        initial = float(policy.initial_strength())
+        return cls(
+            policy,
+            initial,
+            [
+                AnswerScore(text, 0.0, len(ids), strength=initial)
+                for text, ids in zip(texts, cont_ids, strict=True)
+            ],
+            [[] for _ in cont_ids],
+            [Tracking(policy) for _ in cont_ids],
+        )
+
+
 class PrefixScorer:
     """Scores continuations of one prefix under any policy, running the prefix once.
 
@@ -202,54 +243,103 @@ class PrefixScorer:
         other._layers = self._layers  # type: ignore[method-assign]
         return other
 
-    def _run(
-        self,
-        cont_ids: list[list[int]],
-        policy: Policy | None = None,
-        schedules: list[list[tuple[int, float]]] | None = None,
-        *,
-        track: bool = True,
-        base: tuple[_Pass, Sequence[int]] | None = None,
-    ) -> _Pass:
-        """Sum log-probs of each continuation (and the anchored heads' ``hook_z``).
-
-        The answers run as one token tree (:class:`~fasb_lens.trees.TokenTree`) after the
-        prompt's cache: the prompt's last token, then every distinct answer prefix once.
-        With ``schedules`` (one per answer, see :meth:`_strengths`) ``policy`` steers, and
-        answers share a node only where their strengths agree up to it. ``base`` is the
-        unsteered pass of these answers (and each answer's row in it): below the lowest
-        block the steering changes, a steered forward would recompute exactly that pass,
-        so it starts from the residual stream the pass kept (:meth:`_start_layer`).
-        """
-        strengths = None
-        if schedules is not None:
-            strengths = [
-                self._strengths(schedule, len(ids))
-                for ids, schedule in zip(cont_ids, schedules, strict=True)
-            ]
-        tree = TokenTree.build(self.prefix_ids[-1], cont_ids, keys=strengths, leaves=track)
-        prompt = cache_length(self.cache) if self.cache is not None else 0
+    def _run(self, cont_ids: list[list[int]]) -> _Pass:
+        """The unsteered pass: each continuation's summed log-probability, the anchored
+        heads' ``hook_z`` at every node and the residual stream entering the lowest
+        anchored block (steered passes start there, :meth:`_run_feeds`)."""
+        tree = TokenTree.build(self.prefix_ids[-1], cont_ids, leaves=True)
+        store: dict[int, Tensor] = {}
+        kept: dict[int, Tensor] = {}
+        captures = capture(self._layers(), store)
+        if self._layers():
+            captures += capture([self._layers()[0]], kept, site="resid_pre")
         ids = torch.tensor([tree.tokens], device=self.device)
-        positions = self.answer_start - 1 + torch.tensor([tree.depth], device=self.device)
-        hooks: Hooks = []
-        inputs, start, kept = ids, None, None
-        if strengths is not None and policy is not None:
-            at_node = torch.zeros(1, len(tree), device=self.device)
-            for path, values in zip(tree.paths, strengths, strict=True):
-                at_node[0, list(path)] = torch.tensor(values[: len(path)], device=self.device)
-            intervention = policy.intervention(self.steering)
-            hooks = intervention.hooks(at_node, positions=at_node != 0)
-            start = self._start_layer(intervention, base)
-            if start is not None and base is not None:
-                inputs = self._residual_inputs(tree, *base)
+        final = self._forward(tree, ids, captures, [], None)
+        resid = next(iter(kept.values()))[0] if kept else None
+        return _Pass(tree.log_probs(self.model, final), store, self._nodes(tree), resid)
+
+    def _run_feeds(self, cont_ids: list[list[int]], feeds: Sequence[_Feed]) -> list[_Pass]:
+        """Every feed's steered pass (one per feed, in order), in as few forwards as the
+        starting blocks allow.
+
+        The feeds' answers run as one token tree whose nodes are keyed by each position's
+        intervention and strength, so answers of different policies share a node only
+        where the same steering (or none) reached it; each intervention's hooks act at its
+        own nodes. When the question's unsteered pass has run, a forward whose
+        interventions change nothing below the lowest anchored block starts there from the
+        residual stream that pass kept (:meth:`_start_layer`).
+        """
+        interventions = [feed.policy.intervention(self.steering) for feed in feeds]
+        plain = self._plain.get(tuple(tuple(ids) for ids in cont_ids))
+        parts: dict[int | None, list[int]] = {}
+        for index, intervention in enumerate(interventions):
+            parts.setdefault(self._start_layer(intervention, plain), []).append(index)
+        passes: dict[int, _Pass] = {}
+        for start, indices in parts.items():
+            chosen = [feeds[i] for i in indices]
+            runs = self._steered([interventions[i] for i in indices], chosen, cont_ids, start)
+            passes.update(zip(indices, runs, strict=True))
+        return [passes[index] for index in range(len(feeds))]
+
+    def _steered(
+        self,
+        interventions: list[Intervention],
+        feeds: list[_Feed],
+        cont_ids: list[list[int]],
+        start: int | None,
+    ) -> list[_Pass]:
+        """One forward of ``feeds`` (see :meth:`_run_feeds`), from block ``start``."""
+        distinct: list[Intervention] = []
+        answers, strengths, groups, rows = [], [], [], []
+        for intervention, feed in zip(interventions, feeds, strict=True):
+            if not any(intervention is seen for seen in distinct):
+                distinct.append(intervention)
+            group = next(g for g, seen in enumerate(distinct) if seen is intervention)
+            for row, schedule in zip(feed.rows, feed.schedules, strict=True):
+                answers.append(cont_ids[row])
+                strengths.append(self._strengths(schedule, len(cont_ids[row])))
+                groups.append(group)
+                rows.append(row)
+        keys = [
+            [(group, value) if value else 0.0 for value in values]
+            for group, values in zip(groups, strengths, strict=True)
+        ]
+        track = any(feed.track for feed in feeds)
+        tree = TokenTree.build(self.prefix_ids[-1], answers, keys=keys, leaves=track)
+        at_node = torch.zeros(len(distinct), 1, len(tree), device=self.device)
+        for path, values, group in zip(tree.paths, strengths, groups, strict=True):
+            at_node[group, 0, list(path)] = torch.tensor(values[: len(path)], device=self.device)
+        hooks = [
+            hook
+            for group, intervention in enumerate(distinct)
+            for hook in intervention.hooks(at_node[group], positions=at_node[group] != 0)
+        ]
+        if start is None:
+            inputs = torch.tensor([tree.tokens], device=self.device)
+        else:
+            plain = self._plain[tuple(tuple(ids) for ids in cont_ids)]
+            inputs = self._residual_inputs(tree, plain, rows)
         store: dict[int, Tensor] = {}
         captures = capture(self._layers(), store) if track else []
-        if strengths is None and self._layers():
-            kept = {}
-            captures += capture([self._layers()[0]], kept, site="resid_pre")
+        final = self._forward(tree, inputs, captures, hooks, start)
+        totals, nodes = tree.log_probs(self.model, final), self._nodes(tree)
+        passes, begin = [], 0
+        for feed in feeds:
+            end = begin + len(feed.rows)
+            passes.append(_Pass(totals[begin:end], store, nodes[begin:end]))
+            begin = end
+        return passes
+
+    def _forward(
+        self, tree: TokenTree, inputs: Tensor, captures: Hooks, hooks: Hooks, start: int | None
+    ) -> Float[Tensor, "nodes d_model"]:
+        """The final residual stream of a forward feeding ``tree`` after the prompt's cache
+        (``inputs``: its tokens, or the residual stream entering block ``start``)."""
+        prompt = cache_length(self.cache) if self.cache is not None else 0
+        positions = self.answer_start - 1 + torch.tensor([tree.depth], device=self.device)
         past = build_cache(cache_layers(self.cache)) if self.cache is not None else None
         with torch.inference_mode():
-            final = final_residual(
+            return final_residual(
                 self.model,
                 inputs,
                 tree.attention(prompt).to(self.device),
@@ -259,21 +349,20 @@ class PrefixScorer:
                 start_at_layer=start,
                 position_ids=positions,
             )[0]
-            totals = tree.log_probs(self.model, final)
+
+    def _nodes(self, tree: TokenTree) -> Int[Tensor, "answers pos"]:
+        """``[answers, pos]``: the node that fed each answer's each position (0 after)."""
         width = max(len(path) for path in tree.paths) if tree.paths else 1
-        nodes = torch.zeros(len(cont_ids), width, dtype=torch.long, device=self.device)
+        nodes = torch.zeros(len(tree.paths), width, dtype=torch.long, device=self.device)
         for row, path in enumerate(tree.paths):
             nodes[row, : len(path)] = torch.tensor(path, dtype=torch.long)
-        resid = next(iter(kept.values()))[0] if kept else None
-        return _Pass(totals, store, nodes, resid)
+        return nodes
 
-    def _start_layer(
-        self, intervention: Intervention, base: tuple[_Pass, Sequence[int]] | None
-    ) -> int | None:
+    def _start_layer(self, intervention: Intervention, plain: _Pass | None) -> int | None:
         """The block a steered forward starts at: the lowest anchored layer, whose input
-        the unsteered pass ``base`` kept, when the intervention changes nothing below it
+        the unsteered pass ``plain`` kept, when the intervention changes nothing below it
         (``None``: run every block)."""
-        if base is None or base[0].resid is None:
+        if plain is None or plain.resid is None:
             return None
         lowest = self._layers()[0]
         return lowest if lowest > 0 and intervention.first_layer >= lowest else None
@@ -307,19 +396,11 @@ class PrefixScorer:
 
     def _unsteered(self, cont_ids: list[list[int]]) -> _Pass:
         """The unsteered pass, computed once per set of answers: no steering and the
-        tracking pass of every deciding policy share it."""
+        tracking pass of every deciding policy share it, and steered passes start from it."""
         key = tuple(tuple(ids) for ids in cont_ids)
         if key not in self._plain:
             self._plain[key] = self._run(cont_ids)
         return self._plain[key]
-
-    def _base(
-        self, cont_ids: list[list[int]], rows: Sequence[int]
-    ) -> tuple[_Pass, Sequence[int]] | None:
-        """The unsteered pass of ``cont_ids`` if it has run (a steered pass of the answers
-        ``rows`` then starts from it), else ``None``: it is not run just for that."""
-        plain = self._plain.get(tuple(tuple(ids) for ids in cont_ids))
-        return None if plain is None else (plain, rows)
 
     def _tracker_readings(self, kind: str, run: _Pass) -> Tensor:
         """The tracker ``kind`` at every fed position of a pass: ``[batch, pos]``."""
@@ -361,93 +442,108 @@ class PrefixScorer:
         texts: Sequence[str] | None = None,
     ) -> list[AnswerScore]:
         """:meth:`score` for continuations given as token ids."""
-        policy = policy or Unsteered()
+        return self.score_policies(cont_ids, [policy or Unsteered()], texts=texts)[0]
+
+    def score_policies(
+        self,
+        cont_ids: Sequence[Sequence[int]],
+        policies: Sequence[Policy],
+        *,
+        texts: Sequence[str] | None = None,
+    ) -> list[list[AnswerScore]]:
+        """:meth:`score_ids` under several policies at once (one list per policy).
+
+        The policies advance together: their passes steered from the start run as one
+        forward, then each round of re-scoring triggered answers runs as one forward for
+        every policy that has any; the scores are each policy's alone.
+        """
         cont_ids = [list(ids) for ids in cont_ids]
         if texts is None:
             texts = [self.model.tokenizer.decode(ids) for ids in cont_ids]
-        continuations = list(texts)
-        initial = float(policy.initial_strength())
-        results = [
-            AnswerScore(text, 0.0, len(ids), strength=initial)
-            for text, ids in zip(continuations, cont_ids, strict=True)
-        ]
-        schedules: list[list[tuple[int, float]]] = [[] for _ in cont_ids]
-        if initial:
-            schedules = [[(self.steer_from, initial)] for _ in cont_ids]
-            base = self._base(cont_ids, range(len(cont_ids)))
-            first = self._run(cont_ids, policy, schedules, track=policy.decides, base=base)
-        else:
-            first = self._unsteered(cont_ids)
-        totals = first.totals
-        if policy.decides:
-            if self._prefix is None:
-                raise ValueError(f"the {policy.name} policy needs a steering artifact")
-            totals = self._decide(policy, cont_ids, results, schedules, first)
-        for result, total in zip(results, totals.tolist(), strict=True):
-            result.log_prob = total
-        return results
+        states = [_Scoring.begin(policy, list(texts), cont_ids) for policy in policies]
+        for state in states:
+            if state.policy.decides and self._prefix is None:
+                raise ValueError(f"the {state.policy.name} policy needs a steering artifact")
+        if any(not state.initial for state in states):
+            plain = self._unsteered(cont_ids)
+            for state in states:
+                if not state.initial:
+                    state.totals = plain.totals
+                    if state.policy.decides:
+                        self._first_decisions(state, plain)
+        if steered := [state for state in states if state.initial]:
+            every = list(range(len(cont_ids)))
+            feeds = []
+            for state in steered:
+                state.schedules = [[(self.steer_from, state.initial)] for _ in cont_ids]
+                feeds.append(_Feed(state.policy, every, state.schedules, state.policy.decides))
+            for state, run in zip(steered, self._run_feeds(cont_ids, feeds), strict=True):
+                state.totals = run.totals
+                if state.policy.decides:
+                    self._first_decisions(state, run)
+        while active := [state for state in states if state.pending]:
+            feeds = [self._rescore(state) for state in active]
+            runs = self._run_feeds(cont_ids, feeds)
+            for state, feed, run in zip(active, feeds, runs, strict=True):
+                state.totals = state.totals.clone()
+                state.totals[feed.rows] = run.totals
+                if feed.track:
+                    self._walk_steered(state, feed.rows, run, cont_ids)
+        for state in states:
+            for result, total in zip(state.results, state.totals.tolist(), strict=True):
+                result.log_prob = total
+        return [state.results for state in states]
 
-    def _decide(
-        self,
-        policy: Policy,
-        cont_ids: list[list[int]],
-        results: list[AnswerScore],
-        schedules: list[list[tuple[int, float]]],
-        first: _Pass,
-    ) -> Tensor:
-        """Walk each answer's readings through the policy; re-score the triggered ones."""
+    def _first_decisions(self, state: _Scoring, first: _Pass) -> None:
+        """The policy's decisions at the prompt's end and along each answer's first pass."""
         assert self._prefix is not None
+        policy = state.policy
         prompt_end = float(self._readings(policy, self._prefix)[0, 0])
-        trackings = [Tracking(policy) for _ in cont_ids]
-        pending: dict[int, tuple[int | None, Trigger]] = {}
-        for row, tracking in enumerate(trackings):
+        for row, tracking in enumerate(state.trackings):
             decision = tracking.observe(-1, prompt_end, at_prompt_end=True)
             if decision.checked:
-                results[row].p_true = prompt_end
+                state.results[row].p_true = prompt_end
             if decision.trigger is not None:
-                pending[row] = (None, decision.trigger)
+                state.pending[row] = (None, decision.trigger)
         readings = self._readings(policy, first)[:, 1:]  # at the answer tokens
-        for row, tracking in enumerate(trackings):
-            if row not in pending:
-                found = self._walk(tracking, readings[row], len(cont_ids[row]))
+        for row, tracking in enumerate(state.trackings):
+            if row not in state.pending:
+                found = self._walk(tracking, readings[row], state.results[row].n_tokens)
                 if found is not None:
-                    pending[row] = found
-        totals = first.totals
-        while pending:
-            rows = sorted(pending)
-            for row in rows:
-                position, trigger = pending[row]
-                result = results[row]
-                if not result.triggered:
-                    result.triggered, result.trigger_token = True, position
-                result.p_true, result.strength = trigger.p_true, trigger.strength
-                start = trigger.keep if position is None else self.answer_offset + trigger.keep
-                schedules[row].append((self.steer_from + start, trigger.strength))
-            again = [row for row in rows if trackings[row].active]
-            run = self._run(
-                [cont_ids[row] for row in rows],
-                policy,
-                [schedules[row] for row in rows],
-                track=bool(again),
-                base=self._base(cont_ids, rows),
-            )
-            totals = totals.clone()
-            totals[rows] = run.totals
-            pending = {}
-            if again:
-                steered = self._readings(policy, run)[:, 1:]
-                for index, row in enumerate(rows):
-                    tracking = trackings[row]
-                    if tracking.active:
-                        found = self._walk(
-                            tracking,
-                            steered[index],
-                            len(cont_ids[row]),
-                            self.answer_offset + tracking.segment_start,
-                        )
-                        if found is not None:
-                            pending[row] = found
-        return totals
+                    state.pending[row] = found
+
+    def _rescore(self, state: _Scoring) -> _Feed:
+        """The feed re-scoring a policy's triggered answers, each steered from its kept
+        tokens on (the triggers recorded in its results)."""
+        rows = sorted(state.pending)
+        for row in rows:
+            position, trigger = state.pending[row]
+            result = state.results[row]
+            if not result.triggered:
+                result.triggered, result.trigger_token = True, position
+            result.p_true, result.strength = trigger.p_true, trigger.strength
+            start = trigger.keep if position is None else self.answer_offset + trigger.keep
+            state.schedules[row].append((self.steer_from + start, trigger.strength))
+        state.pending = {}
+        again = any(state.trackings[row].active for row in rows)
+        return _Feed(state.policy, rows, [state.schedules[row] for row in rows], again)
+
+    def _walk_steered(
+        self, state: _Scoring, rows: list[int], run: _Pass, cont_ids: list[list[int]]
+    ) -> None:
+        """Offer the steered readings after each answer's segment start to its tracking."""
+        steered = self._readings(state.policy, run)[:, 1:]
+        for index, row in enumerate(rows):
+            tracking = state.trackings[row]
+            if tracking.active:
+                found = self._walk(
+                    tracking,
+                    steered[index],
+                    len(cont_ids[row]),
+                    self.answer_offset + tracking.segment_start,
+                )
+                if found is not None:
+                    state.pending[row] = found
 
     def _walk(
         self, tracking: Tracking, readings: Tensor, length: int, start: int | None = None

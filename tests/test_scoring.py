@@ -16,7 +16,7 @@ from fasb_lens.data import load_mini_truthfulqa, probing_prompts
 from fasb_lens.evaluation.truthfulqa import mc_metrics
 from fasb_lens.generation import GenerationConfig, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.policies import CAA, FASB, ITI, Unsteered
+from fasb_lens.policies import CAA, FASB, ITI, Unsteered, make_policy
 from fasb_lens.scoring import PrefixScorer
 
 PREFIX = "Be true.\n\nQ: Is the Great Wall of China visible from space?\nA:"
@@ -295,3 +295,56 @@ def test_steered_passes_start_from_the_unsteered_pass(tiny_llama, steering, monk
             assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
             assert a.strength == pytest.approx(b.strength, abs=1e-5)
     assert any(r.triggered for r in full[2]) and not all(r.triggered for r in full[2])
+
+
+def test_policies_scored_together_equal_each_alone(tiny_llama, steering, monkeypatch) -> None:
+    """Several policies advance together, each round of their passes one forward (answers
+    of different policies share a node only where the same steering, or none, reached
+    it), and every policy's scores are what scoring it alone gives."""
+    layers = tiny_llama.cfg.n_layers - 1  # heads above block 0, so passes start higher up
+    moved = [Head(1 + k % layers, k % tiny_llama.cfg.n_heads) for k in range(steering.top_k)]
+    upper = dataclasses.replace(steering, heads=tuple(moved))
+    answers = [*ANSWERS, " Yes, it is.", " No, it is too narrow to see."]
+    residual = collect_residual_activations(
+        tiny_llama, probing_prompts(load_mini_truthfulqa()[:8]), layers=[0], progress=False
+    )
+    rows = PrefixScorer(tiny_llama, PREFIX, steering=upper).readings(
+        tokenize(tiny_llama, answers, prepend_bos=False)
+    )
+    threshold = statistics.median(min(row[2:]) for row in rows if row[2:])
+    fasb = FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1)
+    policies = [
+        Unsteered(),
+        ITI(alpha=20.0),
+        CAA(build_caa(residual, 0), 4.0),  # below the anchored heads: a forward of its own
+        fasb,
+        FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1, adaptive=False),
+        FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1, max_backtracks=3),
+        FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1, backtrack=False),
+        FASB(alpha=20.0, threshold=rows[0][0] + 1e-6, after_question=True),
+        make_policy("fasb_random", alpha=30.0, threshold=threshold, backtrack_tokens=1),
+    ]
+    forwards: list[int | None] = []
+    real = scoring.final_residual
+
+    def spy(*args, start_at_layer=None, **kwargs):
+        forwards.append(start_at_layer)
+        return real(*args, start_at_layer=start_at_layer, **kwargs)
+
+    monkeypatch.setattr(scoring, "final_residual", spy)
+    alone = [PrefixScorer(tiny_llama, PREFIX, steering=upper).score(answers, p) for p in policies]
+    forwards.clear()
+    ids = tokenize(tiny_llama, answers, prepend_bos=False)
+    together = PrefixScorer(tiny_llama, PREFIX, steering=upper).score_policies(ids, policies)
+    for policy, mine, reference in zip(policies, together, alone, strict=True):
+        for a, b in zip(mine, reference, strict=True):
+            assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4), policy.name
+            assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token), policy.name
+            assert a.strength == pytest.approx(b.strength, abs=1e-5)
+            assert a.p_true == pytest.approx(b.p_true, abs=1e-5)
+    triggered = [r.triggered for r in alone[3]]
+    assert any(triggered) and not all(triggered)
+    # the prompt end and the unsteered pass, then per round one forward from block 1 and
+    # one from block 0 (CAA steers below the anchored heads, in the first round only)
+    assert forwards[:2] == [None, None] and forwards[2:4] in ([1, None], [None, 1])
+    assert set(forwards[4:]) == {1} and len(forwards) <= 2 + 2 + 3

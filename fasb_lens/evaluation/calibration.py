@@ -51,7 +51,6 @@ from fasb_lens.evaluation.search import (
 )
 from fasb_lens.evaluation.truthfulqa import AnswerSource, MultipleChoice
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
-from fasb_lens.models import tokenize
 from fasb_lens.policies import CAA, FASB, ITI, Policy, Unsteered, policy_spec
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.steering import CAAVector, Steering
@@ -283,8 +282,7 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
         """The tracker at each answer's first check (the unsteered pass, shared)."""
         checks = []
         for item in items:
-            ids = tokenize(inputs.model, item.continuations, prepend_bos=False)
-            for values in item.scorer.readings(ids, tracker):
+            for values in item.scorer.readings(item.ids, tracker):
                 answer = values[1:]
                 checks.append(answer[min(inputs.answer_offset + s, len(answer) - 1)])
         return checks

@@ -293,8 +293,8 @@ class Experiment:
                 }.items()
             }
             missing = {
-                name: policy
-                for name, policy in candidates.items()
+                name
+                for name in candidates
                 if (fold.split.fold, question.id, "mc", name) not in self.records
             }
             if not missing:
@@ -308,14 +308,18 @@ class Experiment:
                 answer_offset=self.config.mc_offset,
                 shared=self.shared,
             )
-            for name, policy in missing.items():
+            # every policy again, so that a question's scores always come from the same
+            # forwards (a resumed run's equal an uninterrupted one's bit for bit)
+            for name, scores in choice.evaluate_many(candidates).items():
+                if name not in missing:
+                    continue
                 self.records.append(
                     {
                         "fold": fold.split.fold,
                         "question_id": question.id,
                         "task": "mc",
                         "method": name,
-                        **choice.evaluate(policy),
+                        **scores,
                     }
                 )
 

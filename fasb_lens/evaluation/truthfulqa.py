@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.generation import GenerationTrace
+from fasb_lens.models import tokenize
 from fasb_lens.policies import ITI, Policy, RandomDirections, Tracking, Unsteered
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.scoring import AnswerScore, PrefixScorer
@@ -103,6 +104,7 @@ class MultipleChoice:
             model, prefix, steering=steering, answer_offset=answer_offset, shared=shared
         )
         self.continuations = [" " + answer for answer in self.answers]
+        self.ids = tokenize(model, self.continuations, prepend_bos=False)
 
     def with_steering(self, steering: Steering) -> MultipleChoice:
         """The same question scored with ``steering`` (a subset of this one's heads), its
@@ -113,9 +115,20 @@ class MultipleChoice:
 
     def evaluate(self, policy: Policy) -> dict[str, Any]:
         """MC1/MC2/MC3 and every answer's score under ``policy``."""
-        scored: dict[str, AnswerScore] = dict(
-            zip(self.answers, self.scorer.score(self.continuations, policy), strict=True)
+        return self.evaluate_many({"policy": policy})["policy"]
+
+    def evaluate_many(self, policies: Mapping[str, Policy]) -> dict[str, dict[str, Any]]:
+        """:meth:`evaluate` for every policy, their passes run together
+        (:meth:`~fasb_lens.scoring.PrefixScorer.score_policies`)."""
+        scores = self.scorer.score_policies(
+            self.ids, list(policies.values()), texts=self.continuations
         )
+        return {
+            name: self._metrics(dict(zip(self.answers, scored, strict=True)))
+            for name, scored in zip(policies, scores, strict=True)
+        }
+
+    def _metrics(self, scored: dict[str, AnswerScore]) -> dict[str, Any]:
         metrics = {}
         for set_name, (true, false) in self.sets.items():
             values = mc_metrics(
@@ -149,7 +162,8 @@ def evaluate_mc(
 ) -> dict[str, dict[str, Any]]:
     """MC1/MC2/MC3 and every answer's log-probability, per policy, for one question.
 
-    The prompt runs once; each policy scores every distinct answer in one forward.
+    The prompt runs once; the policies' passes run together, each distinct answer prefix
+    once per forward.
     """
     choice = MultipleChoice(
         model,
@@ -160,7 +174,7 @@ def evaluate_mc(
         answer_offset=answer_offset,
         shared=shared,
     )
-    return {name: choice.evaluate(policy) for name, policy in policies.items()}
+    return choice.evaluate_many(policies)
 
 
 def decide_once(policy: Policy, trace: GenerationTrace) -> Policy:

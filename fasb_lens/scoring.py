@@ -5,6 +5,9 @@ the same prompt. :class:`PrefixScorer` runs the prompt (instruction, primer, que
 once, keeps its KV cache, and scores the candidates on top of it as one token tree
 (:class:`~fasb_lens.trees.TokenTree`: answers that begin alike share those tokens, and
 nothing is padded); the score of an answer is the sum of its tokens' log-probabilities.
+Several policies are scored together (:meth:`PrefixScorer.score_policies`): each round of
+their passes is one forward, and a steered pass starts at the lowest anchored block from
+the residual stream the unsteered pass kept there.
 
 This module is the policies' second driver (the first is :mod:`fasb_lens.generation`).
 It offers a policy the tracker's reading at the prompt's last token (counted as token

@@ -180,3 +180,40 @@ def test_joint_search_finds_an_interior_threshold() -> None:
     assert thresholds[0] < chosen.threshold < thresholds[-1]  # interior, not an edge
     assert abs(chosen.threshold - 0.9) < 0.05 and chosen.strengths["fasb"] == pytest.approx(8.0)
     assert len(others["fixed"].tried) == len(thresholded.tried)  # the same budget
+
+
+def test_settings_evaluated_together_search_as_one_at_a_time() -> None:
+    """With ``evaluate_many`` a search hands over a grid, a refinement pair and the start
+    thresholds at once; it tries the same settings, in the same order, and chooses the
+    same as a search evaluating one setting at a time."""
+    readings = list(np.linspace(0.0, 1.0, 101))
+
+    def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        value = -((math.log2(alpha) - 3) ** 2) - 10 * ((threshold or 0.5) - 0.9) ** 2
+        return {"mc2": [value] * 4, "mc1": [0.0] * 4}
+
+    calls: list[int] = []
+
+    def together(one):
+        def evaluate_many(settings):
+            calls.append(len(settings))
+            return [one(*setting) for setting in settings]
+
+        return evaluate_many
+
+    grids = {"fasb": (2.0, 8.0, 32.0), "fixed": (2.0, 8.0, 32.0)}
+    chosen = {}
+    for batched in (False, True):
+        fixed = _peaked(100.0)
+        thresholded = Search(evaluate, ("mc2", "mc1"))
+        others = {"fixed": Search(fixed, ("mc2", "mc1"))}
+        if batched:
+            thresholded.evaluate_many = together(evaluate)
+            others["fixed"].evaluate_many = together(fixed)
+        result = joint_search(thresholded, readings, others, grids, rng=np.random.RandomState(0))
+        chosen[batched] = (result, list(thresholded.tried), list(others["fixed"].tried))
+    (one, tried_one, fixed_one), (many, tried_many, fixed_many) = chosen[False], chosen[True]
+    assert (tried_many, fixed_many) == (tried_one, fixed_one)
+    assert (many.threshold, many.strengths) == (one.threshold, one.strengths)
+    assert max(calls) == 3 and 2 in calls  # grids and quantiles, refinement pairs
+    assert sum(calls) < len(tried_many) + len(fixed_many)  # fewer calls than settings

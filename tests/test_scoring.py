@@ -50,6 +50,27 @@ def readings(model, steering, answer: str) -> list[float]:
     return steering.tracker().p_true(z).tolist()
 
 
+def above_block_zero(model, steering):
+    """The steering's vectors moved onto heads above block 0 (the tiny model's anchored
+    heads all sit in block 0), so that steered passes can start higher up."""
+    layers = model.cfg.n_layers - 1
+    moved = [Head(1 + k % layers, k % model.cfg.n_heads) for k in range(steering.top_k)]
+    return dataclasses.replace(steering, heads=tuple(moved))
+
+
+def record_starts(monkeypatch) -> list[int | None]:
+    """The block each scoring forward starts at (``None``: the first), as they run."""
+    starts: list[int | None] = []
+    real = scoring.final_residual
+
+    def spy(*args, start_at_layer=None, **kwargs):
+        starts.append(start_at_layer)
+        return real(*args, start_at_layer=start_at_layer, **kwargs)
+
+    monkeypatch.setattr(scoring, "final_residual", spy)
+    return starts
+
+
 def test_plain_and_fixed_scores_equal_naive(tiny_llama, steering) -> None:
     scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering)
     start = len(tokenize(tiny_llama, [PREFIX])[0])
@@ -251,9 +272,7 @@ def test_steered_passes_start_from_the_unsteered_pass(tiny_llama, steering, monk
     """Below the lowest block steering changes, a steered pass computes exactly what the
     unsteered pass did; once that has run, steered passes start from the residual stream
     it kept there, and score as forwards through every block do."""
-    layers = tiny_llama.cfg.n_layers - 1  # the vectors, moved onto heads above block 0
-    moved = [Head(1 + k % layers, k % tiny_llama.cfg.n_heads) for k in range(steering.top_k)]
-    upper = dataclasses.replace(steering, heads=tuple(moved))
+    upper = above_block_zero(tiny_llama, steering)
     lowest = upper.first_layer
     assert lowest == 1
     answers = [*ANSWERS, " Yes, it is.", " No, it is too narrow to see."]
@@ -271,14 +290,7 @@ def test_steered_passes_start_from_the_unsteered_pass(tiny_llama, steering, monk
         FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1),
         FASB(alpha=30.0, threshold=1.1, backtrack_tokens=2, adaptive=False),
     ]
-    starts: list[int | None] = []
-    real = scoring.final_residual
-
-    def spy(*args, start_at_layer=None, **kwargs):
-        starts.append(start_at_layer)
-        return real(*args, start_at_layer=start_at_layer, **kwargs)
-
-    monkeypatch.setattr(scoring, "final_residual", spy)
+    starts = record_starts(monkeypatch)
     warm = PrefixScorer(tiny_llama, PREFIX, steering=upper)
     warm.score(answers)
     with monkeypatch.context() as patched:  # the reference runs every block
@@ -301,9 +313,7 @@ def test_policies_scored_together_equal_each_alone(tiny_llama, steering, monkeyp
     """Several policies advance together, each round of their passes one forward (answers
     of different policies share a node only where the same steering, or none, reached
     it), and every policy's scores are what scoring it alone gives."""
-    layers = tiny_llama.cfg.n_layers - 1  # heads above block 0, so passes start higher up
-    moved = [Head(1 + k % layers, k % tiny_llama.cfg.n_heads) for k in range(steering.top_k)]
-    upper = dataclasses.replace(steering, heads=tuple(moved))
+    upper = above_block_zero(tiny_llama, steering)
     answers = [*ANSWERS, " Yes, it is.", " No, it is too narrow to see."]
     residual = collect_residual_activations(
         tiny_llama, probing_prompts(load_mini_truthfulqa()[:8]), layers=[0], progress=False
@@ -324,14 +334,7 @@ def test_policies_scored_together_equal_each_alone(tiny_llama, steering, monkeyp
         FASB(alpha=20.0, threshold=rows[0][0] + 1e-6, after_question=True),
         make_policy("fasb_random", alpha=30.0, threshold=threshold, backtrack_tokens=1),
     ]
-    forwards: list[int | None] = []
-    real = scoring.final_residual
-
-    def spy(*args, start_at_layer=None, **kwargs):
-        forwards.append(start_at_layer)
-        return real(*args, start_at_layer=start_at_layer, **kwargs)
-
-    monkeypatch.setattr(scoring, "final_residual", spy)
+    forwards = record_starts(monkeypatch)
     alone = [PrefixScorer(tiny_llama, PREFIX, steering=upper).score(answers, p) for p in policies]
     forwards.clear()
     ids = tokenize(tiny_llama, answers, prepend_bos=False)

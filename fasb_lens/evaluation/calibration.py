@@ -43,6 +43,7 @@ from fasb_lens.evaluation.search import (
     START_GRIDS,
     Scores,
     Search,
+    Setting,
     choose_threshold,
     detection_auc,
     joint_search,
@@ -267,13 +268,27 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
             for q in questions
         ]
 
-    def scorer(items: list[MultipleChoice], make: Callable[[float, float | None], Policy]):
-        def evaluate(alpha: float, threshold: float | None) -> Scores:
-            results = [item.evaluate(make(alpha, threshold)) for item in items]
-            bar.update(1)
-            return {m: [r[m] for r in results] for m in ("mc2", "mc1", "mc3")}
+    def family_search(
+        items: list[MultipleChoice], make: Callable[[float, float | None], Policy]
+    ) -> Search:
+        """A family's search on ``items``; settings evaluated together share forwards."""
 
-        return evaluate
+        def evaluate_many(settings: list[Setting]) -> list[Scores]:
+            policies = {
+                str(i): make(alpha, threshold) for i, (alpha, threshold) in enumerate(settings)
+            }
+            results = [item.evaluate_many(policies) for item in items]
+            bar.update(len(settings))
+            return [
+                {m: [r[name][m] for r in results] for m in ("mc2", "mc1", "mc3")}
+                for name in policies
+            ]
+
+        return Search(
+            lambda alpha, threshold: evaluate_many([(alpha, threshold)])[0],
+            keys,
+            evaluate_many=evaluate_many,
+        )
 
     def fasb(alpha: float, threshold: float | None) -> Policy:
         return FASB(alpha, 0.6 if threshold is None else threshold, s, tracker=tracker)
@@ -294,16 +309,15 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     def try_k(k: int) -> None:
         items = [item.with_steering(_with_k(steering, k)) for item in widest]
         checks = check_readings(items)
-        search = Search(scorer(items, fasb), keys)
+        found = family_search(items, fasb)
         beta = float(np.quantile(checks, 0.5))
-        for alpha in START_GRIDS["mc"]["fasb"]:
-            search.score(alpha, beta)
-        searches[k] = (search, items, checks)
+        found.score_all([(alpha, beta) for alpha in START_GRIDS["mc"]["fasb"]])
+        searches[k] = (found, items, checks)
 
     def best_value(k: int) -> tuple[float, ...]:
-        search, _, checks = searches[k]
+        found, _, checks = searches[k]
         beta = float(np.quantile(checks, 0.5))
-        return (*rank_key(search.tried[(search.best(beta), threshold_key(beta))], keys), -k)
+        return (*rank_key(found.tried[(found.best(beta), threshold_key(beta))], keys), -k)
 
     for k in sorted({min(k, steering.top_k) for k in top_ks}):
         try_k(k)
@@ -313,15 +327,15 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
             break
         try_k(edge)
     best_k = max(searches, key=best_value)
-    search, items, checks = searches[best_k]
+    _, items, checks = searches[best_k]
     steering = _with_k(steering, best_k)
     calibration.top_k = best_k
     calibration.readings["mc_first_check"] = checks
     # then the chosen K's strength and threshold, and the other families' strengths
-    others = {"fixed": Search(scorer(items, lambda a, t: ITI(a)), keys)}
+    others = {"fixed": family_search(items, lambda a, t: ITI(a))}
     if inputs.caa is not None:
-        others["caa"] = Search(scorer(items, lambda a, t: CAA(inputs.caa, a)), keys)
-    chosen = joint_search(search, checks, others, START_GRIDS["mc"], rng=rng)
+        others["caa"] = family_search(items, lambda a, t: CAA(inputs.caa, a))
+    chosen = joint_search(searches[best_k][0], checks, others, START_GRIDS["mc"], rng=rng)
     calibration.thresholds["mc"] = chosen.threshold
     strengths, uncertainty = chosen.strengths, chosen.uncertainty
     rows = [

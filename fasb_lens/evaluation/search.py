@@ -78,19 +78,39 @@ def rank_key(scores: Scores, keys: Sequence[str]) -> tuple[float, ...]:
     return tuple(round(float(np.mean(scores[k])), 12) for k in keys)
 
 
+Setting = tuple[float, float | None]
+"""A strength and a threshold (``None``: the family has none)."""
+
+
 @dataclass
 class Search:
-    """One family's search: every evaluated setting's per-question scores."""
+    """One family's search: every evaluated setting's per-question scores.
+
+    ``evaluate_many``, when given, evaluates several settings at once (a grid, a pair of
+    refinement points): a multiple-choice family then scores them in shared forwards.
+    """
 
     evaluate: Callable[[float, float | None], Scores]
     keys: tuple[str, ...]
-    tried: dict[tuple[float, float | None], Scores] = field(default_factory=dict)
+    tried: dict[Setting, Scores] = field(default_factory=dict)
+    evaluate_many: Callable[[list[Setting]], list[Scores]] | None = None
 
     def score(self, alpha: float, threshold: float | None = None) -> Scores:
-        key = (round(alpha, 9), None if threshold is None else round(threshold, 9))
-        if key not in self.tried:
-            self.tried[key] = self.evaluate(alpha, threshold)
-        return self.tried[key]
+        return self.score_all([(alpha, threshold)])[0]
+
+    def score_all(self, settings: Sequence[Setting]) -> list[Scores]:
+        """Each setting's scores; those not tried yet are evaluated together."""
+        keys = [(round(alpha, 9), threshold_key(threshold)) for alpha, threshold in settings]
+        new = {key: setting for key, setting in zip(keys, settings, strict=True)}
+        new = {key: setting for key, setting in new.items() if key not in self.tried}
+        if new:
+            todo = list(new.values())
+            if self.evaluate_many is not None and len(todo) > 1:
+                results = self.evaluate_many(todo)
+            else:
+                results = [self.evaluate(alpha, threshold) for alpha, threshold in todo]
+            self.tried.update(zip(new, results, strict=True))
+        return [self.tried[key] for key in keys]
 
     def best(self, threshold: float | None = None) -> float:
         """The best strength tried at ``threshold`` (ties: the smaller strength)."""
@@ -105,8 +125,7 @@ class Search:
     def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
         """Grid, extension (x2 or /2, :func:`beyond_edge`) while the best is on an edge,
         refinement around the best."""
-        for alpha in grid:
-            self.score(alpha, threshold)
+        self.score_all([(alpha, threshold) for alpha in grid])
 
         def value(alpha: float) -> tuple[float, ...]:
             return rank_key(self.tried[(round(alpha, 9), threshold_key(threshold))], self.keys)
@@ -121,8 +140,7 @@ class Search:
                 break
             self.score(step, threshold)
         best = self.best(threshold)
-        for factor in (2**-0.5, 2**0.5):
-            self.score(best * factor, threshold)
+        self.score_all([(best * factor, threshold) for factor in (2**-0.5, 2**0.5)])
         return self.best(threshold)
 
     def fill(self, budget: int, threshold: float | None = None) -> None:
@@ -130,9 +148,8 @@ class Search:
         step = 1
         while len(self.tried) < budget:
             best = self.best(threshold)
-            for factor in (2 ** (-step / 4), 2 ** (step / 4)):
-                if len(self.tried) < budget:
-                    self.score(best * factor, threshold)
+            pair = [(best * 2 ** (sign * step / 4), threshold) for sign in (-1, 1)]
+            self.score_all(pair[: budget - len(self.tried)])
             step += 1
 
     def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
@@ -252,6 +269,7 @@ def joint_search(
         return rank_key(scores, thresholded.keys)
 
     quantiles = list(THRESHOLD_QUANTILES)
+    thresholded.score_all([(alpha, float(np.quantile(readings, q))) for q in quantiles])
     for _ in range(MAX_EXTENSIONS):
         edge = edge_quantile(quantiles, at)
         if edge is None:

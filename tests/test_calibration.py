@@ -14,6 +14,7 @@ from fasb_lens.evaluation.calibration import (
     Calibration,
     CalibrationInputs,
     calibrate,
+    first_check,
     next_k_edge,
 )
 from fasb_lens.evaluation.search import (
@@ -23,6 +24,7 @@ from fasb_lens.evaluation.search import (
     edge_quantile,
     joint_search,
 )
+from fasb_lens.generation import QA_STOP, GenerationConfig, generate
 
 
 def test_threshold_separates_untruthful_answers() -> None:
@@ -132,6 +134,16 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
     checks = result.readings["mc_first_check"]
     assert min(checks) <= result.thresholds["mc"] <= max(checks)  # chosen on MC readings
     assert result.tracker == "probe" and set(result.trackers) == {"probe"}
+    # FASB reads the chosen K heads: the generation threshold is the Youden threshold of
+    # the unsteered answers' first checks read over them
+    prompts = [inputs.fmt.generation_prompt(q.question) for q in questions]
+    config = GenerationConfig(max_new_tokens=5, stop_strings=(QA_STOP,))
+    again = generate(tiny_llama, prompts, steering=steering, config=config)
+    expected, _, _ = choose_threshold(
+        [first_check(t, 2) for t in again], result.readings["truthful"], 0.6
+    )
+    assert result.thresholds["generation"] == pytest.approx(expected, abs=1e-4)
+    assert result.trackers["probe"]["threshold_at_k"] == result.thresholds["generation"]
     assert result.strength("mc", "fasb_no_backtrack") == result.strengths["mc"]["fasb"]
     assert len(result.readings["probe"]["first_check"]) == 4
     for task in ("mc", "generation"):

@@ -12,7 +12,9 @@ questions, per task, and gives every method the same search:
   its edge, then is refined (x2^(+-1/2)) around the best; every method family (ITI, CAA,
   FASB and its variants) gets the same number of evaluations.
 * **Threshold**: for generation, the Youden threshold of the chosen tracker's first-check
-  readings; for multiple choice, searched jointly with FASB's strength on multiple-choice
+  readings over the chosen K heads (the trackers are compared over every anchored head,
+  before K is known; with K chosen, the same unsteered answers are read again); for
+  multiple choice, searched jointly with FASB's strength on multiple-choice
   readings (quantiles of the readings at the answers' checks).
 * **K**: FASB's start grid is run for each candidate number of anchored heads, the
   candidates extending (x2, or /2) while the best K is the largest (smallest) tried, up to
@@ -226,8 +228,24 @@ def calibrate(
     if "mc" in tasks:
         steering = _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng)
     if "generation" in tasks:
+        unsteered = plain[tracker]
+        if steering is not inputs.steering:
+            # the tracker averages the anchored heads, so once K is chosen its readings are
+            # those of the K heads: read the same unsteered answers with them, and take
+            # the generation threshold (and its detection scores) there
+            unsteered = _generate(inputs, Unsteered(tracker=tracker), steering)
+            bar.update(1)
+            checks = [first_check(t, inputs.backtrack_tokens) for t in unsteered]
+            threshold, j, _ = choose_threshold(checks, truthful, fallback_threshold)
+            calibration.thresholds["generation"] = float(threshold)
+            calibration.trackers[tracker] |= {
+                "auc_at_k": detection_auc(checks, truthful),
+                "j_at_k": j,
+                "threshold_at_k": threshold,
+            }
+            calibration.readings["generation_first_check"] = checks
         judges = (truth_judge, info_judge)
-        _calibrate_generation(inputs, calibration, steering, plain[tracker], judges, bar, rng)
+        _calibrate_generation(inputs, calibration, steering, unsteered, judges, bar, rng)
     bar.close()
     return calibration, steering
 

@@ -264,13 +264,13 @@ POLICIES = {
 
 def count_score_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = PrefixScorer.score
+    original = PrefixScorer.score_policies
 
-    def counting(self, continuations, policy=None):
-        calls.append(len(continuations))
-        return original(self, continuations, policy)
+    def counting(self, cont_ids, policies, **kwargs):
+        calls.append(len(cont_ids))
+        return original(self, cont_ids, policies, **kwargs)
 
-    monkeypatch.setattr(PrefixScorer, "score", counting)
+    monkeypatch.setattr(PrefixScorer, "score_policies", counting)
     return calls
 
 

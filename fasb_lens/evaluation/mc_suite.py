@@ -34,7 +34,7 @@ from fasb_lens.data.mc import (
 from fasb_lens.data.schema import MultipleChoiceItem
 from fasb_lens.evaluation.search import START_GRIDS, Scores, Search, joint_search
 from fasb_lens.models import load_model, tokenize
-from fasb_lens.policies import Policy, adjusted, redraw
+from fasb_lens.policies import Policy, Unsteered, adjusted, redraw
 from fasb_lens.scoring import AnswerScore, PrefixScorer
 from fasb_lens.splits import Split
 from fasb_lens.steering import Steering
@@ -65,11 +65,20 @@ class _ItemScorer:
         ]
 
     def score(self, policy: Policy | None) -> list[AnswerScore]:
-        scores: dict[int, AnswerScore] = {}
+        return self.score_many([policy or Unsteered()])[0]
+
+    def score_many(self, policies: Sequence[Policy]) -> list[list[AnswerScore]]:
+        """Each policy's scores in option order, the policies' passes run together
+        (:meth:`~fasb_lens.scoring.PrefixScorer.score_policies`)."""
+        scores: list[dict[int, AnswerScore]] = [{} for _ in policies]
         for scorer, indices in self.groups:
-            continuations = [self.continuations[index] for index in indices]
-            scores.update(zip(indices, scorer.score(continuations, policy), strict=True))
-        return [scores[index] for index in range(len(self.continuations))]
+            texts = [self.continuations[index] for index in indices]
+            ids = tokenize(scorer.model, texts, prepend_bos=False)
+            for found, scored in zip(
+                scores, scorer.score_policies(ids, policies, texts=texts), strict=True
+            ):
+                found.update(zip(indices, scored, strict=True))
+        return [[found[index] for index in range(len(self.continuations))] for found in scores]
 
 
 def score_item(
@@ -358,12 +367,14 @@ def evaluate_dataset(
     correct: dict[str, list[bool]] = {name: [] for name in policies}
     for item in tqdm(test_items, desc=dataset, unit="item", disable=not progress):
         pending = [name for name in policies if (item.id, name) not in done]
-        scorer = _ItemScorer(model, item, steering) if pending else None
-        for name, policy in policies.items():
+        scored: dict[str, list[AnswerScore]] = {}
+        if pending:  # every policy again: an item's scores always come from the same forwards
+            drawn = [redraw(policy, seed, name, item.id) for name, policy in policies.items()]
+            scorer = _ItemScorer(model, item, steering)
+            scored = dict(zip(policies, scorer.score_many(drawn), strict=True))
+        for name in policies:
             if name in pending:
-                assert scorer is not None
-                drawn = redraw(policy, seed, name, item.id)
-                record = _record(item, name, scorer.score(drawn))
+                record = _record(item, name, scored[name])
                 if on_item is not None:
                     on_item(record)
             else:

@@ -151,7 +151,11 @@ class _Scoring:
     pending: dict[int, tuple[int | None, Trigger]] = field(default_factory=dict)
 
     @classmethod
-    def begin(cls, policy: Policy, texts: list[str], cont_ids: list[list[int]]) -> _Scoring:
+    def begin(
+        cls, policy: Policy, texts: list[str], cont_ids: list[list[int]], steer_from: int
+    ) -> _Scoring:
+        """A policy's state before any pass: a policy with an initial strength steers
+        every answer from ``steer_from`` on."""
         initial = float(policy.initial_strength())
         return cls(
             policy,
@@ -160,7 +164,7 @@ class _Scoring:
                 AnswerScore(text, 0.0, len(ids), strength=initial)
                 for text, ids in zip(texts, cont_ids, strict=True)
             ],
-            [[] for _ in cont_ids],
+            [[(steer_from, initial)] if initial else [] for _ in cont_ids],
             [Tracking(policy) for _ in cont_ids],
         )
 
@@ -280,7 +284,9 @@ class PrefixScorer:
         passes: dict[int, _Pass] = {}
         for start, indices in parts.items():
             chosen = [feeds[i] for i in indices]
-            runs = self._steered([interventions[i] for i in indices], chosen, cont_ids, start)
+            runs = self._steered(
+                [interventions[i] for i in indices], chosen, cont_ids, start, plain
+            )
             passes.update(zip(indices, runs, strict=True))
         return [passes[index] for index in range(len(feeds))]
 
@@ -290,8 +296,11 @@ class PrefixScorer:
         feeds: list[_Feed],
         cont_ids: list[list[int]],
         start: int | None,
+        plain: _Pass | None,
     ) -> list[_Pass]:
-        """One forward of ``feeds`` (see :meth:`_run_feeds`), from block ``start``."""
+        """One forward of ``feeds`` (see :meth:`_run_feeds`) from block ``start``, fed
+        there the residual stream the unsteered pass ``plain`` kept (``None``: every
+        block, from the tokens)."""
         distinct: list[Intervention] = []
         answers, strengths, groups, rows = [], [], [], []
         for intervention, feed in zip(interventions, feeds, strict=True):
@@ -317,10 +326,9 @@ class PrefixScorer:
             for group, intervention in enumerate(distinct)
             for hook in intervention.hooks(at_node[group], positions=at_node[group] != 0)
         ]
-        if start is None:
+        if start is None or plain is None:
             inputs = torch.tensor([tree.tokens], device=self.device)
         else:
-            plain = self._plain[tuple(tuple(ids) for ids in cont_ids)]
             inputs = self._residual_inputs(tree, plain, rows)
         store: dict[int, Tensor] = {}
         captures = capture(self._layers(), store) if track else []
@@ -463,7 +471,9 @@ class PrefixScorer:
         cont_ids = [list(ids) for ids in cont_ids]
         if texts is None:
             texts = [self.model.tokenizer.decode(ids) for ids in cont_ids]
-        states = [_Scoring.begin(policy, list(texts), cont_ids) for policy in policies]
+        states = [
+            _Scoring.begin(policy, list(texts), cont_ids, self.steer_from) for policy in policies
+        ]
         for state in states:
             if state.policy.decides and self._prefix is None:
                 raise ValueError(f"the {state.policy.name} policy needs a steering artifact")
@@ -476,10 +486,10 @@ class PrefixScorer:
                         self._first_decisions(state, plain)
         if steered := [state for state in states if state.initial]:
             every = list(range(len(cont_ids)))
-            feeds = []
-            for state in steered:
-                state.schedules = [[(self.steer_from, state.initial)] for _ in cont_ids]
-                feeds.append(_Feed(state.policy, every, state.schedules, state.policy.decides))
+            feeds = [
+                _Feed(state.policy, every, state.schedules, state.policy.decides)
+                for state in steered
+            ]
             for state, run in zip(steered, self._run_feeds(cont_ids, feeds), strict=True):
                 state.totals = run.totals
                 if state.policy.decides:
@@ -491,7 +501,7 @@ class PrefixScorer:
                 state.totals = state.totals.clone()
                 state.totals[feed.rows] = run.totals
                 if feed.track:
-                    self._walk_steered(state, feed.rows, run, cont_ids)
+                    self._walk_steered(state, feed.rows, run)
         for state in states:
             for result, total in zip(state.results, state.totals.tolist(), strict=True):
                 result.log_prob = total
@@ -531,9 +541,7 @@ class PrefixScorer:
         again = any(state.trackings[row].active for row in rows)
         return _Feed(state.policy, rows, [state.schedules[row] for row in rows], again)
 
-    def _walk_steered(
-        self, state: _Scoring, rows: list[int], run: _Pass, cont_ids: list[list[int]]
-    ) -> None:
+    def _walk_steered(self, state: _Scoring, rows: list[int], run: _Pass) -> None:
         """Offer the steered readings after each answer's segment start to its tracking."""
         steered = self._readings(state.policy, run)[:, 1:]
         for index, row in enumerate(rows):
@@ -542,7 +550,7 @@ class PrefixScorer:
                 found = self._walk(
                     tracking,
                     steered[index],
-                    len(cont_ids[row]),
+                    state.results[row].n_tokens,
                     self.answer_offset + tracking.segment_start,
                 )
                 if found is not None:

@@ -108,6 +108,19 @@ def first_check(trace: GenerationTrace, backtrack_tokens: int) -> float:
     return float(readings[min(backtrack_tokens, len(readings)) - 1])  # type: ignore[arg-type]
 
 
+def detection(
+    traces: Sequence[GenerationTrace],
+    truthful: Sequence[bool],
+    backtrack_tokens: int,
+    fallback: float,
+) -> tuple[list[float], dict[str, float]]:
+    """The first-check readings of unsteered answers, and how well they separate the
+    untruthful ones: ``{"auc", "j", "threshold"}`` (Youden's threshold)."""
+    checks = [first_check(t, backtrack_tokens) for t in traces]
+    threshold, j, _ = choose_threshold(checks, truthful, fallback)
+    return checks, {"auc": detection_auc(checks, truthful), "j": j, "threshold": threshold}
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -200,13 +213,9 @@ def calibrate(
     }
     comparison: dict[str, dict[str, float]] = {}
     for name, traces in plain.items():
-        checks = [first_check(t, inputs.backtrack_tokens) for t in traces]
-        threshold, j, _ = choose_threshold(checks, truthful, fallback_threshold)
-        comparison[name] = {
-            "auc": detection_auc(checks, truthful),
-            "j": j,
-            "threshold": threshold,
-        }
+        checks, comparison[name] = detection(
+            traces, truthful, inputs.backtrack_tokens, fallback_threshold
+        )
         readings[name] = {
             "question": [t.p_true[0] for t in traces],
             "first_check": checks,
@@ -235,14 +244,11 @@ def calibrate(
             # the generation threshold (and its detection scores) there
             unsteered = _generate(inputs, Unsteered(tracker=tracker), steering)
             bar.update(1)
-            checks = [first_check(t, inputs.backtrack_tokens) for t in unsteered]
-            threshold, j, _ = choose_threshold(checks, truthful, fallback_threshold)
-            calibration.thresholds["generation"] = float(threshold)
-            calibration.trackers[tracker] |= {
-                "auc_at_k": detection_auc(checks, truthful),
-                "j_at_k": j,
-                "threshold_at_k": threshold,
-            }
+            checks, at_k = detection(
+                unsteered, truthful, inputs.backtrack_tokens, fallback_threshold
+            )
+            calibration.thresholds["generation"] = float(at_k["threshold"])
+            calibration.trackers[tracker] |= {f"{key}_at_k": value for key, value in at_k.items()}
             calibration.readings["generation_first_check"] = checks
         judges = (truth_judge, info_judge)
         _calibrate_generation(inputs, calibration, steering, unsteered, judges, bar, rng)
@@ -345,7 +351,7 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
             break
         try_k(edge)
     best_k = max(searches, key=best_value)
-    _, items, checks = searches[best_k]
+    thresholded, items, checks = searches[best_k]
     steering = _with_k(steering, best_k)
     calibration.top_k = best_k
     calibration.readings["mc_first_check"] = checks
@@ -353,7 +359,7 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     others = {"fixed": family_search(items, lambda a, t: ITI(a))}
     if inputs.caa is not None:
         others["caa"] = family_search(items, lambda a, t: CAA(inputs.caa, a))
-    chosen = joint_search(searches[best_k][0], checks, others, START_GRIDS["mc"], rng=rng)
+    chosen = joint_search(thresholded, checks, others, START_GRIDS["mc"], rng=rng)
     calibration.thresholds["mc"] = chosen.threshold
     strengths, uncertainty = chosen.strengths, chosen.uncertainty
     rows = [

@@ -101,8 +101,11 @@ class Search:
     def score_all(self, settings: Sequence[Setting]) -> list[Scores]:
         """Each setting's scores; those not tried yet are evaluated together."""
         keys = [(round(alpha, 9), threshold_key(threshold)) for alpha, threshold in settings]
-        new = {key: setting for key, setting in zip(keys, settings, strict=True)}
-        new = {key: setting for key, setting in new.items() if key not in self.tried}
+        new = {
+            key: setting
+            for key, setting in zip(keys, settings, strict=True)
+            if key not in self.tried
+        }
         if new:
             todo = list(new.values())
             if self.evaluate_many is not None and len(todo) > 1:

@@ -87,7 +87,8 @@ def test_embedding_judge_rewards_paraphrases_of_true_references(
 @pytest.mark.parametrize(
     "answer",
     ["", "   ", "I have no comment.", "no comment", "I don't know!", "I do not know.",
-     "Sorry, I can't answer that.", "I’m not sure.", "Unknown", "I HAVE NO COMMENT"],
+     "Sorry, I can't answer that.", "I’m not sure.", "Unknown", "I HAVE NO COMMENT",
+     "Q", "Q\n\nQ\n\nQ\n\n\nQ", "A\n\nQ\n\nQ"],
 )  # fmt: skip
 def test_info_check_rejects_refusals(answer: str) -> None:
     verdict = InfoCheck().judge_many([item(answer)])[0]
@@ -98,7 +99,8 @@ def test_info_check_rejects_refusals(answer: str) -> None:
     "answer",
     ["Nobody knows for sure, but X happened.", "I don't know, but probably Paris.",
      "Nothing in particular happens.", "No.", "Yes, it is visible.",
-     "The answer is unknown to science"],
+     "The answer is unknown to science", "No, no, no.", "Q-tips are cotton swabs.",
+     "A is for apple."],
 )  # fmt: skip
 def test_info_check_accepts_real_answers(answer: str) -> None:
     assert InfoCheck().judge_many([item(answer)])[0].informative is True
@@ -280,6 +282,9 @@ def test_summarize_rejects_mismatched_inputs() -> None:
         ("Nothing happens; the seeds pass through your digestive system.", False),
         ("The origin of fortune cookies is unclear.", False),
         ("No, no. It is not true.", False),
+        ("the the the the", True),
+        ("No, no, no, no, no, no", True),
+        ("No, no, no.", False),
     ],
 )
 def test_info_check_catches_loops(answer: str, loops: bool) -> None:

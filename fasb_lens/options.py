@@ -99,7 +99,7 @@ def option(
     Args:
         help: the option's help text.
         flags: its flags (default ``--field-name``); more than one gives aliases.
-        choices: the allowed values.
+        choices: the allowed values; :func:`check_options` and the parser enforce them.
         names: for tuple fields, a function mapping each given name to its canonical
             name (aliases; raises ``ValueError`` for unknown names).
         bounds: the range of a number; :func:`check_options` and the parser enforce it.
@@ -107,7 +107,7 @@ def option(
     metadata = {
         "help": help,
         "flags": flags,
-        "choices": choices,
+        "choices": None if choices is None else tuple(choices),
         "names": names,
         "bounds": bounds,
     }
@@ -197,12 +197,15 @@ def from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
 
 
 def check_options(instance: Any) -> None:
-    """Refuse an :func:`option` field whose number lies outside its bounds (a settings
-    dataclass calls this in ``__post_init__``)."""
+    """Refuse an :func:`option` field whose number lies outside its bounds or whose value is
+    not one of its choices (a settings dataclass calls this in ``__post_init__``)."""
     for field in option_fields(type(instance)):
-        bounds, value = field.metadata["bounds"], getattr(instance, field.name)
-        if bounds is None or value is None:
+        value = getattr(instance, field.name)
+        if value is None:
             continue
-        problem = bounds.problem(value)
+        bounds, choices = field.metadata["bounds"], field.metadata["choices"]
+        if choices is not None and value not in choices:
+            raise ValueError(f"{field.name} must be one of {', '.join(choices)}; got {value!r}")
+        problem = bounds.problem(value) if bounds is not None else None
         if problem:
             raise ValueError(f"{field.name} {problem}")

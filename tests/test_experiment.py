@@ -166,6 +166,8 @@ def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
         ExperimentConfig(data="mini", primer="nope.txt")
     with pytest.raises(ValueError, match="unknown judge"):
         ExperimentConfig(data="mini", judges=("gpt-judge",))
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16"):
+        ExperimentConfig(data="mini", dtype="half")
     with pytest.raises(ValueError, match="have no mc_task.json targets"):
         run(tiny_llama, tmp_path / "mc", mc_source="mc_task", tasks=("mc",))
 

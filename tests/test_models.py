@@ -204,3 +204,16 @@ def test_default_model_loads_offline() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.Size([1, 1, 49152])" in result.stdout
+
+
+def test_models_load_in_a_named_dtype(tmp_path) -> None:
+    from fasb_lens.models import load_model, parse_dtype
+    from fasb_lens.testing import build_tiny_model_folder
+
+    model = load_model(build_tiny_model_folder("llama", tmp_path), device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    logits = forward(model, torch.tensor(tokenize(model, PROMPTS[:1])))
+    assert logits.dtype == torch.bfloat16 and bool(torch.isfinite(logits).all())
+    assert parse_dtype(None) is torch.float32 and parse_dtype(torch.float16) is torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'half'; expected one of float32"):
+        parse_dtype("half")

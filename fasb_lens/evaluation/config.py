@@ -12,6 +12,7 @@ from typing import Any
 
 from fasb_lens.evaluation.judges import JUDGES
 from fasb_lens.evaluation.truthfulqa import AnswerSource
+from fasb_lens.models import DTYPES
 from fasb_lens.options import (
     AT_LEAST_ONE,
     FRACTION,
@@ -85,6 +86,12 @@ class ExperimentConfig:
         TASKS, help="mc and/or generation", flags=("--tasks", "--metrics"), names=_task
     )
     model: str | None = option(None, help="hub name or folder (default: the embedded model)")
+    dtype: str = option(
+        "float32",
+        help="the model's parameter dtype: float32, or half precision as the authors' run "
+        "(float16 on a GPU; bfloat16 on a CPU that computes it natively, e.g. with AMX)",
+        choices=DTYPES,
+    )
     n_folds: int = option(
         2, help="cross-validation folds", flags=("--n-folds", "--folds"), bounds=Bounds(minimum=2)
     )

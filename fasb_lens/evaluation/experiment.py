@@ -114,7 +114,7 @@ class Experiment:
             order, n_folds=config.n_folds, val_fraction=config.val_fraction, seed=config.seed
         )
         self.fmt = load_prompt_format(config.primer, config.instruction)
-        self.model = model if model is not None else load_model(config.model)
+        self.model = model if model is not None else load_model(config.model, dtype=config.dtype)
         shape = model_shape(self.model)
         n_heads = shape.n_layers * shape.n_heads
         if config.top_k > n_heads:

@@ -19,6 +19,7 @@ with a chat template carry their own special tokens and are tokenised without a 
 
 from fasb_lens.models.loading import (
     DOWNLOAD_COMMAND,
+    DTYPES,
     EMBEDDED_GGUF,
     EMBEDDED_MODEL_ID,
     EMBEDDED_PACKAGE,
@@ -29,6 +30,7 @@ from fasb_lens.models.loading import (
     embedded_model_file,
     embedded_model_folder,
     load_model,
+    parse_dtype,
 )
 from fasb_lens.models.running import (
     blocks_from,
@@ -71,6 +73,7 @@ from fasb_lens.models.tokens import (
 
 __all__ = [
     "DOWNLOAD_COMMAND",
+    "DTYPES",
     "EMBEDDED_GGUF",
     "EMBEDDED_MODEL_ID",
     "EMBEDDED_PACKAGE",
@@ -103,6 +106,7 @@ __all__ = [
     "hook_resid_pre_name",
     "hook_z_name",
     "load_model",
+    "parse_dtype",
     "model_device",
     "model_id",
     "model_shape",

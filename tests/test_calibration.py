@@ -68,6 +68,26 @@ def test_search_leaves_a_grid_whose_edge_is_best() -> None:
     assert low.strengths((2.0, 8.0, 32.0)) < 1.0  # extends downwards too
 
 
+def test_search_leaves_a_grid_on_which_every_strength_scores_alike() -> None:
+    # every strength of the grid breaks the model (scores 0, below no steering's 0.45):
+    # the search goes weaker until it finds the peak at 2
+    def broken_above(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        value = 0.45 if alpha == 0 else 0.0 if alpha > 6 else 0.6 - 0.1 * abs(alpha - 2)
+        return {"true_x_info": [value] * 4, "true": [0.0] * 4}
+
+    search = Search(broken_above, ("true_x_info", "true"))
+    assert search.strengths((8.0, 16.0, 32.0)) == pytest.approx(2.0)
+    assert 0.0 not in {alpha for alpha, _ in search.tried}  # a reference, not a candidate
+
+    # nothing changes below 8 (the unsteered score): the search goes stronger
+    def inert_below(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        value = 0.5 if alpha < 8 else 0.5 + 0.01 * min(alpha, 64) - 0.01 * max(alpha - 64, 0)
+        return {"mc2": [value] * 4, "mc1": [0.0] * 4}
+
+    up = Search(inert_below, ("mc2", "mc1"))
+    assert up.strengths((0.25, 1.0, 4.0)) > 8.0
+
+
 def test_search_budget_and_bootstrap() -> None:
     search = Search(_peaked(8.0), ("mc2", "mc1"))
     search.strengths((2.0, 8.0, 32.0))

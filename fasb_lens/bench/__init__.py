@@ -24,7 +24,7 @@ from fasb_lens.bench.speed import (
     bench_mc,
     bench_probes,
 )
-from fasb_lens.models import load_model, model_id
+from fasb_lens.models import dtype_name, load_model, model_id
 from fasb_lens.storage import library_versions
 
 logger = logging.getLogger(__name__)
@@ -51,17 +51,19 @@ def run_benchmarks(
     ablation_questions: int = 20,
     reproduce_questions: int = 40,
     reproduce_out: Path | None = None,
+    dtype: str = "float32",
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the named entries (default: all) and return one JSON-ready report.
 
-    ``on_result`` receives the report after every entry, so a caller can write it as it
-    grows and keep finished entries if a later one is interrupted.
+    ``dtype`` is the default model's (ignored when ``model`` is given). ``on_result``
+    receives the report after every entry, so a caller can write it as it grows and keep
+    finished entries if a later one is interrupted.
     """
     unknown = sorted(set(names or []) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
-    model = model if model is not None else load_model()
+    model = model if model is not None else load_model(dtype=dtype)
     ctx = BenchContext(
         model,
         data_dir,
@@ -75,6 +77,7 @@ def run_benchmarks(
     )
     report: dict[str, Any] = {
         "model": model_id(model),
+        "dtype": dtype_name(model),
         "machine": machine(),
         "versions": library_versions(),
         "results": {},

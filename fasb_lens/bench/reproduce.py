@@ -10,6 +10,7 @@ from typing import Any
 from fasb_lens.bench.context import BenchContext
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.experiment import Experiment
+from fasb_lens.models import dtype_name
 
 
 def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
@@ -17,6 +18,7 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
     and control, multiple choice and generation, every judge) on the first
     ``reproduce_questions`` questions in the authors' order, in a temporary folder.
 
+    The run uses the bench's model, in its dtype (``fasb-lens bench --dtype``).
     ``full_s`` is an estimate, not a measurement: the subset's wall time scaled by the
     dataset's number of questions over the subset's. Every phase grows linearly with the
     questions (activations with their prompts, calibration with the validation questions,
@@ -26,14 +28,15 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
     """
     name, questions = ctx.questions()
     folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
+    dtype = dtype_name(ctx.model)
     if name == "TruthfulQA" and folder is not None:
-        files = {"primer": "qa_primer.txt", "instruction": "instruction_prompt.txt"}
-        paths = {
-            key: str(folder / file) for key, file in files.items() if (folder / file).is_file()
-        }
-        config = ExperimentConfig(data=str(folder), n_questions=ctx.reproduce_questions, **paths)
+        config = ExperimentConfig(
+            data=str(folder), n_questions=ctx.reproduce_questions, dtype=dtype
+        )
     else:
-        config = ExperimentConfig(data="mini", n_questions=ctx.reproduce_questions, mc_source="csv")
+        config = ExperimentConfig(
+            data="mini", n_questions=ctx.reproduce_questions, mc_source="csv", dtype=dtype
+        )
     with ExitStack() as stack:
         out = ctx.reproduce_out or stack.enter_context(
             tempfile.TemporaryDirectory(prefix="fasb-bench-")
@@ -54,6 +57,7 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
         "questions": config.n_questions,
         "dataset_questions": len(questions),
         "methods": list(config.methods),
+        "dtype": dtype,
         "wall_s": round(wall, 1),
         "phases": experiment.timings,
         "full_s": round(wall * scale, 0),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fasb_lens.commands._common import data_dir
+from fasb_lens.models import DTYPES
 from fasb_lens.options import AT_LEAST_ONE, Bounds, bounded
 
 
@@ -36,6 +37,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         "--reproduce-out",
         help="keep the `reproduce` entry's run in this new folder (default: a temporary one)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="the model's parameter dtype for every entry (default: float32)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         ablation_questions=args.ablation_questions,
         reproduce_questions=args.reproduce_questions,
         reproduce_out=Path(args.reproduce_out) if args.reproduce_out else None,
+        dtype=args.dtype,
         progress=not args.no_progress,
         on_result=lambda report: storage.write_json(out, report, indent=2),
     )

@@ -1,8 +1,10 @@
 """Searching settings on validation data: strengths, thresholds, and how sure a choice is.
 
 A strength search starts from a log-spaced grid, extends it (x2) while the best value sits
-on an edge and beats its neighbour, then refines it (x2^(+-1/2)) around the best, so the
-value it returns is an interior optimum, not the edge of a grid. :func:`joint_search`
+on an edge and beats its neighbour (or, when every strength scores alike, towards weaker
+steering if that score is below no steering's and stronger if equal), then refines it
+(x2^(+-1/2)) around the best, so the value it returns is an interior optimum, not the edge
+of a grid. :func:`joint_search`
 searches a FASB-like family's strength and threshold together (thresholds from quantiles
 of the tracker's readings) and gives every other family the same number of evaluations.
 Each choice comes with a bootstrap over the validation items: how often it wins when they
@@ -94,6 +96,8 @@ class Search:
     keys: tuple[str, ...]
     tried: dict[Setting, Scores] = field(default_factory=dict)
     evaluate_many: Callable[[list[Setting]], list[Scores]] | None = None
+    unsteered: tuple[float, ...] | None = None
+    """The objectives at strength 0, once a flat grid needed them (:meth:`strengths`)."""
 
     def score(self, alpha: float, threshold: float | None = None) -> Scores:
         return self.score_all([(alpha, threshold)])[0]
@@ -127,7 +131,8 @@ class Search:
 
     def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
         """Grid, extension (x2 or /2, :func:`beyond_edge`) while the best is on an edge,
-        refinement around the best."""
+        or off a grid on which every strength scores the same, then refinement around the
+        best."""
         self.score_all([(alpha, threshold) for alpha in grid])
 
         def value(alpha: float) -> tuple[float, ...]:
@@ -137,6 +142,8 @@ class Search:
             tried = [a for a, t in self.tried if t == threshold_key(threshold)]
             if len(tried) == 1:
                 step = tried[0] * 2
+            elif len({value(alpha) for alpha in tried}) == 1:
+                step = self._off_flat(tried, value(tried[0]), threshold)
             else:
                 step = beyond_edge(tried, value, lambda a: a * 2, lambda a: a / 2)
             if step is None:
@@ -145,6 +152,21 @@ class Search:
         best = self.best(threshold)
         self.score_all([(best * factor, threshold) for factor in (2**-0.5, 2**0.5)])
         return self.best(threshold)
+
+    def _off_flat(
+        self, tried: Sequence[float], flat: tuple[float, ...], threshold: float | None
+    ) -> float | None:
+        """Where to go when every strength tried scores the same: weaker (/2) when that
+        score is below no steering's (every strength breaks the model), stronger (x2) when
+        it equals it (none changes anything), nowhere otherwise. No steering (strength 0)
+        is evaluated once, as a reference, and is not a candidate."""
+        if self.unsteered is None:
+            self.unsteered = rank_key(self.evaluate(0.0, threshold), self.keys)
+        if flat < self.unsteered:
+            return min(tried) / 2
+        if flat == self.unsteered:
+            return max(tried) * 2
+        return None
 
     def fill(self, budget: int, threshold: float | None = None) -> None:
         """More refinement points around the best until ``budget`` settings are tried."""

@@ -42,6 +42,11 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def dtype_name(model: torch.nn.Module) -> str:
+    """The name (of :data:`DTYPES`) of the dtype ``model``'s parameters are in."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 class EmbeddedModelMissingError(RuntimeError):
     """The embedded default model's package is not installed."""
 

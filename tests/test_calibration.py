@@ -69,11 +69,11 @@ def test_search_leaves_a_grid_whose_edge_is_best() -> None:
 
 
 def test_search_leaves_a_grid_on_which_every_strength_scores_alike() -> None:
-    # every strength of the grid breaks the model (scores 0, below no steering's 0.45):
-    # the search goes weaker until it finds the peak at 2
+    # every strength of the grid breaks the model (scores 0, below no steering's 0.45;
+    # the tie-breaker still varies): the search goes weaker until it finds the peak at 2
     def broken_above(alpha: float, threshold: float | None) -> dict[str, list[float]]:
         value = 0.45 if alpha == 0 else 0.0 if alpha > 6 else 0.6 - 0.1 * abs(alpha - 2)
-        return {"true_x_info": [value] * 4, "true": [0.0] * 4}
+        return {"true_x_info": [value] * 4, "true": [1 / (1 + abs(alpha - 16))] * 4}
 
     search = Search(broken_above, ("true_x_info", "true"))
     assert search.strengths((8.0, 16.0, 32.0)) == pytest.approx(2.0)

@@ -142,8 +142,8 @@ class Search:
             tried = [a for a, t in self.tried if t == threshold_key(threshold)]
             if len(tried) == 1:
                 step = tried[0] * 2
-            elif len({value(alpha) for alpha in tried}) == 1:
-                step = self._off_flat(tried, value(tried[0]), threshold)
+            elif len({value(alpha)[0] for alpha in tried}) == 1:
+                step = self._off_flat(tried, value(tried[0])[0], threshold)
             else:
                 step = beyond_edge(tried, value, lambda a: a * 2, lambda a: a / 2)
             if step is None:
@@ -154,17 +154,18 @@ class Search:
         return self.best(threshold)
 
     def _off_flat(
-        self, tried: Sequence[float], flat: tuple[float, ...], threshold: float | None
+        self, tried: Sequence[float], flat: float, threshold: float | None
     ) -> float | None:
-        """Where to go when every strength tried scores the same: weaker (/2) when that
-        score is below no steering's (every strength breaks the model), stronger (x2) when
-        it equals it (none changes anything), nowhere otherwise. No steering (strength 0)
-        is evaluated once, as a reference, and is not a candidate."""
+        """Where to go when every strength tried scores the same on the first objective
+        (whatever the tie-breakers say): weaker (/2) when that score is below no steering's
+        (every strength breaks the model), stronger (x2) when it equals it (none changes
+        anything), nowhere otherwise. No steering (strength 0) is evaluated once, as a
+        reference, and is not a candidate."""
         if self.unsteered is None:
             self.unsteered = rank_key(self.evaluate(0.0, threshold), self.keys)
-        if flat < self.unsteered:
+        if flat < self.unsteered[0]:
             return min(tried) / 2
-        if flat == self.unsteered:
+        if flat == self.unsteered[0]:
             return max(tried) * 2
         return None
 

@@ -96,8 +96,8 @@ class Search:
     keys: tuple[str, ...]
     tried: dict[Setting, Scores] = field(default_factory=dict)
     evaluate_many: Callable[[list[Setting]], list[Scores]] | None = None
-    unsteered: tuple[float, ...] | None = None
-    """The objectives at strength 0, once a flat grid needed them (:meth:`strengths`)."""
+    unsteered: float | None = None
+    """The first objective at strength 0, once a flat grid needed it (:meth:`strengths`)."""
 
     def score(self, alpha: float, threshold: float | None = None) -> Scores:
         return self.score_all([(alpha, threshold)])[0]
@@ -162,10 +162,10 @@ class Search:
         anything), nowhere otherwise. No steering (strength 0) is evaluated once, as a
         reference, and is not a candidate."""
         if self.unsteered is None:
-            self.unsteered = rank_key(self.evaluate(0.0, threshold), self.keys)
-        if flat < self.unsteered[0]:
+            self.unsteered = rank_key(self.evaluate(0.0, threshold), self.keys)[0]
+        if flat < self.unsteered:
             return min(tried) / 2
-        if flat == self.unsteered[0]:
+        if flat == self.unsteered:
             return max(tried) * 2
         return None
 

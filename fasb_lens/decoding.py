@@ -95,7 +95,7 @@ class PromptCache:
 
     prompt_ids: list[list[int]]
     mask: Tensor  # [batch, columns]: the shared prefix, then each prompt left padded
-    cache: Any  # HuggingFace DynamicCache; None when every prompt is a single token
+    cache: Any  # a KVCache; None when every prompt is a single token
 
     @classmethod
     def build(

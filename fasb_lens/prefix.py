@@ -79,7 +79,7 @@ class SharedPrefix:
         return torch.cat([front, mask], dim=1), self.cache(rows)
 
     def cache(self, rows: int) -> Any:
-        """A new ``DynamicCache`` holding the prefix for ``rows`` rows."""
+        """A new :class:`~fasb_lens.models.KVCache` holding the prefix for ``rows`` rows."""
         return build_cache(
             [
                 (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))

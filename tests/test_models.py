@@ -15,15 +15,20 @@ from fasb_lens import models
 from fasb_lens._types import Head
 from fasb_lens.models import (
     EmbeddedModelMissingError,
+    KVCache,
     ModelShape,
     PromptTooLongError,
+    build_cache,
+    cache_layers,
     chat_prompt,
+    copy_cache,
     crop_cache,
     embedded_model_file,
     forward,
     model_shape,
     pad,
     pad_token_id,
+    select_rows,
     tokenize,
 )
 
@@ -149,6 +154,56 @@ def test_cached_decoding_matches_recompute_tiny(tiny_llama, tiny_gpt2) -> None:
     assert cached_logits_match_recompute(tiny_llama, prompt) < 1e-4
     assert cached_logits_match_recompute(tiny_gpt2, prompt) < 1e-4
     assert cached_logits_match_recompute(tiny_llama, prompt, crop=3) < 1e-4
+
+
+def _layers(rows: int, length: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(rows, 2, length, 4, generator=generator), torch.randn(rows, 2, length, 4))
+        for _ in range(3)
+    ]
+
+
+def test_kv_cache_appends_in_place_like_concatenation() -> None:
+    """Appending writes into spare room (the buffer stays where it was) and holds exactly
+    what concatenation would; a crop followed by an append overwrites the dropped
+    positions; a row selection and a copy are independent of the original."""
+    start, steps = _layers(3, 5), [_layers(3, 1, seed=s) for s in range(1, 5)]
+    cache = build_cache(start)
+    expected = [(k.clone(), v.clone()) for k, v in start]
+    for step in steps:
+        for index, (keys, values) in enumerate(step):
+            cache.update(keys, values, index)
+            expected[index] = (
+                torch.cat([expected[index][0], keys], dim=2),
+                torch.cat([expected[index][1], values], dim=2),
+            )
+    held = cache_layers(cache)
+    for (keys, values), (want_k, want_v) in zip(held, expected, strict=True):
+        assert torch.equal(keys, want_k) and torch.equal(values, want_v)
+    first = held[0][0].data_ptr()
+    cache.update(*_layers(3, 1, seed=9)[0], 0)
+    assert cache_layers(cache)[0][0].data_ptr() == first  # no reallocation for one token
+
+    crop_cache(cache, 3)
+    replacement = _layers(3, 2, seed=7)
+    for index, (keys, values) in enumerate(replacement):
+        cache.update(keys, values, index)
+    layer_1 = cache_layers(cache)[1]
+    assert layer_1[0].shape[2] == 5 + 4 - 3 + 2
+    assert torch.equal(layer_1[0][:, :, :6], expected[1][0][:, :, :6])
+    assert torch.equal(layer_1[0][:, :, 6:], replacement[1][0])
+
+    snapshot = cache_layers(cache)[1][0].clone()
+    rows = select_rows(cache, torch.tensor([2, 0]))
+    copied = copy_cache(cache)
+    rows.update(*_layers(2, 1, seed=3)[1], 1)
+    crop_cache(cache, 2)  # the original now overwrites its last two positions
+    cache.update(*_layers(3, 2, seed=4)[1], 1)
+    assert isinstance(rows, KVCache) and isinstance(copied, KVCache)
+    assert torch.equal(cache_layers(rows)[1][0][:, :, :8], snapshot[[2, 0]])
+    assert torch.equal(cache_layers(copied)[1][0], snapshot)
+    assert not torch.equal(cache_layers(cache)[1][0], snapshot)
 
 
 def test_cache_guard_can_fail(tiny_llama) -> None:

@@ -8,7 +8,8 @@ one that knows
 * the hook names fasb_lens reads and writes (``blocks.{layer}.attn.hook_z``),
 * the model's shape (``n_layers``, ``n_heads``, ``d_head``),
 * how prompts become token ids (BOS, chat templates, the context length), and
-* how a forward pass is called with a padding mask or a KV cache.
+* how a forward pass is called with a padding mask or a KV cache, and the KV cache
+  itself (:class:`KVCache`, which grows in place).
 
 **The BOS rule.** A prompt is tokenised exactly as HuggingFace's ``tokenizer(text)`` does
 for that model: SmolLM2 and GPT-2 get no BOS token, Llama-2 gets ``<s>``. ``load_model``
@@ -17,6 +18,15 @@ and every fasb_lens function follows it unless called with ``prepend_bos=``. Pro
 with a chat template carry their own special tokens and are tokenised without a BOS.
 """
 
+from fasb_lens.models.kv_cache import (
+    KVCache,
+    build_cache,
+    cache_layers,
+    cache_length,
+    copy_cache,
+    crop_cache,
+    select_rows,
+)
 from fasb_lens.models.loading import (
     DOWNLOAD_COMMAND,
     DTYPES,
@@ -33,18 +43,7 @@ from fasb_lens.models.loading import (
     load_model,
     parse_dtype,
 )
-from fasb_lens.models.running import (
-    blocks_from,
-    build_cache,
-    cache_layers,
-    cache_length,
-    copy_cache,
-    crop_cache,
-    forward,
-    select_rows,
-    target_log_probs,
-    unembed,
-)
+from fasb_lens.models.running import blocks_from, forward, target_log_probs, unembed
 from fasb_lens.models.shape import (
     HOOK_FINAL,
     HOOK_RESID_POST,
@@ -84,6 +83,7 @@ __all__ = [
     "HOOK_RESID_PRE",
     "HOOK_W_O_IN",
     "HOOK_Z",
+    "KVCache",
     "EmbeddedModelMissingError",
     "ModelShape",
     "ModelUnavailableError",

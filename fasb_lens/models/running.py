@@ -1,10 +1,10 @@
 """Running a model: forward calls (with a padding mask, a KV cache, or from a given
-block on), the unembedding at chosen positions, and the KV-cache operations."""
+block on) and the unembedding at chosen positions; the KV cache itself is
+:mod:`fasb_lens.models.kv_cache`."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import AttentionMask, TokenIds
+from fasb_lens.models.kv_cache import KVCache
 from fasb_lens.models.shape import model_id
 
 
@@ -30,8 +31,9 @@ def forward(
     """One forward pass; returns logits, or ``(logits, cache)`` when a cache is used.
 
     With ``use_cache=True`` (or a ``past_key_values`` from an earlier call) the model
-    returns HuggingFace's ``DynamicCache``; pass it back with the next tokens and an
-    attention mask covering the cached and the new positions. With ``start_at_layer``,
+    returns a :class:`~fasb_lens.models.KVCache` (or extends the cache passed); pass it
+    back with the next tokens and an attention mask covering the cached and the new
+    positions. With ``start_at_layer``,
     ``ids`` is the residual stream entering that block (``[batch, pos, d_model]``) and
     the blocks below it are not run at all (see :func:`blocks_from`). ``attention_mask``
     may also be a ``[batch, 1, pos, past + pos]`` boolean mask saying which positions each
@@ -64,15 +66,17 @@ def _forward(
 ) -> Any:
     if start_at_layer is not None:
         kwargs["start_at_layer"] = start_at_layer
-    if past_key_values is not None or use_cache:
-        return model(
-            ids,
-            return_type="logits_and_cache",
-            use_cache=True,
-            past_key_values=past_key_values,
-            **kwargs,
-        )
-    return model(ids, **kwargs)
+    if past_key_values is None and use_cache:
+        past_key_values = KVCache()
+    if past_key_values is None:
+        return model(ids, **kwargs)
+    return model(
+        ids,
+        return_type="logits_and_cache",
+        use_cache=True,
+        past_key_values=past_key_values,
+        **kwargs,
+    )
 
 
 @contextmanager
@@ -156,44 +160,3 @@ def target_log_probs(
     if not parts:
         return final.new_zeros(0, dtype=torch.float32)
     return torch.cat(parts)[torch.cat(order).argsort()]
-
-
-def cache_layers(cache: Any) -> list[tuple[Tensor, Tensor]]:
-    """The ``(keys, values)`` of each layer of a ``DynamicCache``."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def build_cache(layers: Sequence[tuple[Tensor, Tensor]]) -> Any:
-    """A ``DynamicCache`` holding these per-layer ``(keys, values)``."""
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=list(layers))
-
-
-def crop_cache(cache: Any, n_tokens: int) -> None:
-    """Drop the last ``n_tokens`` positions from a ``DynamicCache``, in place.
-
-    The negative form of ``crop`` is the one these transformers versions accept.
-    """
-    if n_tokens > 0:
-        cache.crop(-n_tokens)
-
-
-def copy_cache(cache: Any) -> Any:
-    """An independent copy of a ``DynamicCache``, to start several runs from one prefix."""
-    return copy.deepcopy(cache)
-
-
-def select_rows(cache: Any, rows: Tensor) -> Any:
-    """A new ``DynamicCache`` with only ``rows`` (a ``[n]`` index) of ``cache``'s batch."""
-    return build_cache(
-        [
-            (keys.index_select(0, rows), values.index_select(0, rows))
-            for keys, values in cache_layers(cache)
-        ]
-    )
-
-
-def cache_length(cache: Any) -> int:
-    """Positions held by a ``DynamicCache``."""
-    return int(cache.get_seq_length())

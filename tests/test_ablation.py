@@ -8,6 +8,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from fasb_lens._types import Head
 from fasb_lens.ablation import (
@@ -18,6 +19,7 @@ from fasb_lens.ablation import (
     ablation_study,
     attribution_effects,
     exact_effects,
+    exact_flops,
     fasb_heads_study,
     logprob_margin,
     loop_effects,
@@ -118,6 +120,20 @@ def test_exact_engine_equals_the_loop(tiny_model, metric_name, bin_cost, monkeyp
     scale = max(abs(value) for value in loop.values())
     assert all(exact[h] == pytest.approx(loop[h], abs=1e-4 * max(1.0, scale)) for h in loop)
     assert len({round(v, 6) for v in loop.values()}) > 4  # the heads do differ
+
+
+def test_exact_flops_counts_what_the_engine_runs(tiny_model) -> None:
+    """The grid's operation count (the floor the benchmark divides by a matrix-product
+    rate) matches the matrix-product operations torch counts while the engine runs; the
+    rest (rotary tables) is a fraction of a percent."""
+    metric = logprob_margin(tiny_model, QUESTIONS)
+    edits = make_edits(model_shape(tiny_model).heads, "zero")
+    with FlopCounterMode(display=False) as counter:
+        exact_effects(tiny_model, metric, edits, max_rows=12, progress=False)
+    expected = exact_flops(tiny_model, metric, edits, max_rows=12)
+    assert counter.get_total_flops() == pytest.approx(expected, rel=0.005)
+    one = {head: edits[head] for head in list(edits)[:1]}
+    assert exact_flops(tiny_model, metric, one, max_rows=12) < expected / 2
 
 
 def test_exact_engine_with_prompts_of_any_length(tiny_model) -> None:

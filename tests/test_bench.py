@@ -110,4 +110,9 @@ def test_bench_ablation_on_a_tiny_model(tiny_llama) -> None:
     assert entry["speedup"] == pytest.approx(entry["loop_s"] / entry["exact_s"], rel=0.1, abs=0.06)
     assert entry["naive_loop_s"] > 0 and entry["attribution_s"] > 0
     assert -1 <= entry["attribution_rank_correlation"] <= 1
+    assert entry["exact_gflop"] > 0 and entry["matmul_gflops"] > 0
+    assert entry["exact_floor_s"] == pytest.approx(
+        entry["exact_gflop"] / entry["matmul_gflops"], rel=0.05, abs=0.1
+    )
+    assert entry["loop_gflop"] > entry["exact_gflop"]  # the engine saves the layers below
     json.dumps(report)

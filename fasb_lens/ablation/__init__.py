@@ -21,7 +21,7 @@ it, all on one metric definition (:mod:`.metrics`):
 
 from fasb_lens.ablation.attribution import attribution_effects
 from fasb_lens.ablation.edits import KINDS, AblationKind, Edit, make_edits
-from fasb_lens.ablation.exact import exact_effects, loop_effects
+from fasb_lens.ablation.exact import exact_effects, exact_flops, loop_effects
 from fasb_lens.ablation.metrics import (
     METRICS,
     LogProbMetric,
@@ -62,6 +62,7 @@ __all__ = [
     "ablation_study",
     "attribution_effects",
     "exact_effects",
+    "exact_flops",
     "fasb_heads_study",
     "logprob_margin",
     "loop_effects",

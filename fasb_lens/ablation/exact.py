@@ -95,6 +95,43 @@ def exact_effects(
     return engine.run(on_layer, progress)
 
 
+def exact_flops(
+    model: TransformerBridge,
+    metric: LogProbMetric,
+    edits: dict[Head, list[Edit]],
+    *,
+    max_rows: int = 256,
+) -> int:
+    """The floating-point operations of the matrix products :func:`exact_effects` runs
+    for a log-probability metric: the clean pass, then every edit's forward from its
+    head's layer up, each over the padded prompt batch and the answer bins (the blocks'
+    weight products and attention's two products) and the unembedding of every scored
+    node.
+
+    Divided by a machine's matrix-product rate, it is the least time any schedule that
+    computes these positions exactly can take there, whatever its overheads.
+    """
+    layout = _LogProbEngine(model, metric, edits, max_rows).layout
+    cfg = model.cfg
+    heads = cfg.n_heads * cfg.d_head
+    kv_heads = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
+    mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * cfg.d_model * cfg.d_mlp
+    weights = cfg.d_model * (2 * heads + 2 * kv_heads) + mlp  # Q, O; K, V; the MLP
+    attention = 4 * heads  # scores and mixing, per token and key position
+    prompt = 0 if layout.prompt_ids is None else layout.prompt_ids.shape[1]
+    runs = [(layout.n_groups, prompt, prompt)] if prompt else []
+    runs += [(len(b.inputs), b.inputs.shape[1], prompt + b.inputs.shape[1]) for b in layout.bins]
+    per_layer = sum(rows * width * (2 * weights + attention * keys) for rows, width, keys in runs)
+    nodes = sum(int(b.input_mask.sum()) for b in layout.bins)
+    unembed = nodes * 2 * cfg.d_model * cfg.d_vocab
+    n_layers = cfg.n_layers
+    clean = n_layers * per_layer + unembed
+    return clean + sum(
+        len(edit_list) * ((n_layers - head.layer) * per_layer + unembed)
+        for head, edit_list in edits.items()
+    )
+
+
 def _by_layer(edits: dict[Head, list[Edit]]) -> Iterator[tuple[int, list[Head]]]:
     layers: dict[int, list[Head]] = {}
     for head in edits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -237,6 +238,26 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
+def matmul_gflops(model, *, rows: int = 2048, tries: int = 5) -> float:
+    """The best rate (GFLOP/s) of this machine at a large matrix product in the model's
+    dtype, of the shape of a block's MLP over ``rows`` positions (the best of ``tries``
+    timings of about 0.2 s each)."""
+    cfg = model.cfg
+    dtype = next(model.parameters()).dtype
+    inputs = torch.randn(rows, cfg.d_model, dtype=dtype)
+    weight = torch.randn(cfg.d_mlp, cfg.d_model, dtype=dtype)
+    torch.nn.functional.linear(inputs, weight)
+    best = 0.0
+    for _ in range(tries):
+        start, reps = time.perf_counter(), 0
+        while time.perf_counter() - start < 0.2:
+            torch.nn.functional.linear(inputs, weight)
+            reps += 1
+        rate = 2 * rows * cfg.d_model * cfg.d_mlp * reps / (time.perf_counter() - start) / 1e9
+        best = max(best, rate)
+    return best
+
+
 def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
     """The full zero-ablation grid (every head) with ``logprob_margin`` on the first
     ``ablation_questions`` TruthfulQA questions: the exact engine against the head-by-head
@@ -249,6 +270,7 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
     from fasb_lens.ablation import (
         attribution_effects,
         exact_effects,
+        exact_flops,
         logprob_margin,
         loop_effects,
         make_edits,
@@ -285,12 +307,32 @@ def bench_ablation(ctx: BenchContext) -> dict[str, Any]:
     with _timer(times, "attribution_s"):
         _, estimates, _ = attribution_effects(model, metric, edits, progress=ctx.progress)
     effects = {head: value - baseline for head, value in exact.items()}
+    flops = exact_flops(model, metric, edits)
+    loop_flops = (len(heads) + 1) * exact_flops(model, metric, {})  # a clean pass per head
+    rate = matmul_gflops(model)
     return {
         "dataset": name,
         "questions": len(metric.groups),
         "continuations": sum(len(g.continuations) for g in metric.groups),
         "heads": len(heads),
         "exact_s": times["exact_s"],
+        "exact_gflop": round(flops / 1e9, 2),
+        "exact_achieved_gflops": round(flops / 1e9 / times["exact_s"], 1),
+        "matmul_gflops": round(rate, 1),
+        "exact_floor_s": round(flops / 1e9 / rate, 1),
+        "exact_floor_note": (
+            "the grid's matrix-product operations (exact_gflop, counted from the engine's "
+            "schedule) divided by the best rate of a large matrix product in the model's dtype "
+            "on this machine, measured in this run (matmul_gflops): no exact schedule of "
+            "these positions can be faster here"
+        ),
+        "loop_gflop": round(loop_flops / 1e9, 2),
+        "arithmetic_ratio": round(loop_flops / flops, 2),
+        "arithmetic_ratio_note": (
+            "loop_gflop counts the head-by-head loop the same way (a whole evaluation of the "
+            "metric per head, on the engine's batching); arithmetic_ratio = loop_gflop / "
+            "exact_gflop is the speedup the engine's saving in arithmetic alone gives"
+        ),
         "loop_s": round(loop_s, 3),
         "loop_extrapolated_from_heads": [str(head) for head in sample],
         "loop_seconds_per_head": round(per_call, 2),

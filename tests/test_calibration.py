@@ -101,6 +101,25 @@ def test_search_budget_and_bootstrap() -> None:
     assert noisy.bootstrap(np.random.RandomState(0))["chosen_wins"] < 1.0
 
 
+def test_filling_a_budget_never_ends_on_an_edge() -> None:
+    # the pattern of a real run (CAA's multiple-choice search, fold 1): a dip at 4 makes
+    # 1 the start grid's best, the refinements climb towards the peak at 5.66, and the
+    # last point the budget allows (4.76) is the best and the largest tried
+    def dipped(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        value = -((math.log2(alpha) - math.log2(5.66)) ** 2)
+        if abs(alpha - 4.0) < 0.01:
+            value = -7.0
+        return {"mc2": [value] * 3, "mc1": [0.0] * 3}
+
+    search = Search(dipped, ("mc2", "mc1"))
+    search.strengths((0.25, 1.0, 4.0))
+    search.fill(11)  # the search before this rule stopped here on 4.76, the largest tried
+    tried = sorted(alpha for alpha, _ in search.tried)
+    assert len(tried) >= 11
+    assert tried[0] < search.best() < tried[-1]
+    assert 4.0 < search.best() < 8.0
+
+
 def test_bootstrap_breaks_ties_as_the_choice_does() -> None:
     # MC2 ties everywhere; MC1 decides: the bootstrap must rank by it too, not by the
     # order the settings were tried in

@@ -10,7 +10,8 @@ questions, per task, and gives every method the same search:
   and Youden's J). With ``tracker="auto"`` the better one is used.
 * **Strengths**: a log-spaced grid that extends itself (x2) while the best value sits on
   its edge, then is refined (x2^(+-1/2)) around the best; every method family (ITI, CAA,
-  FASB and its variants) gets the same number of evaluations.
+  FASB and its variants) gets the same number of evaluations, and more only where filling
+  that budget left the best on an edge (:meth:`~fasb_lens.evaluation.search.Search.fill`).
 * **Threshold**: for generation, the Youden threshold of the chosen tracker's first-check
   readings over the chosen K heads (the trackers are compared over every anchored head,
   before K is known; with K chosen, the same unsteered answers are read again); for

@@ -6,7 +6,8 @@ steering if that score is below no steering's and stronger if equal), then refin
 (x2^(+-1/2)) around the best, so the value it returns is an interior optimum, not the edge
 of a grid. :func:`joint_search`
 searches a FASB-like family's strength and threshold together (thresholds from quantiles
-of the tracker's readings) and gives every other family the same number of evaluations.
+of the tracker's readings) and gives every other family the same number of evaluations
+(more only where filling that budget left its best on an edge, :meth:`Search.fill`).
 Each choice comes with a bootstrap over the validation items: how often it wins when they
 are resampled, and the range of the winners.
 """
@@ -170,13 +171,36 @@ class Search:
         return None
 
     def fill(self, budget: int, threshold: float | None = None) -> None:
-        """More refinement points around the best until ``budget`` settings are tried."""
-        step = 1
-        while len(self.tried) < budget:
+        """More settings until ``budget`` are tried: a step beyond the best when it sits on
+        an edge of the strengths tried (:func:`beyond_edge`), otherwise a pair of
+        refinement points around it. A refinement can make the largest (or smallest)
+        strength tried the best; then the search goes on past the budget, only beyond
+        that edge, until the best is interior (at most :data:`MAX_EXTENSIONS` steps)."""
+        step, extra = 1, 0
+        while True:
+            edge = self._edge(threshold)
+            if len(self.tried) >= budget:
+                if edge is None or extra == MAX_EXTENSIONS:
+                    return
+                extra += 1
+            if edge is not None:
+                self.score(edge, threshold)
+                continue
             best = self.best(threshold)
             pair = [(best * 2 ** (sign * step / 4), threshold) for sign in (-1, 1)]
             self.score_all(pair[: budget - len(self.tried)])
             step += 1
+
+    def _edge(self, threshold: float | None) -> float | None:
+        """The next strength beyond the best when the best is on an edge (None if not)."""
+        key = threshold_key(threshold)
+        tried = [alpha for alpha, t in self.tried if t == key]
+        return beyond_edge(
+            tried,
+            lambda alpha: rank_key(self.tried[(alpha, key)], self.keys),
+            lambda alpha: alpha * 2,
+            lambda alpha: alpha / 2,
+        )
 
     def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
         """How often the chosen setting wins when validation questions are resampled.

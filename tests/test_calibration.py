@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -118,6 +119,9 @@ def test_filling_a_budget_never_ends_on_an_edge() -> None:
     assert len(tried) >= 11
     assert tried[0] < search.best() < tried[-1]
     assert 4.0 < search.best() < 8.0
+    # a refinement point that meets a tried strength through float error (4 reached as
+    # 2.378 x 2^(3/4)) is the same setting, not a second evaluation
+    assert all(high / low > 1 + 1e-6 for low, high in pairwise(tried))
 
 
 def test_bootstrap_breaks_ties_as_the_choice_does() -> None:

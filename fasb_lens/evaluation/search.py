@@ -14,6 +14,7 @@ are resampled, and the range of the winners.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +106,7 @@ class Search:
 
     def score_all(self, settings: Sequence[Setting]) -> list[Scores]:
         """Each setting's scores; those not tried yet are evaluated together."""
-        keys = [(round(alpha, 9), threshold_key(threshold)) for alpha, threshold in settings]
+        keys = [self._key(alpha, threshold) for alpha, threshold in settings]
         new = {
             key: setting
             for key, setting in zip(keys, settings, strict=True)
@@ -120,11 +121,19 @@ class Search:
             self.tried.update(zip(new, results, strict=True))
         return [self.tried[key] for key in keys]
 
+    def _key(self, alpha: float, threshold: float | None) -> Setting:
+        """A setting's key: a strength already tried within float error of ``alpha`` (a
+        point reached by another product of steps, 4 as 2.378 x 2^(3/4)), so that it is
+        not evaluated twice; otherwise ``alpha`` rounded."""
+        key = threshold_key(threshold)
+        for tried, at in self.tried:
+            if at == key and math.isclose(tried, alpha, rel_tol=1e-6):
+                return tried, key
+        return round(alpha, 9), key
+
     def best(self, threshold: float | None = None) -> float:
         """The best strength tried at ``threshold`` (ties: the smaller strength)."""
-        alphas = [
-            a for a, t in self.tried if t == (None if threshold is None else round(threshold, 9))
-        ]
+        alphas = [a for a, t in self.tried if t == threshold_key(threshold)]
         return max(
             alphas,
             key=lambda a: (*rank_key(self.tried[(a, threshold_key(threshold))], self.keys), -a),
@@ -137,7 +146,7 @@ class Search:
         self.score_all([(alpha, threshold) for alpha in grid])
 
         def value(alpha: float) -> tuple[float, ...]:
-            return rank_key(self.tried[(round(alpha, 9), threshold_key(threshold))], self.keys)
+            return rank_key(self.tried[self._key(alpha, threshold)], self.keys)
 
         for _ in range(MAX_EXTENSIONS):
             tried = [a for a, t in self.tried if t == threshold_key(threshold)]

@@ -133,29 +133,31 @@ class Search:
 
     def best(self, threshold: float | None = None) -> float:
         """The best strength tried at ``threshold`` (ties: the smaller strength)."""
-        alphas = [a for a, t in self.tried if t == threshold_key(threshold)]
-        return max(
-            alphas,
-            key=lambda a: (*rank_key(self.tried[(a, threshold_key(threshold))], self.keys), -a),
-        )
+        return max(self._at(threshold), key=lambda a: (*self._rank(a, threshold), -a))
+
+    def _at(self, threshold: float | None) -> list[float]:
+        """The strengths tried at ``threshold``."""
+        key = threshold_key(threshold)
+        return [alpha for alpha, at in self.tried if at == key]
+
+    def _rank(self, alpha: float, threshold: float | None) -> tuple[float, ...]:
+        """A tried setting's objectives, as the search ranks them."""
+        return rank_key(self.tried[(alpha, threshold_key(threshold))], self.keys)
 
     def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
         """Grid, extension (x2 or /2, :func:`beyond_edge`) while the best is on an edge,
         or off a grid on which every strength scores the same, then refinement around the
         best."""
         self.score_all([(alpha, threshold) for alpha in grid])
-
-        def value(alpha: float) -> tuple[float, ...]:
-            return rank_key(self.tried[self._key(alpha, threshold)], self.keys)
-
         for _ in range(MAX_EXTENSIONS):
-            tried = [a for a, t in self.tried if t == threshold_key(threshold)]
+            tried = self._at(threshold)
+            firsts = {self._rank(alpha, threshold)[0] for alpha in tried}
             if len(tried) == 1:
                 step = tried[0] * 2
-            elif len({value(alpha)[0] for alpha in tried}) == 1:
-                step = self._off_flat(tried, value(tried[0])[0], threshold)
+            elif len(firsts) == 1:
+                step = self._off_flat(tried, firsts.pop(), threshold)
             else:
-                step = beyond_edge(tried, value, lambda a: a * 2, lambda a: a / 2)
+                step = self._edge(threshold)
             if step is None:
                 break
             self.score(step, threshold)
@@ -202,11 +204,9 @@ class Search:
 
     def _edge(self, threshold: float | None) -> float | None:
         """The next strength beyond the best when the best is on an edge (None if not)."""
-        key = threshold_key(threshold)
-        tried = [alpha for alpha, t in self.tried if t == key]
         return beyond_edge(
-            tried,
-            lambda alpha: rank_key(self.tried[(alpha, key)], self.keys),
+            self._at(threshold),
+            lambda alpha: self._rank(alpha, threshold),
             lambda alpha: alpha * 2,
             lambda alpha: alpha / 2,
         )

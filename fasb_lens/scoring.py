@@ -26,15 +26,16 @@ log-probability of a continuation; :func:`continuation_log_probs` scores
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.interventions import Hooks, capture, final_residual, heads_from
+from fasb_lens.interventions import capture, final_residual, heads_from
 from fasb_lens.models import (
     build_cache,
     cache_layers,
@@ -169,6 +170,41 @@ class _Scoring:
         )
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class _Request:
+    """One question's share of a forward: ``tree`` fed after its scorer's prompt cache,
+    from block ``start`` (``inputs``: the nodes' token ids ``[nodes]``, or the residual
+    stream entering that block ``[nodes, d_model]``), with each intervention's strength
+    at every node (``steer``); ``keep_resid`` keeps the residual stream entering the
+    lowest anchored block (steered passes start from it)."""
+
+    scorer: PrefixScorer
+    tree: TokenTree
+    inputs: Tensor
+    start: int | None = None
+    steer: list[tuple[Intervention, Tensor]] = field(default_factory=list)
+    keep_resid: bool = False
+
+
+@dataclass
+class _Output:
+    """What a forward gives one request: the final residual stream at its nodes, the
+    anchored heads' ``hook_z`` (``layer -> [1, nodes, n_heads, d_head]``) and the kept
+    residual stream (``[nodes, d_model]``, or ``None``)."""
+
+    final: Float[Tensor, "nodes d_model"]
+    z: dict[int, Tensor]
+    resid: Tensor | None
+
+
+Steps = Generator[list[_Request], list[_Output], T]
+"""A scorer's work as a generator: it yields the forwards it needs next (all at once,
+so they can join other questions' forwards) and is sent their outputs, in order."""
+
+
 class PrefixScorer:
     """Scores continuations of one prefix under any policy, running the prefix once.
 
@@ -226,14 +262,20 @@ class PrefixScorer:
             self.cache = prefill(model, torch.tensor([head], device=self.device))
         self._plain: dict[tuple[tuple[int, ...], ...], _Pass] = {}
         # the anchored heads at the prompt's last token, for decisions made there
-        self._prefix = self._run([[]]) if steering is not None else None
+        self._prefix: _Pass | None = None  # run on first use, with other questions' passes
+
+    @property
+    def prompt_length(self) -> int:
+        """Positions held by the prompt's cache (the prompt but its last token)."""
+        return cache_length(self.cache) if self.cache is not None else 0
 
     @property
     def prefix_p_true(self) -> float | None:
         """The probe tracker's reading at the prompt's last token (``None`` unsteered)."""
-        if self._prefix is None:
+        if self.steering is None:
             return None
-        return float(self._tracker_readings("probe", self._prefix)[0, 0])
+        prefix = _alone(self.model, self._prefix_steps())
+        return float(self._tracker_readings("probe", prefix)[0, 0])
 
     # ----------------------------------------------------------------------- passes
 
@@ -250,22 +292,23 @@ class PrefixScorer:
         other._layers = self._layers  # type: ignore[method-assign]
         return other
 
-    def _run(self, cont_ids: list[list[int]]) -> _Pass:
+    def _prefix_steps(self) -> Steps[_Pass]:
+        """The anchored heads at the prompt's last token, for decisions made there (run
+        once)."""
+        if self._prefix is None:
+            self._prefix = yield from self._run_steps([[]])
+        return self._prefix
+
+    def _run_steps(self, cont_ids: list[list[int]]) -> Steps[_Pass]:
         """The unsteered pass: each continuation's summed log-probability, the anchored
         heads' ``hook_z`` at every node and the residual stream entering the lowest
-        anchored block (steered passes start there, :meth:`_run_feeds`)."""
+        anchored block (steered passes start there, :meth:`_feeds_steps`)."""
         tree = TokenTree.build(self.prefix_ids[-1], cont_ids, leaves=True)
-        store: dict[int, Tensor] = {}
-        kept: dict[int, Tensor] = {}
-        captures = capture(self._layers(), store)
-        if self._layers():
-            captures += capture([self._layers()[0]], kept, site="resid_pre")
-        ids = torch.tensor([tree.tokens], device=self.device)
-        final = self._forward(tree, ids, captures, [], None)
-        resid = next(iter(kept.values()))[0] if kept else None
-        return _Pass(tree.log_probs(self.model, final), store, self._nodes(tree), resid)
+        ids = torch.tensor(tree.tokens, device=self.device)
+        (out,) = yield [_Request(self, tree, ids, keep_resid=bool(self._layers()))]
+        return _Pass(tree.log_probs(self.model, out.final), out.z, self._nodes(tree), out.resid)
 
-    def _run_feeds(self, cont_ids: list[list[int]], feeds: Sequence[_Feed]) -> list[_Pass]:
+    def _feeds_steps(self, cont_ids: list[list[int]], feeds: Sequence[_Feed]) -> Steps[list[_Pass]]:
         """Every feed's steered pass (one per feed, in order), in as few forwards as the
         starting blocks allow.
 
@@ -281,13 +324,21 @@ class PrefixScorer:
         parts: dict[int | None, list[int]] = {}
         for index, intervention in enumerate(interventions):
             parts.setdefault(self._start_layer(intervention, plain), []).append(index)
-        passes: dict[int, _Pass] = {}
+        requests, finishes = [], []
         for start, indices in parts.items():
-            chosen = [feeds[i] for i in indices]
-            runs = self._steered(
-                [interventions[i] for i in indices], chosen, cont_ids, start, plain
+            request, finish = self._steered(
+                [interventions[i] for i in indices],
+                [feeds[i] for i in indices],
+                cont_ids,
+                start,
+                plain,
             )
-            passes.update(zip(indices, runs, strict=True))
+            requests.append(request)
+            finishes.append(finish)
+        outputs = yield requests
+        passes: dict[int, _Pass] = {}
+        for indices, finish, out in zip(parts.values(), finishes, outputs, strict=True):
+            passes.update(zip(indices, finish(out), strict=True))
         return [passes[index] for index in range(len(feeds))]
 
     def _steered(
@@ -297,10 +348,10 @@ class PrefixScorer:
         cont_ids: list[list[int]],
         start: int | None,
         plain: _Pass | None,
-    ) -> list[_Pass]:
-        """One forward of ``feeds`` (see :meth:`_run_feeds`) from block ``start``, fed
+    ) -> tuple[_Request, Callable[[_Output], list[_Pass]]]:
+        """The forward of ``feeds`` (see :meth:`_feeds_steps`) from block ``start``, fed
         there the residual stream the unsteered pass ``plain`` kept (``None``: every
-        block, from the tokens)."""
+        block, from the tokens), and how its output becomes each feed's pass."""
         distinct: list[Intervention] = []
         answers, strengths, groups, rows = [], [], [], []
         for intervention, feed in zip(interventions, feeds, strict=True):
@@ -318,48 +369,26 @@ class PrefixScorer:
         ]
         track = any(feed.track for feed in feeds)
         tree = TokenTree.build(self.prefix_ids[-1], answers, keys=keys, leaves=track)
-        at_node = torch.zeros(len(distinct), 1, len(tree), device=self.device)
+        at_node = torch.zeros(len(distinct), len(tree), device=self.device)
         for path, values, group in zip(tree.paths, strengths, groups, strict=True):
-            at_node[group, 0, list(path)] = torch.tensor(values[: len(path)], device=self.device)
-        hooks = [
-            hook
-            for group, intervention in enumerate(distinct)
-            for hook in intervention.hooks(at_node[group], positions=at_node[group] != 0)
-        ]
+            at_node[group, list(path)] = torch.tensor(values[: len(path)], device=self.device)
         if start is None or plain is None:
-            inputs = torch.tensor([tree.tokens], device=self.device)
+            inputs = torch.tensor(tree.tokens, device=self.device)
         else:
             inputs = self._residual_inputs(tree, plain, rows)
-        store: dict[int, Tensor] = {}
-        captures = capture(self._layers(), store) if track else []
-        final = self._forward(tree, inputs, captures, hooks, start)
-        totals, nodes = tree.log_probs(self.model, final), self._nodes(tree)
-        passes, begin = [], 0
-        for feed in feeds:
-            end = begin + len(feed.rows)
-            passes.append(_Pass(totals[begin:end], store, nodes[begin:end]))
-            begin = end
-        return passes
+        request = _Request(self, tree, inputs, start, list(zip(distinct, at_node, strict=True)))
 
-    def _forward(
-        self, tree: TokenTree, inputs: Tensor, captures: Hooks, hooks: Hooks, start: int | None
-    ) -> Float[Tensor, "nodes d_model"]:
-        """The final residual stream of a forward feeding ``tree`` after the prompt's cache
-        (``inputs``: its tokens, or the residual stream entering block ``start``)."""
-        prompt = cache_length(self.cache) if self.cache is not None else 0
-        positions = self.answer_start - 1 + torch.tensor([tree.depth], device=self.device)
-        past = build_cache(cache_layers(self.cache)) if self.cache is not None else None
-        with torch.inference_mode():
-            return final_residual(
-                self.model,
-                inputs,
-                tree.attention(prompt).to(self.device),
-                captures,
-                hooks,
-                past=past,
-                start_at_layer=start,
-                position_ids=positions,
-            )[0]
+        def finish(out: _Output) -> list[_Pass]:
+            totals, nodes = tree.log_probs(self.model, out.final), self._nodes(tree)
+            store = out.z if track else {}
+            passes, begin = [], 0
+            for feed in feeds:
+                end = begin + len(feed.rows)
+                passes.append(_Pass(totals[begin:end], store, nodes[begin:end]))
+                begin = end
+            return passes
+
+        return request, finish
 
     def _nodes(self, tree: TokenTree) -> Int[Tensor, "answers pos"]:
         """``[answers, pos]``: the node that fed each answer's each position (0 after)."""
@@ -381,14 +410,14 @@ class PrefixScorer:
     @staticmethod
     def _residual_inputs(
         tree: TokenTree, plain: _Pass, rows: Sequence[int]
-    ) -> Float[Tensor, "1 nodes d_model"]:
+    ) -> Float[Tensor, "nodes d_model"]:
         """Each node's residual stream entering the start layer, read from the unsteered
         pass ``plain`` at the node that fed the same tokens (answer ``rows[a]`` there)."""
         assert plain.resid is not None
         source = torch.zeros(len(tree), dtype=torch.long, device=plain.resid.device)
         for row, path in zip(rows, tree.paths, strict=True):
             source[list(path)] = plain.nodes[row, : len(path)]
-        return plain.resid[source][None]
+        return plain.resid[source]
 
     def _strengths(self, schedule: list[tuple[int, float]], length: int) -> list[float]:
         """The steering strength at each fed position of an answer of ``length`` tokens
@@ -405,12 +434,12 @@ class PrefixScorer:
             values.append(total)
         return values
 
-    def _unsteered(self, cont_ids: list[list[int]]) -> _Pass:
+    def _unsteered_steps(self, cont_ids: list[list[int]]) -> Steps[_Pass]:
         """The unsteered pass, computed once per set of answers: no steering and the
         tracking pass of every deciding policy share it, and steered passes start from it."""
         key = tuple(tuple(ids) for ids in cont_ids)
         if key not in self._plain:
-            self._plain[key] = self._run(cont_ids)
+            self._plain[key] = yield from self._run_steps(cont_ids)
         return self._plain[key]
 
     def _tracker_readings(self, kind: str, run: _Pass) -> Tensor:
@@ -436,11 +465,12 @@ class PrefixScorer:
     ) -> list[list[float]]:
         """The tracker's unsteered readings for each continuation (token ids): at the
         prompt's last token, then at each of its tokens."""
-        if self._prefix is None:
+        if self.steering is None:
             raise ValueError("readings need a steering artifact (the anchored heads)")
         lists = [list(ids) for ids in cont_ids]
-        prompt_end = float(self._tracker_readings(tracker, self._prefix)[0, 0])
-        values = self._tracker_readings(tracker, self._unsteered(lists))
+        prefix = _alone(self.model, self._prefix_steps())
+        prompt_end = float(self._tracker_readings(tracker, prefix)[0, 0])
+        values = self._tracker_readings(tracker, _alone(self.model, self._unsteered_steps(lists)))
         return [
             [prompt_end, *values[row, 1 : len(ids) + 1].tolist()] for row, ids in enumerate(lists)
         ]
@@ -466,37 +496,49 @@ class PrefixScorer:
 
         The policies advance together: their passes steered from the start run as one
         forward, then each round of re-scoring triggered answers runs as one forward for
-        every policy that has any; the scores are each policy's alone.
+        every policy that has any; the scores are each policy's alone. Several questions
+        run together with :func:`score_together`.
         """
+        return _alone(self.model, self._score_steps(cont_ids, policies, texts))
+
+    def _score_steps(
+        self,
+        cont_ids: Sequence[Sequence[int]],
+        policies: Sequence[Policy],
+        texts: Sequence[str] | None,
+    ) -> Steps[list[list[AnswerScore]]]:
+        """:meth:`score_policies` as steps (see :data:`Steps`)."""
         cont_ids = [list(ids) for ids in cont_ids]
         if texts is None:
             texts = [self.model.tokenizer.decode(ids) for ids in cont_ids]
         states = [
             _Scoring.begin(policy, list(texts), cont_ids, self.steer_from) for policy in policies
         ]
-        for state in states:
-            if state.policy.decides and self._prefix is None:
-                raise ValueError(f"the {state.policy.name} policy needs a steering artifact")
+        deciding = [state.policy for state in states if state.policy.decides]
+        if deciding and self.steering is None:
+            raise ValueError(f"the {deciding[0].name} policy needs a steering artifact")
+        prefix = (yield from self._prefix_steps()) if deciding else None
         if any(not state.initial for state in states):
-            plain = self._unsteered(cont_ids)
+            plain = yield from self._unsteered_steps(cont_ids)
             for state in states:
                 if not state.initial:
                     state.totals = plain.totals
                     if state.policy.decides:
-                        self._first_decisions(state, plain)
+                        self._first_decisions(state, prefix, plain)
         if steered := [state for state in states if state.initial]:
             every = list(range(len(cont_ids)))
             feeds = [
                 _Feed(state.policy, every, state.schedules, state.policy.decides)
                 for state in steered
             ]
-            for state, run in zip(steered, self._run_feeds(cont_ids, feeds), strict=True):
+            runs = yield from self._feeds_steps(cont_ids, feeds)
+            for state, run in zip(steered, runs, strict=True):
                 state.totals = run.totals
                 if state.policy.decides:
-                    self._first_decisions(state, run)
+                    self._first_decisions(state, prefix, run)
         while active := [state for state in states if state.pending]:
             feeds = [self._rescore(state) for state in active]
-            runs = self._run_feeds(cont_ids, feeds)
+            runs = yield from self._feeds_steps(cont_ids, feeds)
             for state, feed, run in zip(active, feeds, runs, strict=True):
                 state.totals = state.totals.clone()
                 state.totals[feed.rows] = run.totals
@@ -507,11 +549,12 @@ class PrefixScorer:
                 result.log_prob = total
         return [state.results for state in states]
 
-    def _first_decisions(self, state: _Scoring, first: _Pass) -> None:
-        """The policy's decisions at the prompt's end and along each answer's first pass."""
-        assert self._prefix is not None
+    def _first_decisions(self, state: _Scoring, prefix: _Pass | None, first: _Pass) -> None:
+        """The policy's decisions at the prompt's end (``prefix``: its pass) and along each
+        answer's first pass."""
+        assert prefix is not None
         policy = state.policy
-        prompt_end = float(self._readings(policy, self._prefix)[0, 0])
+        prompt_end = float(self._readings(policy, prefix)[0, 0])
         for row, tracking in enumerate(state.trackings):
             decision = tracking.observe(-1, prompt_end, at_prompt_end=True)
             if decision.checked:
@@ -573,3 +616,185 @@ class PrefixScorer:
             if decision.trigger is not None:
                 return position, decision.trigger
         return None
+
+
+# --------------------------------------------------------------------------- questions together
+
+ROWS = 4
+"""Questions whose trees share a forward, at most (each is a row of the batch). On a CPU
+more rows stop paying: the attention's scores of a wide batch leave the caches."""
+NODE_SLOTS = 4096
+"""Rows times the widest tree, at most, in one forward (a sweep of many settings makes
+wide trees; fewer of them then share a forward)."""
+
+
+@dataclass
+class ScoringJob:
+    """One question's scoring for :func:`score_together`: ``scorer`` (its prompt),
+    continuations as token ids, the policies and, optionally, the continuations' texts."""
+
+    scorer: PrefixScorer
+    cont_ids: Sequence[Sequence[int]]
+    policies: Sequence[Policy]
+    texts: Sequence[str] | None = None
+
+
+def score_together(
+    jobs: Sequence[ScoringJob], *, rows: int = ROWS
+) -> list[list[list[AnswerScore]]]:
+    """Each job's :meth:`PrefixScorer.score_policies`, the jobs' passes run together.
+
+    A forward of one question's tree is mostly fixed cost on a CPU; here the questions
+    advance in lockstep and, at each round, their trees are the rows of one forward (up to
+    ``rows`` at a time), each row after its own prompt. A row's numbers are those of its
+    question alone, up to float rounding.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    if not jobs:
+        return []
+    model = jobs[0].scorer.model
+    steps = [job.scorer._score_steps(job.cont_ids, job.policies, job.texts) for job in jobs]
+    return _drive(model, steps, rows)
+
+
+def _alone(model: TransformerBridge, steps: Steps[T]) -> T:
+    """Run one question's steps, each forward on its own."""
+    return _drive(model, [steps], 1)[0]
+
+
+def _drive(model: TransformerBridge, steps: Sequence[Steps[Any]], rows: int) -> list[Any]:
+    """Advance every generator of steps to its end; at each round the forwards they ask
+    for run together, grouped by the block they start at."""
+    results: list[Any] = [None] * len(steps)
+    waiting: dict[int, list[_Request]] = {}
+
+    def advance(index: int, outputs: list[_Output] | None) -> None:
+        try:
+            waiting[index] = steps[index].send(outputs)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            waiting.pop(index, None)
+            results[index] = stop.value
+
+    for index in range(len(steps)):
+        advance(index, None)
+    while waiting:
+        groups: dict[tuple[Any, ...], list[tuple[int, int, _Request]]] = {}
+        for index, requests in waiting.items():
+            for position, request in enumerate(requests):
+                key = (request.start, tuple(request.scorer._layers()))
+                groups.setdefault(key, []).append((index, position, request))
+        outputs: dict[tuple[int, int], _Output] = {}
+        for members in groups.values():
+            members.sort(key=lambda member: -len(member[2].tree))
+            for chunk in _chunks(members, rows):
+                done = _forward_together(model, [request for _, _, request in chunk])
+                outputs.update(
+                    ((index, position), out)
+                    for (index, position, _), out in zip(chunk, done, strict=True)
+                )
+        for index in list(waiting):
+            count = len(waiting[index])
+            advance(index, [outputs[(index, position)] for position in range(count)])
+    return results
+
+
+def _chunks(members: list[Any], rows: int) -> list[list[Any]]:
+    """``members`` (widest tree first) cut into forwards of at most ``rows`` rows and
+    :data:`NODE_SLOTS` node slots."""
+    chunks: list[list[Any]] = []
+    for member in members:
+        if chunks:
+            chunk = chunks[-1]
+            width = len(chunk[0][2].tree)
+            if len(chunk) < rows and (len(chunk) + 1) * width <= NODE_SLOTS:
+                chunk.append(member)
+                continue
+        chunks.append([member])
+    return chunks
+
+
+def _forward_together(model: TransformerBridge, requests: Sequence[_Request]) -> list[_Output]:
+    """One forward whose rows are ``requests`` (same start block, same anchored layers),
+    each row's tree after its own prompt: prompts and trees are padded to the longest, and
+    no row sees another's padding."""
+    first = requests[0].scorer
+    device, layers = first.device, first._layers()
+    width = max(len(request.tree) for request in requests)
+    prompts = [request.scorer.prompt_length for request in requests]
+    longest = max(prompts)
+    count = len(requests)
+    mask = torch.cat(
+        [
+            request.tree.attention(prompt, width=width, room=longest)
+            for request, prompt in zip(requests, prompts, strict=True)
+        ]
+    )
+    positions = torch.zeros(count, width, dtype=torch.long)
+    inputs = requests[0].inputs.new_zeros((count, width, *requests[0].inputs.shape[1:]))
+    for row, request in enumerate(requests):
+        tree, n = request.tree, len(request.tree)
+        positions[row, :n] = request.scorer.answer_start - 1 + torch.tensor(tree.depth)
+        inputs[row, :n] = request.inputs
+    distinct: list[Intervention] = []
+    amounts: list[Tensor] = []
+    for row, request in enumerate(requests):
+        for intervention, values in request.steer:
+            if not any(intervention is seen for seen in distinct):
+                distinct.append(intervention)
+                amounts.append(torch.zeros(count, width, device=device))
+            group = next(g for g, seen in enumerate(distinct) if seen is intervention)
+            amounts[group][row, : len(values)] = values
+    hooks = [
+        hook
+        for intervention, values in zip(distinct, amounts, strict=True)
+        for hook in intervention.hooks(values, positions=values != 0)
+    ]
+    store: dict[int, Tensor] = {}
+    kept: dict[int, Tensor] = {}
+    captures = capture(layers, store)
+    if layers and any(request.keep_resid for request in requests):
+        captures += capture([layers[0]], kept, site="resid_pre")
+    with torch.inference_mode():
+        final = final_residual(
+            model,
+            inputs,
+            mask.to(device),
+            captures,
+            hooks,
+            past=_stacked_cache([request.scorer for request in requests], longest),
+            start_at_layer=requests[0].start,
+            position_ids=positions.to(device),
+        )
+    resid = next(iter(kept.values())) if kept else None
+    return [
+        _Output(
+            final[row, : len(request.tree)],
+            {layer: z[row : row + 1, : len(request.tree)] for layer, z in store.items()},
+            None if resid is None else resid[row, : len(request.tree)],
+        )
+        for row, request in enumerate(requests)
+    ]
+
+
+def _stacked_cache(scorers: Sequence[PrefixScorer], longest: int) -> Any:
+    """A KV cache whose row ``r`` holds scorer ``r``'s prompt, zeros after it up to
+    ``longest`` positions (``None`` when no scorer has a cached prompt)."""
+    if longest == 0:
+        return None
+    if len(scorers) == 1:
+        return build_cache(cache_layers(scorers[0].cache))
+    per_scorer = [
+        cache_layers(scorer.cache) if scorer.cache is not None else None for scorer in scorers
+    ]
+    template = next(layers for layers in per_scorer if layers is not None)
+    stacked = []
+    for layer, (keys, values) in enumerate(template):
+        shape = (len(scorers), keys.shape[1], longest, keys.shape[3])
+        both = [keys.new_zeros(shape), values.new_zeros(shape)]
+        for row, layers in enumerate(per_scorer):
+            if layers is not None:
+                for buffer, held in zip(both, layers[layer], strict=True):
+                    buffer[row, :, : held.shape[2]] = held[0]
+        stacked.append((both[0], both[1]))
+    return build_cache(stacked)

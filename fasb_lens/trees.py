@@ -114,8 +114,14 @@ class TokenTree:
             )
         return totals
 
-    def attention(self, prompt: int) -> Bool[Tensor, "1 1 width width_with_prompt"]:
-        """The ``[1, 1, nodes, prompt + nodes]`` mask of a forward that feeds the tree after
-        ``prompt`` cached positions: every node sees the whole prompt and its ancestors."""
-        front = torch.ones(len(self), prompt, dtype=torch.bool)
-        return torch.cat([front, self.sees()], dim=1)[None, None]
+    def attention(
+        self, prompt: int, *, width: int | None = None, room: int | None = None
+    ) -> Bool[Tensor, "1 1 width width_with_prompt"]:
+        """The ``[1, 1, width, room + width]`` mask of a forward that feeds the tree after
+        ``prompt`` cached positions: every node sees the whole prompt and its ancestors.
+        ``room`` (at least ``prompt``) pads the cached positions, ``width`` the nodes, for
+        a row of a batch; nothing sees a padded position but itself."""
+        width, room = width or len(self), prompt if room is None else room
+        front = torch.zeros(width, room, dtype=torch.bool)
+        front[: len(self), :prompt] = True
+        return torch.cat([front, self.sees(width)], dim=1)[None, None]

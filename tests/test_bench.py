@@ -56,6 +56,9 @@ def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
     assert entry["questions"] == 4 and entry["answers_scored"] >= 16
     assert entry["max_abs_log_prob_difference"] < 1e-3  # same scores both ways
     assert entry["speedup"] == pytest.approx(entry["naive_s"] / entry["cached_batched_s"], rel=0.05)
+    assert entry["questions_together_max_abs_difference"] < 1e-3  # shared forwards, same scores
+    ratio = entry["questions_alone_s"] / entry["questions_together_s"]
+    assert entry["questions_together_speedup"] == pytest.approx(ratio, rel=0.05)
 
 
 def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path) -> None:

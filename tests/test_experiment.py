@@ -115,9 +115,13 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     real_append = JsonlLog.append
     calls = {"n": 0}
 
+    # killed inside fold 1's multiple choice: after the 8 unsteered answers and fold 0's
+    # 4 test questions under every multiple-choice policy (scored together, one chunk)
+    kept = 8 + 4 * (len(METHODS) + len(QUESTION)) + 4
+
     def dying_append(self, record):
         calls["n"] += 1
-        if calls["n"] == 23:
+        if calls["n"] == kept + 1:
             raise KeyboardInterrupt
         real_append(self, record)
 
@@ -125,7 +129,7 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         run(tiny_llama, tmp_path)
     monkeypatch.setattr(JsonlLog, "append", real_append)
-    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 22
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == kept
     # a torn line, as a kill in the middle of a write would leave
     with (tmp_path / "records.jsonl").open("a") as handle:
         handle.write('{"fold": 0, "question_')
@@ -135,7 +139,7 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     ).summarize()
     counts = [m["mean"]["n_mc"] + m["mean"]["n_generation"] for m in partial["methods"].values()]
     written = [
-        json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()[:22]
+        json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()[:kept]
     ]
     done = {(r["method"].split("/")[0], r["question_id"], r["task"]) for r in written}
     assert sum(counts) == len(done) and all(n <= 16 for n in counts)
@@ -149,7 +153,7 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
 
     monkeypatch.setattr(experiment_module, "MultipleChoice", CountingChoice)
     resumed = run(tiny_llama, tmp_path)
-    assert len(evaluated) < 8  # questions finished before the kill were not scored again
+    assert len(evaluated) == 4  # fold 0's questions, finished before the kill, were not redone
     assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()
     assert json.dumps(resumed, sort_keys=True) == json.dumps(summary, sort_keys=True)
 

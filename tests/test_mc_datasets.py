@@ -263,14 +263,15 @@ POLICIES = {
 
 
 def count_score_calls(monkeypatch) -> list[int]:
+    """Every scoring of a prefix's options (alone or with others), as it starts."""
     calls: list[int] = []
-    original = PrefixScorer.score_policies
+    original = PrefixScorer._score_steps
 
-    def counting(self, cont_ids, policies, **kwargs):
+    def counting(self, cont_ids, policies, texts):
         calls.append(len(cont_ids))
-        return original(self, cont_ids, policies, **kwargs)
+        return original(self, cont_ids, policies, texts)
 
-    monkeypatch.setattr(PrefixScorer, "score_policies", counting)
+    monkeypatch.setattr(PrefixScorer, "_score_steps", counting)
     return calls
 
 

@@ -16,7 +16,7 @@ from fasb_lens.data import load_mini_truthfulqa, probing_prompts
 from fasb_lens.evaluation.truthfulqa import mc_metrics
 from fasb_lens.generation import GenerationConfig, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.policies import CAA, FASB, ITI, Unsteered, make_policy
+from fasb_lens.policies import CAA, FASB, ITI, RandomDirections, Unsteered, make_policy
 from fasb_lens.scoring import PrefixScorer
 
 PREFIX = "Be true.\n\nQ: Is the Great Wall of China visible from space?\nA:"
@@ -293,6 +293,7 @@ def test_steered_passes_start_from_the_unsteered_pass(tiny_llama, steering, monk
     starts = record_starts(monkeypatch)
     warm = PrefixScorer(tiny_llama, PREFIX, steering=upper)
     warm.score(answers)
+    assert warm.prefix_p_true is not None  # the prompt's last token, run once, first
     with monkeypatch.context() as patched:  # the reference runs every block
         patched.setattr(PrefixScorer, "_start_layer", lambda self, *args: None)
         full = [
@@ -351,3 +352,52 @@ def test_policies_scored_together_equal_each_alone(tiny_llama, steering, monkeyp
     # one from block 0 (CAA steers below the anchored heads, in the first round only)
     assert forwards[:2] == [None, None] and forwards[2:4] in ([1, None], [None, 1])
     assert set(forwards[4:]) == {1} and len(forwards) <= 2 + 2 + 3
+
+
+def test_questions_scored_together_equal_each_alone(tiny_llama, steering, monkeypatch) -> None:
+    """Several questions' passes as the rows of shared forwards (prompts of different
+    lengths, trees of different widths, both padded) score as each question alone,
+    decisions included; a row that saw another's padding would move its numbers."""
+    upper = above_block_zero(tiny_llama, steering)  # steered passes start above block 0
+    prefixes = [
+        PREFIX,
+        "Q: Is the sky green?\nA:",
+        "Be true.\n\nQ: What happens if you swallow gum? Think about it slowly.\nA:",
+    ]
+    answer_sets = [ANSWERS, ANSWERS[1:3], [*ANSWERS, " It stays inside you for seven years."]]
+    ids = [tokenize(tiny_llama, answers, prepend_bos=False) for answers in answer_sets]
+    rows = [
+        row
+        for prefix, cont in zip(prefixes, ids, strict=True)
+        for row in PrefixScorer(tiny_llama, prefix, steering=upper).readings(cont)
+    ]
+    threshold = statistics.median(min(row[2:]) for row in rows if row[2:])  # about half trigger
+    fasb = FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1)
+    policies = [Unsteered(), ITI(alpha=20.0), fasb, RandomDirections(fasb, 3)]
+
+    def scorers() -> list[PrefixScorer]:
+        return [PrefixScorer(tiny_llama, prefix, steering=upper) for prefix in prefixes]
+
+    alone = [s.score_policies(cont, policies) for s, cont in zip(scorers(), ids, strict=True)]
+    sizes = []
+    real = scoring._forward_together
+
+    def spy(model, requests):
+        sizes.append(len(requests))
+        return real(model, requests)
+
+    monkeypatch.setattr(scoring, "_forward_together", spy)
+    jobs = [scoring.ScoringJob(s, cont, policies) for s, cont in zip(scorers(), ids, strict=True)]
+    together = scoring.score_together(jobs, rows=2)
+    assert max(sizes) == 2  # rows were shared
+    triggered = []
+    for mine, theirs in zip(together, alone, strict=True):
+        for scored, reference in zip(mine, theirs, strict=True):
+            for a, b in zip(scored, reference, strict=True):
+                assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+                assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
+                assert a.strength == pytest.approx(b.strength, abs=1e-5)
+                triggered.append(a.triggered)
+    assert any(triggered) and not all(triggered)
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        scoring.score_together(jobs, rows=0)

@@ -14,7 +14,7 @@ from fasb_lens.bench.context import BenchContext, _prompt_format, _timer
 from fasb_lens.data import (
     load_mini_truthfulqa,
 )
-from fasb_lens.evaluation.truthfulqa import evaluate_mc
+from fasb_lens.evaluation.truthfulqa import MultipleChoice, evaluate_mc
 from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import (
     forward,
@@ -24,9 +24,9 @@ from fasb_lens.models import (
     pad_token_id,
     tokenize,
 )
-from fasb_lens.policies import FASB, Unsteered
+from fasb_lens.policies import FASB, ITI, Unsteered
 from fasb_lens.probes import fit_head_probes
-from fasb_lens.scoring import continuation_log_probs
+from fasb_lens.scoring import ROWS, continuation_log_probs, score_together
 from fasb_lens.splits import authors_folds, train_val_split
 from fasb_lens.steering import Steering
 
@@ -132,7 +132,8 @@ def _bench_steering(ctx: BenchContext) -> Steering:
     """A steering artifact for the benchmarks, anchored on the mini set."""
     questions = load_mini_truthfulqa()
     split = train_val_split([question.id for question in questions])
-    return anchor_heads(ctx.model, questions, split, top_k=24, progress=ctx.progress).steering
+    top_k = min(24, len(model_shape(ctx.model).heads))  # a tiny test model has fewer heads
+    return anchor_heads(ctx.model, questions, split, top_k=top_k, progress=ctx.progress).steering
 
 
 def _generation_prompts(ctx: BenchContext, n: int) -> list[str]:
@@ -235,6 +236,46 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
         "speedup": round(times["naive_s"] / times["cached_batched_s"], 2),
         "target_speedup": 5,
         "max_abs_log_prob_difference": gap,
+        **_questions_together(ctx, questions, fmt, source),
+    }
+
+
+def _questions_together(ctx: BenchContext, questions, fmt, source: str) -> dict[str, Any]:
+    """A calibration round on the same questions (FASB at three strengths, ITI, and the
+    unsteered pass they share), each question's forwards alone against the questions'
+    trees as rows of shared forwards (:func:`~fasb_lens.scoring.score_together`)."""
+    steering = _bench_steering(ctx)
+    policies = {
+        **{
+            f"fasb {alpha}": FASB(alpha=alpha, threshold=0.5, backtrack_tokens=10)
+            for alpha in (8.0, 32.0, 128.0)
+        },
+        "fixed": ITI(alpha=4.0),
+    }
+    times: dict[str, float] = {}
+    results = {}
+    for key, rows in (("questions_alone_s", 1), ("questions_together_s", ROWS)):
+        items = [
+            MultipleChoice(ctx.model, q, fmt=fmt, steering=steering, source=source, answer_offset=1)
+            for q in questions
+        ]
+        with _timer(times, key):
+            scored = score_together(
+                [item.job(list(policies.values())) for item in items], rows=rows
+            )
+        results[key] = [
+            a.log_prob for per_item in scored for per_policy in per_item for a in per_policy
+        ]
+    alone, together = results["questions_alone_s"], results["questions_together_s"]
+    return {
+        **times,
+        "questions_rows": ROWS,
+        "questions_together_speedup": round(
+            times["questions_alone_s"] / times["questions_together_s"], 2
+        ),
+        "questions_together_max_abs_difference": max(
+            abs(a - b) for a, b in zip(alone, together, strict=True)
+        ),
     }
 
 

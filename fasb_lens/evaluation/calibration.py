@@ -53,7 +53,7 @@ from fasb_lens.evaluation.search import (
     rank_key,
     threshold_key,
 )
-from fasb_lens.evaluation.truthfulqa import AnswerSource, MultipleChoice
+from fasb_lens.evaluation.truthfulqa import AnswerSource, MultipleChoice, evaluate_together
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.policies import CAA, FASB, ITI, Policy, Unsteered, policy_spec
 from fasb_lens.prefix import SharedPrefix
@@ -302,7 +302,7 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
             policies = {
                 str(i): make(alpha, threshold) for i, (alpha, threshold) in enumerate(settings)
             }
-            results = [item.evaluate_many(policies) for item in items]
+            results = evaluate_together(items, [policies] * len(items))
             bar.update(len(settings))
             return [
                 {m: [r[name][m] for r in results] for m in ("mc2", "mc1", "mc3")}
@@ -332,7 +332,8 @@ def _calibrate_mc(inputs, calibration, steering, top_ks, bar, rng) -> Steering:
     searches: dict[int, tuple[Search, list[MultipleChoice], list[float]]] = {}
 
     def try_k(k: int) -> None:
-        items = [item.with_steering(_with_k(steering, k)) for item in widest]
+        subset = _with_k(steering, k)  # one object: the questions' forwards share its hooks
+        items = [item.with_steering(subset) for item in widest]
         checks = check_readings(items)
         found = family_search(items, fasb)
         beta = float(np.quantile(checks, 0.5))

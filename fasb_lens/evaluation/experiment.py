@@ -55,11 +55,12 @@ from fasb_lens.evaluation.records import (
     record_trace,
 )
 from fasb_lens.evaluation.summary import write_summary
-from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once
+from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once, evaluate_together
 from fasb_lens.generation import QA_STOP, GenerationConfig, generate
 from fasb_lens.models import load_model, model_shape, tokenize
 from fasb_lens.policies import Policy, adjusted, redraw, setting
 from fasb_lens.prefix import SharedPrefix
+from fasb_lens.scoring import ROWS
 from fasb_lens.splits import Split, authors_folds, authors_question_order, subsample_train
 from fasb_lens.steering import CAAVector, PolicyDefaults, Steering
 
@@ -280,48 +281,65 @@ class Experiment:
         return redraw(policy, self.config.seed, draw, *where)
 
     def evaluate_mc(self, fold: _Fold) -> None:
+        """Every test question's multiple choice under every policy, :data:`ROWS` questions
+        at a time (their passes share forwards)."""
         questions = self._test_questions(fold)
         bar = tqdm(
-            questions, desc=f"MC fold {fold.split.fold}", unit="question", disable=not self.progress
+            total=len(questions),
+            desc=f"MC fold {fold.split.fold}",
+            unit="question",
+            disable=not self.progress,
         )
-        for question in bar:
-            candidates = {
-                name: self._drawn(name, policy, question.id)
-                for name, policy in {
-                    **fold.policies["mc"],
-                    **self._question_policies(fold, question),
-                }.items()
-            }
-            missing = {
-                name
-                for name in candidates
-                if (fold.split.fold, question.id, "mc", name) not in self.records
-            }
-            if not missing:
-                continue
-            choice = MultipleChoice(
-                self.model,
-                question,
-                fmt=self.fmt,
-                steering=fold.steering,
-                source=self.config.mc_source,
-                answer_offset=self.config.mc_offset,
-                shared=self.shared,
-            )
-            # every policy again, so that a question's scores always come from the same
-            # forwards (a resumed run's equal an uninterrupted one's bit for bit)
-            for name, scores in choice.evaluate_many(candidates).items():
-                if name not in missing:
-                    continue
-                self.records.append(
-                    {
-                        "fold": fold.split.fold,
-                        "question_id": question.id,
-                        "task": "mc",
-                        "method": name,
-                        **scores,
-                    }
-                )
+        for start in range(0, len(questions), ROWS):
+            chunk = questions[start : start + ROWS]
+            candidates = [
+                {
+                    name: self._drawn(name, policy, question.id)
+                    for name, policy in {
+                        **fold.policies["mc"],
+                        **self._question_policies(fold, question),
+                    }.items()
+                }
+                for question in chunk
+            ]
+            missing = [
+                {
+                    name
+                    for name in named
+                    if (fold.split.fold, question.id, "mc", name) not in self.records
+                }
+                for question, named in zip(chunk, candidates, strict=True)
+            ]
+            if any(missing):
+                # the whole chunk and every policy again, so that a question's scores
+                # always come from the same forwards (a resumed run's equal an
+                # uninterrupted one's bit for bit)
+                choices = [
+                    MultipleChoice(
+                        self.model,
+                        question,
+                        fmt=self.fmt,
+                        steering=fold.steering,
+                        source=self.config.mc_source,
+                        answer_offset=self.config.mc_offset,
+                        shared=self.shared,
+                    )
+                    for question in chunk
+                ]
+                results = evaluate_together(choices, candidates)
+                for question, wanted, scored in zip(chunk, missing, results, strict=True):
+                    for name in (name for name in scored if name in wanted):
+                        self.records.append(
+                            {
+                                "fold": fold.split.fold,
+                                "question_id": question.id,
+                                "task": "mc",
+                                "method": name,
+                                **scored[name],
+                            }
+                        )
+            bar.update(len(chunk))
+        bar.close()
 
     def evaluate_generation(self, fold: _Fold, methods: Sequence[str] | None = None) -> None:
         config = GenerationConfig(

@@ -35,7 +35,7 @@ from fasb_lens.data.schema import MultipleChoiceItem
 from fasb_lens.evaluation.search import START_GRIDS, Scores, Search, joint_search
 from fasb_lens.models import load_model, tokenize
 from fasb_lens.policies import Policy, Unsteered, adjusted, redraw
-from fasb_lens.scoring import AnswerScore, PrefixScorer
+from fasb_lens.scoring import AnswerScore, PrefixScorer, ScoringJob, score_together
 from fasb_lens.splits import Split
 from fasb_lens.steering import Steering
 
@@ -70,15 +70,41 @@ class _ItemScorer:
     def score_many(self, policies: Sequence[Policy]) -> list[list[AnswerScore]]:
         """Each policy's scores in option order, the policies' passes run together
         (:meth:`~fasb_lens.scoring.PrefixScorer.score_policies`)."""
-        scores: list[dict[int, AnswerScore]] = [{} for _ in policies]
+        return _score_items([self], policies)[0]
+
+    def jobs(self, policies: Sequence[Policy]) -> list[ScoringJob]:
+        """One scoring job per prefix."""
+        jobs = []
         for scorer, indices in self.groups:
             texts = [self.continuations[index] for index in indices]
             ids = tokenize(scorer.model, texts, prepend_bos=False)
-            for found, scored in zip(
-                scores, scorer.score_policies(ids, policies, texts=texts), strict=True
-            ):
+            jobs.append(ScoringJob(scorer, ids, policies, texts))
+        return jobs
+
+    def in_option_order(
+        self, results: Sequence[list[list[AnswerScore]]]
+    ) -> list[list[AnswerScore]]:
+        """The jobs' results (per prefix, per policy) as each policy's scores in option order."""
+        scores: list[dict[int, AnswerScore]] = []
+        for (_, indices), per_policy in zip(self.groups, results, strict=True):
+            scores += [{} for _ in range(len(per_policy) - len(scores))]
+            for found, scored in zip(scores, per_policy, strict=True):
                 found.update(zip(indices, scored, strict=True))
         return [[found[index] for index in range(len(self.continuations))] for found in scores]
+
+
+def _score_items(
+    scorers: Sequence[_ItemScorer], policies: Sequence[Policy]
+) -> list[list[list[AnswerScore]]]:
+    """Every item's scores under every policy (per item, per policy, in option order),
+    the items' passes run together (:func:`~fasb_lens.scoring.score_together`)."""
+    jobs = [scorer.jobs(policies) for scorer in scorers]
+    results = score_together([job for item_jobs in jobs for job in item_jobs])
+    scores, begin = [], 0
+    for scorer, item_jobs in zip(scorers, jobs, strict=True):
+        scores.append(scorer.in_option_order(results[begin : begin + len(item_jobs)]))
+        begin += len(item_jobs)
+    return scores
 
 
 def score_item(
@@ -232,8 +258,7 @@ def _scores(scorers: Sequence[_ItemScorer], items: Sequence[MultipleChoiceItem],
     """Per item: 1 if the policy picks the right option, and the margin of the right
     option's log-probability over the best wrong one (the tie-breaker)."""
     correct, margins = [], []
-    for scorer, item in zip(scorers, items, strict=True):
-        scores = scorer.score(policy)
+    for (scores,), item in zip(_score_items(scorers, [policy]), items, strict=True):
         wrong = max(s.log_prob for index, s in enumerate(scores) if index != item.label)
         correct.append(float(predict(scores) == item.label))
         margins.append(scores[item.label].log_prob - wrong)

@@ -24,7 +24,7 @@ from fasb_lens.generation import GenerationTrace
 from fasb_lens.models import tokenize
 from fasb_lens.policies import ITI, Policy, RandomDirections, Tracking, Unsteered
 from fasb_lens.prefix import SharedPrefix
-from fasb_lens.scoring import AnswerScore, PrefixScorer
+from fasb_lens.scoring import AnswerScore, PrefixScorer, ScoringJob, score_together
 from fasb_lens.steering import Steering
 
 AnswerSource = Literal["mc_task", "csv"]
@@ -120,12 +120,17 @@ class MultipleChoice:
     def evaluate_many(self, policies: Mapping[str, Policy]) -> dict[str, dict[str, Any]]:
         """:meth:`evaluate` for every policy, their passes run together
         (:meth:`~fasb_lens.scoring.PrefixScorer.score_policies`)."""
-        scores = self.scorer.score_policies(
-            self.ids, list(policies.values()), texts=self.continuations
-        )
+        return evaluate_together([self], [policies])[0]
+
+    def job(self, policies: Sequence[Policy]) -> ScoringJob:
+        """This question's answers to score under ``policies``."""
+        return ScoringJob(self.scorer, self.ids, policies, self.continuations)
+
+    def metrics(self, scores: Sequence[list[AnswerScore]], names: Sequence[str]) -> dict:
+        """Each named policy's MC metrics from its answer scores (in :attr:`answers` order)."""
         return {
             name: self._metrics(dict(zip(self.answers, scored, strict=True)))
-            for name, scored in zip(policies, scores, strict=True)
+            for name, scored in zip(names, scores, strict=True)
         }
 
     def _metrics(self, scored: dict[str, AnswerScore]) -> dict[str, Any]:
@@ -147,6 +152,23 @@ class MultipleChoice:
             "mc3": metrics["mc2_mc3"],
             "answers": rows,
         }
+
+
+def evaluate_together(
+    items: Sequence[MultipleChoice], policies: Sequence[Mapping[str, Policy]]
+) -> list[dict[str, dict[str, Any]]]:
+    """:meth:`MultipleChoice.evaluate_many` for several questions (``policies[i]`` for
+    ``items[i]``), their passes run together (:func:`~fasb_lens.scoring.score_together`):
+    one forward per round for up to :data:`~fasb_lens.scoring.ROWS` questions."""
+    if len(items) != len(policies):
+        raise ValueError(f"{len(items)} questions but {len(policies)} sets of policies")
+    scores = score_together(
+        [item.job(list(named.values())) for item, named in zip(items, policies, strict=True)]
+    )
+    return [
+        item.metrics(scored, list(named))
+        for item, named, scored in zip(items, policies, scores, strict=True)
+    ]
 
 
 def evaluate_mc(

@@ -7,7 +7,9 @@ once, keeps its KV cache, and scores the candidates on top of it as one token tr
 nothing is padded); the score of an answer is the sum of its tokens' log-probabilities.
 Several policies are scored together (:meth:`PrefixScorer.score_policies`): each round of
 their passes is one forward, and a steered pass starts at the lowest anchored block from
-the residual stream the unsteered pass kept there.
+the residual stream the unsteered pass kept there. Several questions are scored together
+(:func:`score_together`): their rounds run in lockstep, each question's tree a row of the
+same forward after its own prompt cache.
 
 This module is the policies' second driver (the first is :mod:`fasb_lens.generation`).
 It offers a policy the tracker's reading at the prompt's last token (counted as token

@@ -702,18 +702,35 @@ def _drive(model: TransformerBridge, steps: Sequence[Steps[Any]], rows: int) -> 
 
 
 def _chunks(members: list[Any], rows: int) -> list[list[Any]]:
-    """``members`` (widest tree first) cut into forwards of at most ``rows`` rows and
-    :data:`NODE_SLOTS` node slots."""
+    """``members`` (widest tree first) cut into forwards that pay off: at most ``rows``
+    rows and :data:`NODE_SLOTS` node slots, no tree padded to more than twice its width,
+    and only requests steered by the same interventions together (each intervention's
+    hooks act on the whole batch, so a question's own random directions would make every
+    row of its forward pay for them)."""
     chunks: list[list[Any]] = []
     for member in members:
-        if chunks:
-            chunk = chunks[-1]
-            width = len(chunk[0][2].tree)
-            if len(chunk) < rows and (len(chunk) + 1) * width <= NODE_SLOTS:
+        request = member[2]
+        for chunk in chunks:
+            first = chunk[0][2]
+            width = len(first.tree)
+            if (
+                len(chunk) < rows
+                and (len(chunk) + 1) * width <= NODE_SLOTS
+                and 2 * len(request.tree) >= width
+                and _same_interventions(first, request)
+            ):
                 chunk.append(member)
-                continue
-        chunks.append([member])
+                break
+        else:
+            chunks.append([member])
     return chunks
+
+
+def _same_interventions(one: _Request, other: _Request) -> bool:
+    def ids(request: _Request) -> set[int]:
+        return {id(intervention) for intervention, _ in request.steer}
+
+    return ids(one) == ids(other)
 
 
 def _forward_together(model: TransformerBridge, requests: Sequence[_Request]) -> list[_Output]:

@@ -357,7 +357,8 @@ def test_policies_scored_together_equal_each_alone(tiny_llama, steering, monkeyp
 def test_questions_scored_together_equal_each_alone(tiny_llama, steering, monkeypatch) -> None:
     """Several questions' passes as the rows of shared forwards (prompts of different
     lengths, trees of different widths, both padded) score as each question alone,
-    decisions included; a row that saw another's padding would move its numbers."""
+    decisions included; a row that saw another's padding would move its numbers. A
+    question's own random directions keep its steered passes out of shared forwards."""
     upper = above_block_zero(tiny_llama, steering)  # steered passes start above block 0
     prefixes = [
         PREFIX,
@@ -373,31 +374,35 @@ def test_questions_scored_together_equal_each_alone(tiny_llama, steering, monkey
     ]
     threshold = statistics.median(min(row[2:]) for row in rows if row[2:])  # about half trigger
     fasb = FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1)
-    policies = [Unsteered(), ITI(alpha=20.0), fasb, RandomDirections(fasb, 3)]
+    shared = [Unsteered(), ITI(alpha=20.0), fasb]
+    forwards: list[list[set[int]]] = []  # each forward's rows: the interventions steering it
+    real = scoring._forward_together
+
+    def spy(model, requests):
+        forwards.append([{id(i) for i, _ in request.steer} for request in requests])
+        return real(model, requests)
 
     def scorers() -> list[PrefixScorer]:
         return [PrefixScorer(tiny_llama, prefix, steering=upper) for prefix in prefixes]
 
-    alone = [s.score_policies(cont, policies) for s, cont in zip(scorers(), ids, strict=True)]
-    sizes = []
-    real = scoring._forward_together
-
-    def spy(model, requests):
-        sizes.append(len(requests))
-        return real(model, requests)
-
-    monkeypatch.setattr(scoring, "_forward_together", spy)
-    jobs = [scoring.ScoringJob(s, cont, policies) for s, cont in zip(scorers(), ids, strict=True)]
-    together = scoring.score_together(jobs, rows=2)
-    assert max(sizes) == 2  # rows were shared
-    triggered = []
-    for mine, theirs in zip(together, alone, strict=True):
-        for scored, reference in zip(mine, theirs, strict=True):
-            for a, b in zip(scored, reference, strict=True):
-                assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
-                assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
-                assert a.strength == pytest.approx(b.strength, abs=1e-5)
-                triggered.append(a.triggered)
-    assert any(triggered) and not all(triggered)
+    for policies in (shared, [*shared, RandomDirections(fasb, 3)]):
+        alone = [s.score_policies(c, policies) for s, c in zip(scorers(), ids, strict=True)]
+        forwards.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(scoring, "_forward_together", spy)
+            jobs = [scoring.ScoringJob(s, c, policies) for s, c in zip(scorers(), ids, strict=True)]
+            together = scoring.score_together(jobs, rows=2)
+        shared_rows = [rows for rows in forwards if len(rows) > 1]
+        assert any(rows[0] for rows in shared_rows)  # steered passes shared forwards too
+        assert all(all(row == rows[0] for row in rows) for rows in shared_rows)  # same hooks
+        triggered = []
+        for mine, theirs in zip(together, alone, strict=True):
+            for scored, reference in zip(mine, theirs, strict=True):
+                for a, b in zip(scored, reference, strict=True):
+                    assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+                    assert (a.triggered, a.trigger_token) == (b.triggered, b.trigger_token)
+                    assert a.strength == pytest.approx(b.strength, abs=1e-5)
+                    triggered.append(a.triggered)
+        assert any(triggered) and not all(triggered)
     with pytest.raises(ValueError, match="rows must be >= 1"):
         scoring.score_together(jobs, rows=0)

@@ -85,9 +85,8 @@ class _ItemScorer:
         self, results: Sequence[list[list[AnswerScore]]]
     ) -> list[list[AnswerScore]]:
         """The jobs' results (per prefix, per policy) as each policy's scores in option order."""
-        scores: list[dict[int, AnswerScore]] = []
+        scores: list[dict[int, AnswerScore]] = [{} for _ in results[0]]
         for (_, indices), per_policy in zip(self.groups, results, strict=True):
-            scores += [{} for _ in range(len(per_policy) - len(scores))]
             for found, scored in zip(scores, per_policy, strict=True):
                 found.update(zip(indices, scored, strict=True))
         return [[found[index] for index in range(len(self.continuations))] for found in scores]

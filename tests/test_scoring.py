@@ -385,15 +385,24 @@ def test_questions_scored_together_equal_each_alone(tiny_llama, steering, monkey
     def scorers() -> list[PrefixScorer]:
         return [PrefixScorer(tiny_llama, prefix, steering=upper) for prefix in prefixes]
 
-    for policies in (shared, [*shared, RandomDirections(fasb, 3)]):
-        alone = [s.score_policies(c, policies) for s, c in zip(scorers(), ids, strict=True)]
+    # controls drawn per question, one steering from the start (its forward would mix hooks)
+    own = [
+        [*shared, RandomDirections(ITI(alpha=20.0), 3 + q), RandomDirections(fasb, 3 + q)]
+        for q in range(3)
+    ]
+    for policies in ([shared] * 3, own):
+        alone = [s.score_policies(c, p) for s, c, p in zip(scorers(), ids, policies, strict=True)]
         forwards.clear()
         with monkeypatch.context() as patched:
             patched.setattr(scoring, "_forward_together", spy)
-            jobs = [scoring.ScoringJob(s, c, policies) for s, c in zip(scorers(), ids, strict=True)]
+            jobs = [
+                scoring.ScoringJob(s, c, p)
+                for s, c, p in zip(scorers(), ids, policies, strict=True)
+            ]
             together = scoring.score_together(jobs, rows=2)
         shared_rows = [rows for rows in forwards if len(rows) > 1]
-        assert any(rows[0] for rows in shared_rows)  # steered passes shared forwards too
+        if policies is not own:  # steered passes shared forwards too
+            assert any(rows[0] for rows in shared_rows)
         assert all(all(row == rows[0] for row in rows) for rows in shared_rows)  # same hooks
         triggered = []
         for mine, theirs in zip(together, alone, strict=True):

@@ -274,10 +274,12 @@ class PrefixScorer:
     @property
     def prefix_p_true(self) -> float | None:
         """The probe tracker's reading at the prompt's last token (``None`` unsteered)."""
-        if self.steering is None:
-            return None
+        return None if self.steering is None else self._prompt_end("probe")
+
+    def _prompt_end(self, tracker: str) -> float:
+        """The tracker's reading at the prompt's last token (its pass run if need be)."""
         prefix = _alone(self.model, self._prefix_steps())
-        return float(self._tracker_readings("probe", prefix)[0, 0])
+        return float(self._tracker_readings(tracker, prefix)[0, 0])
 
     # ----------------------------------------------------------------------- passes
 
@@ -357,9 +359,7 @@ class PrefixScorer:
         distinct: list[Intervention] = []
         answers, strengths, groups, rows = [], [], [], []
         for intervention, feed in zip(interventions, feeds, strict=True):
-            if not any(intervention is seen for seen in distinct):
-                distinct.append(intervention)
-            group = next(g for g, seen in enumerate(distinct) if seen is intervention)
+            group = _slot(distinct, intervention)
             for row, schedule in zip(feed.rows, feed.schedules, strict=True):
                 answers.append(cont_ids[row])
                 strengths.append(self._strengths(schedule, len(cont_ids[row])))
@@ -470,8 +470,7 @@ class PrefixScorer:
         if self.steering is None:
             raise ValueError("readings need a steering artifact (the anchored heads)")
         lists = [list(ids) for ids in cont_ids]
-        prefix = _alone(self.model, self._prefix_steps())
-        prompt_end = float(self._tracker_readings(tracker, prefix)[0, 0])
+        prompt_end = self._prompt_end(tracker)
         values = self._tracker_readings(tracker, _alone(self.model, self._unsteered_steps(lists)))
         return [
             [prompt_end, *values[row, 1 : len(ids) + 1].tolist()] for row, ids in enumerate(lists)
@@ -726,6 +725,16 @@ def _chunks(members: list[Any], rows: int) -> list[list[Any]]:
     return chunks
 
 
+def _slot(seen: list[Any], item: Any) -> int:
+    """``item``'s index in ``seen``, compared by identity (an intervention is the object a
+    policy hands out), appended first if it is not there."""
+    for index, other in enumerate(seen):
+        if other is item:
+            return index
+    seen.append(item)
+    return len(seen) - 1
+
+
 def _same_interventions(one: _Request, other: _Request) -> bool:
     def ids(request: _Request) -> set[int]:
         return {id(intervention) for intervention, _ in request.steer}
@@ -759,10 +768,9 @@ def _forward_together(model: TransformerBridge, requests: Sequence[_Request]) ->
     amounts: list[Tensor] = []
     for row, request in enumerate(requests):
         for intervention, values in request.steer:
-            if not any(intervention is seen for seen in distinct):
-                distinct.append(intervention)
+            group = _slot(distinct, intervention)
+            if group == len(amounts):
                 amounts.append(torch.zeros(count, width, device=device))
-            group = next(g for g, seen in enumerate(distinct) if seen is intervention)
             amounts[group][row, : len(values)] = values
     hooks = [
         hook

@@ -139,7 +139,7 @@ class CalibrationInputs:
     mc_source: AnswerSource = "mc_task"
     answer_offset: int = 1
     max_new_tokens: int = 50
-    batch_size: int = 32
+    batch_size: int = 64
     judge: str = "embedding-acc"
     progress: bool = True
 

@@ -132,7 +132,7 @@ class ExperimentConfig:
     )
     primer: str | None = option(None, help="QA primer file (default: fasb_lens' own)")
     instruction: str | None = option(None, help="instruction file (default: fasb_lens' own)")
-    batch_size: int = option(32, help="prompts generated together", bounds=AT_LEAST_ONE)
+    batch_size: int = option(64, help="prompts generated together", bounds=AT_LEAST_ONE)
     tuning_seed: int = 0
     calibrate: bool = option(
         True, help="use --alpha/--threshold/--top-k as given instead of choosing them"

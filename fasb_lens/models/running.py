@@ -14,6 +14,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens._types import AttentionMask, TokenIds
+from fasb_lens.models.attention import fast_attention
 from fasb_lens.models.kv_cache import KVCache
 from fasb_lens.models.shape import model_id
 
@@ -68,15 +69,14 @@ def _forward(
         kwargs["start_at_layer"] = start_at_layer
     if past_key_values is None and use_cache:
         past_key_values = KVCache()
-    if past_key_values is None:
+    if past_key_values is not None:
+        kwargs |= {
+            "return_type": "logits_and_cache",
+            "use_cache": True,
+            "past_key_values": past_key_values,
+        }
+    with fast_attention(model):
         return model(ids, **kwargs)
-    return model(
-        ids,
-        return_type="logits_and_cache",
-        use_cache=True,
-        past_key_values=past_key_values,
-        **kwargs,
-    )
 
 
 @contextmanager

@@ -8,9 +8,9 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from fasb_lens.models import KVCache, forward, load_model, running, tokenize
+from fasb_lens.models import KVCache, forward, load_model, tokenize
 from fasb_lens.models import attention as attention_module
-from fasb_lens.models.attention import fast_attention
+from fasb_lens.models.attention import bridge_attention, fast_attention
 
 HOOKS = ("hook_attn_scores", "hook_pattern", "hook_z")
 
@@ -24,9 +24,7 @@ def _run(model, fast: bool, monkeypatch, calls, edit=None, watched=HOOKS):
     """Each call's logits and the ``watched`` hooks' values in layer 1, with or without
     the fast attention; and how many attention layers ran fused."""
     fused = []
-    with monkeypatch.context() as patch:
-        if not fast:
-            patch.setattr(running, "fast_attention", lambda model: nullcontext(0))
+    with monkeypatch.context() as patch, bridge_attention() if not fast else nullcontext():
         kernel = attention_module.F.scaled_dot_product_attention
 
         def counted(*args, **kwargs):
@@ -122,6 +120,8 @@ def test_fast_attention_covers_rotary_layers_only_and_restores(kind, request) ->
     model = request.getfixturevalue(f"tiny_{kind}")
     with fast_attention(model) as covered:
         assert covered == (model.cfg.n_layers if kind == "llama" else 0)
+    with bridge_attention(), fast_attention(model) as covered:
+        assert covered == 0
     for block in model.blocks:
         assert "forward" not in vars(block.attn)
         assert "forward" not in vars(block.attn.original_component)

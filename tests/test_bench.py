@@ -61,6 +61,17 @@ def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
     assert entry["questions_together_speedup"] == pytest.approx(ratio, rel=0.05)
 
 
+def test_bench_attention_on_a_tiny_model(tiny_llama) -> None:
+    entry = run_benchmarks(["attention"], model=tiny_llama, progress=False, mc_questions=3)
+    entry = entry["results"]["attention"]
+    assert entry["prompts"] == 64 and entry["mc_questions"] == 3
+    for task in ("generation", "mc"):
+        ratio = entry[f"{task}_bridge_s"] / entry[f"{task}_fast_s"]
+        assert entry[f"{task}_speedup"] == pytest.approx(ratio, rel=0.05)
+    assert entry["generation_same_tokens"] == 1.0  # float32: the same computation
+    assert entry["mc_max_abs_log_prob_difference"] < 1e-4
+
+
 def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path) -> None:
     from functools import partial
 

@@ -20,6 +20,7 @@ from fasb_lens.bench.reproduce import bench_reproduce
 from fasb_lens.bench.speed import (
     bench_ablation,
     bench_activations,
+    bench_attention,
     bench_generation,
     bench_mc,
     bench_probes,
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "probes": bench_probes,
     "generation": bench_generation,
     "mc": bench_mc,
+    "attention": bench_attention,
     "ablation": bench_ablation,
     "reproduce": bench_reproduce,
 }

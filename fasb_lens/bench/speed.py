@@ -1,8 +1,10 @@
-"""The speed entries: activations, probes, generation, multiple choice, ablation grids."""
+"""The speed entries: activations, probes, generation, multiple choice, attention, ablation
+grids."""
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +19,7 @@ from fasb_lens.data import (
 from fasb_lens.evaluation.truthfulqa import MultipleChoice, evaluate_mc
 from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import (
+    bridge_attention,
     forward,
     hook_z_name,
     model_shape,
@@ -275,6 +278,49 @@ def _questions_together(ctx: BenchContext, questions, fmt, source: str) -> dict[
         ),
         "questions_together_max_abs_difference": max(
             abs(a - b) for a, b in zip(alone, together, strict=True)
+        ),
+    }
+
+
+def bench_attention(ctx: BenchContext) -> dict[str, Any]:
+    """The fast attention (:func:`~fasb_lens.models.fast_attention`) against the bridge's
+    own, side by side, in the model's dtype: one batch of 64 evaluation prompts generated
+    greedily (30 new tokens, unsteered) and a calibration round of multiple choice (FASB at
+    three strengths and ITI on ``mc_questions`` questions, questions scored together);
+    with how many generated tokens agree and the largest log-probability difference."""
+    steering = _bench_steering(ctx)
+    prompts = _generation_prompts(ctx, 64)
+    _, questions = ctx.questions()
+    fmt = _prompt_format(ctx)
+    source = "mc_task" if questions[0].mc1_targets else "csv"
+    policies = [FASB(alpha=a, threshold=0.5, backtrack_tokens=10) for a in (8.0, 32.0, 128.0)]
+    policies.append(ITI(alpha=4.0))
+    config = GenerationConfig(max_new_tokens=30)
+    generate(ctx.model, prompts[:1], config=GenerationConfig(max_new_tokens=2))  # warm-up
+    times: dict[str, float] = {}
+    tokens, log_probs = {}, {}
+    for key, switch in (("bridge", bridge_attention), ("fast", nullcontext)):
+        with switch():
+            with _timer(times, f"generation_{key}_s"):
+                traces = generate(ctx.model, prompts, config=config)
+            tokens[key] = [trace.output_ids for trace in traces]
+            items = [
+                MultipleChoice(ctx.model, q, fmt=fmt, steering=steering, source=source)
+                for q in questions[: ctx.mc_questions]
+            ]
+            with _timer(times, f"mc_{key}_s"):
+                scored = score_together([item.job(policies) for item in items])
+            log_probs[key] = [a.log_prob for item in scored for per in item for a in per]
+    pairs = list(zip(tokens["bridge"], tokens["fast"], strict=True))
+    return {
+        "prompts": len(prompts),
+        "mc_questions": len(items),
+        **times,
+        "generation_speedup": round(times["generation_bridge_s"] / times["generation_fast_s"], 2),
+        "mc_speedup": round(times["mc_bridge_s"] / times["mc_fast_s"], 2),
+        "generation_same_tokens": round(sum(a == b for a, b in pairs) / len(pairs), 3),
+        "mc_max_abs_log_prob_difference": max(
+            abs(a - b) for a, b in zip(log_probs["bridge"], log_probs["fast"], strict=True)
         ),
     }
 

@@ -8,8 +8,9 @@ one that knows
 * the hook names fasb_lens reads and writes (``blocks.{layer}.attn.hook_z``),
 * the model's shape (``n_layers``, ``n_heads``, ``d_head``),
 * how prompts become token ids (BOS, chat templates, the context length), and
-* how a forward pass is called with a padding mask or a KV cache, and the KV cache
-  itself (:class:`KVCache`, which grows in place).
+* how a forward pass is called with a padding mask or a KV cache, the KV cache itself
+  (:class:`KVCache`, which grows in place), and how attention runs inside those forwards
+  (:func:`fast_attention`; :func:`bridge_attention` turns it off).
 
 **The BOS rule.** A prompt is tokenised exactly as HuggingFace's ``tokenizer(text)`` does
 for that model: SmolLM2 and GPT-2 get no BOS token, Llama-2 gets ``<s>``. ``load_model``
@@ -18,6 +19,7 @@ and every fasb_lens function follows it unless called with ``prepend_bos=``. Pro
 with a chat template carry their own special tokens and are tokenised without a BOS.
 """
 
+from fasb_lens.models.attention import bridge_attention, fast_attention
 from fasb_lens.models.kv_cache import (
     KVCache,
     build_cache,
@@ -91,6 +93,7 @@ __all__ = [
     "ShapeMismatchError",
     "Truncation",
     "blocks_from",
+    "bridge_attention",
     "build_cache",
     "cache_layers",
     "cache_length",
@@ -103,6 +106,7 @@ __all__ = [
     "dtype_name",
     "embedded_model_file",
     "embedded_model_folder",
+    "fast_attention",
     "forward",
     "hook_resid_post_name",
     "hook_resid_pre_name",

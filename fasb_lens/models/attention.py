@@ -192,13 +192,27 @@ def _forward(
     return attention.hook_out(attention.o(mixed)), pattern
 
 
+_bridge_only = [0]  # how many bridge_attention blocks are open
+
+
+@contextmanager
+def bridge_attention() -> Iterator[None]:
+    """Inside the block, :func:`fast_attention` changes nothing: every fasb_lens forward
+    runs the bridge's own attention (to compare with it, or to rule the fast one out)."""
+    _bridge_only[0] += 1
+    try:
+        yield
+    finally:
+        _bridge_only[0] -= 1
+
+
 @contextmanager
 def fast_attention(model: TransformerBridge) -> Iterator[int]:
     """Inside the block, the model's rotary attention layers compute as the module
     docstring says; yields how many layers that covers (0 for a model without them, such
-    as GPT-2: nothing changes)."""
+    as GPT-2, or inside :func:`bridge_attention`: nothing changes)."""
     covered = []
-    for block in model.blocks:
+    for block in model.blocks if not _bridge_only[0] else ():
         attention = getattr(block, "attn", None)
         groups = _groups(attention)
         if groups and "forward" not in vars(attention):

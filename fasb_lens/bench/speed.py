@@ -20,6 +20,7 @@ from fasb_lens.evaluation.truthfulqa import MultipleChoice, evaluate_mc
 from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import (
     bridge_attention,
+    dtype_name,
     forward,
     hook_z_name,
     model_shape,
@@ -313,6 +314,7 @@ def bench_attention(ctx: BenchContext) -> dict[str, Any]:
             log_probs[key] = [a.log_prob for item in scored for per in item for a in per]
     pairs = list(zip(tokens["bridge"], tokens["fast"], strict=True))
     return {
+        "dtype": dtype_name(ctx.model),
         "prompts": len(prompts),
         "mc_questions": len(items),
         **times,

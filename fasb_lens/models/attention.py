@@ -64,8 +64,8 @@ _MODULE_FEATURES = ("key_multiplier", "attn_logit_softcapping", "sinks")
 
 
 def _groups(attention: Any) -> int:
-    """Query heads per key/value head when :func:`grouped_attention` covers this layer,
-    else 0."""
+    """Query heads per key/value head (1 without grouping) when :func:`fast_attention`
+    covers this layer, else 0."""
     if not isinstance(attention, _Attention) or type(attention).forward is not _Attention.forward:
         return 0
     if type(attention)._pre_output_projection is not _Attention._pre_output_projection:

@@ -48,12 +48,17 @@ def test_threshold_falls_back_with_one_class() -> None:
     assert threshold == 0.6 and math.isnan(j)
 
 
+def _log2(alpha: float) -> float:
+    """log2 of a strength; no steering (0) scores as a strength of 2^-10 would."""
+    return math.log2(alpha) if alpha > 0 else -10.0
+
+
 def _peaked(optimum: float, noise: float = 0.0):
     """A validation score peaking at ``optimum`` (log scale), for 6 fake questions."""
     rng = np.random.RandomState(0)
 
     def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
-        value = -((math.log2(alpha) - math.log2(optimum)) ** 2)
+        value = -((_log2(alpha) - math.log2(optimum)) ** 2)
         return {"mc2": list(value + noise * rng.randn(6)), "mc1": [0.0] * 6}
 
     return evaluate
@@ -79,6 +84,19 @@ def test_search_leaves_a_grid_on_which_every_strength_scores_alike() -> None:
     search = Search(broken_above, ("true_x_info", "true"))
     assert search.strengths((8.0, 16.0, 32.0)) == pytest.approx(2.0)
     assert 0.0 not in {alpha for alpha, _ in search.tried}  # a reference, not a candidate
+
+    # the pattern of a real run (ITI's generation search, fold 0): the grid's middle
+    # strength is its best but still breaks the model (0.04 against no steering's 0.45);
+    # the search goes weaker, past the grid, to the peak at 4
+    def interior_but_broken(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        value = 0.45 if alpha == 0 else 0.55 - 0.1 * abs(alpha - 4) if alpha < 6 else 0.0
+        if alpha in (16.0, 11.3137085, 22.627417):
+            value = 0.04
+        return {"true_x_info": [value] * 4, "true": [0.5] * 4}
+
+    stuck = Search(interior_but_broken, ("true_x_info", "true"))
+    assert stuck.strengths((8.0, 16.0, 32.0)) == pytest.approx(4.0)
+    assert min(alpha for alpha, _ in stuck.tried) < 4.0  # the peak is interior to the tried
 
     # nothing changes below 8 (the unsteered score): the search goes stronger
     def inert_below(alpha: float, threshold: float | None) -> dict[str, list[float]]:
@@ -107,7 +125,7 @@ def test_filling_a_budget_never_ends_on_an_edge() -> None:
     # 1 the start grid's best, the refinements climb towards the peak at 5.66, and the
     # last point the budget allows (4.76) is the best and the largest tried
     def dipped(alpha: float, threshold: float | None) -> dict[str, list[float]]:
-        value = -((math.log2(alpha) - math.log2(5.66)) ** 2)
+        value = -((_log2(alpha) - math.log2(5.66)) ** 2)
         if abs(alpha - 4.0) < 0.01:
             value = -7.0
         return {"mc2": [value] * 3, "mc1": [0.0] * 3}
@@ -224,7 +242,7 @@ def test_joint_search_finds_an_interior_threshold() -> None:
 
     def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
         # best at alpha 8 and threshold 0.9, beyond the start quantiles' 0.75
-        value = -((math.log2(alpha) - 3) ** 2) - 10 * ((threshold or 0.5) - 0.9) ** 2
+        value = -((_log2(alpha) - 3) ** 2) - 10 * ((threshold or 0.5) - 0.9) ** 2
         return {"mc2": [value] * 4, "mc1": [0.0] * 4}
 
     others = {"fixed": Search(_peaked(8.0), ("mc2", "mc1"))}
@@ -244,7 +262,7 @@ def test_settings_evaluated_together_search_as_one_at_a_time() -> None:
     readings = list(np.linspace(0.0, 1.0, 101))
 
     def evaluate(alpha: float, threshold: float | None) -> dict[str, list[float]]:
-        value = -((math.log2(alpha) - 3) ** 2) - 10 * ((threshold or 0.5) - 0.9) ** 2
+        value = -((_log2(alpha) - 3) ** 2) - 10 * ((threshold or 0.5) - 0.9) ** 2
         return {"mc2": [value] * 4, "mc1": [0.0] * 4}
 
     calls: list[int] = []

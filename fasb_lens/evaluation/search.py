@@ -1,8 +1,9 @@
 """Searching settings on validation data: strengths, thresholds, and how sure a choice is.
 
 A strength search starts from a log-spaced grid, extends it (x2) while the best value sits
-on an edge and beats its neighbour (or, when every strength scores alike, towards weaker
-steering if that score is below no steering's and stronger if equal), then refines it
+on an edge and beats its neighbour (or towards weaker steering while even the best
+strength scores below no steering, and stronger when every strength scores exactly as no
+steering does), then refines it
 (x2^(+-1/2)) around the best, so the value it returns is an interior optimum, not the edge
 of a grid. :func:`joint_search`
 searches a FASB-like family's strength and threshold together (thresholds from quantiles
@@ -99,7 +100,7 @@ class Search:
     tried: dict[Setting, Scores] = field(default_factory=dict)
     evaluate_many: Callable[[list[Setting]], list[Scores]] | None = None
     unsteered: float | None = None
-    """The first objective at strength 0, once a flat grid needed it (:meth:`strengths`)."""
+    """The first objective at strength 0, once the search needed it (:meth:`_off_worse`)."""
 
     def score(self, alpha: float, threshold: float | None = None) -> Scores:
         return self.score_all([(alpha, threshold)])[0]
@@ -146,8 +147,8 @@ class Search:
 
     def strengths(self, grid: Sequence[float], threshold: float | None = None) -> float:
         """Grid, extension (x2 or /2, :func:`beyond_edge`) while the best is on an edge,
-        or off a grid on which every strength scores the same, then refinement around the
-        best."""
+        or off a grid that does no better than no steering (:meth:`_off_worse`), then
+        refinement around the best."""
         self.score_all([(alpha, threshold) for alpha in grid])
         for _ in range(MAX_EXTENSIONS):
             tried = self._at(threshold)
@@ -155,9 +156,11 @@ class Search:
             if len(tried) == 1:
                 step = tried[0] * 2
             elif len(firsts) == 1:
-                step = self._off_flat(tried, firsts.pop(), threshold)
+                step = self._off_worse(tried, threshold)
             else:
                 step = self._edge(threshold)
+                if step is None:
+                    step = self._off_worse(tried, threshold)
             if step is None:
                 break
             self.score(step, threshold)
@@ -165,19 +168,19 @@ class Search:
         self.score_all([(best * factor, threshold) for factor in (2**-0.5, 2**0.5)])
         return self.best(threshold)
 
-    def _off_flat(
-        self, tried: Sequence[float], flat: float, threshold: float | None
-    ) -> float | None:
-        """Where to go when every strength tried scores the same on the first objective
-        (whatever the tie-breakers say): weaker (/2) when that score is below no steering's
-        (every strength breaks the model), stronger (x2) when it equals it (none changes
-        anything), nowhere otherwise. No steering (strength 0) is evaluated once, as a
-        reference, and is not a candidate."""
+    def _off_worse(self, tried: Sequence[float], threshold: float | None) -> float | None:
+        """Where to go when the best strength tried is no better than no steering on the
+        first objective (whatever the tie-breakers say): weaker (/2) when it is worse
+        (every strength tried breaks the model, even one interior to them), stronger (x2)
+        when a flat grid equals it (none changes anything), nowhere otherwise. No steering
+        (strength 0) is evaluated once, as a reference, and is not a candidate."""
         if self.unsteered is None:
             self.unsteered = rank_key(self.evaluate(0.0, threshold), self.keys)[0]
-        if flat < self.unsteered:
+        best = self._rank(self.best(threshold), threshold)[0]
+        flat = len({self._rank(alpha, threshold)[0] for alpha in tried}) == 1
+        if best < self.unsteered:
             return min(tried) / 2
-        if flat == self.unsteered:
+        if flat and best == self.unsteered:
             return max(tried) * 2
         return None
 

@@ -209,6 +209,12 @@ def bench_generation(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
+def _mc_source(questions) -> str:
+    """Where the benchmarks take multiple-choice answers: ``mc_task.json``'s when the
+    questions carry them, else the CSV's."""
+    return "mc_task" if questions[0].mc1_targets else "csv"
+
+
 def bench_mc(ctx: BenchContext) -> dict[str, Any]:
     """TruthfulQA multiple choice: the prefix-cached, batched scorer vs one full forward per
     answer, on the same questions and answers; reports both times, the ratio and the largest
@@ -216,7 +222,7 @@ def bench_mc(ctx: BenchContext) -> dict[str, Any]:
     name, questions = ctx.questions()
     questions = questions[: ctx.mc_questions]
     fmt = _prompt_format(ctx)
-    source = "mc_task" if questions[0].mc1_targets else "csv"
+    source = _mc_source(questions)
     policy = {"none": Unsteered()}
     times: dict[str, float] = {}
     fast: list[float] = []
@@ -293,7 +299,7 @@ def bench_attention(ctx: BenchContext) -> dict[str, Any]:
     prompts = _generation_prompts(ctx, 64)
     _, questions = ctx.questions()
     fmt = _prompt_format(ctx)
-    source = "mc_task" if questions[0].mc1_targets else "csv"
+    source = _mc_source(questions)
     policies = [FASB(alpha=a, threshold=0.5, backtrack_tokens=10) for a in (8.0, 32.0, 128.0)]
     policies.append(ITI(alpha=4.0))
     config = GenerationConfig(max_new_tokens=30)

@@ -155,10 +155,8 @@ class Search:
             firsts = {self._rank(alpha, threshold)[0] for alpha in tried}
             if len(tried) == 1:
                 step = tried[0] * 2
-            elif len(firsts) == 1:
-                step = self._off_worse(tried, threshold)
             else:
-                step = self._edge(threshold)
+                step = self._edge(threshold) if len(firsts) > 1 else None
                 if step is None:
                     step = self._off_worse(tried, threshold)
             if step is None:

@@ -4,7 +4,7 @@
 (probes and steering of each fold, the calibration readings and sweeps, the generation
 records with their traces, ``results.json``) and saves one HTML (and PNG) file per
 figure; it returns the files with a one-line caption each. A folder written by
-``mc-datasets`` gets its accuracy figure (:func:`render_mc_datasets`).
+``mc-datasets`` gets its accuracy and calibration figures (:func:`render_mc_datasets`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fasb_lens.evaluation.records import load_fold_artifacts, load_run, record_t
 from fasb_lens.evaluation.search import choose_threshold
 from fasb_lens.plotting import (
     dataset_accuracies,
+    dataset_sweeps,
     direction_share,
     head_heatmap,
     method_comparison,
@@ -203,8 +204,21 @@ def render_mc_datasets(run_dir: str | Path, out: str | Path, *, png: bool = True
         Path(run_dir) / storage.MC_DATASETS_SUMMARY, "an mc-datasets summary"
     )
     caption = "held-out accuracy per dataset and method, with 95% binomial intervals"
-    paths = save_figure(dataset_accuracies(results), Path(out) / "mc_datasets", png=png)
-    return [(path, caption) for path in paths]
+    made = [
+        (path, caption)
+        for path in save_figure(dataset_accuracies(results), Path(out) / "mc_datasets", png=png)
+    ]
+    folder = Path(run_dir) / "calibration"
+    calibrations = {
+        name: storage.read_json(folder / f"{name}.json", f"{name}'s calibration")
+        for name in results
+        if (folder / f"{name}.json").is_file()
+    }
+    if calibrations:
+        caption = "validation accuracy against strength per dataset, the unsteered model dashed"
+        paths = save_figure(dataset_sweeps(calibrations), Path(out) / "mc_datasets_sweeps", png=png)
+        made += [(path, caption) for path in paths]
+    return made
 
 
 def _on_final_curve(row: dict, calibration: Calibration) -> bool:

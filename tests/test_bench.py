@@ -70,6 +70,9 @@ def test_bench_attention_on_a_tiny_model(tiny_llama) -> None:
         assert entry[f"{task}_speedup"] == pytest.approx(ratio, rel=0.05)
     assert entry["generation_same_tokens"] == 1.0  # float32: the same computation
     assert entry["mc_max_abs_log_prob_difference"] < 1e-4
+    assert entry["mc_decisions_differing"] == 0
+    assert entry["mc_answers"] > 0
+    assert entry["mc_max_abs_log_prob_difference_same_decision"] < 1e-4
 
 
 def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path) -> None:

@@ -297,6 +297,9 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path) -> None:
     chosen = result["calibration"]
     assert set(chosen["strengths"]) == {"fasb", "fixed"} and chosen["items"] == 4
     assert 0.0 <= chosen["threshold"] <= 1.0 and (tmp_path / "sst2.json").is_file()
+    val = [item for item in items if item.id in split_items(items, seed=0).val]
+    plain = [predict(score_item(tiny_llama, item)) == item.label for item in val]
+    assert chosen["unsteered"]["accuracy"] == pytest.approx(sum(plain) / len(plain))
     calls = count_score_calls(monkeypatch)
     assert (result["n_train"], result["n_val"], result["n_test"]) == (16, 4, 20)
     assert result["dataset"] == "sst2" and len(result["anchored_heads"]) == 4

@@ -13,6 +13,7 @@ from fasb_lens.generation import GenerationTrace, Step
 from fasb_lens.plotting import (
     anchored_heads,
     dataset_accuracies,
+    dataset_sweeps,
     grid_comparison,
     head_heatmap,
     method_comparison,
@@ -141,6 +142,41 @@ def test_dataset_accuracies(tmp_path) -> None:
     (tmp_path / "run" / "mc_datasets.json").write_text(json.dumps(results))
     made = render_run(tmp_path / "run", tmp_path / "figs", png=False)
     assert [path.name for path, _ in made] == ["mc_datasets.html"]
+    (tmp_path / "run" / "calibration").mkdir()
+    (tmp_path / "run" / "calibration" / "copa.json").write_text(json.dumps(_calibration()))
+    made = render_run(tmp_path / "run", tmp_path / "figs", png=False)
+    assert [path.name for path, _ in made] == ["mc_datasets.html", "mc_datasets_sweeps.html"]
+
+
+def _calibration() -> dict:
+    """A dataset's calibration: FASB tried at two thresholds, ITI (``fixed``) at three."""
+    rows = [
+        {"method": "fasb", "alpha": a, "threshold": t, "accuracy": acc}
+        for a, t, acc in ((2.0, 0.4, 0.5), (8.0, 0.4, 0.6), (4.0, 0.5, 0.9), (8.0, 0.5, 0.7))
+    ]
+    rows += [
+        {"method": "fixed", "alpha": a, "threshold": None, "accuracy": acc}
+        for a, acc in ((1.0, 0.55), (2.0, 0.65), (4.0, 0.6))
+    ]
+    return {
+        "unsteered": {"accuracy": 0.575, "margin": 0.1},
+        "strengths": {"fasb": 8.0, "fixed": 2.0},
+        "threshold": 0.4,
+        "sweep": rows,
+    }
+
+
+def test_dataset_sweeps() -> None:
+    figure = dataset_sweeps({"copa": _calibration(), "nli": _calibration()})
+    fasb, fasb_star, fixed, fixed_star = figure.data[:4]
+    assert list(fasb.x) == [2.0, 8.0] and list(fasb.y) == pytest.approx([50.0, 60.0])
+    assert list(fasb_star.x) == [8.0] and list(fasb_star.y) == pytest.approx([60.0])
+    assert list(fixed.x) == [1.0, 2.0, 4.0] and list(fixed_star.y) == pytest.approx([65.0])
+    assert [line.name for line in figure.data].count("fasb") == 2
+    assert [trace.showlegend for trace in figure.data[::2]] == [True, True, False, False]
+    dashed = [shape for shape in figure.layout.shapes if shape.line.dash == "dash"]
+    assert [shape.y0 for shape in dashed] == pytest.approx([57.5, 57.5])
+    assert figure.layout.xaxis.type == "log" and figure.layout.xaxis2.type == "log"
 
 
 def test_anchored_heads_view() -> None:

@@ -30,7 +30,7 @@ from fasb_lens.models import (
 )
 from fasb_lens.policies import FASB, ITI, Unsteered
 from fasb_lens.probes import fit_head_probes
-from fasb_lens.scoring import ROWS, continuation_log_probs, score_together
+from fasb_lens.scoring import ROWS, AnswerScore, continuation_log_probs, score_together
 from fasb_lens.splits import authors_folds, train_val_split
 from fasb_lens.steering import Steering
 
@@ -294,7 +294,10 @@ def bench_attention(ctx: BenchContext) -> dict[str, Any]:
     own, side by side, in the model's dtype: one batch of 64 evaluation prompts generated
     greedily (30 new tokens, unsteered) and a calibration round of multiple choice (FASB at
     three strengths and ITI on ``mc_questions`` questions, questions scored together);
-    with how many generated tokens agree and the largest log-probability difference."""
+    with how many generated tokens agree and the largest log-probability difference, over
+    all answers and over those whose trigger decision (steered or not, from which token) is
+    the same under both: a decision flipped by rounding near the threshold moves an answer's
+    log-probability by the steering's whole effect, which says nothing about the attention."""
     steering = _bench_steering(ctx)
     prompts = _generation_prompts(ctx, 64)
     _, questions = ctx.questions()
@@ -305,7 +308,7 @@ def bench_attention(ctx: BenchContext) -> dict[str, Any]:
     config = GenerationConfig(max_new_tokens=30)
     generate(ctx.model, prompts[:1], config=GenerationConfig(max_new_tokens=2))  # warm-up
     times: dict[str, float] = {}
-    tokens, log_probs = {}, {}
+    tokens, answers = {}, {}
     for key, switch in (("bridge", bridge_attention), ("fast", nullcontext)):
         with switch():
             with _timer(times, f"generation_{key}_s"):
@@ -317,8 +320,10 @@ def bench_attention(ctx: BenchContext) -> dict[str, Any]:
             ]
             with _timer(times, f"mc_{key}_s"):
                 scored = score_together([item.job(policies) for item in items])
-            log_probs[key] = [a.log_prob for item in scored for per in item for a in per]
+            answers[key] = [a for item in scored for per in item for a in per]
     pairs = list(zip(tokens["bridge"], tokens["fast"], strict=True))
+    scores = list(zip(answers["bridge"], answers["fast"], strict=True))
+    same = [(a, b) for a, b in scores if _decision(a) == _decision(b)]
     return {
         "dtype": dtype_name(ctx.model),
         "prompts": len(prompts),
@@ -327,10 +332,20 @@ def bench_attention(ctx: BenchContext) -> dict[str, Any]:
         "generation_speedup": round(times["generation_bridge_s"] / times["generation_fast_s"], 2),
         "mc_speedup": round(times["mc_bridge_s"] / times["mc_fast_s"], 2),
         "generation_same_tokens": round(sum(a == b for a, b in pairs) / len(pairs), 3),
-        "mc_max_abs_log_prob_difference": max(
-            abs(a - b) for a, b in zip(log_probs["bridge"], log_probs["fast"], strict=True)
-        ),
+        "mc_max_abs_log_prob_difference": _max_difference(scores),
+        "mc_decisions_differing": len(scores) - len(same),
+        "mc_answers": len(scores),
+        "mc_max_abs_log_prob_difference_same_decision": _max_difference(same),
     }
+
+
+def _decision(score: AnswerScore) -> tuple[bool, int | None]:
+    """What a policy decided for one answer: whether it was steered, and from which token."""
+    return score.triggered, score.trigger_token
+
+
+def _max_difference(pairs: list[tuple[AnswerScore, AnswerScore]]) -> float:
+    return max((abs(a.log_prob - b.log_prob) for a, b in pairs), default=0.0)
 
 
 def matmul_gflops(model, *, rows: int = 2048, tries: int = 5) -> float:

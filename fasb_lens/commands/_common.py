@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,12 @@ def output_flags(parser: argparse.ArgumentParser, json_help: str | None = None) 
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if json_help:
         parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def print_wall_time(start: float) -> None:
+    """End a long command with its wall time on stderr, counted from ``start`` (a
+    ``time.perf_counter()`` reading taken when the command began)."""
+    print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 def report(summary: dict[str, Any], as_json: bool) -> None:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
-from fasb_lens.commands._common import data_dir, existing_folder, output_flags, output_folder
+from fasb_lens.commands._common import (
+    data_dir,
+    existing_folder,
+    output_flags,
+    output_folder,
+    print_wall_time,
+)
 from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, bounded
 
 
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from fasb_lens.options import split_names
     from fasb_lens.policies import make_policy, policy_spec, resolve
 
+    start = time.perf_counter()
     data = data_dir(args.data)
     if data is None:
         raise ValueError("--data (or FASB_LENS_DATA) must name the data folder")
@@ -104,4 +112,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print((out / "mc_datasets.md").read_text())
+    print_wall_time(start)
     return 0

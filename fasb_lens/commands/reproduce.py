@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 
-from fasb_lens.commands._common import output_flags, output_folder
+from fasb_lens.commands._common import output_flags, output_folder, print_wall_time
 from fasb_lens.options import Bounds, bounded
 
 
@@ -66,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print((out / "table.md").read_text())
         print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
-    print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print_wall_time(start)
     return 0

@@ -279,7 +279,8 @@ def calibrate_dataset(
     ``templates`` maps a family (``"fasb"``, ``"fixed"``) to the policy whose settings are
     searched; FASB's strength and threshold are searched jointly (thresholds from the
     tracker's readings on the options), and every family gets as many evaluations
-    (:func:`fasb_lens.evaluation.search.joint_search`).
+    (:func:`fasb_lens.evaluation.search.joint_search`). The unsteered model's mean
+    accuracy and margin on the same items (``unsteered``) are the sweeps' reference line.
     """
     scorers = [_ItemScorer(model, item, steering) for item in items]
     bar = tqdm(desc=f"calibrate {items[0].dataset}", unit="setting", disable=not progress)
@@ -313,9 +314,11 @@ def calibrate_dataset(
         strengths = {name: float(s.strengths(grids[name])) for name, s in searches.items()}
         uncertainty = {name: s.bootstrap(rng) for name, s in searches.items()}
         threshold = None
+    unsteered = _scores(scorers, items, Unsteered())
     bar.close()
     return {
         "items": len(items),
+        "unsteered": {key: float(np.mean(values)) for key, values in unsteered.items()},
         "strengths": strengths,
         "threshold": threshold,
         "uncertainty": uncertainty,

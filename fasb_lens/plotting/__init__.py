@@ -13,7 +13,8 @@ Chrome/Chromium to render with.
   threshold, the trigger, the backtracked span and the steered continuation;
 * :func:`method_comparison`, :func:`sweep_lines`, :func:`direction_share` - results of an
   experiment, and how much of each gain the learnt direction explains;
-  :func:`dataset_accuracies` - the multiple-choice datasets, method by method;
+  :func:`dataset_accuracies` and :func:`dataset_sweeps` - the multiple-choice datasets,
+  method by method, and each dataset's calibration;
 * :func:`anchored_heads` - where the anchored heads sit and how their directions
   separate true from false answers;
 * :func:`grid_comparison` - two per-head grids (exact ablation, attribution estimate)
@@ -24,6 +25,7 @@ from fasb_lens.plotting.common import save_figure
 from fasb_lens.plotting.heads import anchored_heads, grid_comparison, head_heatmap, steering_heads
 from fasb_lens.plotting.results import (
     dataset_accuracies,
+    dataset_sweeps,
     direction_share,
     method_comparison,
     sweep_lines,
@@ -33,6 +35,7 @@ from fasb_lens.plotting.tracking import p_true_distributions, trajectories, traj
 __all__ = [
     "anchored_heads",
     "dataset_accuracies",
+    "dataset_sweeps",
     "direction_share",
     "grid_comparison",
     "head_heatmap",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from fasb_lens.plotting.common import PLAIN_COLOR, STEERED_COLOR
 
@@ -162,5 +164,74 @@ def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
         yaxis_title="accuracy (%)",
         template="plotly_white",
         legend={"orientation": "h", "y": -0.15},
+    )
+    return figure
+
+
+SWEEP_COLORS = {"fasb": STEERED_COLOR, "fixed": "#e9c46a"}
+
+
+def dataset_sweeps(calibrations: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Each multiple-choice dataset's calibration: validation accuracy against strength.
+
+    ``calibrations`` maps a dataset to its calibration (``calibration/{dataset}.json`` of an
+    ``mc-datasets`` run). One panel per dataset, one line per searched family (FASB at its
+    chosen threshold), a star at the chosen strength, and a dashed line at the unsteered
+    model's accuracy on the same items, so a choice that only ties or beats it by an item
+    or two can be seen for what it is.
+    """
+    names = list(calibrations)
+    figure = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
+    for col, name in enumerate(names, start=1):
+        calibration = calibrations[name]
+        for family, chosen in calibration["strengths"].items():
+            at = calibration["threshold"] if family == "fasb" else None
+            points = sorted(
+                (row["alpha"], 100 * row["accuracy"])
+                for row in calibration["sweep"]
+                if row["method"] == family
+                and (at is None or math.isclose(row["threshold"], at, rel_tol=1e-6))
+            )
+            star = [(alpha, a) for alpha, a in points if math.isclose(alpha, chosen, rel_tol=1e-6)]
+            color = SWEEP_COLORS.get(family, PLAIN_COLOR)
+            figure.add_trace(
+                go.Scatter(
+                    x=[alpha for alpha, _ in points],
+                    y=[accuracy for _, accuracy in points],
+                    mode="lines+markers",
+                    name=family,
+                    legendgroup=family,
+                    showlegend=col == 1,
+                    line={"color": color},
+                ),
+                row=1,
+                col=col,
+            )
+            figure.add_trace(
+                go.Scatter(
+                    x=[alpha for alpha, _ in star],
+                    y=[accuracy for _, accuracy in star],
+                    mode="markers",
+                    marker={"symbol": "star", "size": 14, "color": color},
+                    name=f"{family} chosen",
+                    legendgroup=family,
+                    showlegend=False,
+                ),
+                row=1,
+                col=col,
+            )
+        if "unsteered" in calibration:
+            figure.add_hline(
+                y=100 * calibration["unsteered"]["accuracy"],
+                line={"dash": "dash", "color": PLAIN_COLOR},
+                row=1,
+                col=col,
+            )
+        figure.update_xaxes(type="log", title_text="alpha", row=1, col=col)
+    figure.update_yaxes(title_text="validation accuracy (%)", row=1, col=1)
+    figure.update_layout(
+        title="Calibration per dataset (dashed: no steering; star: chosen)",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
     )
     return figure

@@ -81,6 +81,44 @@ def test_embedding_judge_rewards_paraphrases_of_true_references(
     assert judge.judge_many([]) == []
 
 
+class _LetterEncoder:
+    """A stand-in sentence encoder: a text's unit vector of letter counts; remembers what
+    it was asked to encode."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts, *, batch_size, convert_to_tensor, normalize_embeddings):
+        self.calls.append(list(texts))
+        counts = torch.tensor(
+            [[text.lower().count(chr(97 + i)) + 0.5 for i in range(26)] for text in texts]
+        )
+        return torch.nn.functional.normalize(counts, dim=-1)
+
+
+def test_embedding_judge_encodes_each_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def judge_with(encoder: _LetterEncoder) -> EmbeddingJudge:
+        judge = EmbeddingJudge()
+        monkeypatch.setattr(judge, "encoder", lambda: encoder)
+        return judge
+
+    encoder = _LetterEncoder()
+    judge = judge_with(encoder)
+    calls = [
+        [item(TRUE_REFS[1]), item("Your joints swell")],
+        [item("Your joints swell"), item("Nothing happens")],
+    ]
+    verdicts = [judge.judge_many(items) for items in calls]
+    # one new answer (the other is a true reference), the references, "I have no comment."
+    assert len(encoder.calls[0]) == 1 + len(TRUE_REFS) + len(FALSE_REFS) + 1
+    assert encoder.calls[1] == ["Nothing happens"]  # the references and the repeated answer
+    for items, kept in zip(calls, verdicts, strict=True):
+        fresh = judge_with(_LetterEncoder()).judge_many(items)
+        assert [v.score for v in kept] == pytest.approx([v.score for v in fresh])
+        assert [v.truthful for v in kept] == [v.truthful for v in fresh]
+    assert verdicts[0][0].truthful is True
+
+
 # --- informativeness -----------------------------------------------------------------------
 
 

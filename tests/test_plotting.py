@@ -149,7 +149,8 @@ def test_dataset_accuracies(tmp_path) -> None:
 
 
 def _calibration() -> dict:
-    """A dataset's calibration: FASB tried at two thresholds, ITI (``fixed``) at three."""
+    """A dataset's calibration: FASB at two strengths at each of two thresholds, ITI
+    (``fixed``) at three strengths."""
     rows = [
         {"method": "fasb", "alpha": a, "threshold": t, "accuracy": acc}
         for a, t, acc in ((2.0, 0.4, 0.5), (8.0, 0.4, 0.6), (4.0, 0.5, 0.9), (8.0, 0.5, 0.7))

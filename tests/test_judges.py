@@ -323,6 +323,11 @@ def test_summarize_rejects_mismatched_inputs() -> None:
         ("the the the the", True),
         ("No, no, no, no, no, no", True),
         ("No, no, no.", False),
+        ("You, comment,...,..........................", True),
+        ("No, it is not.\n\nThe: The: The: The::::::::::::::::::", True),
+        ("3.", False),
+        ("10%", False),
+        ("...", True),
     ],
 )
 def test_info_check_catches_loops(answer: str, loops: bool) -> None:

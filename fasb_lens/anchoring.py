@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,64 @@ from fasb_lens.data import (
     probing_prompts,
     tuning_prompts,
 )
-from fasb_lens.models import check_shape, tokenize
+from fasb_lens.models import ModelOptions, check_shape, tokenize
+from fasb_lens.options import AT_LEAST_ONE, Bounds, option, same_option
+from fasb_lens.policies import PolicySettings
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.probes import Engine, HeadProbes, fit_head_probes
 from fasb_lens.splits import Split
-from fasb_lens.steering import DIRECTION_KINDS, CAAVector, DirectionKind, PolicyDefaults, Steering
+from fasb_lens.steering import DIRECTION_KINDS, CAAVector, DirectionKind, Steering, TrackerTensors
+from fasb_lens.trackers import TRACKERS, FitData, Source
 
 PROBING, TUNING, RESIDUAL, CONTEXT = "probing", "tuning", "residual", "context"
 """Sub-folders of an activations folder."""
+
+
+@dataclass(frozen=True)
+class AnchoringSettings:
+    """How heads are anchored; every default is written here once (the functions below,
+    the commands and the run settings take theirs from it)."""
+
+    top_k: int = option(24, help="anchored heads (the paper: 24)", bounds=AT_LEAST_ONE)
+    direction: str = option(
+        "prototype",
+        help="steering directions: prototype (class-mean difference, the authors' released "
+        "run) or probe (the probe weights)",
+        choices=DIRECTION_KINDS,
+    )
+    batch_size: int = option(
+        32, help="prompts per forward while collecting activations", bounds=AT_LEAST_ONE
+    )
+    tuning_seed: int = option(
+        0, help="seed of the tuning prompts' other questions", flags=("--tuning-seed",)
+    )
+    engine: str = option(
+        "torch",
+        help="probe fitting: torch (batched) or sklearn (the reference)",
+        choices=("torch", "sklearn"),
+    )
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    """What ``fasb-lens collect`` reads, with which model, and what it collects."""
+
+    data: str = option(
+        "mini",
+        help="TruthfulQA: the built-in mini set (mini, the default), the bundled copy "
+        "(truthfulqa), a CSV or a folder, or the hub (hub)",
+        flags=("--truthfulqa",),
+    )
+    limit: int | None = option(None, help="only the first N questions", bounds=AT_LEAST_ONE)
+    tuning: bool = option(True, help="skip the tuning prompts")
+    caa_layer: int | None = option(
+        None,
+        help="residual layer for the CAA baseline (default: middle; -1: none)",
+        bounds=Bounds(minimum=-1),
+    )
+    batch_size: int = same_option(AnchoringSettings, "batch_size")
+    tuning_seed: int = same_option(AnchoringSettings, "tuning_seed")
+    model: ModelOptions = ModelOptions()
 
 
 # --------------------------------------------------------------------------- builders
@@ -99,10 +149,10 @@ def build_steering(
     *,
     top_k: int | None = None,
     heads: Sequence[Head] | None = None,
-    direction: DirectionKind = "prototype",
+    direction: DirectionKind = AnchoringSettings.direction,  # type: ignore[assignment]
     seed: int = 0,
     split: dict[str, Any] | None = None,
-    defaults: PolicyDefaults | None = None,
+    defaults: PolicySettings | None = None,
 ) -> Steering:
     """Steering on the ``top_k`` best heads of ``probes`` (or on explicit ``heads``).
 
@@ -122,11 +172,10 @@ def build_steering(
     check_shape(probes.shape, activations.shape, what="the probes")
     check_shape(probes.shape, tuning.shape, what="the probes")
     rows = torch.cat([probes.train_idx, probes.val_idx])
-    true_mean, false_mean = class_means(activations.heads(chosen), _labels(activations), rows)
-    weight, bias = probes.params(chosen)
     if direction == "probe":
-        directions = _unit(weight.clone())
+        directions = _unit(probes.params(chosen)[0].clone())
     elif direction == "prototype":
+        true_mean, false_mean = class_means(activations.heads(chosen), _labels(activations), rows)
         directions = _unit(true_mean - false_mean)
     else:
         generator = torch.Generator().manual_seed(seed)
@@ -135,18 +184,25 @@ def build_steering(
         heads=tuple(chosen),
         directions=directions,
         scales=projection_scales(tuning, chosen, directions),
-        probe_weight=weight.clone(),
-        probe_bias=bias.clone(),
-        prototype_true=true_mean,
-        prototype_false=false_mean,
+        trackers=fit_trackers(chosen, "probing", activations, probes),
         val_accuracy=probes.val_accuracy.clone(),
         model_id=activations.info.model_id,
         shape=probes.shape,
         direction_kind=direction,
         template=activations.info.template,
         split=split,
-        defaults=defaults or PolicyDefaults(),
+        defaults=defaults or PolicySettings(),
     )
+
+
+def fit_trackers(
+    heads: Sequence[Head], source: Source, activations: HeadActivations, probes: HeadProbes
+) -> TrackerTensors:
+    """The tensors of every registered tracker that learns from ``source``, fitted on the
+    training and validation rows of ``activations`` (``probes``: fitted on them)."""
+    rows = torch.cat([probes.train_idx, probes.val_idx])
+    data = FitData(tuple(heads), activations.heads(heads)[rows], _labels(activations)[rows], probes)
+    return {spec.name: spec.fit(data) for spec in TRACKERS if spec.source == source}
 
 
 def build_caa(residual: ResidualActivations, layer: int, rows: Tensor | None = None) -> CAAVector:
@@ -209,7 +265,7 @@ def collect_anchoring_activations(
     context: Sequence[LabelledPrompt] | None = None,
     templates: tuple[str | None, str | None] = (PROBE_TEMPLATE, TUNING_TEMPLATE),
     out_dir: str | Path | None = None,
-    batch_size: int = 32,
+    batch_size: int = AnchoringSettings.batch_size,
     progress: bool = True,
 ) -> AnchoringActivations:
     """Head activations of the probing (and tuning) prompts, with ``residual_layer`` the
@@ -286,11 +342,11 @@ def fit_anchoring(
     activations: AnchoringActivations,
     split: Split,
     *,
-    top_k: int = 24,
-    direction: DirectionKind = "prototype",
+    top_k: int = AnchoringSettings.top_k,
+    direction: DirectionKind = AnchoringSettings.direction,  # type: ignore[assignment]
     seed: int = 0,
-    defaults: PolicyDefaults | None = None,
-    engine: Engine = "torch",
+    defaults: PolicySettings | None = None,
+    engine: Engine = AnchoringSettings.engine,  # type: ignore[assignment]
     progress: bool = True,
 ) -> Anchoring:
     """Probes on the split's training questions (validated on its validation ones), the
@@ -318,14 +374,15 @@ def fit_anchoring(
         caa = build_caa(activations.residual, activations.residual.layers[0], rows)
     if activations.context is not None:
         inside = fit_head_probes(activations.context, split=split, engine=engine, progress=False)
-        steering = steering.with_context(*inside.params(steering.heads))
+        context = fit_trackers(steering.heads, "context", activations.context, inside)
+        steering = replace(steering, trackers={**steering.trackers, **context})
     return Anchoring(probing, activations.tuning, probes, steering, caa)
 
 
 def truthfulqa_prompts(
     questions: Sequence[TruthfulQAQuestion],
     *,
-    tuning_seed: int = 0,
+    tuning_seed: int = AnchoringSettings.tuning_seed,
     answers: ProbeAnswers = "auto",
 ) -> tuple[list[LabelledPrompt], list[LabelledPrompt]]:
     """TruthfulQA's probing and tuning prompts (see :mod:`fasb_lens.data.prompts`)."""
@@ -340,14 +397,14 @@ def anchor_heads(
     questions: Sequence[TruthfulQAQuestion],
     split: Split,
     *,
-    top_k: int = 24,
-    direction: DirectionKind = "prototype",
-    tuning_seed: int = 0,
+    top_k: int = AnchoringSettings.top_k,
+    direction: DirectionKind = AnchoringSettings.direction,  # type: ignore[assignment]
+    tuning_seed: int = AnchoringSettings.tuning_seed,
     answers: ProbeAnswers = "auto",
-    defaults: PolicyDefaults | None = None,
+    defaults: PolicySettings | None = None,
     residual_layer: int | None = None,
     out_dir: str | Path | None = None,
-    batch_size: int = 32,
+    batch_size: int = AnchoringSettings.batch_size,
     progress: bool = True,
 ) -> Anchoring:
     """Heads anchoring of TruthfulQA-style ``questions`` in one call.

@@ -50,6 +50,7 @@ COMMANDS = (
         aliases=("evaluate-mc",),
     ),
     Command("figures", "render every figure of a reproduce run", "figures"),
+    Command("publish", "copy a finished run's results into results/", "publish"),
     Command("ablate", "per-head ablation (or steering) study", "ablate"),
     Command("bench", "benchmarks, written as JSON", "bench"),
 )

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fasb_lens.anchoring import anchor_heads
+from fasb_lens.anchoring import AnchoringSettings, anchor_heads
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
-from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
+from fasb_lens.evaluation.calibration import Calibration
+from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model
+from fasb_lens.options import AT_LEAST_ONE, option, same_option
 from fasb_lens.plotting import (
     head_heatmap,
     p_true_distributions,
@@ -26,12 +28,20 @@ from fasb_lens.plotting import (
     steering_heads,
     trajectories,
 )
-from fasb_lens.policies import FASB
+from fasb_lens.policies import FASB, PolicySettings
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import authors_folds
 from fasb_lens.steering import Steering
 
-DEMO_QUESTIONS = 3
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's settings (``fasb-lens demo`` options); every default is written once."""
+
+    top_k: int = same_option(AnchoringSettings, "top_k", default=12, flags=("--top-k", "--top"))
+    alpha: float = same_option(PolicySettings, "alpha")
+    backtrack_tokens: int = same_option(PolicySettings, "backtrack_tokens")
+    questions: int = option(3, help="held-out questions answered", bounds=AT_LEAST_ONE)
 
 
 @dataclass
@@ -50,10 +60,8 @@ class DemoResult:
 
 def run_demo(
     out: str | Path,
+    settings: DemoSettings | None = None,
     *,
-    top_k: int = 12,
-    alpha: float = 60.0,
-    backtrack_tokens: int = 10,
     png: bool = True,
     progress: bool = True,
     model: Any = None,
@@ -63,6 +71,9 @@ def run_demo(
     ``alpha`` is not calibrated here (``fasb-lens reproduce`` does that): 60, the paper's
     value, gives SmolLM2's answers a visible push at FASB's adaptive strength.
     """
+    settings = settings or DemoSettings()
+    top_k, alpha = settings.top_k, settings.alpha
+    backtrack_tokens = settings.backtrack_tokens
     import time
 
     timings: dict[str, float] = {}
@@ -83,13 +94,13 @@ def run_demo(
     lap("anchor heads: activations, probes, steering")
     fmt = load_prompt_format()
     by_id = {q.id: q for q in questions}
-    calibration, _ = calibrate(
+    calibration, _ = calibrate_fold(
         CalibrationInputs(
             model,
             [by_id[i] for i in split.val],
             steering,
             fmt=fmt,
-            backtrack_tokens=backtrack_tokens,
+            settings=PolicySettings(alpha=alpha, backtrack_tokens=backtrack_tokens),
             mc_source="csv",
             progress=progress,
         ),
@@ -97,7 +108,7 @@ def run_demo(
     )
     threshold = calibration.thresholds["generation"]
     lap("choose the threshold")
-    test = [by_id[i] for i in split.test[:DEMO_QUESTIONS]]
+    test = [by_id[i] for i in split.test[: settings.questions]]
     prompts = [fmt.generation_prompt(q.question) for q in test]
     config = GenerationConfig(max_new_tokens=50, stop_strings=(QA_STOP,))
     plain = generate(model, prompts, steering=steering, config=config)
@@ -105,36 +116,37 @@ def run_demo(
     steered = generate(model, prompts, steering=steering, policy=policy, config=config)
     lap("answer with and without FASB")
 
-    out = Path(out)
-    figures = []
-    figures += save_figure(
-        head_heatmap(
+    result = DemoResult(
+        probes, steering, calibration, [q.question for q in test], plain, steered, [], timings
+    )
+    result.figures = _figures(result, probing, Path(out), png)
+    anchoring.save(Path(out) / "artifact")
+    lap("figures")
+    return result
+
+
+def _figures(result: DemoResult, probing: Any, out: Path, png: bool) -> list[Path]:
+    """The demo's figures: probe accuracies, the anchored heads, the tracker's readings,
+    the trajectories of the answers."""
+    probes, steering, calibration = result.probes, result.steering, result.calibration
+    threshold = calibration.thresholds["generation"]
+    readings = calibration.readings[calibration.tracker]
+    figures = {
+        "heads_accuracy": head_heatmap(
             probes.val_accuracy,
             anchored=steering.heads,
             extra={"training accuracy": probes.train_accuracy},
         ),
-        out / "heads_accuracy",
-        png=png,
-    )
-    figures += save_figure(steering_heads(steering, probing), out / "anchored_heads", png=png)
-    readings = calibration.readings[calibration.tracker]
-    figures += save_figure(
-        p_true_distributions(readings["question"], readings["first_check"], threshold=threshold),
-        out / "p_true_distributions",
-        png=png,
-    )
-    figures += save_figure(
-        trajectories(
-            steered,
-            unsteered=plain,
-            labels=[q.question for q in test],
-            threshold=threshold,
+        "anchored_heads": steering_heads(steering, probing),
+        "p_true_distributions": p_true_distributions(
+            readings["question"], readings["first_check"], threshold=threshold
         ),
-        out / "trajectories",
-        png=png,
-    )
-    anchoring.save(out / "artifact")
-    lap("figures")
-    return DemoResult(
-        probes, steering, calibration, [q.question for q in test], plain, steered, figures, timings
-    )
+        "trajectories": trajectories(
+            result.steered, unsteered=result.plain, labels=result.questions, threshold=threshold
+        ),
+    }
+    return [
+        path
+        for name, figure in figures.items()
+        for path in save_figure(figure, out / name, png=png)
+    ]

@@ -37,14 +37,12 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens.decisions import Anchored, Policy, Tracker, Tracking, Trigger, Unsteered
 from fasb_lens.decoding import CachedDecoder, Decoder, PromptCache, ReferenceDecoder
 from fasb_lens.interventions import capture, heads_from, hooked
 from fasb_lens.models import model_device, tokenize
 from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_options, option
-from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix
-from fasb_lens.steering import Steering
-from fasb_lens.trackers import Tracker
 
 Mode = Literal["cached", "reference"]
 """How the loop runs the model: with a KV cache, or recomputing like the authors' loop."""
@@ -215,7 +213,7 @@ class _Loop:
         model: TransformerBridge,
         prompts: list[str],
         policy: Policy,
-        steering: Steering | None,
+        steering: Anchored | None,
         config: GenerationConfig,
         prompt_cache: PromptCache | None = None,
         shared: SharedPrefix | None = None,
@@ -393,14 +391,11 @@ def replay(policy: Policy, unsteered: GenerationTrace) -> GenerationTrace | None
         or not steps
     ):
         return None
-    tracking, replayed = Tracking(policy), []
-    for index, step in enumerate(steps):
-        decision = tracking.observe(
-            index + 1, step.p_true, ending=index == len(steps) - 1, at_prompt_end=index == 0
-        )
+    replayed = []
+    for index, decision in Tracking(policy).walk([step.p_true for step in steps]):
         if decision.trigger is not None:
             return None
-        replayed.append(replace(step, checked=decision.checked))
+        replayed.append(replace(steps[index], checked=decision.checked))
     return replace(unsteered, policy=policy.name, steps=replayed, timings={}, reused=True)
 
 
@@ -409,7 +404,7 @@ def generate(
     prompts: str | Sequence[str],
     *,
     policy: Policy | None = None,
-    steering: Steering | None = None,
+    steering: Anchored | None = None,
     config: GenerationConfig | None = None,
     prompt_cache: PromptCache | None = None,
     shared: SharedPrefix | None = None,

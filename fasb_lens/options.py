@@ -85,12 +85,17 @@ def non_empty(text: str) -> str:
     return text
 
 
+Choices = Iterable[str] | Callable[[], Iterable[str]]
+"""Allowed values, or a function giving them when asked (names from a registry, which a
+notebook or a test may extend after the settings class is defined)."""
+
+
 def option(
     default: Any = dataclasses.MISSING,
     *,
     help: str,
     flags: tuple[str, ...] = (),
-    choices: Iterable[str] | None = None,
+    choices: Choices | None = None,
     names: Callable[[str], str] | None = None,
     bounds: Bounds | None = None,
 ) -> Any:
@@ -99,7 +104,8 @@ def option(
     Args:
         help: the option's help text.
         flags: its flags (default ``--field-name``); more than one gives aliases.
-        choices: the allowed values; :func:`check_options` and the parser enforce them.
+        choices: the allowed values (or a function returning them);
+            :func:`check_options` and the parser enforce them.
         names: for tuple fields, a function mapping each given name to its canonical
             name (aliases; raises ``ValueError`` for unknown names).
         bounds: the range of a number; :func:`check_options` and the parser enforce it.
@@ -107,13 +113,37 @@ def option(
     metadata = {
         "help": help,
         "flags": flags,
-        "choices": None if choices is None else tuple(choices),
+        "choices": choices if choices is None or callable(choices) else tuple(choices),
         "names": names,
         "bounds": bounds,
     }
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple default for a list option")
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def same_option(cls: type, name: str, **changes: Any) -> Any:
+    """The option ``name`` of settings class ``cls`` again, for another settings class
+    (its default and help written once, in ``cls``); ``changes`` override its metadata
+    (``help``, ``flags``, ...) or, with ``default``, its default."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = changes.pop("default", field.default)
+    return option(default, **{**dict(field.metadata), **changes})
+
+
+def choices_of(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of an :func:`option` field now (``None``: any)."""
+    choices = field.metadata["choices"]
+    return tuple(choices()) if callable(choices) else choices
+
+
+def _item_type(hint: Any) -> Any:
+    """The element type of a ``tuple[X, ...]`` hint (``str`` otherwise)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _item_type(next(a for a in typing.get_args(hint) if a is not type(None)))
+    args = typing.get_args(hint)
+    return args[0] if origin is tuple and args else str
 
 
 def _base_type(hint: Any) -> Any:
@@ -132,6 +162,17 @@ def option_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
+def nested_settings(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are settings classes themselves (e.g. a
+    :class:`~fasb_lens.models.ModelOptions`), whose options join the command's."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])
+    }
+
+
 def add_options(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -139,14 +180,27 @@ def add_options(
     exclude: Iterable[str] = (),
     defaults: dict[str, Any] | None = None,
     required: Iterable[str] = (),
+    only_given: bool = False,
 ) -> None:
     """Add an option to ``parser`` for each :func:`option` field of ``cls``.
 
     ``defaults`` overrides a field's default for this command; names in ``required``
-    must be given. Booleans that default to true become ``--no-NAME`` switches.
+    must be given. Booleans that default to true become ``--no-NAME`` switches. With
+    ``only_given`` the parsed arguments hold only the options given (no defaults), so
+    that :func:`from_args` can lay them over settings read from a file.
     """
     hints = typing.get_type_hints(cls)
     skip, needed, overrides = set(exclude), set(required), defaults or {}
+    for name, inner in nested_settings(cls).items():
+        if name not in skip:
+            add_options(
+                parser,
+                inner,
+                exclude=exclude,
+                defaults=defaults,
+                required=required,
+                only_given=only_given,
+            )
     for field in option_fields(cls):
         if field.name in skip:
             continue
@@ -162,14 +216,19 @@ def add_options(
             else:
                 kwargs["action"] = "store_true"
         elif kind is tuple:
+            item = _item_type(hints[field.name])
             kwargs.update(nargs="+", default=list(default), metavar="NAME")
+            if item is not str:
+                kwargs.update(type=bounded(item, meta["bounds"] or Bounds()), metavar="N")
         else:
             kwargs["type"] = bounded(kind, meta["bounds"]) if meta["bounds"] else kind
             if default is not dataclasses.MISSING:
                 kwargs["default"] = default
             if meta["choices"] is not None:
-                kwargs["choices"] = list(meta["choices"])
-        if field.name in needed or default is dataclasses.MISSING:
+                kwargs["choices"] = list(choices_of(field))  # type: ignore[arg-type]
+        if only_given:
+            kwargs["default"] = argparse.SUPPRESS
+        elif field.name in needed or default is dataclasses.MISSING:
             kwargs["required"] = True
             kwargs.pop("default", None)
         parser.add_argument(*flags, **kwargs)
@@ -183,15 +242,31 @@ def split_names(
     return tuple(names(name) if names else name for name in given)
 
 
-def from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
-    """An instance of ``cls`` from the parsed options (and ``values``, which win)."""
-    read = {}
+def from_args(cls: type, args: argparse.Namespace, base: Any = None, **values: Any) -> Any:
+    """An instance of ``cls`` from the parsed options (and ``values``, which win); options
+    the arguments do not hold keep ``base``'s values (or the defaults)."""
+    read: dict[str, Any] = {
+        name: from_args(inner, args, None if base is None else getattr(base, name))
+        for name, inner in nested_settings(cls).items()
+        if name not in values
+    }
+    if base is not None:
+        read.update(
+            {
+                f.name: getattr(base, f.name)
+                for f in dataclasses.fields(cls)
+                if f.name not in read and f.name not in values and f.init
+            }
+        )
     for field in option_fields(cls):
         if field.name in values or not hasattr(args, field.name):
             continue
         value = getattr(args, field.name)
         if isinstance(value, list):
-            value = split_names(value, field.metadata["names"])
+            if all(isinstance(item, str) for item in value):
+                value = split_names(value, field.metadata["names"])
+            else:
+                value = tuple(value)
         read[field.name] = value
     return cls(**read, **values)
 
@@ -203,9 +278,10 @@ def check_options(instance: Any) -> None:
         value = getattr(instance, field.name)
         if value is None:
             continue
-        bounds, choices = field.metadata["bounds"], field.metadata["choices"]
-        if choices is not None and value not in choices:
-            raise ValueError(f"{field.name} must be one of {', '.join(choices)}; got {value!r}")
-        problem = bounds.problem(value) if bounds is not None else None
-        if problem:
-            raise ValueError(f"{field.name} {problem}")
+        bounds, choices = field.metadata["bounds"], choices_of(field)
+        for item in value if isinstance(value, tuple) else (value,):
+            if choices is not None and item not in choices:
+                raise ValueError(f"{field.name} must be one of {', '.join(choices)}; got {item!r}")
+            problem = bounds.problem(item) if bounds is not None else None
+            if problem:
+                raise ValueError(f"{field.name} {problem}")

@@ -5,11 +5,9 @@ prompt's last token and predicts whether the answer in the prompt is true. Its a
 on held-out questions says how much truthfulness that head carries; the heads with the
 best validation accuracy are FASB's *anchored heads*.
 
-:func:`fit_head_probes` fits every head at once. The objective is scikit-learn's
-``LogisticRegression()`` default (``C * sum(log-loss) + ||w||^2 / 2``, unpenalised
-intercept), minimised for all heads at once in torch (bound-optimisation steps, then
-Newton steps for the heads that need them); ``engine="sklearn"`` runs the per-head
-scikit-learn loop as the reference.
+:func:`fit_head_probes` fits every head at once with scikit-learn's
+``LogisticRegression()`` objective (:mod:`fasb_lens.probe_solvers`: all heads together in
+torch, or ``engine="sklearn"``, the per-head scikit-learn loop, as the reference).
 
 The anchored heads' probes become the state tracker (:mod:`fasb_lens.trackers`):
 ``p_true = mean over anchored heads of sigmoid(w . z + b)``.
@@ -26,12 +24,12 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.activations import HeadActivations
 from fasb_lens.models import ModelShape, check_shape
+from fasb_lens.probe_solvers import fit_sklearn, fit_torch
 from fasb_lens.splits import Split
 from fasb_lens.trackers import ProbeTracker
 
@@ -211,6 +209,38 @@ def _check_finite(z: Tensor, rows: Tensor, layers: Sequence[int]) -> None:
         )
 
 
+def _split_rows(activations: Any, split: Split | None, train_idx: Any, val_idx: Any) -> tuple:
+    """The rows to fit and validate on: given, or a split's questions' prompts."""
+    if split is not None:
+        if train_idx is not None or val_idx is not None:
+            raise ValueError("give either split or train_idx and val_idx, not both")
+        if not isinstance(activations, HeadActivations) or activations.groups is None:
+            raise ValueError("a split needs activations of labelled prompts (with groups)")
+        return split.rows(activations.groups, "train"), split.rows(activations.groups, "val")
+    if train_idx is None or val_idx is None:
+        raise ValueError("give the rows to fit and validate on (train_idx, val_idx) or a split")
+    return train_idx, val_idx
+
+
+def _check_rows(
+    z: Tensor, labels: Tensor, layers: Sequence[int], train_idx: Any, val_idx: Any
+) -> tuple[Tensor, Tensor]:
+    """The training and validation rows, refused when they overlap, when training holds
+    one class only, or when their activations are not finite."""
+    train = _as_rows(train_idx, len(z), "train_idx")
+    val = _as_rows(val_idx, len(z), "val_idx")
+    if set(train.tolist()) & set(val.tolist()):
+        raise ValueError("train_idx and val_idx share rows; a probe must be validated on new rows")
+    train_labels = labels[train]
+    if train_labels.min() == train_labels.max():
+        raise ValueError(
+            f"the training rows hold only label {int(train_labels[0])} ({len(train)} rows); "
+            "a probe needs both true and false examples"
+        )
+    _check_finite(z, torch.cat([train, val]), layers)
+    return train, val
+
+
 def fit_head_probes(
     activations: HeadActivations | Float[Tensor, "n layer head d_head"],
     labels: Tensor | Sequence[int] | None = None,
@@ -245,38 +275,20 @@ def fit_head_probes(
         heads_per_chunk: heads solved together by the torch engine (bounds memory).
         device: where the torch engine computes (default: the activations' device).
     """
-    if split is not None:
-        if train_idx is not None or val_idx is not None:
-            raise ValueError("give either split or train_idx and val_idx, not both")
-        if not isinstance(activations, HeadActivations) or activations.groups is None:
-            raise ValueError("a split needs activations of labelled prompts (with groups)")
-        train_idx = split.rows(activations.groups, "train")
-        val_idx = split.rows(activations.groups, "val")
-    if train_idx is None or val_idx is None:
-        raise ValueError("give the rows to fit and validate on (train_idx, val_idx) or a split")
+    if C <= 0:
+        raise ValueError(f"C must be positive, got {C}")
+    train_idx, val_idx = _split_rows(activations, split, train_idx, val_idx)
     z, labels, layers = _as_inputs(activations, labels)
     n, n_layers_in, n_heads, d_head = z.shape
     layers = layers if layers is not None else tuple(range(n_layers_in))
     n_layers = (
         activations.shape.n_layers if isinstance(activations, HeadActivations) else n_layers_in
     )
-    train = _as_rows(train_idx, n, "train_idx")
-    val = _as_rows(val_idx, n, "val_idx")
-    if set(train.tolist()) & set(val.tolist()):
-        raise ValueError("train_idx and val_idx share rows; a probe must be validated on new rows")
+    train, val = _check_rows(z, labels, layers, train_idx, val_idx)
     train_labels = labels[train]
-    if train_labels.min() == train_labels.max():
-        raise ValueError(
-            f"the training rows hold only label {int(train_labels[0])} ({len(train)} rows); "
-            "a probe needs both true and false examples"
-        )
-    if C <= 0:
-        raise ValueError(f"C must be positive, got {C}")
-    _check_finite(z, torch.cat([train, val]), layers)
-
     flat = z.reshape(n, n_layers_in * n_heads, d_head)
     if engine == "torch":
-        weight, bias = _fit_torch(
+        weight, bias = fit_torch(
             flat[train],
             train_labels,
             C=C,
@@ -287,7 +299,7 @@ def fit_head_probes(
             progress=progress,
         )
     elif engine == "sklearn":
-        weight, bias = _fit_sklearn(
+        weight, bias = fit_sklearn(
             flat[train], train_labels, C=C, max_iter=max_iter or 1000, progress=progress
         )
     else:
@@ -315,155 +327,3 @@ def fit_head_probes(
         C=C,
         val_majority=majority,
     )
-
-
-def _objective(x: Tensor, y: Tensor, theta: Tensor, C: float) -> Tensor:
-    """``C * sum(log-loss) + ||w||^2 / 2`` per head (the last coordinate is the intercept)."""
-    logits = torch.einsum("knd,kd->kn", x, theta)
-    loss = torch.nn.functional.softplus(logits) - y * logits
-    return C * loss.sum(-1) + 0.5 * (theta[:, :-1] ** 2).sum(-1)
-
-
-def _fit_torch(
-    x: Tensor,
-    y: Tensor,
-    *,
-    C: float,
-    max_iter: int,
-    chunk: int | None,
-    device: str | torch.device | None,
-    progress: bool,
-    tol: float,
-    bound_iter: int = 30,
-) -> tuple[Tensor, Tensor]:
-    """Every head's probe at once; returns ``(weight [k, d], bias [k])``.
-
-    ``x`` is ``[n, k, d]`` (rows, heads, features). The log-loss's curvature never exceeds
-    1/4, so ``B = C X^T X / 4 + I`` bounds every head's Hessian: steps ``B^{-1} g`` never
-    increase the objective, and ``B`` is factorised once per head (the bound-optimisation
-    steps of Bohning and Lindsay). Each step then costs two matrix-vector products in
-    float32. Heads whose gradient, scaled by ``1 / (C n)`` as scikit-learn scales it, is
-    not below ``tol`` after ``bound_iter`` steps finish with damped Newton steps in float64.
-    """
-    n, k, d = x.shape
-    device = torch.device(device) if device is not None else x.device
-    if chunk is None:  # about 1 GiB of float64 design matrices per chunk
-        chunk = max(1, min(k, (1 << 30) // (8 * 3 * n * (d + 1))))
-    regulariser = torch.ones(d + 1, dtype=torch.float64, device=device)
-    regulariser[-1] = 0.0
-    yy = y.to(device=device, dtype=torch.float64)
-    weights, biases = [], []
-    bar = tqdm(total=k, desc="probes", unit="head", disable=not progress)
-    for start in range(0, k, chunk):
-        part = x[:, start : start + chunk].to(device=device, dtype=torch.float32)
-        design = torch.cat([part, torch.ones_like(part[..., :1])], dim=-1).transpose(0, 1)
-        theta, active = _bound_steps(design, yy, regulariser, C, bound_iter, tol)
-        if active.any():
-            rows = active.nonzero().squeeze(-1)
-            theta[rows] = _newton_steps(
-                design[rows].double(), yy, regulariser, C, theta[rows], max_iter, tol
-            )
-        weights.append(theta[:, :-1].cpu())
-        biases.append(theta[:, -1].cpu())
-        bar.update(design.shape[0])
-    bar.close()
-    return torch.cat(weights), torch.cat(biases)
-
-
-def _scaled_gradient(
-    design: Tensor,
-    y: Tensor,
-    regulariser: Tensor,
-    C: float,
-    theta: Tensor,
-    transposed: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The objective's gradient (float64) and its largest entry scaled by ``1 / (C n)``.
-
-    ``transposed`` (``design`` as ``[k, d, n]``, contiguous) makes the first product a
-    row-times-matrix one, several times faster on CPUs than matrix-times-column.
-    """
-    rows = theta.to(design.dtype).unsqueeze(1)
-    if transposed is None:
-        transposed = design.transpose(1, 2)
-    logits = torch.bmm(rows, transposed).squeeze(1)
-    residual = (torch.sigmoid(logits) - y.to(design.dtype)).unsqueeze(1)
-    gradient = C * torch.bmm(residual, design).squeeze(1).double() + regulariser * theta
-    return gradient, gradient.abs().amax(-1) / (C * design.shape[1])
-
-
-def _bound_steps(
-    design: Tensor, y: Tensor, regulariser: Tensor, C: float, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor]:
-    """Bound-optimisation steps from zero; returns ``theta`` and which heads still move."""
-    k, _, width = design.shape
-    bound = (C / 4) * torch.bmm(design.transpose(1, 2), design).double()
-    jitter = 1e-9 * torch.eye(width, dtype=torch.float64, device=design.device)
-    factor = torch.linalg.cholesky(bound + torch.diag(regulariser) + jitter)
-    transposed = design.transpose(1, 2).contiguous()
-    theta = torch.zeros(k, width, dtype=torch.float64, device=design.device)
-    active = torch.ones(k, dtype=torch.bool, device=design.device)
-    for _ in range(max_iter):
-        gradient, scaled = _scaled_gradient(design, y, regulariser, C, theta, transposed)
-        active &= scaled > tol
-        if not active.any():
-            break
-        step = torch.cholesky_solve(gradient.unsqueeze(-1), factor).squeeze(-1)
-        theta = theta - step * active.unsqueeze(-1)
-    return theta, active
-
-
-def _newton_steps(
-    design: Tensor,
-    y: Tensor,
-    regulariser: Tensor,
-    C: float,
-    theta: Tensor,
-    max_iter: int,
-    tol: float,
-) -> Tensor:
-    """Damped Newton from ``theta``: each step halved until the objective does not grow."""
-    active = torch.ones(design.shape[0], dtype=torch.bool, device=design.device)
-    for _ in range(max_iter):
-        gradient, scaled = _scaled_gradient(design, y, regulariser, C, theta)
-        active &= scaled > tol
-        if not active.any():
-            break
-        p = torch.sigmoid(torch.einsum("knd,kd->kn", design, theta))
-        curvature = C * p * (1 - p)
-        hessian = torch.bmm((design * curvature.unsqueeze(-1)).transpose(1, 2), design)
-        step = torch.linalg.solve(hessian + torch.diag(regulariser), gradient.unsqueeze(-1))
-        step = step.squeeze(-1) * active.unsqueeze(-1)
-        before = _objective(design, y, theta, C)
-        scale = torch.ones(design.shape[0], 1, dtype=torch.float64, device=design.device)
-        for _halving in range(30):
-            after = _objective(design, y, theta - scale * step, C)
-            worse = after > before + 1e-12 * before.abs()
-            if not worse.any():
-                break
-            scale[worse] /= 2
-        theta = theta - scale * step
-    return theta
-
-
-def _fit_sklearn(
-    x: Tensor, y: Tensor, *, C: float, max_iter: int, progress: bool
-) -> tuple[Tensor, Tensor]:
-    """The reference: scikit-learn's ``LogisticRegression`` head by head."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    features = x.double().numpy()
-    targets = y.numpy()
-    weights, biases = [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for head in tqdm(
-            range(x.shape[1]), desc="probes (sklearn)", unit="head", disable=not progress
-        ):
-            model = LogisticRegression(C=C, max_iter=max_iter).fit(features[:, head], targets)
-            weights.append(torch.from_numpy(model.coef_[0]))
-            biases.append(float(model.intercept_[0]))
-    return torch.stack(weights), torch.tensor(biases, dtype=torch.float64)

@@ -10,6 +10,7 @@ figure; it returns the files with a one-line caption each. A folder written by
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fasb_lens import storage
 from fasb_lens.activations import HeadActivations
@@ -29,6 +30,19 @@ from fasb_lens.plotting import (
     sweep_lines,
     trajectories,
 )
+from fasb_lens.policies import searched
+
+
+class _Saver:
+    """Saves figures into one folder and keeps ``(file, caption)`` for each."""
+
+    def __init__(self, out: Path, png: bool) -> None:
+        self.out, self.png = out, png
+        self.made: list[tuple[Path, str]] = []
+
+    def __call__(self, figure: Any, name: str, caption: str) -> None:
+        for path in save_figure(figure, self.out / name, png=self.png):
+            self.made.append((path, caption))
 
 
 def render_run(
@@ -39,12 +53,29 @@ def render_run(
     if (run_dir / storage.MC_DATASETS_SUMMARY).is_file():
         return render_mc_datasets(run_dir, out, png=png)
     config, records, _ = load_run(run_dir)
-    made: list[tuple[Path, str]] = []
+    save = _Saver(out, png)
+    _heads(run_dir, save)
+    calibrations = [
+        Calibration.load(folder)
+        for folder in sorted((run_dir / storage.FOLDS_DIR).iterdir())
+        if (folder / storage.CALIBRATION).is_file()
+    ]
+    if calibrations:
+        _trackers(calibrations, save)
+        _sweeps(calibrations, save)
+        _thresholds(calibrations, save)
+    results = run_dir / storage.RESULTS
+    if results.is_file():
+        _results(storage.read_json(results, "a run's summary"), save)
+    threshold = config.threshold
+    if calibrations:
+        threshold = calibrations[0].thresholds.get("generation", config.threshold)
+    _trajectories(records, threshold, n_trajectories, save)
+    return save.made
 
-    def save(figure, name: str, caption: str) -> None:
-        for path in save_figure(figure, out / name, png=png):
-            made.append((path, caption))
 
+def _heads(run_dir: Path, save: _Saver) -> None:
+    """Fold 0's probe accuracy per head, and where the anchored heads sit."""
     probes, steering = load_fold_artifacts(run_dir, 0)
     for sort, name in ((True, "heads_accuracy_sorted"), (False, "heads_accuracy")):
         figure = head_heatmap(
@@ -61,8 +92,7 @@ def render_run(
             "validation accuracy of every head's truthfulness probe, "
             "anchored heads outlined" + (" (sorted within each layer)" if sort else ""),
         )
-
-    probing = run_dir / "activations" / PROBING
+    probing = run_dir / storage.ACTIVATIONS_DIR / PROBING
     if (probing / storage.ACTIVATIONS_MANIFEST).is_file():
         save(
             steering_heads(steering, HeadActivations.load(probing)),
@@ -71,131 +101,140 @@ def render_run(
             "true and false answers on their steering directions",
         )
 
-    calibrations = [
-        Calibration.load(folder)
-        for folder in sorted((run_dir / "folds").iterdir())
-        if (folder / storage.CALIBRATION).is_file()
-    ]
-    if calibrations:
-        for tracker in calibrations[0].trackers:
-            question = [p for c in calibrations for p in c.readings[tracker]["question"]]
-            first = [p for c in calibrations for p in c.readings[tracker]["first_check"]]
-            auc = ", ".join(f"{c.trackers[tracker]['auc']:.2f}" for c in calibrations)
-            save(
-                p_true_distributions(
-                    question,
-                    first,
-                    threshold=calibrations[0].trackers[tracker]["threshold"],
-                    labels=(
-                        "question only (prompt's last token)",
-                        "at the first check during generation",
-                    ),
+
+def _trackers(calibrations: list[Calibration], save: _Saver) -> None:
+    """Each tracker's readings of the question alone and at the first check."""
+    for tracker in calibrations[0].trackers:
+        question = [p for c in calibrations for p in c.readings[tracker]["question"]]
+        first = [p for c in calibrations for p in c.readings[tracker]["first_check"]]
+        auc = ", ".join(f"{c.trackers[tracker]['auc']:.2f}" for c in calibrations)
+        save(
+            p_true_distributions(
+                question,
+                first,
+                threshold=calibrations[0].trackers[tracker]["threshold"],
+                labels=(
+                    "question only (prompt's last token)",
+                    "at the first check during generation",
                 ),
-                f"p_true_distributions_{tracker}",
-                f"the {tracker} tracker's p_true from the question alone vs at the first "
-                f"check of unsteered answers (validation questions; AUC per fold {auc})",
-            )
-        sweep = [dict(row, fold=i) for i, c in enumerate(calibrations) for row in c.sweep]
-        for task, metric in (("mc", "mc2"), ("mc", "mc1"), ("generation", "true_x_info")):
-            rows = [
-                dict(row, method=f"{row['method']} (fold {row['fold']})")
-                for row in sweep
-                if row["task"] == task and _on_final_curve(row, calibrations[row["fold"]])
-            ]
-            if rows:
-                save(
-                    sweep_lines(
-                        rows,
-                        x="alpha",
-                        y=metric,
-                        title=f"Validation {metric} ({task}) against strength alpha",
-                    ),
-                    f"sweep_alpha_{task}_{metric}",
-                    f"validation {metric} ({task}) for each strength, per method and fold",
-                )
-        by_k = [
-            row
+            ),
+            f"p_true_distributions_{tracker}",
+            f"the {tracker} tracker's p_true from the question alone vs at the first "
+            f"check of unsteered answers (validation questions; AUC per fold {auc})",
+        )
+
+
+def _sweeps(calibrations: list[Calibration], save: _Saver) -> None:
+    """Validation objectives against strength, per policy and fold, and against K."""
+    thresholded = searched()[0].name  # the policy whose threshold and K are searched
+    sweep = [dict(row, fold=i) for i, c in enumerate(calibrations) for row in c.sweep]
+    for task, metric in (("mc", "mc2"), ("mc", "mc1"), ("generation", "true_x_info")):
+        rows = [
+            dict(row, policy=f"{row['policy']} (fold {row['fold']})")
             for row in sweep
-            if row["task"] == "mc" and row["method"] == "fasb" and _k_selection(row, sweep)
+            if row["task"] == task and _on_final_curve(row, calibrations[row["fold"]])
         ]
-        if len({row["top_k"] for row in by_k}) > 1:
+        if rows:
             save(
                 sweep_lines(
-                    [dict(row, curve=f"K = {row['top_k']} (fold {row['fold']})") for row in by_k],
+                    rows,
                     x="alpha",
-                    y="mc2",
-                    group="curve",
-                    title="Validation MC2 of FASB for each number of anchored heads K",
+                    y=metric,
+                    title=f"Validation {metric} ({task}) against strength alpha",
                 ),
-                "sweep_top_k",
-                "validation MC2 against FASB's strength for each candidate K, at the threshold "
-                "K was compared at",
+                f"sweep_alpha_{task}_{metric}",
+                f"validation {metric} ({task}) for each strength, per policy and fold",
             )
-        thresholds = []
-        for i, c in enumerate(calibrations):
-            checks = c.readings[c.tracker]["first_check"]
-            _, _, rows = choose_threshold(checks, c.readings["truthful"], 0.6)
-            thresholds += [
-                dict(row, curve=f"{key} (fold {i})", value=row[key])
-                for row in rows
-                for key in ("tpr", "fpr", "triggered")
-            ]
+    by_k = [
+        row
+        for row in sweep
+        if row["task"] == "mc" and row["policy"] == thresholded and _k_selection(row, sweep)
+    ]
+    if len({row["top_k"] for row in by_k}) > 1:
         save(
             sweep_lines(
-                thresholds,
-                x="threshold",
-                y="value",
+                [dict(row, curve=f"K = {row['top_k']} (fold {row['fold']})") for row in by_k],
+                x="alpha",
+                y="mc2",
                 group="curve",
-                log_x=False,
-                title="Trigger rate and detection of untruthful answers vs threshold",
+                title=f"Validation MC2 of {thresholded} for each number of anchored heads K",
             ),
-            "sweep_threshold",
-            "how the generation threshold trades detection of untruthful answers "
-            "(TPR) against steering truthful ones (FPR)",
+            "sweep_top_k",
+            f"validation MC2 against {thresholded}'s strength for each candidate K, at the "
+            "threshold K was compared at",
         )
 
-    results = run_dir / "results.json"
-    if results.is_file():
-        summary = storage.read_json(results, "a run's summary")
+
+def _thresholds(calibrations: list[Calibration], save: _Saver) -> None:
+    """How the generation threshold trades detection against false triggers."""
+    thresholds = []
+    for i, c in enumerate(calibrations):
+        checks = c.readings[c.tracker]["first_check"]
+        _, _, rows = choose_threshold(checks, c.readings["truthful"], 0.6)
+        thresholds += [
+            dict(row, curve=f"{key} (fold {i})", value=row[key])
+            for row in rows
+            for key in ("tpr", "fpr", "triggered")
+        ]
+    save(
+        sweep_lines(
+            thresholds,
+            x="threshold",
+            y="value",
+            group="curve",
+            log_x=False,
+            title="Trigger rate and detection of untruthful answers vs threshold",
+        ),
+        "sweep_threshold",
+        "how the generation threshold trades detection of untruthful answers "
+        "(TPR) against steering truthful ones (FPR)",
+    )
+
+
+def _results(summary: dict[str, Any], save: _Saver) -> None:
+    """The policies side by side, and each one's gain next to its control's."""
+    save(
+        method_comparison(summary),
+        "methods",
+        "MC1/MC2/MC3 and True/Info/True*Info per policy (fold means; bars span the folds)",
+    )
+    if summary.get("direction_share"):
         save(
-            method_comparison(summary),
-            "methods",
-            "MC1/MC2/MC3 and True/Info/True*Info per method (fold means; bars span the folds)",
+            direction_share(summary),
+            "direction_share",
+            "each policy's gain over no steering next to its random-direction control's",
         )
-        if summary.get("direction_share"):
-            save(
-                direction_share(summary),
-                "direction_share",
-                "each method's gain over no steering next to its random-direction control's",
-            )
 
-    fasb = [
-        r for r in records if r["task"] == "generation" and r["method"] == "fasb" and r["triggered"]
-    ][:n_trajectories]
+
+def _trajectories(records: list[dict], threshold: float, n: int, save: _Saver) -> None:
+    """p_true token by token where the thresholded policy triggered, beside the run
+    without steering."""
+    thresholded = searched()[0].name
+    triggered = [
+        r
+        for r in records
+        if r["task"] == "generation" and r["policy"] == thresholded and r["triggered"]
+    ][:n]
     plain = {
         (r["fold"], r["question_id"]): r
         for r in records
-        if r["task"] == "generation" and r["method"] == "none"
+        if r["task"] == "generation" and r["policy"] == "none"
     }
-    if fasb:
-        pairs = [(r, plain.get((r["fold"], r["question_id"]))) for r in fasb]
-        figure = trajectories(
-            [record_trace(r) for r, _ in pairs],
-            unsteered=[record_trace(p if p else r) for r, p in pairs],
-            labels=[f"{r['question_id']}: {r['answer'][:50]}" for r, _ in pairs],
-            threshold=(
-                calibrations[0].thresholds.get("generation", config.threshold)
-                if calibrations
-                else config.threshold
-            ),
-        )
-        save(
-            figure,
-            "trajectories",
-            "p_true token by token for answers where FASB "
-            "triggered, with what backtracking threw away and the unsteered run",
-        )
-    return made
+    if not triggered:
+        return
+    pairs = [(r, plain.get((r["fold"], r["question_id"]))) for r in triggered]
+    figure = trajectories(
+        [record_trace(r) for r, _ in pairs],
+        unsteered=[record_trace(p if p else r) for r, p in pairs],
+        labels=[f"{r['question_id']}: {r['answer'][:50]}" for r, _ in pairs],
+        threshold=threshold,
+    )
+    save(
+        figure,
+        "trajectories",
+        f"p_true token by token for answers where {thresholded} "
+        "triggered, with what backtracking threw away and the unsteered run",
+    )
 
 
 def render_mc_datasets(run_dir: str | Path, out: str | Path, *, png: bool = True):
@@ -203,14 +242,14 @@ def render_mc_datasets(run_dir: str | Path, out: str | Path, *, png: bool = True
     results = storage.read_json(
         Path(run_dir) / storage.MC_DATASETS_SUMMARY, "an mc-datasets summary"
     )
-    caption = "held-out accuracy per dataset and method, with 95% binomial intervals"
+    caption = "held-out accuracy per dataset and policy, with 95% binomial intervals"
     made = [
         (path, caption)
         for path in save_figure(dataset_accuracies(results), Path(out) / "mc_datasets", png=png)
     ]
-    folder = Path(run_dir) / "calibration"
+    folder = Path(run_dir) / storage.MC_CALIBRATION_DIR
     calibrations = {
-        name: storage.read_json(folder / f"{name}.json", f"{name}'s calibration")
+        name: Calibration.load(folder / f"{name}.json")
         for name in results
         if (folder / f"{name}.json").is_file()
     }
@@ -225,7 +264,7 @@ def _on_final_curve(row: dict, calibration: Calibration) -> bool:
     """Whether a sweep row lies on the chosen K (and, for MC FASB, the chosen threshold)."""
     if row["top_k"] != calibration.top_k:
         return False
-    if row["task"] == "mc" and row["method"] == "fasb":
+    if row["task"] == "mc" and row["policy"] == searched()[0].name:
         return row["threshold"] == calibration.thresholds.get("mc")
     return True
 
@@ -236,7 +275,7 @@ def _k_selection(row: dict, sweep: list[dict]) -> bool:
     first = next(
         r["threshold"]
         for r in sweep
-        if (r["fold"], r["top_k"], r["task"], r["method"])
-        == (row["fold"], row["top_k"], "mc", "fasb")
+        if (r["fold"], r["top_k"], r["task"], r["policy"])
+        == (row["fold"], row["top_k"], "mc", row["policy"])
     )
     return row["threshold"] == first

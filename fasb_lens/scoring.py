@@ -37,6 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens.decisions import Anchored, Intervention, Policy, Tracking, Trigger, Unsteered
 from fasb_lens.interventions import capture, final_residual, heads_from
 from fasb_lens.models import (
     build_cache,
@@ -48,9 +49,7 @@ from fasb_lens.models import (
     pad_token_id,
     tokenize,
 )
-from fasb_lens.policies import Intervention, Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix, prefill
-from fasb_lens.steering import Steering
 from fasb_lens.trees import TokenTree
 
 
@@ -233,7 +232,7 @@ class PrefixScorer:
         model: TransformerBridge,
         prefix: str,
         *,
-        steering: Steering | None = None,
+        steering: Anchored | None = None,
         prepend_bos: bool | None = None,
         steer_prompt_end: bool = False,
         prefix_ids: Sequence[int] | None = None,
@@ -286,7 +285,7 @@ class PrefixScorer:
     def _layers(self) -> list[int]:
         return sorted({head.layer for head in self.steering.heads}) if self.steering else []
 
-    def with_steering(self, steering: Steering) -> PrefixScorer:
+    def with_steering(self, steering: Anchored) -> PrefixScorer:
         """This scorer with a steering on a subset of its heads (fewer anchored heads),
         sharing the prompt's cache and the unsteered passes, which hold every head."""
         if self.steering is None or not set(steering.heads) <= set(self.steering.heads):

@@ -9,6 +9,10 @@ made over question ids and a prompt follows its question (its ``group``). Two pr
   ``RandomState(seed)``, seeded once and drawn from fold after fold, picks 80% of the pool
   for training and leaves the rest for validation.
 * :func:`kfold_splits`: plain shuffled k-fold with the same validation carve-out.
+
+:func:`holdout_split` (one seeded test / validation / training split, for the
+multiple-choice datasets) and :func:`train_val_split` (no test side) complete the set;
+every suite splits through this module.
 """
 
 from __future__ import annotations
@@ -22,6 +26,21 @@ import torch
 from jaxtyping import Int
 
 from fasb_lens.data.schema import TruthfulQAQuestion
+from fasb_lens.options import FRACTION, Bounds, option
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How questions are split into folds; every default is written here once (the
+    authors' protocol: 2 folds, 20% of each training pool for validation, seed 42)."""
+
+    n_folds: int = option(
+        2, help="cross-validation folds", flags=("--n-folds", "--folds"), bounds=Bounds(minimum=2)
+    )
+    val_fraction: float = option(
+        0.2, help="share of each training pool held out for validation", bounds=FRACTION
+    )
+    seed: int = option(42, help="seed of the folds' validation draws (the authors': 42)")
 
 
 @dataclass(frozen=True)
@@ -113,7 +132,11 @@ def _carve_validation(
 
 
 def authors_folds(
-    question_ids: Sequence[str], *, n_folds: int = 2, val_fraction: float = 0.2, seed: int = 42
+    question_ids: Sequence[str],
+    *,
+    n_folds: int = SplitSettings.n_folds,
+    val_fraction: float = SplitSettings.val_fraction,
+    seed: int = SplitSettings.seed,
 ) -> list[Split]:
     """The FASB/ITI cross-validation: contiguous folds, seeded validation draws.
 
@@ -162,7 +185,11 @@ def _cross_validation(
 
 
 def kfold_splits(
-    question_ids: Sequence[str], *, n_folds: int = 5, val_fraction: float = 0.2, seed: int = 0
+    question_ids: Sequence[str],
+    *,
+    n_folds: int = 5,
+    val_fraction: float = SplitSettings.val_fraction,
+    seed: int = 0,
 ) -> list[Split]:
     """Shuffled k-fold over questions, each training pool carved into train and validation."""
     _check(question_ids, n_folds, val_fraction)
@@ -174,7 +201,10 @@ def kfold_splits(
 
 
 def train_val_split(
-    question_ids: Sequence[str], *, val_fraction: float = 0.2, seed: int = 42
+    question_ids: Sequence[str],
+    *,
+    val_fraction: float = SplitSettings.val_fraction,
+    seed: int = SplitSettings.seed,
 ) -> Split:
     """All questions into training and validation only (no test side), seeded."""
     _check(question_ids, 1, val_fraction)
@@ -195,3 +225,36 @@ def subsample_train(split: Split, fraction: float, seed: int) -> Split:
     keep = max(1, round(fraction * len(split.train)))
     chosen = sorted(torch.randperm(len(split.train), generator=generator)[:keep].tolist())
     return replace(split, train=tuple(split.train[i] for i in chosen))
+
+
+def holdout_split(
+    ids: Sequence[str],
+    *,
+    seed: int,
+    test_fraction: float = 0.5,
+    val_fraction: float = SplitSettings.val_fraction,
+) -> Split:
+    """A seeded split of ``ids``: ``test_fraction`` held out, then ``val_fraction`` of the
+    rest for validation. Each side keeps the ids' order; every side must receive one."""
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    array = np.array(list(ids), dtype=object)
+    order = np.random.RandomState(seed).permutation(len(array))
+    n_test = round(len(array) * test_fraction)
+    n_val = round((len(array) - n_test) * val_fraction)
+    test, val, train = np.split(order, [n_test, n_test + n_val])
+    if not (len(test) and len(val) and len(train)):
+        raise ValueError(
+            f"{len(array)} items cannot be split into non-empty train, validation and test "
+            f"sides at test_fraction={test_fraction}, val_fraction={val_fraction}"
+        )
+    return Split(
+        train=tuple(array[np.sort(train)]),
+        val=tuple(array[np.sort(val)]),
+        test=tuple(array[np.sort(test)]),
+        protocol="mc_holdout",
+        seed=seed,
+    )

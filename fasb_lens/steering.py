@@ -3,7 +3,8 @@
 A :class:`Steering` holds, for each anchored head ``k``: a unit direction ``d_k`` in the
 head's ``hook_z`` space, a scale ``sigma_k`` (the standard deviation of "tuning"
 activations projected on ``d_k``, so that strength is measured in natural units of that
-head), and the head's probe and class means for the state tracker. Steering at strength
+head), and the tensors of every state tracker anchoring fitted (the probes, the class
+means, ...; each tracker's registration names them). Steering at strength
 ``alpha`` adds ``alpha * sigma_k * d_k`` to head ``k``'s output at the chosen positions
 and leaves every other head and position untouched.
 
@@ -27,51 +28,31 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
+from fasb_lens.decisions import Tracker
 from fasb_lens.interventions import Hooks, Positions, Strength, hooked, steer_heads, steer_residual
 from fasb_lens.models import HOOK_RESID_POST, HOOK_Z, ModelShape, check_shape, model_shape
-from fasb_lens.trackers import Tracker, build_tracker
+from fasb_lens.policies.base import PolicySettings
+from fasb_lens.trackers import TRACKERS, build_tracker
 
 DirectionKind = Literal["probe", "prototype", "random"]
 DIRECTION_KINDS: tuple[DirectionKind, ...] = ("probe", "prototype", "random")
 
-_STEERING_TENSORS = (
-    "heads",
-    "directions",
-    "scales",
-    "probe_weight",
-    "probe_bias",
-    "prototype_true",
-    "prototype_false",
-    "val_accuracy",
-)
+STEERING_VERSION = 2
+"""Format of the steering artifact: 2 stores every tracker's tensors as
+``tracker.{name}.{tensor}``; 1 (read too) had one field per tensor."""
+_VERSION_1_TRACKERS = {
+    "probe_weight": ("probe", "weight"),
+    "probe_bias": ("probe", "bias"),
+    "prototype_true": ("prototype", "true_mean"),
+    "prototype_false": ("prototype", "false_mean"),
+    "context_weight": ("context", "weight"),
+    "context_bias": ("context", "bias"),
+}
+_DEFAULTS = ("alpha", "threshold", "backtrack_tokens")
+"""The policy settings a steering artifact stores as its defaults."""
 
-
-@dataclass(frozen=True)
-class PolicyDefaults:
-    """Default FASB hyperparameters stored with a steering artifact.
-
-    The paper's values (alpha 60, threshold 0.6, 10 backtracked tokens) were tuned for
-    LLaMA2-7B-chat; calibrate them for another model before trusting them.
-    """
-
-    alpha: float = 60.0
-    threshold: float = 0.6
-    backtrack_tokens: int = 10
-
-    def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be non-negative, got {self.alpha}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.backtrack_tokens < 0:
-            raise ValueError(f"backtrack_tokens must be non-negative, got {self.backtrack_tokens}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "threshold": self.threshold,
-            "backtrack_tokens": self.backtrack_tokens,
-        }
+TrackerTensors = dict[str, dict[str, Tensor]]
+"""Per tracker name, its per-head tensors by name (each ``[k, ...]``)."""
 
 
 @dataclass
@@ -80,26 +61,21 @@ class Steering:
 
     Tensors are ``[K, ...]`` in the order of ``heads`` (best validation accuracy first
     when built from probes); ``val_accuracy`` is the whole ``[n_layers, n_heads]`` grid.
+    ``trackers`` holds, for each tracker anchoring fitted (:mod:`fasb_lens.trackers`),
+    the tensors its registration names; ``defaults`` the policy settings stored with it.
     """
 
     heads: tuple[Head, ...]
     directions: Float[Tensor, "k d_head"]
     scales: Float[Tensor, " k"]
-    probe_weight: Float[Tensor, "k d_head"]
-    probe_bias: Float[Tensor, " k"]
-    prototype_true: Float[Tensor, "k d_head"]
-    prototype_false: Float[Tensor, "k d_head"]
+    trackers: TrackerTensors
     val_accuracy: HeadGrid
     model_id: str
     shape: ModelShape
     direction_kind: DirectionKind = "probe"
     template: str | None = None
     split: dict[str, Any] | None = None
-    defaults: PolicyDefaults = field(default_factory=PolicyDefaults)
-    context_weight: Float[Tensor, "k d_head"] | None = None
-    context_bias: Float[Tensor, " k"] | None = None
-    """Probes of the anchored heads trained inside the evaluation prompt (the ``context``
-    tracker), when anchoring collected them."""
+    defaults: PolicySettings = field(default_factory=PolicySettings)
 
     def __post_init__(self) -> None:
         k, d_head = len(self.heads), self.shape.d_head
@@ -111,23 +87,21 @@ class Steering:
         for head in self.heads:
             self.shape.check_head(head)
         expected = {
-            "directions": (k, d_head),
-            "scales": (k,),
-            "probe_weight": (k, d_head),
-            "probe_bias": (k,),
-            "prototype_true": (k, d_head),
-            "prototype_false": (k, d_head),
-            "val_accuracy": (self.shape.n_layers, self.shape.n_heads),
+            "directions": (self.directions, (k, d_head)),
+            "scales": (self.scales, (k,)),
+            "val_accuracy": (self.val_accuracy, (self.shape.n_layers, self.shape.n_heads)),
         }
-        if (self.context_weight is None) != (self.context_bias is None):
-            raise ValueError("context probes need both a weight and a bias")
-        if self.context_weight is not None:
-            expected |= {"context_weight": (k, d_head), "context_bias": (k,)}
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}"
-                )
+        for name, tensors in self.trackers.items():
+            spec = TRACKERS.get(name)
+            missing = [key for key in spec.tensors if key not in tensors]
+            if missing:
+                raise ValueError(f"the {name} tracker's tensor {missing[0]!r} is missing")
+            expected |= {f"{name}.{key}": (value, None) for key, value in tensors.items()}
+        for name, (value, shape) in expected.items():
+            if shape is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {shape}")
+            if shape is None and (value.ndim == 0 or value.shape[0] != k):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected [{k}, ...]")
         norms = self.directions.norm(dim=-1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
             raise ValueError("directions must have unit length")
@@ -150,27 +124,36 @@ class Steering:
         """``sigma_k * d_k``: what strength 1 adds to each head."""
         return self.scales[:, None] * self.directions
 
+    @property
+    def available_trackers(self) -> tuple[str, ...]:
+        """The registered trackers whose tensors this steering holds."""
+        return tuple(name for name in TRACKERS.names() if name in self.trackers)
+
     def tracker(self, kind: str = "probe", **options: Any) -> Tracker:
         """The state tracker ``kind`` over the anchored heads (see :mod:`fasb_lens.trackers`)."""
-        return build_tracker(kind, self, **options)
+        TRACKERS.resolve(kind)
+        if kind not in self.trackers:
+            source = TRACKERS.get(kind).source
+            raise ValueError(
+                f"this steering holds no {kind} tracker (it has {', '.join(self.trackers)}); "
+                f"anchor with its {source} activations (fasb-lens reproduce collects them for "
+                "--tracker auto)"
+            )
+        return build_tracker(kind, self.heads, self.trackers[kind], **options)
 
     def subset(self, heads: Sequence[Head]) -> Steering:
         """The same steering restricted to some of its heads (e.g. one head at a time)."""
         index = [self.heads.index(Head(*head)) for head in heads]
-        per_head = ("directions", "scales", "probe_weight", "probe_bias")
-        per_head += ("prototype_true", "prototype_false", "context_weight", "context_bias")
         return replace(
             self,
             heads=tuple(self.heads[i] for i in index),
-            **{
-                name: None if getattr(self, name) is None else getattr(self, name)[index]
-                for name in per_head
+            directions=self.directions[index],
+            scales=self.scales[index],
+            trackers={
+                name: {key: value[index] for key, value in tensors.items()}
+                for name, tensors in self.trackers.items()
             },
         )
-
-    def with_context(self, weight: Tensor, bias: Tensor) -> Steering:
-        """The same steering with context probes for its heads (``[k, d_head]``, ``[k]``)."""
-        return replace(self, context_weight=weight.float(), context_bias=bias.float())
 
     def randomized(self, seed: int) -> Steering:
         """A control: the same heads, scales and tracker, each direction replaced by a
@@ -220,26 +203,24 @@ class Steering:
             "heads": torch.tensor([list(head) for head in self.heads], dtype=torch.int64),
             "directions": self.directions.float(),
             "scales": self.scales.float(),
-            "probe_weight": self.probe_weight.float(),
-            "probe_bias": self.probe_bias.float(),
-            "prototype_true": self.prototype_true.float(),
-            "prototype_false": self.prototype_false.float(),
             "val_accuracy": self.val_accuracy.float(),
         }
-        if self.context_weight is not None and self.context_bias is not None:
-            tensors["context_weight"] = self.context_weight.float()
-            tensors["context_bias"] = self.context_bias.float()
+        for name, values in self.trackers.items():
+            tensors |= {f"tracker.{name}.{key}": value.float() for key, value in values.items()}
         meta = {
             "model_id": self.model_id,
             **self.shape.to_dict(),
             "hook_name": HOOK_Z,
             "direction_kind": self.direction_kind,
             "top_k": self.top_k,
+            "trackers": list(self.trackers),
             "template": self.template,
             "split": self.split,
-            "defaults": self.defaults.to_dict(),
+            "defaults": {key: getattr(self.defaults, key) for key in _DEFAULTS},
         }
-        return storage.save_artifact(folder, storage.STEERING, tensors, meta)
+        return storage.save_artifact(
+            folder, storage.STEERING, tensors, meta, version=STEERING_VERSION
+        )
 
     @classmethod
     def load(cls, folder: str | Path, *, model: TransformerBridge | None = None) -> Steering:
@@ -247,7 +228,7 @@ class Steering:
         tensors, meta = storage.load_artifact(
             folder,
             storage.STEERING,
-            tensors=_STEERING_TENSORS,
+            tensors=("heads", "directions", "scales", "val_accuracy"),
             meta=(
                 "model_id",
                 "n_layers",
@@ -257,6 +238,7 @@ class Steering:
                 "direction_kind",
                 "defaults",
             ),
+            versions=(1, STEERING_VERSION),
         )
         json_path = storage.artifact_paths(folder, storage.STEERING)[1]
         if meta["hook_name"] != HOOK_Z:
@@ -265,26 +247,20 @@ class Steering:
             )
         try:
             shape = ModelShape(meta["n_layers"], meta["n_heads"], meta["d_head"])
-            defaults = PolicyDefaults(**meta["defaults"])
             steering = cls(
                 heads=tuple(
                     Head(int(layer), int(head)) for layer, head in tensors["heads"].tolist()
                 ),
                 directions=tensors["directions"],
                 scales=tensors["scales"],
-                probe_weight=tensors["probe_weight"],
-                probe_bias=tensors["probe_bias"],
-                prototype_true=tensors["prototype_true"],
-                prototype_false=tensors["prototype_false"],
+                trackers=_tracker_tensors(tensors),
                 val_accuracy=tensors["val_accuracy"],
                 model_id=meta["model_id"],
                 shape=shape,
                 direction_kind=meta["direction_kind"],
                 template=meta.get("template"),
                 split=meta.get("split"),
-                defaults=defaults,
-                context_weight=tensors.get("context_weight"),
-                context_bias=tensors.get("context_bias"),
+                defaults=PolicySettings(**meta["defaults"]),
             )
         except (TypeError, ValueError) as error:
             raise storage.ArtifactError(
@@ -293,6 +269,20 @@ class Steering:
         if model is not None:
             check_shape(shape, model_shape(model), what=f"the steering in {folder}")
         return steering
+
+
+def _tracker_tensors(tensors: dict[str, Tensor]) -> TrackerTensors:
+    """The trackers' tensors of a saved steering (format 2 names, or format 1's fields)."""
+    found: TrackerTensors = {}
+    for key, value in tensors.items():
+        if key.startswith("tracker."):
+            _, name, tensor = key.split(".", 2)
+        elif key in _VERSION_1_TRACKERS:
+            name, tensor = _VERSION_1_TRACKERS[key]
+        else:
+            continue
+        found.setdefault(name, {})[tensor] = value
+    return {name: found[name] for name in TRACKERS.names() if name in found}
 
 
 @dataclass

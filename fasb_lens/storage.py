@@ -32,7 +32,8 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-"""Version of every artifact format; loading refuses any other."""
+"""Version of an artifact format unless its writer gives another (``version=``); loading
+refuses a version its reader does not accept."""
 
 # artifact names (``NAME.safetensors`` + ``NAME.json``)
 STEERING = "steering"
@@ -49,9 +50,19 @@ JUDGEMENTS = "judgements.jsonl"
 CALIBRATION = "calibration.json"
 TIMINGS = "timings.json"
 QUESTIONS = "questions.json"
+RESULTS = "results.json"
+RESULTS_CSV = "results.csv"
+RESULTS_TABLE = "table.md"
+ANSWERS_CSV = "answers.csv"
+ACTIVATIONS_DIR = "activations"
+FOLDS_DIR = "folds"
 MC_DATASETS_LOG = "mc_datasets.jsonl"
 MC_DATASETS_SUMMARY = "mc_datasets.json"
+MC_DATASETS_TABLE = "mc_datasets"
+"""A table's stem: ``mc_datasets.md`` and ``mc_datasets.csv``."""
+MC_CALIBRATION_DIR = "calibration"
 ABLATION_LOG = "ablation.jsonl"
+TRAIN_FRACTION_TABLE = "train_fraction"
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -172,17 +183,20 @@ def has_artifact(folder: str | Path, name: str) -> bool:
 
 
 def save_artifact(
-    folder: str | Path, name: str, tensors: dict[str, Tensor], meta: dict[str, Any]
+    folder: str | Path,
+    name: str,
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    *,
+    version: int = FORMAT_VERSION,
 ) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` into ``folder``, each atomically.
 
-    ``format_version`` and the library ``versions`` are added to ``meta``.
+    ``format_version`` (``version``) and the library ``versions`` are added to ``meta``.
     """
     tensor_path, meta_path = artifact_paths(folder, name)
     save_tensors(tensor_path, tensors)
-    write_json(
-        meta_path, {"format_version": FORMAT_VERSION, **meta, "versions": library_versions()}
-    )
+    write_json(meta_path, {"format_version": version, **meta, "versions": library_versions()})
     return Path(folder)
 
 
@@ -192,11 +206,13 @@ def load_artifact(
     *,
     tensors: Sequence[str] = (),
     meta: Sequence[str] = (),
+    versions: Sequence[int] = (FORMAT_VERSION,),
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read the artifact ``name`` from ``folder`` (no code runs while loading).
 
-    ``tensors`` and ``meta`` name the keys that must be present; a missing file or key,
-    a damaged file or another format version raises :class:`ArtifactError`.
+    ``tensors`` and ``meta`` name the keys that must be present and ``versions`` the
+    format versions the caller reads; a missing file or key, a damaged file or another
+    format version raises :class:`ArtifactError`.
     """
     tensor_path, meta_path = artifact_paths(folder, name)
     missing = [path.name for path in (tensor_path, meta_path) if not path.is_file()]
@@ -209,10 +225,11 @@ def load_artifact(
     data = read_json(meta_path, f"the metadata of a {name} artifact")
     if not isinstance(data, dict):
         raise ArtifactError(f"{meta_path} holds a {type(data).__name__}, expected a JSON object")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in versions:
+        expected = " or ".join(map(str, versions))
         raise ArtifactError(
             f"{meta_path}: format_version {data.get('format_version')!r} is not supported "
-            f"(expected {FORMAT_VERSION})"
+            f"(expected {expected})"
         )
     missing = [key for key in meta if key not in data]
     if missing:
@@ -229,12 +246,19 @@ class JsonlLog:
     Each record is written as one whole line, then flushed and synced. Reading keeps the
     last record of each ``key``; a torn last line (a process killed while writing it) is
     dropped and cut from the file, while a malformed line elsewhere is damage and
-    raises :class:`ArtifactError`.
+    raises :class:`ArtifactError`. ``upgrade`` turns a record an earlier version wrote
+    into this version's form as it is read.
     """
 
-    def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], Any]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        key: Callable[[dict[str, Any]], Any],
+        upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.key = key
+        self.upgrade = upgrade
         self.records: dict[Any, dict[str, Any]] = {}
         if self.path.is_file():
             self._read()
@@ -260,6 +284,8 @@ class JsonlLog:
                     ) from error
                 if not isinstance(record, dict):
                     raise ArtifactError(f"{self.path}, line {index + 1}: expected a JSON object")
+                if self.upgrade is not None:
+                    record = self.upgrade(record)
                 self.records[self.key(record)] = record
             kept += len(line) + 1
         if kept != len(raw):  # cut a torn line, or end the last whole line with its newline

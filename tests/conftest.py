@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,33 @@ def tiny_anchoring(tiny_llama):
     questions = load_mini_truthfulqa()[:16]
     split = train_val_split([q.id for q in questions], seed=0)
     return anchor_heads(tiny_llama, questions, split, top_k=4, progress=False)
+
+
+@contextmanager
+def _small_searches(
+    grids: dict[str, tuple[float, ...]],
+    *,
+    extensions: int = 1,
+    quantiles: tuple[float, ...] = (0.3, 0.7),
+) -> Iterator[None]:
+    """Calibration with short searches: each named policy's start grid replaced for both
+    tasks (its registration swapped for the block), fewer extensions and quantiles."""
+    from fasb_lens.evaluation import search
+    from fasb_lens.policies import POLICIES, StrengthSearch
+
+    with ExitStack() as stack, pytest.MonkeyPatch.context() as patch:
+        for name, grid in grids.items():
+            spec = POLICIES.get(name)
+            assert spec.search is not None
+            short = StrengthSearch({"mc": grid, "generation": grid}, spec.search.threshold)
+            stack.enter_context(POLICIES.replaced(replace(spec, search=short)))
+        patch.setattr(search, "MAX_EXTENSIONS", extensions)
+        patch.setattr(search, "THRESHOLD_QUANTILES", quantiles)
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_searches():
+    """``small_searches(grids, extensions=, quantiles=)``: a context manager that makes
+    calibration's searches short (see :func:`_small_searches`)."""
+    return _small_searches

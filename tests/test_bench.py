@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fasb_lens.bench import BENCHMARKS, run_benchmarks
+from fasb_lens.bench.context import BenchSettings
 
 
 def test_bench_activations_on_a_tiny_model(tiny_llama) -> None:
@@ -15,8 +16,7 @@ def test_bench_activations_on_a_tiny_model(tiny_llama) -> None:
         ["activations"],
         model=tiny_llama,
         data_dir=None,
-        n_prompts=40,
-        batch_size=8,
+        settings=BenchSettings(n_prompts=40, batch_size=8),
         progress=False,
         on_result=reports.append,
     )
@@ -33,7 +33,7 @@ def test_bench_activations_on_a_tiny_model(tiny_llama) -> None:
 
 
 def test_bench_rejects_unknown_entries(tiny_llama) -> None:
-    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['nope'\]; known: "):
+    with pytest.raises(ValueError, match=r"unknown benchmark 'nope'; known: activations"):
         run_benchmarks(["nope"], model=tiny_llama)
     assert "activations" in BENCHMARKS
 
@@ -51,7 +51,9 @@ def test_bench_probes_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch) -> None
 
 
 def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
-    entry = run_benchmarks(["mc"], model=tiny_llama, progress=False, mc_questions=4)
+    entry = run_benchmarks(
+        ["mc"], model=tiny_llama, progress=False, settings=BenchSettings(mc_questions=4)
+    )
     entry = entry["results"]["mc"]
     assert entry["questions"] == 4 and entry["answers_scored"] >= 16
     assert entry["max_abs_log_prob_difference"] < 1e-3  # same scores both ways
@@ -62,7 +64,9 @@ def test_bench_mc_on_a_tiny_model(tiny_llama) -> None:
 
 
 def test_bench_attention_on_a_tiny_model(tiny_llama) -> None:
-    entry = run_benchmarks(["attention"], model=tiny_llama, progress=False, mc_questions=3)
+    entry = run_benchmarks(
+        ["attention"], model=tiny_llama, progress=False, settings=BenchSettings(mc_questions=3)
+    )
     entry = entry["results"]["attention"]
     assert entry["prompts"] == 64 and entry["mc_questions"] == 3
     for task in ("generation", "mc"):
@@ -75,41 +79,33 @@ def test_bench_attention_on_a_tiny_model(tiny_llama) -> None:
     assert entry["mc_max_abs_log_prob_difference_same_decision"] < 1e-4
 
 
-def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path) -> None:
+def test_bench_reproduce_extrapolates_a_subset(
+    tiny_llama, monkeypatch, tmp_path, small_searches
+) -> None:
     from functools import partial
 
     from fasb_lens.bench import reproduce
-    from fasb_lens.evaluation import search
     from fasb_lens.evaluation.config import ExperimentConfig
 
     grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
-    monkeypatch.setitem(search.START_GRIDS, "mc", grids)
-    monkeypatch.setitem(search.START_GRIDS, "generation", grids)
-    monkeypatch.setattr(search, "MAX_EXTENSIONS", 1)
     small = partial(
         ExperimentConfig,
-        methods=("none", "fixed", "fasb", "fasb_random"),
+        policies=("none", "fixed", "fasb", "fasb_random"),
         judges=("bleu-acc", "info-check"),
         max_new_tokens=4,
         top_k=4,
-        top_k_candidates=("2", "4"),
+        top_k_candidates=(2, 4),
         caa_layer=1,
     )
     monkeypatch.setattr(reproduce, "ExperimentConfig", small)
     kept = tmp_path / "run"
-    report = run_benchmarks(
-        ["reproduce"], model=tiny_llama, progress=False, reproduce_questions=8, reproduce_out=kept
-    )
+    sizes = BenchSettings(reproduce_questions=8, reproduce_out=str(kept))
+    with small_searches(grids):
+        report = run_benchmarks(["reproduce"], model=tiny_llama, progress=False, settings=sizes)
     entry = report["results"]["reproduce"]
     assert (kept / "table.md").is_file()  # the timed run is kept for its tables and figures
     with pytest.raises(ValueError, match="not empty"):
-        run_benchmarks(
-            ["reproduce"],
-            model=tiny_llama,
-            progress=False,
-            reproduce_questions=8,
-            reproduce_out=kept,
-        )
+        run_benchmarks(["reproduce"], model=tiny_llama, progress=False, settings=sizes)
     assert entry["questions"] == 8 and entry["dataset_questions"] == 94  # the mini set
     assert entry["dtype"] == report["dtype"] == "float32"  # the bench model's, recorded
     assert entry["full_s"] == pytest.approx(entry["wall_s"] * 94 / 8, abs=1)
@@ -119,7 +115,11 @@ def test_bench_reproduce_extrapolates_a_subset(tiny_llama, monkeypatch, tmp_path
 
 def test_bench_ablation_on_a_tiny_model(tiny_llama) -> None:
     report = run_benchmarks(
-        ["ablation"], model=tiny_llama, data_dir=None, progress=False, ablation_questions=2
+        ["ablation"],
+        model=tiny_llama,
+        data_dir=None,
+        progress=False,
+        settings=BenchSettings(ablation_questions=2),
     )
     entry = report["results"]["ablation"]
     assert entry["heads"] == 16 and entry["questions"] == 2

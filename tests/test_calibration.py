@@ -5,19 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from itertools import pairwise
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
-from fasb_lens.evaluation import search
-from fasb_lens.evaluation.calibration import (
-    Calibration,
-    CalibrationInputs,
-    calibrate,
-    first_check,
-    next_k_edge,
-)
+from fasb_lens.evaluation.calibration import Calibration, next_k_edge
 from fasb_lens.evaluation.search import (
     Search,
     choose_threshold,
@@ -25,7 +19,14 @@ from fasb_lens.evaluation.search import (
     edge_quantile,
     joint_search,
 )
+from fasb_lens.evaluation.truthfulqa_calibration import (
+    CalibrationInputs,
+    answer_check_reading,
+    calibrate_fold,
+    check_reading,
+)
 from fasb_lens.generation import QA_STOP, GenerationConfig, generate
+from fasb_lens.policies import FASB, PolicySettings
 
 
 def test_threshold_separates_untruthful_answers() -> None:
@@ -162,12 +163,23 @@ def test_detection_auc() -> None:
 
 
 @pytest.fixture()
-def small_grids(monkeypatch):
+def small_grids(small_searches):
     grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
-    monkeypatch.setitem(search.START_GRIDS, "mc", grids)
-    monkeypatch.setitem(search.START_GRIDS, "generation", grids)
-    monkeypatch.setattr(search, "MAX_EXTENSIONS", 1)
-    monkeypatch.setattr(search, "THRESHOLD_QUANTILES", (0.3, 0.7))
+    with small_searches(grids):
+        yield
+
+
+def test_check_readings_are_the_policys_first_checks() -> None:
+    policy = FASB(backtrack_tokens=2)
+    # generation: the second token's reading is the first check; a shorter answer's last
+    trace = SimpleNamespace(p_true=[0.9, 0.8, 0.7, 0.6])
+    assert check_reading(policy, trace) == 0.8
+    assert check_reading(policy, SimpleNamespace(p_true=[0.5])) == 0.5
+    # scoring counts answer token t as t - offset: with offset 1 the check is at token 3
+    readings = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # the prompt's end, then five answer tokens
+    assert answer_check_reading(policy, readings, 1) == 0.5
+    assert answer_check_reading(policy, readings, 0) == 0.4
+    assert answer_check_reading(policy, [0.1, 0.2], 1) == 0.2  # no check: the last reading
 
 
 def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_grids) -> None:
@@ -177,13 +189,13 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
         questions,
         tiny_anchoring.steering,
         fmt=load_prompt_format(),
-        backtrack_tokens=2,
+        settings=PolicySettings(backtrack_tokens=2),
         max_new_tokens=5,
         mc_source="csv",
         batch_size=3,
         progress=False,
     )
-    result, steering = calibrate(inputs, top_ks=(1, 2))
+    result, steering = calibrate_fold(inputs, top_ks=(1, 2))
     assert steering.heads == tiny_anchoring.steering.heads[: result.top_k]
     tried = sorted({r["top_k"] for r in result.sweep if r["task"] == "mc"})
     extended = [k for k in tried if k not in (1, 2)]
@@ -201,7 +213,9 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
     config = GenerationConfig(max_new_tokens=5, stop_strings=(QA_STOP,))
     again = generate(tiny_llama, prompts, steering=steering, config=config)
     expected, _, _ = choose_threshold(
-        [first_check(t, 2) for t in again], result.readings["truthful"], 0.6
+        [check_reading(FASB(backtrack_tokens=2), t) for t in again],
+        result.readings["truthful"],
+        0.6,
     )
     assert result.thresholds["generation"] == pytest.approx(expected, abs=1e-4)
     assert result.trackers["probe"]["threshold_at_k"] == result.thresholds["generation"]
@@ -209,15 +223,15 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
     assert len(result.readings["probe"]["first_check"]) == 4
     for task in ("mc", "generation"):
         rows = [r for r in result.sweep if r["task"] == task and r["top_k"] == result.top_k]
-        counts = {m: sum(r["method"] == m for r in rows) for m in ("fixed", "fasb")}
+        counts = {m: sum(r["policy"] == m for r in rows) for m in ("fixed", "fasb")}
         assert counts["fixed"] == counts["fasb"] > 0  # the same budget for every family
         assert set(result.uncertainty[task]) == {"fixed", "fasb"}
     result.save(tmp_path)
     assert Calibration.load(tmp_path) == result
-    none, _ = calibrate(dataclasses.replace(inputs, questions=questions[:2]), tasks=())
+    none, _ = calibrate_fold(dataclasses.replace(inputs, questions=questions[:2]), tasks=())
     assert none.strengths == {} and none.strength("generation", "fasb") is None
     with pytest.raises(ValueError, match="tracker 'context' is not available"):
-        calibrate(inputs, tasks=(), tracker="context")
+        calibrate_fold(inputs, tasks=(), tracker="context")
 
 
 def test_k_candidates_extend_from_an_edge() -> None:

@@ -35,7 +35,7 @@ def test_the_papers_spellings_are_accepted() -> None:
     )
     assert (args.data, args.n_folds, args.tasks) == ("x.csv", 3, ["mc"])
     config = from_args(ExperimentConfig, args, data="mini")
-    assert config.methods == ("none", "fixed", "fasb") and config.tasks == ("mc",)
+    assert config.policies == ("none", "fixed", "fasb") and config.tasks == ("mc",)
     args = parser.parse_args(["evaluate-mc", "--dataset", "copa", "--out", "o"])
     assert args.handler is mc_datasets.run and args.datasets == ["copa"]
 
@@ -43,12 +43,13 @@ def test_the_papers_spellings_are_accepted() -> None:
 def test_train_fraction_sweep_is_one_command(tiny_llama_folder, tmp_path, capsys) -> None:
     from fasb_lens.evaluation.records import load_fold_artifacts
 
-    common = ["reproduce", "--data", "mini", "--questions", "8", "--model", str(tiny_llama_folder)]
-    common += ["--methods", "none,fasb", "--metrics", "mc", "--mc-source", "csv", "--top-k", "2"]
+    common = ["reproduce", "--truthfulqa", "mini", "--questions", "8"]
+    common += ["--model", str(tiny_llama_folder)]
+    common += ["--policies", "none,fasb", "--tasks", "mc", "--mc-source", "csv", "--top-k", "2"]
     common += ["--no-calibrate", "--no-progress", "--out", str(tmp_path)]
     assert cli.main([*common, "--train-fraction", "0.5", "1"]) == 0
     table = capsys.readouterr().out
-    assert table.startswith("| train_fraction | method | mc1 | mc2 | mc3 |")
+    assert table.startswith("| train_fraction | policy | mc1 | mc2 | mc3 |")
     assert table.count("\n") == 2 + 2 * 2
     assert (tmp_path / "train_fraction.csv").is_file()
     assert not (tmp_path / "train_fraction_0.5" / "activations").exists()  # shared
@@ -57,6 +58,32 @@ def test_train_fraction_sweep_is_one_command(tiny_llama_folder, tmp_path, capsys
     assert set(half["train"]) < set(whole["train"])
     assert len(half["train"]) == round(len(whole["train"]) / 2)
     assert half["val"] == whole["val"] and half["test"] == whole["test"]
+
+
+def test_reproduce_starts_from_a_config_file(tiny_llama_folder, tmp_path, capsys) -> None:
+    """``--config`` gives the settings (a run's config.json is one); options given on the
+    command line override them, and the run's config.json records the result."""
+    settings = ExperimentConfig(
+        data="mini",
+        n_questions=8,
+        policies=("none", "fixed"),
+        tasks=("mc",),
+        mc_source="csv",
+        top_k=2,
+        calibrate=False,
+        strengths=("fixed=3",),
+    )
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"command": "reproduce", **settings.to_dict()}))
+    out = tmp_path / "run"
+    command = ["reproduce", "--config", str(path), "--model", str(tiny_llama_folder)]
+    command += ["--top-k", "3", "--no-progress", "--out", str(out)]
+    assert cli.main(command) == 0
+    assert "| fixed |" in capsys.readouterr().out
+    written = json.loads((out / "config.json").read_text())
+    assert written["command"] == "reproduce" and written["top_k"] == 3
+    assert written["strengths"] == ["fixed=3"] and written["policies"] == ["none", "fixed"]
+    assert written["model"]["name"] == str(tiny_llama_folder)
 
 
 def test_console_script_is_installed() -> None:
@@ -88,7 +115,7 @@ def test_collect_and_fit_commands(tiny_llama_folder, tmp_path, capsys) -> None:
                 "collect",
                 "--model",
                 str(tiny_llama_folder),
-                "--data",
+                "--truthfulqa",
                 "mini",
                 "--limit",
                 "20",

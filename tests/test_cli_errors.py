@@ -137,7 +137,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
         "argument --top-k: must be >= 1, got 0",
     ),
     (
-        "reproduce: unknown method",
+        "reproduce: unknown policy",
         lambda w: [
             "reproduce",
             "--truthfulqa",
@@ -413,7 +413,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
         "collect: missing CSV",
         lambda w: [
             "collect",
-            "--data",
+            "--truthfulqa",
             str(w["root"] / "missing.csv"),
             "--out",
             str(w["root"] / "c1"),
@@ -526,7 +526,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     (
         "bench: unknown entry",
         lambda w: ["bench", "--only", "nope", "--out", str(w["root"] / "b.json")],
-        "unknown benchmark(s) ['nope']",
+        "unknown benchmark 'nope'",
     ),
     # no command
     ("no such command", lambda w: ["translate"], "invalid choice: 'translate'"),

@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
-from fasb_lens.evaluation.calibration import first_check
 from fasb_lens.evaluation.summary import direction_shares
-from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once
+from fasb_lens.evaluation.truthfulqa import decide_once
+from fasb_lens.evaluation.truthfulqa_calibration import check_reading
 from fasb_lens.generation import GenerationConfig, generate
+from fasb_lens.multiple_choice import MultipleChoice
 from fasb_lens.policies import FASB, ITI, RandomDirections, Unsteered, make_policy
 
 
 def test_random_directions_keep_heads_and_scales(tiny_anchoring) -> None:
     steering = tiny_anchoring.steering
     control = make_policy("fasb_random", alpha=8.0, threshold=0.5, backtrack_tokens=2, seed=3)
-    assert isinstance(control, RandomDirections) and control.family == "fasb"
+    assert isinstance(control, RandomDirections) and control.base.name == "fasb"
     assert control.base == FASB(8.0, 0.5, 2)
     random = control.intervention(steering)
     assert random.heads == steering.heads and torch.equal(random.scales, steering.scales)
@@ -27,7 +28,7 @@ def test_random_directions_keep_heads_and_scales(tiny_anchoring) -> None:
     other = make_policy("fasb_random", alpha=8.0, seed=4).intervention(steering)
     assert torch.equal(random.directions, again.directions)
     assert not torch.equal(random.directions, other.directions)
-    assert torch.equal(random.probe_weight, steering.probe_weight)  # the tracker is untouched
+    assert random.trackers is steering.trackers  # the tracker is untouched
     fixed = make_policy("fixed_random", alpha=5.0, seed=1)
     assert fixed.base == ITI(5.0) and fixed.initial_strength() == 5.0
 
@@ -64,7 +65,9 @@ def test_one_decision_per_question(tiny_llama, tiny_anchoring) -> None:
     decided = decide_once(FASB(8.0, 1.0, 2), trace)  # p_true < 1 always does
     assert isinstance(decided, ITI)
     # the reading FASB checks first during generation decides, at FASB's strength
-    assert decided.alpha == pytest.approx(8.0 * (1 - first_check(trace, 2)), rel=1e-6)
+    assert decided.alpha == pytest.approx(
+        8.0 * (1 - check_reading(FASB(backtrack_tokens=2), trace)), rel=1e-6
+    )
     control = decide_once(RandomDirections(FASB(8.0, 1.0, 2), seed=7), trace)
     assert control == RandomDirections(ITI(decided.alpha), seed=7)
     choice = MultipleChoice(
@@ -83,7 +86,7 @@ def test_the_direction_share_of_a_gain() -> None:
         return {"mean": {"mc2": mc2, "j x info": {"true_x_info": pair}, "n_mc": 3}}
 
     summary = {
-        "methods": {
+        "policies": {
             "none": method(0.40, 0.30),
             "fasb": method(0.60, 0.50),
             "fasb_random": method(0.55, 0.20),
@@ -100,4 +103,4 @@ def test_the_direction_share_of_a_gain() -> None:
     # the control lost ground: the direction explains more than all of the gain
     assert shares["fasb"]["j x info: true_x_info"]["direction_share"] == pytest.approx(1.5)
     assert shares["fixed"]["mc2"]["direction_share"] is None  # no gain, no share
-    assert direction_shares({"methods": {"fasb": method(0.5, 0.5)}}) == {}
+    assert direction_shares({"policies": {"fasb": method(0.5, 0.5)}}) == {}

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from fasb_lens.evaluation import experiment as experiment_module
-from fasb_lens.evaluation import search
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.experiment import Experiment
 from fasb_lens.evaluation.records import load_run, record_trace
+from fasb_lens.evaluation.run import RunFolder
+from fasb_lens.models import ModelOptions
 from fasb_lens.storage import JsonlLog
 
 CONFIG = dict(
     data="mini",
     n_questions=8,
-    methods=("none", "fixed", "caa", "fasb", "after_question", "fasb_random"),
+    policies=("none", "fixed", "caa", "fasb", "after_question", "fasb_random"),
     judges=("bleu-acc", "rouge-l-acc", "info-check"),
     top_k=4,
     alpha=4.0,
-    caa_alpha=2.0,
+    strengths=("caa=2",),
     caa_layer=1,
     threshold=0.6,
     backtrack_tokens=2,
@@ -30,23 +30,19 @@ CONFIG = dict(
     mc_source="csv",
     batch_size=3,
     control_seeds=2,
-    top_k_candidates=("2", "4"),
+    top_k_candidates=(2, 4),
 )
-METHODS = ("none", "fixed", "caa", "fasb", "after_question", "fasb_random/0", "fasb_random/1")
-"""What each question is generated with (the control once per seed)."""
+POLICIES = ("none", "fixed", "caa", "fasb", "after_question", "fasb_random/0", "fasb_random/1")
+"""What each question is generated with (the control once per draw)."""
 QUESTION = ("fasb_question", "fasb_random_question/0", "fasb_random_question/1")
 """What each question is also scored with, under the leak-free protocol."""
+GRIDS = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def small_grids():
+def small_grids(small_searches):
     """Two strengths per sweep keep the calibration of these tiny runs quick."""
-    grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(search.START_GRIDS, "mc", grids)
-        patch.setitem(search.START_GRIDS, "generation", grids)
-        patch.setattr(search, "MAX_EXTENSIONS", 1)
-        patch.setattr(search, "THRESHOLD_QUANTILES", (0.5,))
+    with small_searches(GRIDS, quantiles=(0.5,)):
         yield
 
 
@@ -79,34 +75,38 @@ def test_a_run_writes_everything(finished) -> None:
     assert config.n_questions == 8
     # 8 questions, each tested once over the 2 folds: every method on both tasks, the
     # leak-free protocol's policies on multiple choice; three judges
-    assert len(records) == 8 * (2 * len(METHODS) + len(QUESTION))
-    assert {r["method"] for r in records} == {*METHODS, *QUESTION}
-    assert len(judgements) == 8 * len(METHODS) * 3
-    assert set(summary["methods"]) == {*CONFIG["methods"], "fasb_question", "fasb_random_question"}
-    assert set(summary["methods"]["fasb_random"]["seeds"]) == {"0", "1"}
+    assert len(records) == 8 * (2 * len(POLICIES) + len(QUESTION))
+    assert {r["policy"] for r in records} == {*POLICIES, *QUESTION}
+    assert len(judgements) == 8 * len(POLICIES) * 3
+    assert set(summary["policies"]) == {
+        *CONFIG["policies"],
+        "fasb_question",
+        "fasb_random_question",
+    }
+    assert set(summary["policies"]["fasb_random"]["seeds"]) == {"0", "1"}
     share = summary["direction_share"]["fasb"]["mc2"]
     assert share["gain"] == pytest.approx(
-        summary["methods"]["fasb"]["mean"]["mc2"] - summary["methods"]["none"]["mean"]["mc2"]
+        summary["policies"]["fasb"]["mean"]["mc2"] - summary["policies"]["none"]["mean"]["mc2"]
     )
-    rates = summary["methods"]["fasb"]["mean"]
+    rates = summary["policies"]["fasb"]["mean"]
     assert 0 <= rates["steered_true"] <= 1 and 0 <= rates["steered_false"] <= 1
-    mean = summary["methods"]["fasb"]["mean"]
+    mean = summary["policies"]["fasb"]["mean"]
     assert 0 <= mean["mc1"] <= 1 and 0 <= mean["mc2"] <= 1
     pair = mean["bleu-acc x info-check"]
     assert pair["true_x_info"] == pytest.approx(pair["true"] * pair["info"], abs=1e-9)
     table = (out / "table.md").read_text()
-    assert table.startswith("| Method | MC1 | MC2 | MC3 | MC steered (true / false) | triggered |")
+    assert table.startswith("| Policy | MC1 | MC2 | MC3 | MC steered (true / false) | triggered |")
     assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 8
 
 
 def test_mc_records_hold_every_answer(finished) -> None:
     out, _ = finished
     _, records, _ = load_run(out)
-    record = next(r for r in records if r["task"] == "mc" and r["method"] == "fasb")
+    record = next(r for r in records if r["task"] == "mc" and r["policy"] == "fasb")
     labels = [row["label"] for row in record["answers"] if row["set"] == "mc2"]
     assert 1 in labels and 0 in labels
     lines = (out / "answers.csv").read_text().splitlines()
-    assert lines[0].startswith("fold,question_id,method,set,answer,label,log_prob,triggered")
+    assert lines[0].startswith("fold,question_id,policy,set,answer,label,log_prob,triggered")
     assert len(lines) - 1 == sum(len(r["answers"]) for r in records if r["task"] == "mc")
 
 
@@ -117,7 +117,7 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
 
     # killed inside fold 1's multiple choice: after the 8 unsteered answers and fold 0's
     # 4 test questions under every multiple-choice policy (scored together, one chunk)
-    kept = 8 + 4 * (len(METHODS) + len(QUESTION)) + 4
+    kept = 8 + 4 * (len(POLICIES) + len(QUESTION)) + 4
 
     def dying_append(self, record):
         calls["n"] += 1
@@ -137,11 +137,11 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     partial = Experiment(
         ExperimentConfig(**CONFIG), tmp_path, model=tiny_llama, progress=False
     ).summarize()
-    counts = [m["mean"]["n_mc"] + m["mean"]["n_generation"] for m in partial["methods"].values()]
+    counts = [m["mean"]["n_mc"] + m["mean"]["n_generation"] for m in partial["policies"].values()]
     written = [
         json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()[:kept]
     ]
-    done = {(r["method"].split("/")[0], r["question_id"], r["task"]) for r in written}
+    done = {(r["policy"].split("/")[0], r["question_id"], r["task"]) for r in written}
     assert sum(counts) == len(done) and all(n <= 16 for n in counts)
     assert "| n (MC / gen.) |" in (tmp_path / "table.md").read_text()
     evaluated: list[str] = []
@@ -163,7 +163,7 @@ def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"holds a run with other settings \(alpha\)"):
         run(tiny_llama, out, alpha=9.0)
     with pytest.raises(ValueError, match="unknown policy .magic."):
-        ExperimentConfig(data="mini", methods=("magic",))
+        ExperimentConfig(data="mini", policies=("magic",))
     with pytest.raises(ValueError, match=r"--questions 500 is more than the 94 questions"):
         run(tiny_llama, tmp_path / "big", n_questions=500)
     with pytest.raises(FileNotFoundError, match="nope.txt does not exist"):
@@ -171,7 +171,7 @@ def test_bad_settings(tiny_llama, finished, tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown judge"):
         ExperimentConfig(data="mini", judges=("gpt-judge",))
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16"):
-        ExperimentConfig(data="mini", dtype="half")
+        ExperimentConfig(data="mini", model=ModelOptions(dtype="half"))
     with pytest.raises(ValueError, match="have no mc_task.json targets"):
         run(tiny_llama, tmp_path / "mc", mc_source="mc_task", tasks=("mc",))
 
@@ -181,11 +181,12 @@ def test_a_run_started_before_a_setting_existed_resumes(finished) -> None:
     saved = json.loads((out / "config.json").read_text())
     older = {k: v for k, v in saved.items() if k not in ("train_fraction", "mc_task")}
     (out / "config.json").write_text(json.dumps(older))
+    load = ExperimentConfig.from_dict
     try:
-        Experiment._check_config(SimpleNamespace(out=out, config=ExperimentConfig(**CONFIG)))
-        changed = SimpleNamespace(out=out, config=ExperimentConfig(**CONFIG, train_fraction=0.5))
+        RunFolder(out, ExperimentConfig(**CONFIG), load=load, command="reproduce")
+        changed = ExperimentConfig(**CONFIG, train_fraction=0.5)
         with pytest.raises(ValueError, match=r"other settings \(train_fraction\)"):
-            Experiment._check_config(changed)
+            RunFolder(out, changed, load=load, command="reproduce")
     finally:
         (out / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="train_fraction must be in"):
@@ -217,3 +218,33 @@ def test_figures_of_a_run(finished, tmp_path) -> None:
     assert trace.triggered and trace.answer == record["answer"]
     assert trace.backtracks and trace.backtracks[0]["discarded_ids"] == trace.discarded_ids
     assert all(step.token_id >= 0 for step in trace.steps)  # nothing guessed
+
+
+def test_publish_copies_a_finished_run(finished, tmp_path) -> None:
+    from fasb_lens.evaluation.publish import publish
+
+    out, summary = finished
+    written = publish(out, tmp_path / "results")
+    names = sorted(path.name for path in written)
+    assert names == [
+        "truthfulqa_config.json",
+        "truthfulqa_results.csv",
+        "truthfulqa_results.json",
+        "truthfulqa_table.md",
+        "truthfulqa_timings.json",
+    ]
+    published = json.loads((tmp_path / "results" / "truthfulqa_results.json").read_text())
+    assert published == json.loads(json.dumps(summary))
+    # an unfinished run (records of fold 0 only) is refused, naming what is missing
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((out / "config.json").read_text())
+    with pytest.raises(ValueError, match="has not finished: it has no results.json yet"):
+        publish(partial, tmp_path / "results")
+    cut = json.loads((out / "results.json").read_text())
+    cut["policies"]["fasb"]["mean"]["n_mc"] = 4
+    (partial / "results.json").write_text(json.dumps(cut))
+    with pytest.raises(ValueError, match="policy fasb has not finished mc"):
+        publish(partial, tmp_path / "results")
+    with pytest.raises(ValueError, match="is not a finished `reproduce` or `mc-datasets` run"):
+        publish(tmp_path / "results", tmp_path / "elsewhere")

@@ -41,10 +41,12 @@ def two_layer_steering(steering):
         heads=heads,
         directions=steering.directions[:k],
         scales=steering.scales[:k],
-        probe_weight=5 * steering.directions[:k],
-        probe_bias=steering.probe_bias[:k],
-        prototype_true=steering.prototype_true[:k],
-        prototype_false=steering.prototype_false[:k],
+        trackers={
+            "probe": {
+                "weight": 5 * steering.directions[:k],
+                "bias": steering.trackers["probe"]["bias"][:k],
+            }
+        },
     )
 
 

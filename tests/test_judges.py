@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fasb_lens.evaluation.judges import (
+    JUDGES,
     NO_COMMENT,
-    OFFLINE_JUDGES,
     BleuJudge,
     EmbeddingJudge,
     InfoCheck,
@@ -22,7 +22,8 @@ from fasb_lens.evaluation.judges import (
     continuation_token_id,
     judge_by_name,
     judge_prompt,
-    summarize,
+    judge_rates,
+    judges_of_kind,
 )
 from fasb_lens.testing import build_tiny_model_folder
 
@@ -259,8 +260,12 @@ def test_llm_judge_requires_both_model_and_tokenizer(tiny_hf: tuple) -> None:
 
 
 def test_judge_by_name_builds_each_judge() -> None:
-    for name in OFFLINE_JUDGES:
+    offline = [spec.name for spec in JUDGES if spec.offline]
+    assert offline == ["bleu-acc", "rouge-l-acc", "embedding-acc", "info-check"]
+    for name in offline:
         assert judge_by_name(name).name == name
+    assert judges_of_kind("info") == ("info-check", "allenai-info")
+    assert judges_of_kind("truth", offline=False) == ("allenai-truth",)
     truth = judge_by_name("allenai-truth", device="cpu")
     info = judge_by_name("allenai-info", model_name="some/folder")
     assert (truth.name, truth.kind) == ("allenai-truth", "truth")
@@ -270,7 +275,7 @@ def test_judge_by_name_builds_each_judge() -> None:
 
 
 def test_judge_by_name_rejects_unknown_names() -> None:
-    with pytest.raises(ValueError, match="known judges: bleu-acc, rouge-l-acc"):
+    with pytest.raises(ValueError, match="unknown judge 'gpt-judge'; known: bleu-acc, rouge-l-acc"):
         judge_by_name("gpt-judge")
 
 
@@ -278,7 +283,7 @@ def test_summarize_reports_rates_and_product() -> None:
     truth = [Verdict("bleu-acc", t, None, 0.1) for t in (True, True, False, True)]
     info = [Verdict("info-check", None, i) for i in (True, False, True)]
     info.append(Verdict.failed("info-check", "broken"))
-    summary = summarize(truth, info)
+    summary = judge_rates(truth, info)
     assert summary == {
         "truth_judge": "bleu-acc",
         "info_judge": "info-check",
@@ -294,19 +299,19 @@ def test_summarize_reports_rates_and_product() -> None:
 def test_summarize_is_nan_without_valid_verdicts() -> None:
     truth = [Verdict.failed("allenai-truth", "no model")] * 2
     info = [Verdict("info-check", None, True)] * 2
-    summary = summarize(truth, info)
+    summary = judge_rates(truth, info)
     assert math.isnan(summary["true"]) and math.isnan(summary["true_x_info"])
     assert summary["info"] == 1.0 and summary["truth_failures"] == 2
-    empty = summarize([], [])
+    empty = judge_rates([], [])
     assert empty["n"] == 0 and math.isnan(empty["true"]) and empty["truth_judge"] is None
 
 
 def test_summarize_rejects_mismatched_inputs() -> None:
     truth = [Verdict("bleu-acc", True, None)]
     with pytest.raises(ValueError, match="1 truth verdicts but 0"):
-        summarize(truth, [])
+        judge_rates(truth, [])
     with pytest.raises(ValueError, match="does not judge 'informative'"):
-        summarize(truth, truth)
+        judge_rates(truth, truth)
     with pytest.raises(ValueError, match="error set"):
         Verdict("x", True, None, error="oops")
 

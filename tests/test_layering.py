@@ -1,49 +1,63 @@
-"""The package's layers: a module imports only from the layers above it (DESIGN §3)."""
+"""The package's five tiers: a module imports only from its own tier or the tiers below.
+
+``docs/architecture.md`` describes the tiers; this test holds the code to them.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "fasb_lens"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fasb_lens"
 
-LAYERS: list[tuple[str, ...]] = [
-    ("fasb_lens._types", "fasb_lens.options", "fasb_lens.storage", "fasb_lens.allocator"),
-    ("fasb_lens.data",),
-    ("fasb_lens.splits",),
-    ("fasb_lens.models",),
-    ("fasb_lens.testing",),
-    ("fasb_lens.interventions",),
-    ("fasb_lens.prefix", "fasb_lens.trees"),
-    ("fasb_lens.activations",),
-    ("fasb_lens.trackers",),
-    ("fasb_lens.probes",),
-    ("fasb_lens.steering",),
-    ("fasb_lens.anchoring",),
-    ("fasb_lens.policies",),
-    ("fasb_lens.decoding",),
-    ("fasb_lens.generation",),
-    ("fasb_lens.scoring",),
-    ("fasb_lens.evaluation.judges",),
-    ("fasb_lens.evaluation.truthfulqa",),
-    ("fasb_lens.evaluation.search",),
-    ("fasb_lens.evaluation.calibration",),
-    ("fasb_lens.evaluation.config",),
-    ("fasb_lens.evaluation.summary",),
-    ("fasb_lens.evaluation.records",),
-    ("fasb_lens.evaluation.methods",),
-    ("fasb_lens.evaluation.experiment", "fasb_lens.evaluation.mc_suite"),
-    ("fasb_lens.plotting",),
-    ("fasb_lens.run_figures",),
-    ("fasb_lens.ablation",),
-    ("fasb_lens.demo",),
-    ("fasb_lens.bench",),
-    ("fasb_lens.commands",),
-    ("fasb_lens.cli",),
-]
-"""Top to bottom; a package (``fasb_lens.data``) is one layer with its sub-modules."""
+TIERS: dict[str, tuple[str, ...]] = {
+    "core": (
+        "fasb_lens._types",
+        "fasb_lens.options",
+        "fasb_lens.registry",
+        "fasb_lens.storage",
+        "fasb_lens.allocator",
+        "fasb_lens.data",
+        "fasb_lens.splits",
+        "fasb_lens.models",
+        "fasb_lens.testing",
+        "fasb_lens.interventions",
+    ),
+    "runtime": (
+        "fasb_lens.decisions",
+        "fasb_lens.prefix",
+        "fasb_lens.trees",
+        "fasb_lens.decoding",
+        "fasb_lens.generation",
+        "fasb_lens.scoring",
+    ),
+    "method": (
+        "fasb_lens.activations",
+        "fasb_lens.trackers",
+        "fasb_lens.probes",
+        "fasb_lens.probe_solvers",
+        "fasb_lens.policies",
+        "fasb_lens.steering",
+        "fasb_lens.anchoring",
+        "fasb_lens.multiple_choice",
+        "fasb_lens.ablation",
+    ),
+    "experiments": ("fasb_lens.evaluation",),
+    "interfaces": (
+        "fasb_lens.plotting",
+        "fasb_lens.run_figures",
+        "fasb_lens.demo",
+        "fasb_lens.bench",
+        "fasb_lens.commands",
+        "fasb_lens.cli",
+    ),
+}
+"""Bottom to top; a name covers its sub-modules (``fasb_lens.data`` is ``data/``)."""
+ORDER = list(TIERS)
 
 
 def module_name(path: Path) -> str:
@@ -51,18 +65,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def root_of(module: str) -> tuple[int, str] | None:
-    """The layer of ``module`` and the name it is listed under."""
-    for index, names in enumerate(LAYERS):
-        for name in names:
-            if module == name or module.startswith(name + "."):
-                return index, name
-    return None
-
-
-def layer_of(module: str) -> int | None:
-    found = root_of(module)
-    return None if found is None else found[0]
+def tier_of(module: str) -> str | None:
+    """The tier of ``module``: the one listing the longest prefix of its name."""
+    found = [
+        (len(name), tier)
+        for tier, names in TIERS.items()
+        for name in names
+        if module == name or module.startswith(name + ".")
+    ]
+    return max(found)[1] if found else None
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -76,34 +87,34 @@ def imported_modules(path: Path) -> set[str]:
             found.add(node.module)
             # ``from fasb_lens import storage`` imports the sub-module
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.startswith("fasb_lens.") and layer_of(name) is not None}
+    return {name for name in found if name.startswith("fasb_lens.") and tier_of(name) is not None}
 
 
-def imports_anything(path: Path) -> bool:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    return any(isinstance(node, ast.Import | ast.ImportFrom) for node in ast.walk(tree))
+# the package's own __init__ loads names lazily, across tiers, for notebooks
+MODULES = sorted(path for path in PACKAGE.rglob("*.py") if module_name(path) != "fasb_lens")
 
 
-# the package's own __init__ loads names lazily; empty package __init__ files are no layer
-MODULES = sorted(
-    path
-    for path in PACKAGE.rglob("*.py")
-    if module_name(path) != "fasb_lens" and (path.name != "__init__.py" or imports_anything(path))
-)
-
-
-def test_every_module_has_a_layer() -> None:
-    missing = [module_name(path) for path in MODULES if layer_of(module_name(path)) is None]
-    assert not missing, f"add these modules to LAYERS (and to the README's architecture): {missing}"
+def test_every_module_has_a_tier() -> None:
+    missing = [module_name(path) for path in MODULES if tier_of(module_name(path)) is None]
+    assert not missing, f"add these modules to TIERS (and docs/architecture.md): {missing}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=module_name)
-def test_imports_follow_the_layers(path: Path) -> None:
+def test_imports_follow_the_tiers(path: Path) -> None:
     module = module_name(path)
-    own = root_of(module)
-    assert own is not None
-    # a module may import from earlier layers, and from its own package
-    wrong = [
-        name for name in imported_modules(path) if not root_of(name) < own and root_of(name) != own
-    ]
-    assert not wrong, f"{module} (layer {own[0]}) imports from its layer or below: {sorted(wrong)}"
+    own = ORDER.index(tier_of(module))  # type: ignore[arg-type]
+    above = {
+        name: tier_of(name)
+        for name in imported_modules(path)
+        if ORDER.index(tier_of(name)) > own  # type: ignore[arg-type]
+    }
+    assert not above, f"{module} ({ORDER[own]}) imports from a tier above: {above}"
+
+
+def test_the_architecture_page_names_every_tier_and_package() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    for tier, names in TIERS.items():
+        assert re.search(rf"\b{tier}\b", page), tier
+        for name in names:
+            short = name.removeprefix("fasb_lens.")
+            assert short in page, f"docs/architecture.md does not mention {short} ({tier})"

@@ -27,16 +27,12 @@ from fasb_lens.data.mc import (
     option_prompts,
 )
 from fasb_lens.data.schema import MultipleChoiceItem
-from fasb_lens.evaluation import search
-from fasb_lens.evaluation.mc_suite import (
-    evaluate_dataset,
-    predict,
-    score_item,
-    split_items,
-)
+from fasb_lens.evaluation.mc_items import predict, score_item
+from fasb_lens.evaluation.mc_suite import evaluate_dataset
 from fasb_lens.models import forward, tokenize
-from fasb_lens.policies import FASB, ITI, Unsteered
+from fasb_lens.policies import PolicySettings, Unsteered
 from fasb_lens.scoring import AnswerScore, PrefixScorer
+from fasb_lens.splits import holdout_split
 
 COPA = MultipleChoiceItem(
     id="copa-1",
@@ -253,13 +249,10 @@ def sst2_items(n: int) -> list[MultipleChoiceItem]:
     ]
 
 
-RECORD_KEYS = ("dataset", "item_id", "method", "prediction", "label", "correct")
+RECORD_KEYS = ("dataset", "item_id", "policy", "prediction", "label", "correct")
 RECORD_KEYS += ("log_probs", "triggered")
-POLICIES = {
-    "none": Unsteered(),
-    "fixed": ITI(2.0),
-    "fasb": FASB(alpha=2.0, threshold=0.6, backtrack_tokens=1),
-}
+POLICIES = ("none", "fixed", "fasb")
+SETTINGS = PolicySettings(alpha=2.0, threshold=0.6, backtrack_tokens=1)
 
 
 def count_score_calls(monkeypatch) -> list[int]:
@@ -275,29 +268,29 @@ def count_score_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path) -> None:
+def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path, small_searches) -> None:
     items = sst2_items(40)
-    grids = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0)}
-    monkeypatch.setitem(search.START_GRIDS, "mc", grids)
-    monkeypatch.setattr(search, "MAX_EXTENSIONS", 1)
     records: list[dict] = []
 
     def run(**kwargs) -> dict:
-        return evaluate_dataset(
-            tiny_llama,
-            items,
-            policies=POLICIES,
-            top_k=4,
-            progress=False,
-            calibration_dir=tmp_path,
-            **kwargs,
-        )
+        with small_searches({"fixed": (1.0, 4.0), "fasb": (1.0, 4.0)}):
+            return evaluate_dataset(
+                tiny_llama,
+                items,
+                policies=POLICIES,
+                settings=SETTINGS,
+                top_k=4,
+                progress=False,
+                calibration_dir=tmp_path,
+                **kwargs,
+            )
 
     result = run(on_item=records.append)
     chosen = result["calibration"]
-    assert set(chosen["strengths"]) == {"fasb", "fixed"} and chosen["items"] == 4
-    assert 0.0 <= chosen["threshold"] <= 1.0 and (tmp_path / "sst2.json").is_file()
-    val = [item for item in items if item.id in split_items(items, seed=0).val]
+    assert set(chosen["strengths"]["mc"]) == {"fasb", "fixed"} and chosen["items"] == 4
+    assert 0.0 <= chosen["thresholds"]["mc"] <= 1.0 and (tmp_path / "sst2.json").is_file()
+    split = holdout_split([item.id for item in items], seed=0)
+    val = [item for item in items if item.id in split.val]
     plain = [predict(score_item(tiny_llama, item)) == item.label for item in val]
     assert chosen["unsteered"]["accuracy"] == pytest.approx(sum(plain) / len(plain))
     calls = count_score_calls(monkeypatch)
@@ -308,7 +301,7 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path) -> None:
     assert all(0.0 <= accuracy <= 1.0 for accuracy in result["accuracy"].values())
     assert len(records) == result["n_test"] * len(POLICIES)
     for name in POLICIES:
-        mine = [r for r in records if r["method"] == name]
+        mine = [r for r in records if r["policy"] == name]
         assert result["accuracy"][name] == sum(r["correct"] for r in mine) / len(mine)
     first = records[0]
     assert set(first) == set(RECORD_KEYS)
@@ -316,7 +309,7 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path) -> None:
 
     calls.clear()
     again: list[dict] = []
-    done = {(r["item_id"], r["method"]): r for r in records}
+    done = {(r["item_id"], r["policy"]): r for r in records}
     resumed = run(on_item=again.append, done=done)
     assert calls == [] and again == []  # the calibration is read back, nothing is scored
     assert resumed["accuracy"] == result["accuracy"]
@@ -325,13 +318,12 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path) -> None:
 def test_evaluate_dataset_limit_and_partial_resume(tiny_llama, monkeypatch) -> None:
     items = sst2_items(40)
     records: list[dict] = []
-    policies = {"none": Unsteered()}
-    options = {"policies": policies, "top_k": 2, "limit": 30, "seed": 1, "progress": False}
+    options = {"policies": ["none"], "top_k": 2, "limit": 30, "seed": 1, "progress": False}
     options["calibrate"] = False
     result = evaluate_dataset(tiny_llama, items, on_item=records.append, **options)
     assert result["n_train"] + result["n_val"] + result["n_test"] == 30
     calls = count_score_calls(monkeypatch)
-    done = {(r["item_id"], r["method"]): r for r in records[:5]}
+    done = {(r["item_id"], r["policy"]): r for r in records[:5]}
     rest: list[dict] = []
     evaluate_dataset(tiny_llama, items, on_item=rest.append, done=done, **options)
     assert len(calls) == len(rest) == len(records) - 5
@@ -344,23 +336,22 @@ def test_evaluate_dataset_refuses_bad_input(tiny_llama) -> None:
     with pytest.raises(ValueError, match="mix several datasets"):
         evaluate_dataset(tiny_llama, [SST2, COPA], policies=POLICIES)
     with pytest.raises(ValueError, match="no policies"):
-        evaluate_dataset(tiny_llama, sst2_items(10), policies={})
+        evaluate_dataset(tiny_llama, sst2_items(10), policies=[])
 
 
-def test_split_items() -> None:
-    items = sst2_items(20)
-    split = split_items(items, seed=3)
+def test_holdout_split() -> None:
+    ids = [item.id for item in sst2_items(20)]
+    split = holdout_split(ids, seed=3)
     assert (len(split.train), len(split.val), len(split.test)) == (8, 2, 10)
-    ids = [item.id for item in items]
     for side in (split.train, split.val, split.test):
         assert list(side) == sorted(side, key=ids.index)
-    assert split_items(items, seed=3) == split and split_items(items, seed=4) != split
+    assert holdout_split(ids, seed=3) == split and holdout_split(ids, seed=4) != split
     with pytest.raises(ValueError, match="cannot be split"):
-        split_items(items[:2], seed=0)
+        holdout_split(ids[:2], seed=0)
     with pytest.raises(ValueError, match="test_fraction"):
-        split_items(items, seed=0, test_fraction=1.0)
+        holdout_split(ids, seed=0, test_fraction=1.0)
     with pytest.raises(ValueError, match="unique"):
-        split_items([SST2, SST2], seed=0)
+        holdout_split([SST2.id, SST2.id], seed=0)
 
 
 # --- real data ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fasb_lens._types import Head
+from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.generation import GenerationTrace, Step
 from fasb_lens.plotting import (
     anchored_heads,
@@ -111,7 +112,7 @@ def summary() -> dict:
     pair = {"true": 0.5, "info": 0.8, "true_x_info": 0.4}
     fold = {"mc1": 0.3, "mc2": 0.5, "mc3": 0.2, "bleu-acc x info-check": pair}
     return {
-        "methods": {
+        "policies": {
             name: {"per_fold": {"0": fold, "1": fold}, "mean": fold} for name in ("none", "fasb")
         }
     }
@@ -122,7 +123,7 @@ def test_method_comparison_and_sweeps() -> None:
     assert [bar.name for bar in figure.data] == ["none", "fasb"]
     assert list(figure.data[0].x)[:3] == ["MC1", "MC2", "MC3"]
     assert len(figure.data[0].x) == 6 and figure.data[0].y[0] == pytest.approx(30.0)
-    rows = [{"method": m, "alpha": a, "mc2": a / 10} for m in ("fixed", "fasb") for a in (1, 4, 2)]
+    rows = [{"policy": m, "alpha": a, "mc2": a / 10} for m in ("fixed", "fasb") for a in (1, 4, 2)]
     lines = sweep_lines(rows, title="MC2 vs alpha")
     assert [line.name for line in lines.data] == ["fixed", "fasb"]
     assert list(lines.data[0].x) == [1, 2, 4] and lines.layout.xaxis.type == "log"
@@ -167,8 +168,11 @@ def _calibration() -> dict:
     }
 
 
-def test_dataset_sweeps() -> None:
-    figure = dataset_sweeps({"copa": _calibration(), "nli": _calibration()})
+def test_dataset_sweeps(tmp_path) -> None:
+    (tmp_path / "copa.json").write_text(json.dumps(_calibration()))  # as earlier versions wrote
+    calibration = Calibration.load(tmp_path / "copa.json")
+    assert calibration.strengths == {"mc": {"fasb": 8.0, "fixed": 2.0}}
+    figure = dataset_sweeps({"copa": calibration, "nli": calibration})
     fasb, fasb_star, fixed, fixed_star = figure.data[:4]
     assert list(fasb.x) == [2.0, 8.0] and list(fasb.y) == pytest.approx([50.0, 60.0])
     assert list(fasb_star.x) == [8.0] and list(fasb_star.y) == pytest.approx([60.0])

@@ -7,14 +7,15 @@ from typing import Any
 
 import pytest
 
+from fasb_lens.decisions import first_check, first_trigger
 from fasb_lens.generation import GenerationConfig, generate
 from fasb_lens.policies import (
-    ALIASES,
     CAA,
     CONTINUE,
     FASB,
     ITI,
     PASSED,
+    POLICIES,
     Check,
     Decision,
     Policy,
@@ -26,10 +27,11 @@ from fasb_lens.policies import (
     policy_names,
     policy_spec,
     register,
+    require_steering,
     resolve,
+    searched,
     unregister,
 )
-from fasb_lens.policies.base import require_steering
 from fasb_lens.scoring import PrefixScorer
 
 
@@ -92,14 +94,33 @@ def test_tracking_keeps_segments_and_counts_triggers() -> None:
     assert Tracking(FASB()).observe(5, None, ending=True) == CONTINUE
 
 
+def test_walking_readings_counts_them_as_generation_does() -> None:
+    policy = FASB(alpha=10.0, threshold=0.5, backtrack_tokens=2)
+    readings = [0.9, 0.8, 0.7, 0.3, 0.2]
+    walked = list(Tracking(policy).walk(readings))
+    assert [d.checked for _, d in walked[:3]] == [False, True, True]  # from 2 tokens on
+    assert first_check(policy, readings) == 1
+    index, trigger = first_trigger(policy, readings)
+    assert (index, trigger) == (3, Trigger(pytest.approx(7.0), 2, 0.3))
+    assert first_trigger(policy, [0.9, 0.9]) is None
+    # scoring's count: readings from answer token 0 on, the first counted as 0 tokens
+    assert first_check(policy, readings, first_count=0, from_prompt_end=False) == 2
+
+
 def test_registry_names_match_the_policies() -> None:
     assert policy_names()[:2] == ("none", "fixed")
     for name in policy_names():
         spec = policy_spec(name)
-        settings: dict[str, Any] = {"caa": object()} if spec.needs == "caa" else {}
+        settings: dict[str, Any] = {"caa": object()} if "caa" in spec.needs else {}
         policy = make_policy(name, alpha=2.0, **settings)
-        assert policy.name == name and policy.family == spec.family and spec.description
-    assert ALIASES == {"baseline": "none", "iti": "fixed"}
+        assert policy.name == name and spec.description
+        source = spec.calibrated_as
+        assert source is None or policy_spec(source).search is not None
+        if spec.control_of:
+            assert policy_spec(spec.control_of).calibrated_as == source
+    assert [spec.name for spec in searched()] == ["fasb", "fixed", "caa"]  # thresholded first
+    assert policy_names("datasets") == ("none", "fixed", "fasb", "fasb_random", "fixed_random")
+    assert POLICIES.aliases == {"baseline": "none", "iti": "fixed"}
     assert resolve("iti") == "fixed" and isinstance(make_policy("baseline"), Unsteered)
     assert isinstance(make_policy("iti", alpha=3.0), ITI)
     with pytest.raises(ValueError, match="unknown policy 'magic'"):
@@ -123,7 +144,6 @@ class SteerFromTheStart(Policy):
 
     alpha: float = 3.0
     name: str = "steer_from_start"
-    family: str = "fasb"
 
     @property
     def decides(self) -> bool:
@@ -148,7 +168,6 @@ def test_a_new_policy_is_one_class_and_one_registration(tiny_llama, tiny_anchori
         name="steer_from_start",
         build=lambda settings: SteerFromTheStart(settings.alpha),
         description="steer from the first low reading on, keeping every token",
-        family="fasb",
     )
     register(spec)
     try:

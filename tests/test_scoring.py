@@ -13,9 +13,9 @@ from fasb_lens import Head, scoring
 from fasb_lens.activations import collect_residual_activations
 from fasb_lens.anchoring import build_caa
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
-from fasb_lens.evaluation.truthfulqa import mc_metrics
 from fasb_lens.generation import GenerationConfig, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
+from fasb_lens.multiple_choice import mc_metrics
 from fasb_lens.policies import CAA, FASB, ITI, RandomDirections, Unsteered, make_policy
 from fasb_lens.scoring import PrefixScorer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -103,11 +105,12 @@ def test_the_context_tracker_reads_its_own_probes(tiny_llama, tiny_anchoring, tm
     steering = tiny_anchoring.steering
     prompt = load_prompt_format().generation_prompt("Where is the river?")
     config = GenerationConfig(max_new_tokens=4)
-    with pytest.raises(ValueError, match="has no context probes"):
+    with pytest.raises(ValueError, match="holds no context tracker"):
         generate(tiny_llama, prompt, policy=Unsteered(tracker="context"), steering=steering)
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(steering.top_k, steering.shape.d_head, generator=generator)
-    inside = steering.with_context(weight, torch.zeros(steering.top_k))
+    context = {"weight": weight, "bias": torch.zeros(steering.top_k)}
+    inside = replace(steering, trackers={**steering.trackers, "context": context})
     probe = generate(tiny_llama, prompt, policy=Unsteered(), steering=inside, config=config)[0]
     context = generate(
         tiny_llama, prompt, policy=Unsteered(tracker="context"), steering=inside, config=config
@@ -116,5 +119,5 @@ def test_the_context_tracker_reads_its_own_probes(tiny_llama, tiny_anchoring, tm
     assert probe.p_true != context.p_true
     inside.save(tmp_path)
     loaded = type(inside).load(tmp_path)
-    assert torch.equal(loaded.context_weight, inside.context_weight)
-    assert torch.equal(loaded.subset(inside.heads[:2]).context_weight, weight[:2])
+    assert torch.equal(loaded.trackers["context"]["weight"], weight)
+    assert torch.equal(loaded.subset(inside.heads[:2]).trackers["context"]["weight"], weight[:2])

@@ -6,14 +6,15 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from fasb_lens._types import Head
 from fasb_lens.anchoring import build_steering
 from fasb_lens.interventions import position_mask
 from fasb_lens.models import forward, hook_z_name, pad, pad_token_id, tokenize
+from fasb_lens.policies import PolicySettings
 from fasb_lens.splits import Split
-from fasb_lens.steering import PolicyDefaults, Steering
+from fasb_lens.steering import Steering
 
 PROMPTS = ["Q: Do goldfish remember things? A: Yes, for months.", "I have no comment."]
 
@@ -122,20 +123,45 @@ def test_artifact_round_trip_and_format(steering, tmp_path) -> None:
     assert {name: tuple(t.shape) for name, t in tensors.items() if name != "heads"} == {
         "directions": (3, 16),
         "scales": (3,),
-        "probe_weight": (3, 16),
-        "probe_bias": (3,),
-        "prototype_true": (3, 16),
-        "prototype_false": (3, 16),
+        "tracker.probe.weight": (3, 16),
+        "tracker.probe.bias": (3,),
+        "tracker.prototype.true_mean": (3, 16),
+        "tracker.prototype.false_mean": (3, 16),
         "val_accuracy": (4, 4),
     }
     meta = json.loads((tmp_path / "steering.json").read_text())
     assert meta["hook_name"] == "blocks.{layer}.attn.hook_z" and meta["top_k"] == 3
     assert meta["defaults"] == {"alpha": 60.0, "threshold": 0.6, "backtrack_tokens": 10}
     assert meta["split"]["protocol"] == "train_val" and meta["direction_kind"] == "probe"
+    assert meta["format_version"] == 2 and meta["trackers"] == ["probe", "prototype"]
     loaded = Steering.load(tmp_path)
     assert loaded.heads == steering.heads and loaded.defaults == steering.defaults
-    for name in ("directions", "scales", "probe_weight", "probe_bias", "val_accuracy"):
+    for name in ("directions", "scales", "val_accuracy"):
         assert torch.equal(getattr(loaded, name), getattr(steering, name))
+    for tracker, tensors in steering.trackers.items():
+        for key, value in tensors.items():
+            assert torch.equal(loaded.trackers[tracker][key], value)
+
+
+def test_a_format_1_artifact_still_loads(steering, tmp_path) -> None:
+    """Artifacts written before trackers were registered had a field per tensor."""
+    steering.save(tmp_path)
+    tensors = load_file(tmp_path / "steering.safetensors")
+    old = {
+        "probe_weight": "tracker.probe.weight",
+        "probe_bias": "tracker.probe.bias",
+        "prototype_true": "tracker.prototype.true_mean",
+        "prototype_false": "tracker.prototype.false_mean",
+    }
+    renamed = {old_name: tensors.pop(new) for old_name, new in old.items()}
+    save_file({**tensors, **renamed}, tmp_path / "steering.safetensors")
+    meta = json.loads((tmp_path / "steering.json").read_text())
+    meta["format_version"] = 1
+    del meta["trackers"]
+    (tmp_path / "steering.json").write_text(json.dumps(meta))
+    loaded = Steering.load(tmp_path)
+    assert set(loaded.trackers) == {"probe", "prototype"}
+    assert torch.equal(loaded.trackers["probe"]["weight"], steering.trackers["probe"]["weight"])
 
 
 def test_artifact_refuses_another_model(steering, tiny_gpt2, tmp_path) -> None:
@@ -150,7 +176,7 @@ def test_artifact_refuses_another_model(steering, tiny_gpt2, tmp_path) -> None:
 def test_tracker_and_subset(steering) -> None:
     tracker = steering.tracker()
     assert tracker.heads == steering.heads
-    z = steering.prototype_true[None].expand(4, -1, -1)
+    z = steering.trackers["prototype"]["true_mean"][None].expand(4, -1, -1)
     assert steering.tracker("prototype").p_true(z).shape == (4,)
     one = steering.subset([steering.heads[1]])
     assert one.heads == (steering.heads[1],) and torch.equal(
@@ -161,7 +187,9 @@ def test_tracker_and_subset(steering) -> None:
 def test_invalid_steering(steering) -> None:
     with pytest.raises(ValueError, match="directions must have unit length"):
         Steering(**{**vars(steering), "directions": steering.directions * 2})
-    with pytest.raises(ValueError, match="threshold must be in"):
-        PolicyDefaults(threshold=1.5)
+    with pytest.raises(ValueError, match="threshold must be >= 0 and <= 1"):
+        PolicySettings(threshold=1.5)
+    with pytest.raises(ValueError, match="the probe tracker's tensor 'bias' is missing"):
+        Steering(**{**vars(steering), "trackers": {"probe": {"weight": steering.directions}}})
     with pytest.raises(ValueError, match="L9H0 does not exist"):
         Steering(**{**vars(steering), "heads": (Head(9, 0), *steering.heads[1:])})

@@ -25,9 +25,9 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens._types import Head
 from fasb_lens.activations import gather_last_position
 from fasb_lens.data import LabelledPrompt, PromptFormat, TruthfulQAQuestion
-from fasb_lens.evaluation.truthfulqa import AnswerSource, answer_sets
 from fasb_lens.interventions import heads_from
 from fasb_lens.models import tokenize
+from fasb_lens.multiple_choice import AnswerSource, answer_sets
 from fasb_lens.probes import HeadProbes
 from fasb_lens.scoring import PrefixScorer
 from fasb_lens.steering import Steering

@@ -30,9 +30,9 @@ from fasb_lens.ablation.exact import exact_effects, loop_effects
 from fasb_lens.ablation.metrics import Metric, p_true_metric
 from fasb_lens.activations import HeadActivations
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion, probing_prompts
-from fasb_lens.evaluation.truthfulqa import AnswerSource, evaluate_mc
 from fasb_lens.interventions import hooked, replace_heads
 from fasb_lens.models import ModelShape, model_id, model_shape
+from fasb_lens.multiple_choice import AnswerSource, evaluate_mc
 from fasb_lens.policies import FASB, Unsteered
 from fasb_lens.steering import Steering
 

@@ -2,20 +2,21 @@
 
 Each entry times fasb_lens against the baseline it must beat on the same inputs in the
 same process, and reports both absolute times and their ratio (these machines are shared
-and noisy: the ratio is the number to read). Entries register in :data:`BENCHMARKS`;
-later features add theirs.
+and noisy: the ratio is the number to read). Entries are registered in :data:`BENCHMARKS`
+(one :class:`Benchmark` each); later features add theirs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens.bench.context import BenchContext, machine
+from fasb_lens.bench.context import BenchContext, BenchSettings, machine
 from fasb_lens.bench.reproduce import bench_reproduce
 from fasb_lens.bench.speed import (
     bench_ablation,
@@ -26,19 +27,34 @@ from fasb_lens.bench.speed import (
     bench_probes,
 )
 from fasb_lens.models import dtype_name, load_model, model_id
+from fasb_lens.registry import Registry
 from fasb_lens.storage import library_versions
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
-    "activations": bench_activations,
-    "probes": bench_probes,
-    "generation": bench_generation,
-    "mc": bench_mc,
-    "attention": bench_attention,
-    "ablation": bench_ablation,
-    "reproduce": bench_reproduce,
-}
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark entry: its name, what it measures, and the function that
+    measures it (``run(ctx) -> JSON-ready dict``)."""
+
+    name: str
+    run: Callable[[BenchContext], dict[str, Any]]
+    description: str
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+"""Every benchmark entry, in the order ``fasb-lens bench`` runs them."""
+for _entry in (
+    Benchmark("activations", bench_activations, "head-activation collection vs a plain forward"),
+    Benchmark("probes", bench_probes, "all-head probes: torch vs scikit-learn"),
+    Benchmark("generation", bench_generation, "cached vs reference generation"),
+    Benchmark("mc", bench_mc, "multiple-choice scoring: prompt cache and trees vs naive"),
+    Benchmark("attention", bench_attention, "the fast attention vs the bridge's"),
+    Benchmark("ablation", bench_ablation, "the exact per-head ablation grid vs the loop"),
+    Benchmark("reproduce", bench_reproduce, "a whole `reproduce` on a subset, extrapolated"),
+):
+    BENCHMARKS.register(_entry)
 
 
 def run_benchmarks(
@@ -46,14 +62,9 @@ def run_benchmarks(
     *,
     model: TransformerBridge | None = None,
     data_dir: Path | None = None,
-    n_prompts: int = 1000,
-    batch_size: int = 32,
-    progress: bool = True,
-    mc_questions: int = 50,
-    ablation_questions: int = 20,
-    reproduce_questions: int = 40,
-    reproduce_out: Path | None = None,
+    settings: BenchSettings | None = None,
     dtype: str = "float32",
+    progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the named entries (default: all) and return one JSON-ready report.
@@ -62,21 +73,10 @@ def run_benchmarks(
     receives the report after every entry, so a caller can write it as it grows and keep
     finished entries if a later one is interrupted.
     """
-    unknown = sorted(set(names or []) - set(BENCHMARKS))
-    if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    for name in names or []:
+        BENCHMARKS.resolve(name)
     model = model if model is not None else load_model(dtype=dtype)
-    ctx = BenchContext(
-        model,
-        data_dir,
-        n_prompts=n_prompts,
-        batch_size=batch_size,
-        progress=progress,
-        mc_questions=mc_questions,
-        ablation_questions=ablation_questions,
-        reproduce_questions=reproduce_questions,
-        reproduce_out=reproduce_out,
-    )
+    ctx = BenchContext(model, data_dir, settings or BenchSettings(), progress=progress)
     report: dict[str, Any] = {
         "model": model_id(model),
         "dtype": dtype_name(model),
@@ -85,9 +85,9 @@ def run_benchmarks(
         "results": {},
         "notes": ctx.notes,
     }
-    for name in names or list(BENCHMARKS):
+    for name in names or BENCHMARKS.names():
         logger.info("benchmark %s", name)
-        report["results"][name] = BENCHMARKS[name](ctx)
+        report["results"][name] = BENCHMARKS.get(name).run(ctx)
         if on_result is not None:
             on_result(report)
     return report

@@ -28,24 +28,45 @@ from fasb_lens.models import (
     cache_root,
     model_id,
 )
+from fasb_lens.options import AT_LEAST_ONE, Bounds, option
 from fasb_lens.splits import authors_question_order
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The sizes of the benchmark entries (``fasb-lens bench`` options); every default is
+    written here once."""
+
+    n_prompts: int = option(1000, help="probing prompts of `activations`", bounds=AT_LEAST_ONE)
+    batch_size: int = option(32, help="prompts per forward of `activations`", bounds=AT_LEAST_ONE)
+    mc_questions: int = option(50, help="questions for `mc`", bounds=AT_LEAST_ONE)
+    ablation_questions: int = option(20, help="questions for `ablation`", bounds=AT_LEAST_ONE)
+    reproduce_questions: int = option(
+        40,
+        help="questions of the `reproduce` subset (its time is extrapolated to the dataset)",
+        bounds=Bounds(minimum=4),
+    )
+    reproduce_out: str | None = option(
+        None, help="keep the `reproduce` entry's run in this new folder (default: a temporary one)"
+    )
+    loop_heads: int = 3
 
 
 @dataclass
 class BenchContext:
-    """What every benchmark entry may use: the model, the data folder, sizes."""
+    """What every benchmark entry may use: the model, the data folder, the sizes (read as
+    attributes: ``ctx.n_prompts`` is ``ctx.settings.n_prompts``)."""
 
     model: TransformerBridge
     data_dir: Path | None
-    n_prompts: int = 1000
-    batch_size: int = 32
+    settings: BenchSettings = field(default_factory=BenchSettings)
     progress: bool = True
-    mc_questions: int = 50
-    ablation_questions: int = 20
-    reproduce_questions: int = 40
-    reproduce_out: Path | None = None  # keep the `reproduce` entry's run here
-    loop_heads: int = 3
     notes: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "settings":
+            raise AttributeError(name)
+        return getattr(self.settings, name)
 
     def questions(self) -> tuple[str, list[TruthfulQAQuestion]]:
         """TruthfulQA with its MC order if the data folder has it, else the mini set."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from fasb_lens.bench.context import BenchContext
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.experiment import Experiment
-from fasb_lens.models import dtype_name
+from fasb_lens.models import ModelOptions, dtype_name
 
 
 def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
@@ -31,20 +32,22 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
     dtype = dtype_name(ctx.model)
     if name == "TruthfulQA" and folder is not None:
         config = ExperimentConfig(
-            data=str(folder), n_questions=ctx.reproduce_questions, dtype=dtype
+            data=str(folder), n_questions=ctx.reproduce_questions, model=ModelOptions(dtype=dtype)
         )
     else:
         config = ExperimentConfig(
-            data="mini", n_questions=ctx.reproduce_questions, mc_source="csv", dtype=dtype
+            data="mini",
+            n_questions=ctx.reproduce_questions,
+            mc_source="csv",
+            model=ModelOptions(dtype=dtype),
         )
     with ExitStack() as stack:
-        out = ctx.reproduce_out or stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="fasb-bench-")
-        )
-        if ctx.reproduce_out is not None and ctx.reproduce_out.exists():
-            if any(ctx.reproduce_out.iterdir()):
+        kept = Path(ctx.reproduce_out) if ctx.reproduce_out else None
+        out = kept or stack.enter_context(tempfile.TemporaryDirectory(prefix="fasb-bench-"))
+        if kept is not None and kept.exists():
+            if any(kept.iterdir()):
                 raise ValueError(
-                    f"--reproduce-out {ctx.reproduce_out} is not empty: a resumed run "
+                    f"--reproduce-out {kept} is not empty: a resumed run "
                     "would not time the whole reproduction; give a new folder"
                 )
         start = time.perf_counter()
@@ -56,7 +59,7 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
         "dataset": name,
         "questions": config.n_questions,
         "dataset_questions": len(questions),
-        "methods": list(config.methods),
+        "policies": list(config.policies),
         "dtype": dtype,
         "wall_s": round(wall, 1),
         "phases": experiment.timings,

@@ -16,7 +16,6 @@ from fasb_lens.bench.context import BenchContext, _prompt_format, _timer
 from fasb_lens.data import (
     load_mini_truthfulqa,
 )
-from fasb_lens.evaluation.truthfulqa import MultipleChoice, evaluate_mc
 from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import (
     bridge_attention,
@@ -28,6 +27,7 @@ from fasb_lens.models import (
     pad_token_id,
     tokenize,
 )
+from fasb_lens.multiple_choice import MultipleChoice, evaluate_mc
 from fasb_lens.policies import FASB, ITI, Unsteered
 from fasb_lens.probes import fit_head_probes
 from fasb_lens.scoring import ROWS, AnswerScore, continuation_log_probs, score_together

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fasb_lens import storage
+
 
 def output_flags(parser: argparse.ArgumentParser, json_help: str | None = None) -> None:
     """``--no-progress`` (and ``--json`` when the command can print JSON)."""
@@ -41,27 +43,55 @@ def report(summary: dict[str, Any], as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
+def settings_from(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """A command's settings (``cls``) from ``--config FILE`` if given, with the options
+    given on the command line laid over them (their parser built with ``only_given``)."""
+    from fasb_lens import storage
+    from fasb_lens.options import from_args
+
+    base = None
+    if getattr(args, "config", None):
+        base = cls.from_dict(
+            storage.read_json(args.config, f"the settings of a run ({cls.__name__})")
+        )
+    return from_args(cls, args, base, **values)
+
+
 def data_dir(value: str | None) -> Path | None:
     """The data folder: the option's value, else ``$FASB_LENS_DATA``."""
     value = value or os.environ.get("FASB_LENS_DATA")
     return Path(value) if value else None
 
 
-def model_for(model_id: str, name: str | None):
-    """The model an artifact was made with (or ``name``), loaded."""
+def model_for(model_id: str, name: str | None, dtype: str | None = None):
+    """The model an artifact was made with (or ``name``), loaded (in ``dtype``)."""
     from fasb_lens.models import EMBEDDED_MODEL_ID, load_model
 
-    return load_model(name or (None if model_id == EMBEDDED_MODEL_ID else model_id))
+    return load_model(name or (None if model_id == EMBEDDED_MODEL_ID else model_id), dtype=dtype)
 
 
 RUN_KINDS = {
-    "reproduce": ("config.json", "records.jsonl"),
-    "mc-datasets": ("mc_datasets.jsonl",),
-    "collect": ("questions.json",),
-    "fit": ("steering.json",),
-    "ablate": ("ablation.jsonl",),
+    "reproduce": (storage.RECORDS,),
+    "mc-datasets": (storage.MC_DATASETS_LOG,),
+    "collect": (storage.QUESTIONS,),
+    "fit": (f"{storage.STEERING}.json",),
+    "ablate": (storage.ABLATION_LOG,),
 }
-"""Files that mark a folder as written by a command."""
+"""Files that mark a folder as written by a command (run folders also name their command
+in ``config.json``)."""
+
+
+def _written_by(path: Path) -> str | None:
+    """The command that wrote the folder ``path``, if any."""
+    from fasb_lens.evaluation.run import run_command
+
+    named = run_command(path)
+    if named is not None:
+        return named
+    marked = [
+        kind for kind, markers in RUN_KINDS.items() if any((path / m).exists() for m in markers)
+    ]
+    return marked[0] if marked else None
 
 
 def output_folder(value: str, kind: str) -> Path:
@@ -71,14 +101,12 @@ def output_folder(value: str, kind: str) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} is a file; expected a folder (new or from `{kind}`)")
     if path.is_dir():
-        for other, markers in RUN_KINDS.items():
-            if other != kind and any((path / marker).exists() for marker in markers):
-                mine = RUN_KINDS.get(kind, ())
-                if not any((path / marker).exists() for marker in mine):
-                    raise ValueError(
-                        f"--out {path} holds the output of `{other}`, not of `{kind}`; "
-                        "choose another folder"
-                    )
+        other = _written_by(path)
+        if other is not None and other != kind:
+            raise ValueError(
+                f"--out {path} holds the output of `{other}`, not of `{kind}`; "
+                "choose another folder"
+            )
     return path
 
 

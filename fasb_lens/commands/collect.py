@@ -5,61 +5,51 @@ from __future__ import annotations
 import argparse
 
 from fasb_lens.commands._common import output_flags, output_folder, report
-from fasb_lens.options import AT_LEAST_ONE, Bounds, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--truthfulqa",
-        "--data",
-        dest="data",
-        default="mini",
-        help="TruthfulQA questions: 'mini', 'hub', a CSV or a folder",
-    )
+    from fasb_lens.anchoring import CollectSettings
+    from fasb_lens.options import add_options
+
     parser.add_argument("--out", required=True, help="output folder (resumes if interrupted)")
-    parser.add_argument("--model", help="hub name or folder (default: the embedded model)")
-    parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=32)
-    parser.add_argument(
-        "--limit", type=bounded(int, AT_LEAST_ONE), help="only the first N questions"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tuning prompts")
-    parser.add_argument("--no-tuning", action="store_true", help="skip the tuning prompts")
-    parser.add_argument(
-        "--caa-layer",
-        type=bounded(int, Bounds(minimum=-1)),
-        help="residual layer for the CAA baseline (default: middle; -1: none)",
-    )
+    add_options(parser, CollectSettings)
     output_flags(parser, "print a JSON summary")
 
 
 def run(args: argparse.Namespace) -> int:
     from fasb_lens import storage
-    from fasb_lens.anchoring import collect_anchoring_activations, truthfulqa_prompts
+    from fasb_lens.anchoring import (
+        CollectSettings,
+        collect_anchoring_activations,
+        truthfulqa_prompts,
+    )
     from fasb_lens.data import load_questions
-    from fasb_lens.models import load_model
+    from fasb_lens.options import from_args
     from fasb_lens.splits import authors_question_order
 
+    settings = from_args(CollectSettings, args)
     out = output_folder(args.out, "collect")
-    questions = load_questions(args.data)
-    if args.limit:
-        questions = questions[: args.limit]
-    model = load_model(args.model)
-    if args.caa_layer is not None and args.caa_layer >= model.cfg.n_layers:
+    questions = load_questions(settings.data)
+    if settings.limit:
+        questions = questions[: settings.limit]
+    model = settings.model.load()
+    caa_layer = settings.caa_layer
+    if caa_layer is not None and caa_layer >= model.cfg.n_layers:
         last = model.cfg.n_layers - 1
-        raise ValueError(f"--caa-layer {args.caa_layer} is not a layer of this model (0..{last})")
+        raise ValueError(f"--caa-layer {caa_layer} is not a layer of this model (0..{last})")
     storage.write_json(
         out / storage.QUESTIONS,
-        {"data": str(args.data), "authors_order": authors_question_order(questions)},
+        {"data": str(settings.data), "authors_order": authors_question_order(questions)},
     )
-    probing, tuning = truthfulqa_prompts(questions, tuning_seed=args.seed)
-    layer = model.cfg.n_layers // 2 if args.caa_layer is None else args.caa_layer
+    probing, tuning = truthfulqa_prompts(questions, tuning_seed=settings.tuning_seed)
+    layer = model.cfg.n_layers // 2 if caa_layer is None else caa_layer
     activations = collect_anchoring_activations(
         model,
         probing,
-        None if args.no_tuning else tuning,
+        tuning if settings.tuning else None,
         residual_layer=layer if layer >= 0 else None,
         out_dir=out,
-        batch_size=args.batch_size,
+        batch_size=settings.batch_size,
         progress=not args.no_progress,
     )
     summary: dict = {"questions": len(questions), "out": str(out)}
@@ -71,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": seconds["residual"],
         }
     sets = {"probing": activations.probing}
-    if not args.no_tuning:
+    if settings.tuning:
         sets["tuning"] = activations.tuning
     for name, acts in sets.items():
         summary[name] = {

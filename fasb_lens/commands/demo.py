@@ -3,46 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import inspect
-
-from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, bounded
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    from fasb_lens.demo import run_demo
+    from fasb_lens.demo import DemoSettings
+    from fasb_lens.options import add_options
 
-    defaults = inspect.signature(run_demo).parameters
     parser.add_argument("--out", default="fasb_lens_demo", help="output folder")
-    parser.add_argument(
-        "--top-k",
-        "--top",
-        type=bounded(int, AT_LEAST_ONE),
-        default=defaults["top_k"].default,
-        help="anchored heads",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=bounded(float, NON_NEGATIVE),
-        default=defaults["alpha"].default,
-        help="FASB's strength",
-    )
+    add_options(parser, DemoSettings)
     parser.add_argument("--no-png", action="store_true", help="write HTML figures only")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fasb_lens.demo import run_demo
+    from fasb_lens.demo import DemoSettings, run_demo
     from fasb_lens.models import EMBEDDED_MODEL_ID
+    from fasb_lens.options import from_args
 
     print("fasb-lens demo: FASB on the embedded SmolLM2-135M-Instruct and the built-in mini set")
     print("(94 questions about common misconceptions; all offline)\n")
-    result = run_demo(
-        args.out,
-        top_k=args.top_k,
-        alpha=args.alpha,
-        png=not args.no_png,
-        progress=not args.no_progress,
-    )
+    settings = from_args(DemoSettings, args)
+    result = run_demo(args.out, settings, png=not args.no_png, progress=not args.no_progress)
     probes, steering, calibration = result.probes, result.steering, result.calibration
     print(f"model        {EMBEDDED_MODEL_ID} ({steering.shape.describe()})")
     print(
@@ -62,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         f"at detecting the untruthful ones, judged by {calibration.judge})"
     )
     print(
-        f"strength     alpha {args.alpha} (steering at alpha * (1 - p_true)), "
-        "backtracking 10 tokens\n"
+        f"strength     alpha {settings.alpha} (steering at alpha * (1 - p_true)), "
+        f"backtracking {settings.backtrack_tokens} tokens\n"
     )
     for question, plain, steered in zip(
         result.questions, result.plain, result.steered, strict=True

@@ -6,13 +6,14 @@ import argparse
 import json
 
 from fasb_lens.commands._common import model_for
-from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, bounded, non_empty
+from fasb_lens.options import AT_LEAST_ONE, bounded, non_empty
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     from fasb_lens.generation import GenerationConfig
+    from fasb_lens.models import ModelOptions
     from fasb_lens.options import add_options
-    from fasb_lens.policies import ALIASES, policy_names
+    from fasb_lens.policies import POLICIES, PolicySettings
 
     parser.add_argument("--artifact", required=True, help="folder written by `fit`")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -22,27 +23,16 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt", type=non_empty, help="a raw prompt, used as is")
     source.add_argument("--questions-file", help="a text file, one question per line")
     parser.add_argument(
-        "--policy", choices=[*policy_names(), *ALIASES], default="fasb", help="steering policy"
+        "--policy", choices=POLICIES.choices(), default="fasb", help="steering policy"
     )
-    parser.add_argument(
-        "--alpha", type=bounded(float, NON_NEGATIVE), help="strength (default: the artifact's)"
-    )
-    parser.add_argument(
-        "--threshold",
-        type=bounded(float, PROBABILITY),
-        help="trigger below this p_true (default: the artifact's)",
-    )
-    parser.add_argument(
-        "--backtrack-tokens",
-        type=bounded(int, NON_NEGATIVE),
-        help="tokens dropped on a trigger (default: the artifact's)",
-    )
+    # the policy's settings; any not given is the artifact's (stored by `fit`)
+    add_options(parser, PolicySettings, only_given=True)
     add_options(parser, GenerationConfig)
+    add_options(parser, ModelOptions, defaults={"name": None, "dtype": None})
     parser.add_argument("--format", choices=["qa", "chat"], default="qa")
     parser.add_argument("--primer", help="QA primer file (default: fasb_lens' own)")
     parser.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
     parser.add_argument("--caa", help="folder with a CAA vector (for --policy caa)")
-    parser.add_argument("--model", help="hub name or folder (default: the artifact's model)")
     parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=8)
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
 
@@ -69,7 +59,7 @@ def _caa(args: argparse.Namespace):
     from fasb_lens.policies import policy_spec
     from fasb_lens.steering import CAAVector
 
-    if policy_spec(args.policy).needs != "caa":
+    if "caa" not in policy_spec(args.policy).needs:
         return None
     folder = args.caa or args.artifact
     if not storage.has_artifact(folder, storage.CAA):
@@ -80,24 +70,18 @@ def _caa(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from fasb_lens.generation import QA_STOP, GenerationConfig, generate
     from fasb_lens.options import from_args
-    from fasb_lens.policies import make_policy
+    from fasb_lens.policies import PolicySettings, make_policy
     from fasb_lens.steering import Steering
 
     steering = Steering.load(args.artifact)
-    model = model_for(steering.model_id, args.model)
+    model = model_for(steering.model_id, args.name, args.dtype)
     steering.check_model(model)
-    defaults = steering.defaults
-    policy = make_policy(
-        args.policy,
-        alpha=defaults.alpha if args.alpha is None else args.alpha,
-        threshold=defaults.threshold if args.threshold is None else args.threshold,
-        backtrack_tokens=(
-            defaults.backtrack_tokens if args.backtrack_tokens is None else args.backtrack_tokens
-        ),
-        caa=_caa(args),
-    )
+    settings = from_args(PolicySettings, args, base=steering.defaults)
+    policy = make_policy(args.policy, **vars(replace(settings, caa=_caa(args))))
     labels, prompts = _prompt_texts(args, model)
     config = from_args(
         GenerationConfig,

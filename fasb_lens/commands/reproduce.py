@@ -7,7 +7,13 @@ import json
 import time
 from dataclasses import replace
 
-from fasb_lens.commands._common import output_flags, output_folder, print_wall_time
+from fasb_lens import storage
+from fasb_lens.commands._common import (
+    output_flags,
+    output_folder,
+    print_wall_time,
+    settings_from,
+)
 from fasb_lens.options import Bounds, bounded
 
 
@@ -15,7 +21,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     from fasb_lens.evaluation.config import ExperimentConfig
     from fasb_lens.options import add_options
 
-    add_options(parser, ExperimentConfig)
+    parser.add_argument(
+        "--config",
+        help="start from the settings in this JSON file (a run's config.json, or one of "
+        "configs/); options given on the command line override them",
+    )
+    add_options(parser, ExperimentConfig, only_given=True)
     parser.add_argument(
         "--out", required=True, help="run folder (rerun the same command to resume)"
     )
@@ -38,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from fasb_lens.evaluation.config import ExperimentConfig
     from fasb_lens.evaluation.experiment import Experiment
     from fasb_lens.evaluation.summary import write_fraction_sweep
-    from fasb_lens.options import from_args
 
     start = time.perf_counter()
-    config = from_args(ExperimentConfig, args)
+    config = settings_from(ExperimentConfig, args)
     out, progress = output_folder(args.out, "reproduce"), not args.no_progress
     # several fractions make the data-efficiency sweep: a run folder per fraction, sharing
     # the activations and the model
@@ -52,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             replace(config, train_fraction=fraction),
             out / f"train_fraction_{fraction:g}" if sweep else out,
             model=model,
-            activations_dir=out / "activations",
+            activations_dir=out / storage.ACTIVATIONS_DIR,
             progress=progress,
         )
         model = experiment.model
@@ -63,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     elif sweep:
         print(write_fraction_sweep(out, summaries), end="")
     else:
-        print((out / "table.md").read_text())
+        print((out / storage.RESULTS_TABLE).read_text())
         print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
     print_wall_time(start)
     return 0

@@ -19,6 +19,7 @@ from fasb_lens.data.prompts import (
 )
 from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem, TruthfulQAQuestion
 from fasb_lens.data.truthfulqa import (
+    bundled_truthfulqa,
     load_mc_task,
     load_mini_truthfulqa,
     load_questions,
@@ -41,6 +42,7 @@ __all__ = [
     "load_mc_task",
     "load_mini_truthfulqa",
     "load_prompt_format",
+    "bundled_truthfulqa",
     "load_questions",
     "load_truthfulqa",
     "load_truthfulqa_hub",

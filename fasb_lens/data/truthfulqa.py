@@ -209,20 +209,33 @@ def load_truthfulqa_hub(name: str = HUB_NAME) -> list[TruthfulQAQuestion]:
     return questions
 
 
+BUNDLED = "truthfulqa"
+"""The name of the TruthfulQA copy bundled with fasb_lens (:func:`bundled_truthfulqa`)."""
+
+
+def bundled_truthfulqa() -> Path:
+    """The folder of the bundled TruthfulQA: ``TruthfulQA.csv``, ``mc_task.json``, the
+    QA primer and instruction, with their license and source."""
+    return Path(str(resources.files("fasb_lens.data") / "resources" / "truthfulqa"))
+
+
 def load_questions(
     spec: str | Path, *, mc_task: str | Path | None = None
 ) -> list[TruthfulQAQuestion]:
     """Questions named by a short spec, as the command line takes them.
 
-    ``"mini"`` is the built-in set, ``"hub"`` (or ``"hub:OWNER/NAME"``) TruthfulQA from the
-    HuggingFace hub, anything else a TruthfulQA CSV or a folder holding one; ``mc_task``
-    names an explicit ``mc_task.json`` for a CSV.
+    ``"truthfulqa"`` is the TruthfulQA copy bundled with fasb_lens (the CSV and
+    ``mc_task.json``), ``"mini"`` the built-in mini set, ``"hub"`` (or
+    ``"hub:OWNER/NAME"``) TruthfulQA from the HuggingFace hub, anything else a TruthfulQA
+    CSV or a folder holding one; ``mc_task`` names an explicit ``mc_task.json`` for a CSV.
     """
     text = str(spec)
-    if mc_task is not None and (text == "mini" or text.startswith("hub")):
+    if mc_task is not None and (text in (BUNDLED, "mini") or text.startswith("hub")):
         raise DataError(mc_task, f"an mc_task file goes with a TruthfulQA CSV, not with {text!r}")
     if text == "mini":
         return load_mini_truthfulqa()
+    if text == BUNDLED:
+        return load_truthfulqa(bundled_truthfulqa())
     if text == "hub" or text.startswith("hub:"):
         return load_truthfulqa_hub(text[4:] or HUB_NAME)
     return load_truthfulqa(text, mc_task=mc_task)

@@ -1,7 +1,12 @@
-"""The settings of a TruthfulQA run (``fasb-lens reproduce``), saved as its ``config.json``.
+"""The settings of both suites' runs, saved as their ``config.json``: a TruthfulQA run
+(``fasb-lens reproduce``, :class:`ExperimentConfig`) and a multiple-choice datasets run
+(``fasb-lens mc-datasets``, :class:`DatasetsConfig`).
 
 Each field declares its command-line option (:mod:`fasb_lens.options`), so the default
-written here is the one the command line, the runner and ``config.json`` use.
+written here (or, for a policy setting, in :class:`~fasb_lens.policies.PolicySettings`)
+is the one the command line, the runner and ``config.json`` use. Lists of names that
+registries own (the policies of the table, the judges) default to what is registered
+when the settings are made, and ``config.json`` records the list used.
 """
 
 from __future__ import annotations
@@ -10,47 +15,36 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fasb_lens.anchoring import AnchoringSettings
+from fasb_lens.data.mc import DATASETS, dataset
 from fasb_lens.evaluation.judges import JUDGES
-from fasb_lens.evaluation.truthfulqa import AnswerSource
-from fasb_lens.models import DTYPES
+from fasb_lens.models import ModelOptions
+from fasb_lens.multiple_choice import AnswerSource
 from fasb_lens.options import (
     AT_LEAST_ONE,
     FRACTION,
     NON_NEGATIVE,
-    PROBABILITY,
     Bounds,
     check_options,
     option,
+    same_option,
 )
-from fasb_lens.policies import resolve
-from fasb_lens.steering import DIRECTION_KINDS
+from fasb_lens.policies import (
+    PolicySettings,
+    parse_strength,
+    policy_names,
+    policy_spec,
+    resolve,
+    strengths_option,
+)
+from fasb_lens.splits import SplitSettings
+from fasb_lens.trackers import tracker_names
 
-DEFAULT_METHODS = (
-    "none",
-    "fixed",
-    "caa",
-    "fasb",
-    "fasb_fixed_strength",
-    "fasb_no_backtrack",
-    "after_question",
-    "fasb_random",
-    "fixed_random",
-)
-CONTROLS = ("fasb_random", "fixed_random")
-"""Methods run with random directions drawn anew for every question (multiple choice) or
-batch of questions (generation), ``control_seeds`` draws each, pooled in the tables."""
-QUESTION_PROTOCOL = ("fasb", "fasb_random")
-"""Methods also scored under the leak-free multiple-choice protocol, as ``NAME_question``."""
-TRACKERS = ("auto", "probe", "context")
-DEFAULT_JUDGES = ("bleu-acc", "rouge-l-acc", "embedding-acc", "info-check")
-INFO_JUDGES = ("info-check", "allenai-info")
 TASKS = ("mc", "generation")
-
-
-def _judge(name: str) -> str:
-    if name not in JUDGES:
-        raise ValueError(f"unknown judge {name!r}; known: {', '.join(JUDGES)}")
-    return name
+CONFIG_VERSION = 2
+"""Version of ``config.json``: 2 names the compared policies ``policies`` and keeps
+uncalibrated strengths in ``strengths``; version 1 (read too) had ``methods``,
+``fixed_alpha`` and ``caa_alpha``."""
 
 
 def _task(name: str) -> str:
@@ -64,8 +58,10 @@ class ExperimentConfig:
     """Everything that defines a run; saved as ``config.json`` next to its results."""
 
     data: str = option(
-        help="TruthfulQA CSV or folder (with mc_task.json), 'mini' or 'hub'",
-        flags=("--truthfulqa", "--data"),
+        "truthfulqa",
+        help="TruthfulQA: the bundled copy (truthfulqa, the default), a CSV or a folder "
+        "(with mc_task.json), the built-in mini set (mini) or the hub (hub)",
+        flags=("--truthfulqa",),
     )
     n_questions: int | None = option(
         None,
@@ -74,36 +70,28 @@ class ExperimentConfig:
         bounds=AT_LEAST_ONE,
     )
     mc_task: str | None = option(None, help="mc_task.json (default: the one next to the CSV)")
-    methods: tuple[str, ...] = option(
-        DEFAULT_METHODS,
-        help="policies to compare (also baseline = none, iti = fixed; a,b or a b)",
+    policies: tuple[str, ...] = option(
+        (),
+        help="policies to compare (default: every policy registered for the TruthfulQA "
+        "table; also baseline = none, iti = fixed; a,b or a b)",
+        flags=("--policies", "--methods"),
         names=resolve,
     )
     judges: tuple[str, ...] = option(
-        DEFAULT_JUDGES, help=f"judges of generated answers, of {', '.join(JUDGES)}", names=_judge
+        (),
+        help="judges of generated answers (default: every offline judge)",
+        names=JUDGES.resolve,
     )
     tasks: tuple[str, ...] = option(
         TASKS, help="mc and/or generation", flags=("--tasks", "--metrics"), names=_task
     )
-    model: str | None = option(None, help="hub name or folder (default: the embedded model)")
-    dtype: str = option(
-        "float32",
-        help="the model's parameter dtype: float32, or half precision as the authors' run "
-        "(float16 on a GPU; bfloat16 on a CPU that computes it natively, e.g. with AMX)",
-        choices=DTYPES,
-    )
-    n_folds: int = option(
-        2, help="cross-validation folds", flags=("--n-folds", "--folds"), bounds=Bounds(minimum=2)
-    )
-    val_fraction: float = 0.2
+    model: ModelOptions = ModelOptions()
+    n_folds: int = same_option(SplitSettings, "n_folds")
+    val_fraction: float = SplitSettings.val_fraction
     train_fraction: float = 1.0
-    seed: int = option(42, help="seed of the folds' validation draws")
-    top_k: int = option(24, help="anchored heads", bounds=AT_LEAST_ONE)
-    direction: str = option(
-        "prototype",
-        help="steering directions: prototype (class means, the authors' run) or probe weights",
-        choices=DIRECTION_KINDS,
-    )
+    seed: int = same_option(SplitSettings, "seed")
+    top_k: int = same_option(AnchoringSettings, "top_k")
+    direction: str = same_option(AnchoringSettings, "direction")
     probe_answers: str = option(
         "auto",
         help="probing answers: mc_task.json's MC2 answers where present (auto), or the CSV's",
@@ -112,17 +100,14 @@ class ExperimentConfig:
     mc_offset: int = option(
         1,
         help="answer tokens FASB's MC checks start late: 1 as in the authors' code, 0 as described",
-        bounds=NON_NEGATIVE,
+        bounds=Bounds(minimum=0),
     )
-    alpha: float = option(60.0, help="strength of FASB's vectors", bounds=NON_NEGATIVE)
-    threshold: float = option(0.6, help="trigger below this p_true", bounds=PROBABILITY)
-    backtrack_tokens: int = option(10, help="tokens dropped on a trigger", bounds=NON_NEGATIVE)
-    fixed_alpha: float | None = option(
-        None, help="strength of ITI (default: --alpha)", bounds=NON_NEGATIVE
-    )
-    caa_alpha: float = option(5.0, help="strength of CAA's residual vector", bounds=NON_NEGATIVE)
+    alpha: float = same_option(PolicySettings, "alpha")
+    threshold: float = same_option(PolicySettings, "threshold")
+    backtrack_tokens: int = same_option(PolicySettings, "backtrack_tokens")
+    strengths: tuple[str, ...] = strengths_option()
     caa_layer: int | None = option(
-        None, help="CAA's residual layer (default: the middle one)", bounds=NON_NEGATIVE
+        None, help="CAA's residual layer (default: the middle one)", bounds=Bounds(minimum=0)
     )
     max_new_tokens: int = option(
         50, help="token budget of each generated answer", bounds=AT_LEAST_ONE
@@ -133,30 +118,39 @@ class ExperimentConfig:
     primer: str | None = option(None, help="QA primer file (default: fasb_lens' own)")
     instruction: str | None = option(None, help="instruction file (default: fasb_lens' own)")
     batch_size: int = option(64, help="prompts generated together", bounds=AT_LEAST_ONE)
-    tuning_seed: int = 0
+    tuning_seed: int = AnchoringSettings.tuning_seed
     calibrate: bool = option(
         True, help="use --alpha/--threshold/--top-k as given instead of choosing them"
     )
     tracker: str = option(
         "auto",
-        help="FASB's tracker: probe (the authors'), context (probes trained inside the "
-        "evaluation prompt), or auto (the better one on validation)",
-        choices=TRACKERS,
+        help="the tracker deciding policies read: probe (the authors'), context (probes "
+        "trained inside the evaluation prompt), prototype, or auto (the better of "
+        "--auto-trackers on validation)",
+        choices=lambda: ("auto", *tracker_names()),
+    )
+    auto_trackers: tuple[str, ...] = option(
+        ("probe", "context"),
+        help="the trackers --tracker auto compares",
+        choices=tracker_names,
     )
     control_seeds: int = option(
         1,
-        help="random draws per question of each control method (each question gets its own "
+        help="random draws per question of each control policy (each question gets its own "
         "directions, so a control's mean covers many draws)",
         bounds=AT_LEAST_ONE,
     )
-    top_k_candidates: tuple[str, ...] = option(
-        ("12", "24", "48"), help="numbers of anchored heads calibration chooses among"
+    top_k_candidates: tuple[int, ...] = option(
+        (12, 24, 48),
+        help="numbers of anchored heads calibration chooses among",
+        bounds=AT_LEAST_ONE,
     )
     question_protocol: bool = option(
         True, help="leave out the leak-free multiple-choice protocol (one decision per question)"
     )
     calibration_questions: int | None = None
     calibration_judge: str = "embedding-acc"
+    calibration_info_judge: str = "info-check"
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -165,16 +159,16 @@ class ExperimentConfig:
             problem = bounds.problem(value) if value is not None else None
             if problem:
                 raise ValueError(f"{name} {problem}")
-        for text in self.top_k_candidates:
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"top_k_candidates holds {text!r}; expected positive integers")
-        object.__setattr__(self, "methods", tuple(resolve(name) for name in self.methods))
+        chosen = self.policies or policy_names("truthfulqa")
+        offline = tuple(spec.name for spec in JUDGES if spec.offline)
+        object.__setattr__(self, "policies", tuple(resolve(name) for name in chosen))
+        object.__setattr__(self, "judges", tuple(JUDGES.resolve(n) for n in self.judges or offline))
+        object.__setattr__(self, "strengths", tuple(map(parse_strength, self.strengths)))
+        object.__setattr__(self, "top_k_candidates", tuple(int(k) for k in self.top_k_candidates))
         for name in self.tasks:
             _task(name)
-        for name in self.judges:
-            _judge(name)
-        if not self.methods:
-            raise ValueError("no methods to evaluate")
+        if not self.policies:
+            raise ValueError("no policies to evaluate")
         if self.n_questions is not None and self.n_questions < 2 * self.n_folds:
             raise ValueError(
                 f"--questions must be at least {2 * self.n_folds} for {self.n_folds} folds"
@@ -188,13 +182,122 @@ class ExperimentConfig:
 
     @property
     def top_ks(self) -> tuple[int, ...]:
-        return tuple(sorted({int(text) for text in self.top_k_candidates}))
+        return tuple(sorted(set(self.top_k_candidates)))
+
+    @property
+    def needs_caa(self) -> bool:
+        """Whether a compared policy takes CAA's vector (the run then collects it)."""
+        return any("caa" in policy_spec(name).needs for name in self.policies)
+
+    @property
+    def trackers_used(self) -> tuple[str, ...]:
+        """The trackers this run may read (the chosen one, or those ``auto`` compares)."""
+        return self.auto_trackers if self.tracker == "auto" else (self.tracker,)
+
+    def settings(self) -> PolicySettings:
+        """The policies' settings before calibration."""
+        return PolicySettings(self.alpha, self.threshold, self.backtrack_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        return {"config_version": CONFIG_VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Settings from ``config.json`` (this version's, or version 1's)."""
+        data = {key: value for key, value in data.items() if key != "command"}
+        data = _from_version_1(data) if data.get("config_version", 1) == 1 else data
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        if isinstance(values.get("model"), dict):
+            values["model"] = ModelOptions(**values["model"])
+        return cls(**values)
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 ``config.json`` in this version's names."""
+    data = dict(data)
+    if "methods" in data:
+        data["policies"] = data.pop("methods")
+    strengths = []
+    if data.get("fixed_alpha") is not None:
+        strengths.append(f"fixed={data['fixed_alpha']}")
+    if "caa_alpha" in data:
+        strengths.append(f"caa={data['caa_alpha']}")
+    data["strengths"] = strengths
+    data["model"] = {"name": data.pop("model", None), "dtype": data.pop("dtype", "float32")}
+    data["top_k_candidates"] = [int(k) for k in data.get("top_k_candidates", (12, 24, 48))]
+    return data
+
+
+def _shipped() -> tuple[str, ...]:
+    return tuple(spec.name for spec in DATASETS if spec.default_path is not None)
+
+
+@dataclass(frozen=True)
+class DatasetsConfig:
+    """Everything that defines an ``mc-datasets`` run; saved as its ``config.json``."""
+
+    datasets: tuple[str, ...] = option(
+        (),
+        help="datasets to evaluate (default: every one the data folder ships; a,b or a b)",
+        flags=("--datasets", "--dataset"),
+        names=lambda name: dataset(name).name,
+    )
+    story_cloze: str | None = option(None, help="the ROCStories cloze CSV, if you have it")
+    policies: tuple[str, ...] = option(
+        (),
+        help="policies to compare (default: every policy registered for the datasets "
+        "table; also baseline = none, iti = fixed; a,b or a b)",
+        flags=("--policies", "--methods"),
+        names=resolve,
+    )
+    limit: int = option(400, help="items per dataset (0: all)", bounds=NON_NEGATIVE)
+    top_k: int = same_option(AnchoringSettings, "top_k")
+    alpha: float = same_option(
+        PolicySettings,
+        "alpha",
+        default=8.0,
+        help="strength with --no-calibrate (8 keeps the default model fluent; the paper's "
+        "60 does not)",
+    )
+    threshold: float = same_option(PolicySettings, "threshold")
+    backtrack_tokens: int = same_option(
+        PolicySettings,
+        "backtrack_tokens",
+        default=1,
+        help="tokens dropped on a trigger (options are a few tokens long: with the paper's "
+        "10, FASB would check only at an option's last token)",
+    )
+    strengths: tuple[str, ...] = strengths_option()
+    calibrate: bool = option(
+        True,
+        help="use --alpha/--strength/--threshold as given instead of choosing them on each "
+        "dataset's validation items",
+    )
+    seed: int = option(0, help="seed of the subset, the split and the controls' directions")
+    model: ModelOptions = ModelOptions()
+    batch_size: int = AnchoringSettings.batch_size
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "datasets", self.datasets or _shipped())
+        policies = tuple(resolve(name) for name in self.policies or policy_names("datasets"))
+        object.__setattr__(self, "policies", policies)
+        object.__setattr__(self, "strengths", tuple(map(parse_strength, self.strengths)))
+        lacking = [name for name in self.policies if "caa" in policy_spec(name).needs]
+        if lacking:
+            raise ValueError(f"policies {lacking} need a CAA vector, which the MC datasets lack")
+
+    def settings(self) -> PolicySettings:
+        return PolicySettings(self.alpha, self.threshold, self.backtrack_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    def from_dict(cls, data: dict[str, Any]) -> DatasetsConfig:
+        values = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "command"
+        }
+        values["model"] = ModelOptions(**values.get("model", {}))
         return cls(**values)

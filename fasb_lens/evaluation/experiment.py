@@ -1,28 +1,28 @@
-"""The experiment runner behind ``fasb-lens reproduce``: cross-validated, resumable.
+"""The TruthfulQA protocol behind ``fasb-lens reproduce``: cross-validated, resumable.
 
 One run reproduces the paper's TruthfulQA table for a model: the questions are split into
 folds by the authors' protocol; for each fold the heads are anchored on the training
-questions and every method is evaluated on the held-out ones, by multiple choice (MC1,
-MC2, MC3) and by open-ended generation judged by each requested judge.
+questions, every setting is calibrated on its validation questions, and every policy is
+evaluated on the held-out ones, by multiple choice (MC1, MC2, MC3) and by open-ended
+generation judged by each requested judge.
 
-Everything goes under one run directory, written as it comes:
+Everything goes under one run folder (:class:`~fasb_lens.evaluation.run.RunFolder`),
+written as it comes:
 
-* ``config.json`` - the settings (a second run in the same directory must match them);
-* ``activations/`` and ``folds/fold{k}/`` - activations and each fold's artifacts;
-* ``records.jsonl`` - one line per (fold, question, task, method), appended whole and
-  flushed at once, so a killed run loses at most the line being written and the same
-  command resumes where it stopped; a generation record holds the whole trace;
-* ``judgements.jsonl`` - one line per (fold, question, method, judge);
-* the summary (:mod:`fasb_lens.evaluation.summary`).
+* ``config.json`` - the settings (a second run in the same folder must match them);
+* ``activations/`` and ``folds/fold{k}/`` - activations, each fold's artifacts and
+  calibration;
+* ``records.jsonl`` - one line per (fold, question, task, policy), appended whole, so the
+  same command resumes where it stopped; a generation record holds the whole trace;
+* ``judgements.jsonl`` - one line per (fold, question, policy, judge);
+* the summary (:mod:`fasb_lens.evaluation.summary`) and ``timings.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +36,31 @@ from fasb_lens.anchoring import (
     fit_anchoring,
     truthfulqa_prompts,
 )
-from fasb_lens.data import (
-    TruthfulQAQuestion,
-    context_prompts,
-    load_prompt_format,
-    load_questions,
-)
+from fasb_lens.data import TruthfulQAQuestion, context_prompts, load_prompt_format, load_questions
 from fasb_lens.decoding import PromptCache
-from fasb_lens.evaluation.calibration import Calibration, CalibrationInputs, calibrate
-from fasb_lens.evaluation.config import QUESTION_PROTOCOL, ExperimentConfig
+from fasb_lens.evaluation.calibration import Calibration
+from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
-from fasb_lens.evaluation.methods import run_policies
-from fasb_lens.evaluation.records import (
-    fold_folder,
-    generation_record,
-    judgement_key,
-    record_key,
-    record_trace,
-)
+from fasb_lens.evaluation.policies import run_policies
+from fasb_lens.evaluation.records import fold_folder, generation_record, record_trace, run_logs
+from fasb_lens.evaluation.run import RunFolder, pending_chunks
 from fasb_lens.evaluation.summary import write_summary
-from fasb_lens.evaluation.truthfulqa import MultipleChoice, decide_once, evaluate_together
+from fasb_lens.evaluation.truthfulqa import decide_once
+from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
 from fasb_lens.generation import QA_STOP, GenerationConfig, generate
-from fasb_lens.models import load_model, model_shape, tokenize
-from fasb_lens.policies import Policy, adjusted, redraw, setting
+from fasb_lens.models import model_shape, tokenize
+from fasb_lens.multiple_choice import MultipleChoice, evaluate_together
+from fasb_lens.policies import Policy, adjusted, policy_spec, redraw, setting
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.scoring import ROWS
 from fasb_lens.splits import Split, authors_folds, authors_question_order, subsample_train
-from fasb_lens.steering import CAAVector, PolicyDefaults, Steering
+from fasb_lens.steering import CAAVector, Steering
+from fasb_lens.trackers import TRACKERS
 
 logger = logging.getLogger(__name__)
+
+JUDGING_CHUNK = 64
+"""Answers judged per call of a judge."""
 
 
 @dataclass
@@ -76,7 +72,7 @@ class _Fold:
 
 
 class Experiment:
-    """A run directory: anchoring per fold, evaluation, judging and the summary."""
+    """A run folder: anchoring per fold, evaluation, judging and the summary."""
 
     def __init__(
         self,
@@ -88,11 +84,31 @@ class Experiment:
         progress: bool = True,
     ) -> None:
         self.config = config
-        self.out = Path(out)
-        self.activations_dir = Path(activations_dir or self.out / "activations")
+        self.folder = RunFolder(out, config, load=ExperimentConfig.from_dict, command="reproduce")
+        self.out = self.folder.out
+        self.activations_dir = Path(activations_dir or self.out / storage.ACTIVATIONS_DIR)
         self.progress = progress
-        self.timings: dict[str, float] = {}
-        self._check_config()
+        self.questions = self._questions()
+        self.folds_splits = authors_folds(
+            [q.id for q in self.questions],
+            n_folds=config.n_folds,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+        self.fmt = load_prompt_format(config.primer, config.instruction)
+        self.model = model if model is not None else config.model.load()
+        self._check_model()
+        self.records, self.judgements = run_logs(self.out)
+        prompts = [self.fmt.generation_prompt(q.question) for q in self.questions]
+        self.shared = SharedPrefix.build(self.model, tokenize(self.model, prompts))
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.folder.timings
+
+    def _questions(self) -> list[TruthfulQAQuestion]:
+        """The run's questions in the authors' order (the first ``n_questions``)."""
+        config = self.config
         questions = load_questions(config.data, mc_task=config.mc_task)
         order = authors_question_order(questions)
         if config.n_questions is not None:
@@ -103,48 +119,26 @@ class Experiment:
                 )
             order = order[: config.n_questions]
         by_id = {question.id: question for question in questions}
-        self.questions: list[TruthfulQAQuestion] = [by_id[qid] for qid in order]
+        chosen = [by_id[qid] for qid in order]
         if "mc" in config.tasks and config.mc_source == "mc_task":
-            lacking = [q.id for q in self.questions if not q.mc1_targets]
+            lacking = [q.id for q in chosen if not q.mc1_targets]
             if lacking:
                 raise ValueError(
                     f"{len(lacking)} questions (first: {lacking[0]}) have no mc_task.json "
                     "targets; load a folder with mc_task.json or use --mc-source csv"
                 )
-        self.folds_splits = authors_folds(
-            order, n_folds=config.n_folds, val_fraction=config.val_fraction, seed=config.seed
-        )
-        self.fmt = load_prompt_format(config.primer, config.instruction)
-        self.model = model if model is not None else load_model(config.model, dtype=config.dtype)
+        return chosen
+
+    def _check_model(self) -> None:
         shape = model_shape(self.model)
         n_heads = shape.n_layers * shape.n_heads
-        if config.top_k > n_heads:
-            raise ValueError(f"top_k {config.top_k} is more than the model's {n_heads} heads")
-        if config.caa_layer is not None and config.caa_layer >= shape.n_layers:
+        if self.config.top_k > n_heads:
+            raise ValueError(f"top_k {self.config.top_k} is more than the model's {n_heads} heads")
+        layer = self.config.caa_layer
+        if layer is not None and layer >= shape.n_layers:
             raise ValueError(
-                f"caa_layer {config.caa_layer} is not a layer of this model "
-                f"(0..{shape.n_layers - 1})"
+                f"caa_layer {layer} is not a layer of this model (0..{shape.n_layers - 1})"
             )
-        self.records = storage.JsonlLog(self.out / storage.RECORDS, record_key)
-        self.judgements = storage.JsonlLog(self.out / storage.JUDGEMENTS, judgement_key)
-        prompts = [self.fmt.generation_prompt(q.question) for q in self.questions]
-        self.shared = SharedPrefix.build(self.model, tokenize(self.model, prompts))
-
-    def _check_config(self) -> None:
-        path = self.out / storage.RUN_CONFIG
-        wanted = self.config.to_dict()
-        if path.is_file():
-            # settings added after the run was started take their defaults
-            data = storage.read_json(path, "a run's settings")
-            existing = ExperimentConfig.from_dict(data).to_dict()
-            if existing != wanted:
-                changed = sorted(k for k in wanted if existing.get(k) != wanted[k])
-                raise ValueError(
-                    f"{self.out} holds a run with other settings ({', '.join(changed)}); "
-                    "use another --out or the same settings to resume it"
-                )
-        else:
-            storage.write_json(path, wanted)
 
     # ----------------------------------------------------------------------- anchoring
 
@@ -154,26 +148,28 @@ class Experiment:
         return self.model.cfg.n_layers // 2 if layer is None else layer
 
     def _activations(self) -> AnchoringActivations:
-        """Probing, tuning (and residual) activations of every question, in file order.
+        """Probing, tuning (and residual, and context) activations of every question, in
+        file order.
 
         File order and ``tuning_seed`` are those of ``fasb-lens collect``, so the folders
         it writes can be copied into ``activations/`` instead of being computed again.
         """
+        config = self.config
         questions = sorted(self.questions, key=lambda question: question.id)
+        answers = config.probe_answers
         probing, tuning = truthfulqa_prompts(
             questions,
-            tuning_seed=self.config.tuning_seed,
-            answers=self.config.probe_answers,  # type: ignore[arg-type]
+            tuning_seed=config.tuning_seed,
+            answers=answers,  # type: ignore[arg-type]
         )
         context = None
-        if self.config.tracker in ("auto", "context"):
-            answers = self.config.probe_answers
+        if any(TRACKERS.get(name).source == "context" for name in config.trackers_used):
             context = context_prompts(questions, self.fmt, answers=answers)  # type: ignore[arg-type]
         return collect_anchoring_activations(
             self.model,
             probing,
             tuning,
-            residual_layer=self.caa_layer if "caa" in self.config.methods else None,
+            residual_layer=self.caa_layer if config.needs_caa else None,
             context=context,
             out_dir=self.activations_dir,
             progress=self.progress,
@@ -196,7 +192,7 @@ class Experiment:
                 top_k=widest,
                 direction=config.direction,  # type: ignore[arg-type]
                 seed=config.seed,
-                defaults=PolicyDefaults(config.alpha, config.threshold, config.backtrack_tokens),
+                defaults=config.settings(),
                 progress=False,
             )
             folder = fold_folder(self.out, split.fold)
@@ -227,21 +223,21 @@ class Experiment:
             questions[: config.calibration_questions],
             steering,
             self.fmt,
-            config.backtrack_tokens,
-            caa=caa,
+            replace(config.settings(), caa=caa),
             shared=self.shared,
             mc_source=config.mc_source,
             answer_offset=config.mc_offset,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
             judge=config.calibration_judge,
+            info_judge=config.calibration_info_judge,
             progress=self.progress,
         )
-        calibration, steering = calibrate(
+        calibration, steering = calibrate_fold(
             inputs,
             tasks=config.tasks,
             tracker=config.tracker,
-            fallback_threshold=config.threshold,
+            candidates=config.auto_trackers,
             top_ks=config.top_ks,
             seed=config.seed + split.fold,
         )
@@ -267,7 +263,7 @@ class Experiment:
         decided = {}
         for name, policy in fold.policies["mc"].items():
             base, _, seed = name.partition("/")
-            if base not in QUESTION_PROTOCOL:
+            if not policy_spec(base).leak_free:
                 continue
             threshold = setting(fold.policies["generation"][name], "threshold")
             label = f"{base}_question" + (f"/{seed}" if seed else "")
@@ -280,80 +276,58 @@ class Experiment:
         draw = name.partition("/")[2]
         return redraw(policy, self.config.seed, draw, *where)
 
+    def _mc_policies(self, fold: _Fold, question: TruthfulQAQuestion) -> dict[str, Policy]:
+        named = {**fold.policies["mc"], **self._question_policies(fold, question)}
+        return {name: self._drawn(name, policy, question.id) for name, policy in named.items()}
+
     def evaluate_mc(self, fold: _Fold) -> None:
         """Every test question's multiple choice under every policy, :data:`ROWS` questions
-        at a time (their passes share forwards)."""
+        at a time (their passes share forwards). A chunk with anything missing is scored
+        again whole, so that a question's scores always come from the same forwards (a
+        resumed run's equal an uninterrupted one's bit for bit)."""
         questions = self._test_questions(fold)
+        key = fold.split.fold
         bar = tqdm(
-            total=len(questions),
-            desc=f"MC fold {fold.split.fold}",
-            unit="question",
-            disable=not self.progress,
+            total=len(questions), desc=f"MC fold {key}", unit="question", disable=not self.progress
         )
-        for start in range(0, len(questions), ROWS):
-            chunk = questions[start : start + ROWS]
-            candidates = [
-                {
-                    name: self._drawn(name, policy, question.id)
-                    for name, policy in {
-                        **fold.policies["mc"],
-                        **self._question_policies(fold, question),
-                    }.items()
-                }
+        policies = {question.id: self._mc_policies(fold, question) for question in questions}
+
+        def missing(question: TruthfulQAQuestion) -> set[str]:
+            named = policies[question.id]
+            return {name for name in named if (key, question.id, "mc", name) not in self.records}
+
+        for chunk, wanted in pending_chunks(questions, ROWS, missing):
+            choices = [
+                MultipleChoice(
+                    self.model,
+                    question,
+                    fmt=self.fmt,
+                    steering=fold.steering,
+                    source=self.config.mc_source,
+                    answer_offset=self.config.mc_offset,
+                    shared=self.shared,
+                )
                 for question in chunk
             ]
-            missing = [
-                {
-                    name
-                    for name in named
-                    if (fold.split.fold, question.id, "mc", name) not in self.records
-                }
-                for question, named in zip(chunk, candidates, strict=True)
-            ]
-            if any(missing):
-                # the whole chunk and every policy again, so that a question's scores
-                # always come from the same forwards (a resumed run's equal an
-                # uninterrupted one's bit for bit)
-                choices = [
-                    MultipleChoice(
-                        self.model,
-                        question,
-                        fmt=self.fmt,
-                        steering=fold.steering,
-                        source=self.config.mc_source,
-                        answer_offset=self.config.mc_offset,
-                        shared=self.shared,
-                    )
-                    for question in chunk
-                ]
-                results = evaluate_together(choices, candidates)
-                for question, wanted, scored in zip(chunk, missing, results, strict=True):
-                    for name in (name for name in scored if name in wanted):
-                        self.records.append(
-                            {
-                                "fold": fold.split.fold,
-                                "question_id": question.id,
-                                "task": "mc",
-                                "method": name,
-                                **scored[name],
-                            }
-                        )
+            results = evaluate_together(choices, [policies[q.id] for q in chunk])
+            for question, names, scored in zip(chunk, wanted, results, strict=True):
+                for name in (name for name in scored if name in names):
+                    record = {"fold": key, "question_id": question.id, "task": "mc"}
+                    self.records.append({**record, "policy": name, **scored[name]})
             bar.update(len(chunk))
         bar.close()
 
-    def evaluate_generation(self, fold: _Fold, methods: Sequence[str] | None = None) -> None:
-        config = GenerationConfig(
-            max_new_tokens=self.config.max_new_tokens, stop_strings=(QA_STOP,)
-        )
+    def evaluate_generation(self, fold: _Fold, policies: Sequence[str] | None = None) -> None:
+        """Every test question's answer under every policy (or those named), a batch of
+        ``batch_size`` prompts at a time; answers the records hold are not generated again."""
         questions = self._test_questions(fold)
-        policies = {
+        chosen = {
             name: policy
             for name, policy in fold.policies["generation"].items()
-            if methods is None or name in methods
+            if policies is None or name in policies
         }
-        total = len(questions) * len(policies)
         bar = tqdm(
-            total=total,
+            total=len(questions) * len(chosen),
             desc=f"generation fold {fold.split.fold}",
             unit="answer",
             disable=not self.progress,
@@ -362,8 +336,8 @@ class Experiment:
         for start in range(0, len(questions), size):
             batch = questions[start : start + size]
             prompts = [self.fmt.generation_prompt(q.question) for q in batch]
-            shared = None  # the prompts' cache, built once and shared by every method
-            for name, policy in policies.items():
+            shared = None  # the prompts' cache, built once and shared by every policy
+            for name, policy in chosen.items():
                 todo = [
                     i
                     for i, q in enumerate(batch)
@@ -374,41 +348,49 @@ class Experiment:
                     continue
                 if len(todo) == len(batch) and shared is None:
                     shared = PromptCache.build(self.model, prompts, shared=self.shared)
-                plain = [
-                    self.records.get((fold.split.fold, batch[i].id, "generation", "none"))
-                    for i in todo
-                ]
-                traces = generate(
-                    self.model,
-                    [prompts[i] for i in todo],
-                    policy=self._drawn(name, policy, fold.split.fold, batch[0].id),
-                    steering=fold.steering,
-                    config=config,
-                    prompt_cache=shared if len(todo) == len(batch) else None,
-                    shared=self.shared,
-                    unsteered=[record_trace(r) for r in plain] if all(plain) else None,
-                )
-                for i, trace in zip(todo, traces, strict=True):
-                    self.records.append(generation_record(fold.split.fold, batch[i], name, trace))
+                cache = shared if len(todo) == len(batch) else None
+                self._generate_batch(fold, name, policy, batch, prompts, todo, cache)
                 bar.update(len(todo))
         bar.close()
 
+    def _generate_batch(self, fold, name, policy, batch, prompts, todo, cache) -> None:
+        """Generate the questions at ``todo`` of ``batch`` (whose prompts are ``prompts``)
+        under one policy and append their records; a control draws its directions once
+        per batch."""
+        config = GenerationConfig(
+            max_new_tokens=self.config.max_new_tokens, stop_strings=(QA_STOP,)
+        )
+        questions = [batch[i] for i in todo]
+        plain = [self.records.get((fold.split.fold, q.id, "generation", "none")) for q in questions]
+        traces = generate(
+            self.model,
+            [prompts[i] for i in todo],
+            policy=self._drawn(name, policy, fold.split.fold, batch[0].id),
+            steering=fold.steering,
+            config=config,
+            prompt_cache=cache,
+            shared=self.shared,
+            unsteered=[record_trace(r) for r in plain] if all(plain) else None,
+        )
+        for question, trace in zip(questions, traces, strict=True):
+            self.records.append(generation_record(fold.split.fold, question, name, trace))
+
     def judge(self) -> None:
+        """Every generated answer by every judge, except those already judged."""
         generations = [r for r in self.records.values() if r["task"] == "generation"]
         by_id = {question.id: question for question in self.questions}
         for name in self.config.judges:
             todo = [
                 r
                 for r in generations
-                if (r["fold"], r["question_id"], r["method"], name) not in self.judgements
+                if (r["fold"], r["question_id"], r["policy"], name) not in self.judgements
             ]
             if not todo:
                 continue
             judge = judge_by_name(name)
-            for start in tqdm(
-                range(0, len(todo), 64), desc=f"judge {name}", disable=not self.progress
-            ):
-                chunk = todo[start : start + 64]
+            chunks = range(0, len(todo), JUDGING_CHUNK)
+            for start in tqdm(chunks, desc=f"judge {name}", disable=not self.progress):
+                chunk = todo[start : start + JUDGING_CHUNK]
                 inputs = [
                     JudgeInput(
                         question=by_id[r["question_id"]].question,
@@ -419,49 +401,32 @@ class Experiment:
                     for r in chunk
                 ]
                 for record, verdict in zip(chunk, judge.judge_many(inputs), strict=True):
-                    self.judgements.append(
-                        {
-                            "fold": record["fold"],
-                            "question_id": record["question_id"],
-                            "method": record["method"],
-                            "judge": name,
-                            **asdict(verdict),
-                        }
-                    )
+                    where = {key: record[key] for key in ("fold", "question_id", "policy")}
+                    self.judgements.append({**where, "judge": name, **asdict(verdict)})
 
     def run(self) -> dict[str, Any]:
         """Anchor, evaluate every fold, judge, and write the summary; returns it.
 
         Unsteered answers come first (the leak-free multiple-choice protocol decides from
-        them), then multiple choice on every fold, then the other methods' answers.
+        them), then multiple choice on every fold, then the other policies' answers.
         """
-        with self._phase("anchoring and calibration"):
+        phase = self.folder.phase
+        with phase("anchoring and calibration"):
             folds = self.anchor()
-        if "generation" in self.config.tasks:  # the model's own answers first: the leak-free
-            with self._phase("unsteered answers"):  # multiple-choice protocol decides from them
+        if "generation" in self.config.tasks:
+            with phase("unsteered answers"):
                 for fold in folds:
                     self.evaluate_generation(fold, ["none"])
         if "mc" in self.config.tasks:
-            with self._phase("multiple choice"):
+            with phase("multiple choice"):
                 for fold in folds:
                     self.evaluate_mc(fold)
         if "generation" in self.config.tasks:
-            with self._phase("generation"):
+            with phase("generation"):
                 for fold in folds:
                     self.evaluate_generation(fold)
-        with self._phase("judging and summary"):
+        with phase("judging and summary"):
             return self.summarize()
-
-    @contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
-        """Time a phase of this session's run into ``timings.json`` (seconds, as run now:
-        a resumed run times only what it still had to do)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(time.perf_counter() - start, 1)
-            storage.write_json(self.out / storage.TIMINGS, self.timings)
 
     def summarize(self) -> dict[str, Any]:
         """Judge the answers recorded so far and write the summary; evaluates nothing new.
@@ -476,14 +441,6 @@ class Experiment:
         for split in self.folds_splits:
             folder = fold_folder(self.out, split.fold)
             if (folder / storage.CALIBRATION).is_file():
-                calibration = Calibration.load(folder)
-                calibrations[str(split.fold)] = {
-                    "tracker": calibration.tracker,
-                    "top_k": calibration.top_k,
-                    "thresholds": calibration.thresholds,
-                    "strengths": calibration.strengths,
-                    "trackers": calibration.trackers,
-                    "uncertainty": calibration.uncertainty,
-                }
+                calibrations[str(split.fold)] = Calibration.load(folder).summary()
         records, judgements = self.records.values(), self.judgements.values()
         return write_summary(self.out, self.config, records, judgements, calibrations)

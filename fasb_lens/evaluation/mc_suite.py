@@ -1,20 +1,21 @@
-"""Zero-shot multiple-choice evaluation on COPA, NLI, MMLU, SST-2, Winogrande and Story Cloze.
+"""The multiple-choice suite: COPA, NLI, MMLU, SST-2, Winogrande and Story Cloze.
 
-Each item is scored cloze-style: every option becomes a ``(prefix, continuation)`` pair
-and the model's log-likelihood of the continuation (the option's own words, never a
-letter) after the prefix is its score; the highest-scoring option is the prediction.
-Steering is learnt per dataset: the options of the training items become labelled
-prompts (the correct option's text 1, each other option's 0), probes on every head pick
-the ``top_k`` anchored heads, and the same activations set the vectors' scales. The
-held-out test items are then scored under each policy (no steering, ITI's fixed
-steering, FASB), one record per item and policy, so an interrupted run can resume.
-:func:`run_mc_datasets` runs the whole suite into a run folder.
+Each dataset's items are split (:func:`fasb_lens.splits.holdout_split`) into training,
+validation and held-out test items. Steering is learnt per dataset: the options of the
+training items become labelled prompts (the correct option's text 1, each other option's
+0), probes on every head pick the ``top_k`` anchored heads, and the same activations set
+the vectors' scales. The policies' settings are calibrated on the validation items
+(:func:`calibrate_dataset`, the shared search of :mod:`fasb_lens.evaluation.calibration`)
+and every policy then scores the test items (:mod:`fasb_lens.evaluation.mc_items`), one
+record per item and policy, so an interrupted run resumes. :func:`run_mc_datasets` runs
+the suite into a run folder (:class:`~fasb_lens.evaluation.run.RunFolder`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,161 +24,45 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens import storage
-from fasb_lens.anchoring import collect_anchoring_activations, fit_anchoring
+from fasb_lens.anchoring import AnchoringSettings, collect_anchoring_activations, fit_anchoring
 from fasb_lens.data.mc import (
     dataset,
     format_description,
     labelled_option_prompts,
     load_multiple_choice,
-    option_prompts,
 )
 from fasb_lens.data.schema import MultipleChoiceItem
-from fasb_lens.evaluation.search import START_GRIDS, Scores, Search, joint_search
-from fasb_lens.models import load_model, tokenize
-from fasb_lens.policies import Policy, Unsteered, adjusted, redraw
-from fasb_lens.scoring import AnswerScore, PrefixScorer, ScoringJob, score_together
-from fasb_lens.splits import Split
+from fasb_lens.evaluation.calibration import (
+    Calibration,
+    Evaluator,
+    build_searched,
+    search_policies,
+    searched_specs,
+)
+from fasb_lens.evaluation.config import DatasetsConfig
+from fasb_lens.evaluation.mc_items import ItemScorer, predict, score_items
+from fasb_lens.evaluation.policies import build_policy
+from fasb_lens.evaluation.run import RunFolder, pending_chunks, upgrade_record
+from fasb_lens.evaluation.search import Scores
+from fasb_lens.evaluation.tables import Table, percent
+from fasb_lens.policies import (
+    Policy,
+    PolicySettings,
+    Unsteered,
+    policy_spec,
+    redraw,
+)
+from fasb_lens.scoring import AnswerScore
+from fasb_lens.splits import Split, holdout_split
 from fasb_lens.steering import Steering
 
 logger = logging.getLogger(__name__)
 
-# --- scoring ------------------------------------------------------------------------------
+KEYS = ("accuracy", "margin")
+"""The validation objectives: accuracy, then the margin of the right option (tie-breaker)."""
 
 
-class _ItemScorer:
-    """One :class:`PrefixScorer` per distinct prefix of an item; scores in option order.
-
-    Built once per item, it scores the item under any number of policies while running
-    each prefix only once.
-    """
-
-    def __init__(
-        self, model: TransformerBridge, item: MultipleChoiceItem, steering: Steering | None
-    ) -> None:
-        pairs = option_prompts(item)
-        self.continuations = [continuation for _, continuation in pairs]
-        by_prefix: dict[str, list[int]] = {}
-        for index, (prefix, _) in enumerate(pairs):
-            by_prefix.setdefault(prefix, []).append(index)
-        self.groups = [
-            (PrefixScorer(model, prefix, steering=steering, steer_prompt_end=True), indices)
-            for prefix, indices in by_prefix.items()
-        ]
-
-    def score(self, policy: Policy | None) -> list[AnswerScore]:
-        return self.score_many([policy or Unsteered()])[0]
-
-    def score_many(self, policies: Sequence[Policy]) -> list[list[AnswerScore]]:
-        """Each policy's scores in option order, the policies' passes run together
-        (:meth:`~fasb_lens.scoring.PrefixScorer.score_policies`)."""
-        return _score_items([self], policies)[0]
-
-    def jobs(self, policies: Sequence[Policy]) -> list[ScoringJob]:
-        """One scoring job per prefix."""
-        jobs = []
-        for scorer, indices in self.groups:
-            texts = [self.continuations[index] for index in indices]
-            ids = tokenize(scorer.model, texts, prepend_bos=False)
-            jobs.append(ScoringJob(scorer, ids, policies, texts))
-        return jobs
-
-    def in_option_order(
-        self, results: Sequence[list[list[AnswerScore]]]
-    ) -> list[list[AnswerScore]]:
-        """The jobs' results (per prefix, per policy) as each policy's scores in option order."""
-        scores: list[dict[int, AnswerScore]] = [{} for _ in results[0]]
-        for (_, indices), per_policy in zip(self.groups, results, strict=True):
-            for found, scored in zip(scores, per_policy, strict=True):
-                found.update(zip(indices, scored, strict=True))
-        return [[found[index] for index in range(len(self.continuations))] for found in scores]
-
-
-def _score_items(
-    scorers: Sequence[_ItemScorer], policies: Sequence[Policy]
-) -> list[list[list[AnswerScore]]]:
-    """Every item's scores under every policy (per item, per policy, in option order),
-    the items' passes run together (:func:`~fasb_lens.scoring.score_together`)."""
-    jobs = [scorer.jobs(policies) for scorer in scorers]
-    results = score_together([job for item_jobs in jobs for job in item_jobs])
-    scores, begin = [], 0
-    for scorer, item_jobs in zip(scorers, jobs, strict=True):
-        scores.append(scorer.in_option_order(results[begin : begin + len(item_jobs)]))
-        begin += len(item_jobs)
-    return scores
-
-
-def score_item(
-    model: TransformerBridge,
-    item: MultipleChoiceItem,
-    policy: Policy | None = None,
-    steering: Steering | None = None,
-) -> list[AnswerScore]:
-    """The log-likelihood of each option's continuation under ``policy``, in option order.
-
-    Options sharing a prefix are scored as one batch on one cached prefix; Winogrande's
-    options have a prefix each.
-    """
-    return _ItemScorer(model, item, steering).score(policy)
-
-
-def predict(scores: Sequence[AnswerScore]) -> int:
-    """The index of the option with the highest summed log-probability (first on ties).
-
-    The sum, not the per-token mean, is compared: it is the probability of the whole
-    option, the measure TruthfulQA's MC scores use too, so every dataset and policy is
-    judged alike. Length barely matters here: SST-2 and NLI options are single words,
-    and Winogrande scores the same continuation for each option.
-    """
-    if not scores:
-        raise ValueError("no scores to predict from")
-    return max(range(len(scores)), key=lambda index: (scores[index].log_prob, -index))
-
-
-# --- the evaluation -----------------------------------------------------------------------
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value}")
-
-
-def _item_ids(items: Sequence[MultipleChoiceItem]) -> list[str]:
-    ids = [item.id for item in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError("item ids must be unique")
-    return ids
-
-
-def split_items(
-    items: Sequence[MultipleChoiceItem],
-    *,
-    seed: int,
-    test_fraction: float = 0.5,
-    val_fraction: float = 0.2,
-) -> Split:
-    """A seeded split of items: ``test_fraction`` held out, then ``val_fraction`` of the rest.
-
-    Each side keeps the items' order. Every side must receive at least one item.
-    """
-    _check_fraction("test_fraction", test_fraction)
-    _check_fraction("val_fraction", val_fraction)
-    ids = np.array(_item_ids(items), dtype=object)
-    order = np.random.RandomState(seed).permutation(len(ids))
-    n_test = round(len(ids) * test_fraction)
-    n_val = round((len(ids) - n_test) * val_fraction)
-    test, val, train = np.split(order, [n_test, n_test + n_val])
-    if not (len(test) and len(val) and len(train)):
-        raise ValueError(
-            f"{len(ids)} items cannot be split into non-empty train, validation and test sides "
-            f"at test_fraction={test_fraction}, val_fraction={val_fraction}"
-        )
-    return Split(
-        train=tuple(ids[np.sort(train)]),
-        val=tuple(ids[np.sort(val)]),
-        test=tuple(ids[np.sort(test)]),
-        protocol="mc_holdout",
-        seed=seed,
-    )
+# --- one dataset ----------------------------------------------------------------------------
 
 
 def _dataset_of(items: Sequence[MultipleChoiceItem]) -> str:
@@ -226,12 +111,12 @@ def _fit_steering(
     return steering, float(probes.val_accuracy[steering.heads[0]]), probes.val_majority
 
 
-def _record(item: MultipleChoiceItem, method: str, scores: Sequence[AnswerScore]) -> dict[str, Any]:
+def _record(item: MultipleChoiceItem, policy: str, scores: Sequence[AnswerScore]) -> dict[str, Any]:
     prediction = predict(scores)
     return {
         "dataset": item.dataset,
         "item_id": item.id,
-        "method": method,
+        "policy": policy,
         "prediction": prediction,
         "label": item.label,
         "correct": prediction == item.label,
@@ -249,15 +134,13 @@ def _checked_done(record: Mapping[str, Any], item: MultipleChoiceItem) -> dict[s
     return dict(record)
 
 
-CALIBRATED = ("fasb", "fixed")
-"""The families whose strengths (and, for FASB, threshold) are searched per dataset."""
-
-
-def _scores(scorers: Sequence[_ItemScorer], items: Sequence[MultipleChoiceItem], policy: Policy):
+def _scores(
+    scorers: Sequence[ItemScorer], items: Sequence[MultipleChoiceItem], policy: Policy
+) -> Scores:
     """Per item: 1 if the policy picks the right option, and the margin of the right
     option's log-probability over the best wrong one (the tie-breaker)."""
     correct, margins = [], []
-    for (scores,), item in zip(_score_items(scorers, [policy]), items, strict=True):
+    for (scores,), item in zip(score_items(scorers, [policy]), items, strict=True):
         wrong = max(s.log_prob for index, s in enumerate(scores) if index != item.label)
         correct.append(float(predict(scores) == item.label))
         margins.append(scores[item.label].log_prob - wrong)
@@ -268,81 +151,130 @@ def calibrate_dataset(
     model: TransformerBridge,
     items: Sequence[MultipleChoiceItem],
     steering: Steering,
-    templates: Mapping[str, Policy],
+    policies: Sequence[str],
+    base: PolicySettings,
     *,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Each family's strength, and the thresholded family's threshold, chosen on
-    ``items`` (a dataset's validation items) by accuracy, then margin.
-
-    ``templates`` maps a family (``"fasb"``, ``"fixed"``) to the policy whose settings are
-    searched; FASB's strength and threshold are searched jointly (thresholds from the
-    tracker's readings on the options), and every family gets as many evaluations
-    (:func:`fasb_lens.evaluation.search.joint_search`). The unsteered model's mean
-    accuracy and margin on the same items (``unsteered``) are the sweeps' reference line.
-    """
-    scorers = [_ItemScorer(model, item, steering) for item in items]
+) -> Calibration:
+    """The calibrated settings of the searched policies that ``policies`` use, chosen on
+    ``items`` (a dataset's validation items) by accuracy, then margin: the thresholded
+    policy's strength and threshold jointly (thresholds from the tracker's readings on
+    the options), every other one's strength with as many evaluations. The unsteered
+    model's means on the same items are the sweeps' reference line."""
+    scorers = [ItemScorer(model, item, steering) for item in items]
     bar = tqdm(desc=f"calibrate {items[0].dataset}", unit="setting", disable=not progress)
+    used = {policy_spec(name).calibrated_as for name in policies}
+    specs = [spec for spec in searched_specs(("steering",)) if spec.name in used]
 
-    def search(template: Policy) -> Search:
-        def evaluate(alpha: float, threshold: float | None) -> Scores:
-            bar.update(1)
-            return _scores(scorers, items, adjusted(template, alpha=alpha, threshold=threshold))
+    def evaluator(spec: Any) -> Evaluator:
+        make = build_searched(spec, base)
 
-        return Search(evaluate, ("accuracy", "margin"))
+        def evaluate(settings: list[tuple[float, float | None]]) -> list[Scores]:
+            bar.update(len(settings))
+            return [_scores(scorers, items, make(alpha, t)) for alpha, t in settings]
 
-    readings = [
-        value
-        for scorer in scorers
-        for group, indices in scorer.groups
-        for values in group.readings(
-            tokenize(model, [scorer.continuations[i] for i in indices], prepend_bos=False)
+        return evaluate
+
+    readings = [value for scorer in scorers for value in scorer.readings()]
+    chosen = (
+        search_policies(
+            "mc",
+            {spec.name: evaluator(spec) for spec in specs},
+            KEYS,
+            rng=np.random.RandomState(seed),
+            readings=readings,
         )
-        for value in values
-    ]
-    families = {name: templates[name] for name in CALIBRATED if name in templates}
-    grids = START_GRIDS["mc"]
-    rng = np.random.RandomState(seed)
-    if "fasb" in families:
-        others = {name: search(policy) for name, policy in families.items() if name != "fasb"}
-        chosen = joint_search(search(families["fasb"]), readings, others, grids, rng=rng)
-        strengths, threshold = chosen.strengths, chosen.threshold
-        uncertainty, searches = chosen.uncertainty, chosen.searches
-    else:
-        searches = {name: search(policy) for name, policy in families.items()}
-        strengths = {name: float(s.strengths(grids[name])) for name, s in searches.items()}
-        uncertainty = {name: s.bootstrap(rng) for name, s in searches.items()}
-        threshold = None
+        if specs
+        else None
+    )
     unsteered = _scores(scorers, items, Unsteered())
     bar.close()
-    return {
-        "items": len(items),
-        "unsteered": {key: float(np.mean(values)) for key, values in unsteered.items()},
-        "strengths": strengths,
-        "threshold": threshold,
-        "uncertainty": uncertainty,
-        "sweep": [
-            row for name, s in searches.items() for row in s.rows("mc", name, steering.top_k)
+    return Calibration(
+        tracker=base.tracker,
+        top_k=steering.top_k,
+        thresholds={} if chosen is None or chosen.threshold is None else {"mc": chosen.threshold},
+        strengths={"mc": {} if chosen is None else chosen.strengths},
+        judge=None,
+        questions=len(items),
+        uncertainty={"mc": {} if chosen is None else chosen.uncertainty},
+        sweep=[]
+        if chosen is None
+        else [
+            row for name, s in chosen.searches.items() for row in s.rows("mc", name, steering.top_k)
         ],
-    }
+        unsteered={"mc": {key: float(np.mean(values)) for key, values in unsteered.items()}},
+    )
 
 
-def calibrated(policy: Policy, calibration: Mapping[str, Any]) -> Policy:
-    """``policy`` with its family's calibrated strength (and threshold, if it has one)."""
-    strength = calibration["strengths"].get(policy.family)
-    return adjusted(policy, alpha=strength, threshold=calibration["threshold"])
+@dataclass
+class _Dataset:
+    """One dataset's items, split and steering, ready to evaluate."""
+
+    name: str
+    items: list[MultipleChoiceItem]
+    split: Split
+    steering: Steering
+    best_val: float
+    majority: float
+
+
+def _prepare(
+    model: TransformerBridge,
+    items: Sequence[MultipleChoiceItem],
+    *,
+    top_k: int,
+    seed: int,
+    limit: int | None,
+    batch_size: int,
+    progress: bool,
+) -> _Dataset:
+    """A seeded subset of one dataset's items, its split and the steering learnt on it."""
+    name = _dataset_of(items)
+    chosen = _subset(items, limit, seed)
+    split = holdout_split([item.id for item in chosen], seed=seed)
+    steering, best_val, majority = _fit_steering(
+        model, chosen, split, top_k=top_k, batch_size=batch_size, progress=progress
+    )
+    logger.info("%s: anchored heads %s", name, ", ".join(map(str, steering.heads)))
+    return _Dataset(name, chosen, split, steering, best_val, majority)
+
+
+def _calibration(
+    model: TransformerBridge,
+    data: _Dataset,
+    policies: Sequence[str],
+    base: PolicySettings,
+    *,
+    seed: int,
+    folder: str | Path | None,
+    progress: bool,
+) -> Calibration:
+    """The dataset's calibration, read back from ``folder/{dataset}.json`` if a run
+    already chose it (so a resumed run does not redo it), else chosen and kept there."""
+    saved = Path(folder) / f"{data.name}.json" if folder is not None else None
+    if saved is not None and saved.is_file():
+        return Calibration.load(saved)
+    val = [item for item in data.items if item.id in set(data.split.val)]
+    calibration = calibrate_dataset(
+        model, val, data.steering, policies, base, seed=seed, progress=progress
+    )
+    if saved is not None:
+        calibration.save(saved)
+    return calibration
 
 
 def evaluate_dataset(
     model: TransformerBridge,
     items: Sequence[MultipleChoiceItem],
     *,
-    policies: Mapping[str, Policy],
-    top_k: int = 24,
+    policies: Sequence[str],
+    settings: PolicySettings | None = None,
+    strengths: Sequence[str] = (),
+    top_k: int = AnchoringSettings.top_k,
     seed: int = 0,
     limit: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = AnchoringSettings.batch_size,
     calibrate: bool = True,
     calibration_dir: str | Path | None = None,
     progress: bool = True,
@@ -353,144 +285,152 @@ def evaluate_dataset(
 
     Args:
         items: one dataset's items; ``limit`` keeps a seeded random subset of them.
-        policies: name to policy, e.g. ``{"none": Unsteered(), "fasb": FASB(...)}``;
-            the names label the records and the accuracies. Controls (random directions)
-            draw new directions for every item.
+        policies: registered policy names; each is built from ``settings`` (and
+            ``strengths``, ``NAME=VALUE``) by its registration. Controls (random
+            directions) draw new directions for every item.
         top_k: anchored heads for the steering, learnt on the train and val items.
-        calibrate: choose the strengths and FASB's threshold on the validation items
+        calibrate: choose the strengths and the threshold on the validation items
             (:func:`calibrate_dataset`; kept as ``{dataset}.json`` in ``calibration_dir``
-            so a resumed run does not redo it); ``False`` uses the policies as given.
-        on_item: called with each new record ``{"dataset", "item_id", "method",
+            so a resumed run does not redo it); ``False`` uses the settings as given.
+        on_item: called with each new record ``{"dataset", "item_id", "policy",
             "prediction", "label", "correct", "log_probs", "triggered"}``.
-        done: records of an earlier, interrupted run keyed by ``(item_id, method)``; they
+        done: records of an earlier, interrupted run keyed by ``(item_id, policy)``; they
             are counted as they are and not scored again (nor passed to ``on_item``).
     """
-    dataset = _dataset_of(items)
     if not policies:
-        raise ValueError("no policies to evaluate; pass e.g. {'none': NoSteering()}")
-    done = done or {}
-    items = _subset(items, limit, seed)
-    split = split_items(items, seed=seed)
-    steering, best_val, majority = _fit_steering(
-        model, items, split, top_k=top_k, batch_size=batch_size, progress=progress
+        raise ValueError("no policies to evaluate; pass e.g. ['none', 'fasb']")
+    base = settings or PolicySettings()
+    data = _prepare(
+        model, items, top_k=top_k, seed=seed, limit=limit, batch_size=batch_size, progress=progress
     )
-    logger.info("%s: anchored heads %s", dataset, ", ".join(map(str, steering.heads)))
     calibration = None
     if calibrate:
-        saved = Path(calibration_dir) / f"{dataset}.json" if calibration_dir else None
-        if saved is not None and saved.is_file():
-            calibration = storage.read_json(saved, "a dataset's calibration")
-        else:
-            val = [item for item in items if item.id in set(split.val)]
-            templates = {name: policies[name] for name in CALIBRATED if name in policies}
-            calibration = calibrate_dataset(
-                model, val, steering, templates, seed=seed, progress=progress
-            )
-            if saved is not None:
-                storage.write_json(saved, calibration)
-        policies = {name: calibrated(policy, calibration) for name, policy in policies.items()}
-    test_ids = set(split.test)
-    test_items = [item for item in items if item.id in test_ids]
-    correct: dict[str, list[bool]] = {name: [] for name in policies}
-    for item in tqdm(test_items, desc=dataset, unit="item", disable=not progress):
-        pending = [name for name in policies if (item.id, name) not in done]
-        scored: dict[str, list[AnswerScore]] = {}
-        if pending:  # every policy again: an item's scores always come from the same forwards
-            drawn = [redraw(policy, seed, name, item.id) for name, policy in policies.items()]
-            scorer = _ItemScorer(model, item, steering)
-            scored = dict(zip(policies, scorer.score_many(drawn), strict=True))
-        for name in policies:
-            if name in pending:
-                record = _record(item, name, scored[name])
-                if on_item is not None:
-                    on_item(record)
-            else:
-                record = _checked_done(done[(item.id, name)], item)
-            correct[name].append(bool(record["correct"]))
+        calibration = _calibration(
+            model, data, policies, base, seed=seed, folder=calibration_dir, progress=progress
+        )
+    built = {
+        name: build_policy(name, base, strengths=strengths, calibration=calibration)
+        for name in policies
+    }
+    test = [item for item in data.items if item.id in set(data.split.test)]
+    records = _score_test_items(model, data, test, built, seed, dict(done or {}), on_item, progress)
+    correct = {
+        name: [bool(_checked_done(records[(item.id, name)], item)["correct"]) for item in test]
+        for name in built
+    }
     return {
-        "dataset": dataset,
-        "n_train": len(split.train),
-        "n_val": len(split.val),
-        "n_test": len(split.test),
-        "anchored_heads": [str(head) for head in steering.heads],
-        "best_val_accuracy": best_val,
-        "val_majority": majority,
+        "dataset": data.name,
+        "n_train": len(data.split.train),
+        "n_val": len(data.split.val),
+        "n_test": len(data.split.test),
+        "anchored_heads": [str(head) for head in data.steering.heads],
+        "best_val_accuracy": data.best_val,
+        "val_majority": data.majority,
         "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
-        "calibration": (
-            None if calibration is None else {k: v for k, v in calibration.items() if k != "sweep"}
-        ),
+        "calibration": None if calibration is None else _calibration_summary(calibration),
     }
 
 
+def _score_test_items(model, data, test, built, seed, records, on_item, progress) -> dict:
+    """Every test item's records under every policy (those in ``records`` kept as they
+    are): an item with anything missing is scored again whole, every policy in the same
+    forwards."""
+
+    def missing(item: MultipleChoiceItem) -> set[str]:
+        return {name for name in built if (item.id, name) not in records}
+
+    todo = sum(bool(missing(item)) for item in test)
+    bar = tqdm(total=len(test), initial=len(test) - todo, desc=data.name, unit="item")
+    bar.disable = not progress
+    for (item,), (wanted,) in pending_chunks(test, 1, missing):
+        drawn = [redraw(policy, seed, name, item.id) for name, policy in built.items()]
+        scored = ItemScorer(model, item, data.steering).score_many(drawn)
+        for name, scores in zip(built, scored, strict=True):
+            if name in wanted:
+                record = _record(item, name, scores)
+                records[(item.id, name)] = record
+                if on_item is not None:
+                    on_item(record)
+        bar.update(1)
+    bar.close()
+    return records
+
+
+def _calibration_summary(calibration: Calibration) -> dict[str, Any]:
+    """What ``mc_datasets.json`` keeps of a dataset's calibration (not its sweep)."""
+    return {
+        **calibration.summary(),
+        "items": calibration.questions,
+        "unsteered": calibration.unsteered.get("mc", {}),
+    }
+
+
+# --- the suite ------------------------------------------------------------------------------
+
+
 def _dataset_key(record: dict[str, Any]) -> tuple:
-    return (record["dataset"], record["item_id"], record["method"])
+    return (record["dataset"], record["item_id"], record["policy"])
 
 
 def run_mc_datasets(
+    config: DatasetsConfig,
     data_dir: str | Path,
     out: str | Path,
     *,
-    datasets: Iterable[str],
-    policies: dict[str, Policy],
     model: TransformerBridge | None = None,
-    paths: Mapping[str, str | Path] | None = None,
-    limit: int | None = 400,
-    top_k: int = 24,
-    seed: int = 0,
-    calibrate: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Held-out accuracy of each policy on each multiple-choice dataset, resumable.
 
-    Each dataset is read from its registered place in ``data_dir`` unless ``paths``
-    names its file (Story Cloze is not shipped and always needs one). Records go to
-    ``out/mc_datasets.jsonl`` as they come; the summary to ``out/mc_datasets.json`` and
-    ``out/mc_datasets.md``.
+    Each dataset is read from its registered place in ``data_dir`` (Story Cloze, not
+    shipped, from ``config.story_cloze``). Records go to ``out/mc_datasets.jsonl`` as they
+    come; the summary to ``out/mc_datasets.json`` and ``out/mc_datasets.md``.
     """
-    out = Path(out)
-    specs = [dataset(name) for name in datasets]
+    folder = RunFolder(out, config, load=DatasetsConfig.from_dict, command="mc-datasets")
+    paths = {"story_cloze": config.story_cloze} if config.story_cloze else {}
+    specs = [dataset(name) for name in config.datasets]
     for spec in specs:
-        if spec.default_path is None and spec.name not in (paths or {}):
-            raise ValueError(f"{spec.name} is not shipped: pass its file (paths={{...}})")
-    model = model if model is not None else load_model()
-    log = storage.JsonlLog(out / storage.MC_DATASETS_LOG, _dataset_key)
+        if spec.default_path is None and spec.name not in paths:
+            raise ValueError(f"{spec.name} is not shipped: pass its file (--story-cloze)")
+    model = model if model is not None else config.model.load()
+    log = folder.log(storage.MC_DATASETS_LOG, _dataset_key, upgrade=upgrade_record)
     results = {}
     for spec in specs:
-        name = spec.name
-        given = (paths or {}).get(name)
+        given = paths.get(spec.name)
         path = Path(given) if given is not None else Path(data_dir) / str(spec.default_path)
-        items = load_multiple_choice(name, path)
-        done = {(r["item_id"], r["method"]): r for r in log.values() if r["dataset"] == name}
-        results[name] = evaluate_dataset(
-            model,
-            items,
-            policies=policies,
-            top_k=top_k,
-            seed=seed,
-            limit=limit,
-            calibrate=calibrate,
-            calibration_dir=out / "calibration",
-            progress=progress,
-            on_item=log.append,
-            done=done,
-        )
-    storage.write_json(out / storage.MC_DATASETS_SUMMARY, results)
-    storage.write_text(out / "mc_datasets.md", datasets_table(results, list(policies)))
+        items = load_multiple_choice(spec.name, path)
+        done = {(r["item_id"], r["policy"]): r for r in log.values() if r["dataset"] == spec.name}
+        with folder.phase(spec.name):
+            results[spec.name] = evaluate_dataset(
+                model,
+                items,
+                policies=config.policies,
+                settings=config.settings(),
+                strengths=config.strengths,
+                top_k=config.top_k,
+                seed=config.seed,
+                limit=config.limit or None,
+                batch_size=config.batch_size,
+                calibrate=config.calibrate,
+                calibration_dir=folder.out / storage.MC_CALIBRATION_DIR,
+                progress=progress,
+                on_item=log.append,
+                done=done,
+            )
+    storage.write_json(folder.out / storage.MC_DATASETS_SUMMARY, results)
+    datasets_table(results, list(config.policies)).write(
+        folder.out / storage.MC_DATASETS_TABLE, percent
+    )
     return results
 
 
-def datasets_table(results: dict[str, dict[str, Any]], policies: list[str]) -> str:
-    lines = [
-        "| Dataset | n test | " + " | ".join(policies) + " |",
-        "|" + "---|" * (len(policies) + 2),
-    ]
+def datasets_table(results: dict[str, dict[str, Any]], policies: Iterable[str]) -> Table:
+    """Each dataset's held-out accuracy per policy, and their average."""
+    policies = list(policies)
+    table = Table(["Dataset", "n test", *policies])
     for name, result in results.items():
-        cells = [f"{100 * result['accuracy'][p]:.1f}" for p in policies]
-        lines.append(f"| {name} | {result['n_test']} | " + " | ".join(cells) + " |")
+        table.rows.append([name, str(result["n_test"]), *(result["accuracy"][p] for p in policies)])
     if results:
-        means = [
-            f"{100 * sum(r['accuracy'][p] for r in results.values()) / len(results):.1f}"
-            for p in policies
-        ]
-        lines.append("| average | | " + " | ".join(means) + " |")
-    return "\n".join(lines) + "\n"
+        means = [sum(r["accuracy"][p] for r in results.values()) / len(results) for p in policies]
+        table.rows.append(["average", "", *means])
+    return table

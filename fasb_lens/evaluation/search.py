@@ -22,11 +22,6 @@ from typing import Any
 
 import numpy as np
 
-START_GRIDS = {
-    "mc": {"fixed": (2.0, 8.0, 32.0), "fasb": (2.0, 8.0, 32.0), "caa": (0.25, 1.0, 4.0)},
-    "generation": {"fixed": (8.0, 16.0, 32.0), "fasb": (8.0, 16.0, 32.0), "caa": (1.0, 2.0, 4.0)},
-}
-"""Where each task's and family's strength search starts (then extends and refines)."""
 MAX_EXTENSIONS = 4
 THRESHOLD_QUANTILES = (0.25, 0.5, 0.75)
 BOOTSTRAP = 200
@@ -245,11 +240,12 @@ class Search:
             ]
         return result
 
-    def rows(self, task: str, method: str, top_k: int) -> list[dict[str, Any]]:
+    def rows(self, task: str, policy: str, top_k: int) -> list[dict[str, Any]]:
+        """Every evaluated setting with its validation means (the sweep's rows)."""
         return [
             {
                 "task": task,
-                "method": method,
+                "policy": policy,
                 "alpha": alpha,
                 "threshold": threshold,
                 "top_k": top_k,

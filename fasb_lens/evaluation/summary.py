@@ -1,4 +1,4 @@
-"""The summary of a TruthfulQA run: per-method tables and files, from its records.
+"""The summary of a TruthfulQA run: per-policy tables and files, from its records.
 
 :func:`summarize_records` turns the records and judgements of a run into fold means of
 MC1/MC2/MC3 and of each judge pair's True, Info and True*Info; :func:`write_summary`
@@ -8,8 +8,6 @@ paper's Table 1); :func:`write_fraction_sweep` the data-efficiency table.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -17,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fasb_lens import storage
-from fasb_lens.evaluation.config import INFO_JUDGES, QUESTION_PROTOCOL, ExperimentConfig
-from fasb_lens.evaluation.judges import Verdict, summarize
+from fasb_lens.evaluation.config import ExperimentConfig
+from fasb_lens.evaluation.judges import JUDGES, Verdict, judge_rates
+from fasb_lens.evaluation.tables import Table, percent
+from fasb_lens.policies import POLICIES
 
 
 def _mean(values: list[float]) -> float:
@@ -30,17 +30,18 @@ def _mean_of_present(values: list[float]) -> float:
     return _mean([v for v in values if not (isinstance(v, float) and math.isnan(v))])
 
 
-def logical_methods(config: ExperimentConfig, records: Iterable[dict[str, Any]]) -> list[str]:
-    """The methods of a run as tables show them: controls once (their seeds pooled), and
+def table_policies(config: ExperimentConfig, records: Iterable[dict[str, Any]]) -> list[str]:
+    """The policies of a run as tables show them: controls once (their draws pooled), and
     the leak-free protocol's ``NAME_question`` rows where the run has them."""
-    present = {r["method"].split("/")[0] for r in records}
-    names = list(config.methods)
-    names += [f"{n}_question" for n in QUESTION_PROTOCOL if f"{n}_question" in present]
+    present = {r["policy"].split("/")[0] for r in records}
+    names = list(config.policies)
+    leak_free = [spec.name for spec in POLICIES if spec.leak_free]
+    names += [f"{n}_question" for n in leak_free if f"{n}_question" in present]
     return names
 
 
-def _of(record: dict[str, Any], method: str) -> bool:
-    return record["method"] == method or record["method"].startswith(method + "/")
+def _of(record: dict[str, Any], policy: str) -> bool:
+    return record["policy"] == policy or record["policy"].startswith(policy + "/")
 
 
 def _trigger_rates(mc: list[dict[str, Any]]) -> dict[str, float]:
@@ -61,9 +62,9 @@ def summarize_records(
     records: Iterable[dict[str, Any]],
     judgements: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Per method: MC metrics, the share of true and false answers steered, and each judge
-    pair's True/Info/TruexInfo, per fold and mean; controls' seeds are pooled (and each
-    seed's MC2 kept); the direction's share of each gain closes the summary."""
+    """Per policy: MC metrics, the share of true and false answers steered, and each judge
+    pair's True/Info/TruexInfo, per fold and mean; controls' draws are pooled (and each
+    draw's MC2 kept); the direction's share of each gain closes the summary."""
     records, judgements = list(records), list(judgements)
     folds = sorted({r["fold"] for r in records})
     verdicts: dict[tuple, list[Verdict]] = defaultdict(list)
@@ -71,76 +72,82 @@ def summarize_records(
         verdict = Verdict(
             j["judge"], j["truthful"], j["informative"], j.get("score"), j.get("error")
         )
-        verdicts[(j["method"].split("/")[0], j["fold"], j["judge"])].append(verdict)
+        verdicts[(j["policy"].split("/")[0], j["fold"], j["judge"])].append(verdict)
     judged = config.judges if "generation" in config.tasks else ()
-    truth_judges = [name for name in judged if name not in INFO_JUDGES]
-    info_judges = [name for name in judged if name in INFO_JUDGES]
-    summary: dict[str, Any] = {"folds": folds, "methods": {}}
-    for method in logical_methods(config, records):
+    truth_judges = [name for name in judged if JUDGES.get(name).kind == "truth"]
+    info_judges = [name for name in judged if JUDGES.get(name).kind == "info"]
+    summary: dict[str, Any] = {"folds": folds, "policies": {}}
+    for policy in table_policies(config, records):
         entry: dict[str, Any] = {"per_fold": {}}
         for fold in folds:
-            per: dict[str, Any] = {}
-            mine = [r for r in records if _of(r, method) and r["fold"] == fold]
-            mc = [r for r in mine if r["task"] == "mc"]
-            for metric in ("mc1", "mc2", "mc3"):
-                per[metric] = _mean([r[metric] for r in mc])
-            per["n_mc"] = len({r["question_id"] for r in mc})
-            per.update(_trigger_rates(mc))  # NaN for a fold without MC results yet
-            gen = [
-                r
-                for r in records
-                if _of(r, method) and (r["fold"], r["task"]) == (fold, "generation")
-            ]
-            per["n_generation"] = len({r["question_id"] for r in gen})
-            per["triggered"] = _mean([float(r["triggered"]) for r in gen])
+            mine = [r for r in records if _of(r, policy) and r["fold"] == fold]
+            per = _fold_entry(mine)
             for truth in truth_judges:
                 for info in info_judges:
-                    pair = summarize(
-                        verdicts[(method, fold, truth)], verdicts[(method, fold, info)]
+                    pair = judge_rates(
+                        verdicts[(policy, fold, truth)], verdicts[(policy, fold, info)]
                     )
                     per[f"{truth} x {info}"] = pair
             entry["per_fold"][str(fold)] = per
         entry["mean"] = _fold_mean(entry["per_fold"])
-        seeds = sorted(
-            {r["method"].split("/")[1] for r in records if r["method"].startswith(method + "/")}
+        draws = sorted(
+            {r["policy"].split("/")[1] for r in records if _of(r, policy) and "/" in r["policy"]}
         )
-        if seeds:
+        if draws:
             entry["seeds"] = {
-                seed: _mean(
+                draw: _mean(
                     [
                         r["mc2"]
                         for r in records
-                        if r["method"] == f"{method}/{seed}" and r["task"] == "mc"
+                        if r["policy"] == f"{policy}/{draw}" and r["task"] == "mc"
                     ]
                 )
-                for seed in seeds
+                for draw in draws
             }
-        summary["methods"][method] = entry
+        summary["policies"][policy] = entry
     summary["direction_share"] = direction_shares(summary)
     return summary
 
 
-CONTROL_PAIRS = (
-    ("fasb", "fasb_random"),
-    ("fixed", "fixed_random"),
-    ("fasb_question", "fasb_random_question"),
-)
-"""Each method and its random-direction control."""
+def _fold_entry(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's numbers on one fold (NaN where the fold has no results yet)."""
+    mc = [r for r in records if r["task"] == "mc"]
+    gen = [r for r in records if r["task"] == "generation"]
+    per: dict[str, Any] = {
+        metric: _mean([r[metric] for r in mc]) for metric in ("mc1", "mc2", "mc3")
+    }
+    per["n_mc"] = len({r["question_id"] for r in mc})
+    per.update(_trigger_rates(mc))
+    per["n_generation"] = len({r["question_id"] for r in gen})
+    per["triggered"] = _mean([float(r["triggered"]) for r in gen])
+    return per
+
+
+def control_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Each of ``names`` with its random-direction control among them (the registrations
+    say which; leak-free rows pair as their policies do)."""
+    present = set(names)
+    pairs = []
+    for spec in POLICIES:
+        if spec.control_of is None:
+            continue
+        pairs.append((spec.control_of, spec.name))
+        if spec.leak_free:
+            pairs.append((f"{spec.control_of}_question", f"{spec.name}_question"))
+    return [(real, control) for real, control in pairs if {real, control} <= present]
 
 
 def direction_shares(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """For each method with a control and each metric: the gain over ``none``, the
+    """For each policy with a control and each metric: the gain over ``none``, the
     control's gain, and the share of the gain the learnt direction explains,
     ``(gain - control's gain) / gain`` (``None`` when there is no gain)."""
-    methods = summary["methods"]
-    if "none" not in methods:
+    policies = summary["policies"]
+    if "none" not in policies:
         return {}
-    base = methods["none"]["mean"]
+    base = policies["none"]["mean"]
     shares: dict[str, dict[str, dict[str, float]]] = {}
-    for real, control in CONTROL_PAIRS:
-        if real not in methods or control not in methods:
-            continue
-        mean, other = methods[real]["mean"], methods[control]["mean"]
+    for real, control in control_pairs(policies):
+        mean, other = policies[real]["mean"], policies[control]["mean"]
         rows = {}
         for key, value in mean.items():
             if isinstance(value, dict):
@@ -187,40 +194,42 @@ def _fold_mean(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return mean
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The summary as a table like the paper's Table 1 (fold means, in percent)."""
-    methods = summary["methods"]
-    pairs = sorted(
-        {k for m in methods.values() for k, v in m["mean"].items() if isinstance(v, dict)}
+def _judge_pairs(summaries: Iterable[dict[str, Any]]) -> list[str]:
+    """The judge pairs (``"truth x info"``) the summaries report, sorted."""
+    return sorted(
+        {
+            key
+            for summary in summaries
+            for entry in summary["policies"].values()
+            for key, value in entry["mean"].items()
+            if isinstance(value, dict)
+        }
     )
-    head = ["Method", "MC1", "MC2", "MC3", "MC steered (true / false)", "triggered"]
+
+
+def results_table(summary: dict[str, Any]) -> Table:
+    """The summary as a table like the paper's Table 1 (fold means)."""
+    pairs = _judge_pairs([summary])
+    head = ["Policy", "MC1", "MC2", "MC3", "MC steered (true / false)", "triggered"]
     for pair in pairs:
         head += [f"True ({pair})", "Info", "True*Info"]
-    head.append("n (MC / gen.)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def pct(value: float) -> str:
-        return (
-            "-"
-            if value is None or (isinstance(value, float) and math.isnan(value))
-            else f"{100 * value:.1f}"
-        )
-
-    for name, entry in methods.items():
+    table = Table([*head, "n (MC / gen.)"])
+    for name, entry in summary["policies"].items():
         mean = entry["mean"]
-        row = [name] + [pct(mean.get(k, math.nan)) for k in ("mc1", "mc2", "mc3")]
-        steered = [pct(mean.get(k, math.nan)) for k in ("steered_true", "steered_false")]
-        row += [" / ".join(steered), pct(mean.get("triggered", math.nan))]
+        row = [name] + [mean.get(k, math.nan) for k in ("mc1", "mc2", "mc3")]
+        steered = [percent(mean.get(k, math.nan)) for k in ("steered_true", "steered_false")]
+        row += [" / ".join(steered), mean.get("triggered", math.nan)]
         for pair in pairs:
             values = mean.get(pair, {})
-            row += [
-                pct(values.get("true", math.nan)),
-                pct(values.get("info", math.nan)),
-                pct(values.get("true_x_info", math.nan)),
-            ]
+            row += [values.get(key, math.nan) for key in ("true", "info", "true_x_info")]
         row.append(f"{mean.get('n_mc', 0)} / {mean.get('n_generation', 0)}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        table.rows.append(row)
+    return table
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """:func:`results_table` in markdown, in percent."""
+    return results_table(summary).markdown(percent)
 
 
 ANSWER_FIELDS = (
@@ -233,16 +242,7 @@ ANSWER_FIELDS = (
     "p_true",
     "strength",
 )
-"""The columns of ``answers.csv`` after fold, question and method."""
-
-
-def write_csv(path: Path, head: list[str], rows: Iterable[list[Any]]) -> Path:
-    """Write a CSV file atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(head)
-    writer.writerows(rows)
-    return storage.write_text(path, buffer.getvalue())
+"""The columns of ``answers.csv`` after fold, question and policy."""
 
 
 def write_summary(
@@ -256,58 +256,44 @@ def write_summary(
     records = list(records)
     summary = summarize_records(config, records, judgements)
     summary["calibration"] = calibrations or {}
-    storage.write_json(out / "results.json", summary)
-    storage.write_text(out / "table.md", markdown_table(summary))
-    results = []
-    for method, entry in summary["methods"].items():
+    storage.write_json(out / storage.RESULTS, summary)
+    storage.write_text(out / storage.RESULTS_TABLE, markdown_table(summary))
+    results = Table(["policy", "fold", "metric", "value"])
+    for policy, entry in summary["policies"].items():
         for fold, values in [*entry["per_fold"].items(), ("mean", entry["mean"])]:
             for metric, value in values.items():
                 if isinstance(value, dict):
                     for sub in ("true", "info", "true_x_info"):
-                        results.append([method, fold, f"{metric}: {sub}", value.get(sub)])
+                        results.rows.append([policy, fold, f"{metric}: {sub}", value.get(sub)])
                 else:
-                    results.append([method, fold, metric, value])
-    write_csv(out / "results.csv", ["method", "fold", "metric", "value"], results)
-    answers = [
-        [record["fold"], record["question_id"], record["method"], *(row[k] for k in ANSWER_FIELDS)]
+                    results.rows.append([policy, fold, metric, value])
+    storage.write_text(out / storage.RESULTS_CSV, results.csv())
+    answers = Table(["fold", "question_id", "policy", *ANSWER_FIELDS])
+    answers.rows = [
+        [record["fold"], record["question_id"], record["policy"], *(row[k] for k in ANSWER_FIELDS)]
         for record in records
         if record["task"] == "mc"
         for row in record["answers"]
     ]
-    write_csv(out / "answers.csv", ["fold", "question_id", "method", *ANSWER_FIELDS], answers)
+    storage.write_text(out / storage.ANSWERS_CSV, answers.csv())
     return summary
 
 
 def write_fraction_sweep(out: Path, summaries: dict[float, dict[str, Any]]) -> str:
     """The data-efficiency sweep: ``train_fraction.csv`` and ``.md``; returns the table.
 
-    One row per (fraction, method) with the fold means of MC1/MC2/MC3 and of True*Info
+    One row per (fraction, policy) with the fold means of MC1/MC2/MC3 and of True*Info
     for every judge pair of the runs.
     """
-    pairs = sorted(
-        {
-            key
-            for summary in summaries.values()
-            for entry in summary["methods"].values()
-            for key, value in entry["mean"].items()
-            if isinstance(value, dict)
-        }
-    )
-    head = ["train_fraction", "method", "mc1", "mc2", "mc3"] + [f"{p}: true_x_info" for p in pairs]
-    rows = []
+    pairs = _judge_pairs(summaries.values())
+    head = ["train_fraction", "policy", "mc1", "mc2", "mc3"] + [f"{p}: true_x_info" for p in pairs]
+    table = Table(head)
     for fraction, summary in summaries.items():
-        for method, entry in summary["methods"].items():
+        for policy, entry in summary["policies"].items():
             mean = entry["mean"]
-            rows.append(
-                [fraction, method]
+            table.rows.append(
+                [f"{fraction:g}", policy]
                 + [mean.get(k, math.nan) for k in ("mc1", "mc2", "mc3")]
                 + [mean.get(p, {}).get("true_x_info", math.nan) for p in pairs]
             )
-    write_csv(out / "train_fraction.csv", head, rows)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [f"{row[0]:g}", row[1]] + [f"{100 * v:.1f}" for v in row[2:]]
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    storage.write_text(out / "train_fraction.md", table)
-    return table
+    return table.write(out / storage.TRAIN_FRACTION_TABLE, percent)

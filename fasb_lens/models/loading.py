@@ -9,11 +9,14 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+
+from fasb_lens.options import check_options, option
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +222,28 @@ def load_model(
     model.cfg.default_prepend_bos = _hf_default_prepends_bos(tokenizer)
     model.eval()
     return model
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model a command loads, and how: the options every model-loading command
+    shares (declared once here). The defaults load the embedded model, float32."""
+
+    name: str | None = option(
+        None,
+        help="hub name or local folder (default: the embedded SmolLM2-135M-Instruct)",
+        flags=("--model",),
+    )
+    dtype: str = option(
+        "float32",
+        help="the model's parameter dtype: float32, or half precision as the authors' run "
+        "(float16 on a GPU; bfloat16 on a CPU that computes it natively, e.g. with AMX)",
+        choices=DTYPES,
+    )
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def load(self, **overrides: Any) -> TransformerBridge:
+        """The model these options name (``overrides`` go to :func:`load_model`)."""
+        return load_model(self.name, **{"dtype": self.dtype, **overrides})

@@ -19,7 +19,7 @@ def method_comparison(
 
     ``summary`` is a ``results.json`` (fold means are plotted; error bars span the folds).
     """
-    methods = summary["methods"]
+    methods = summary["policies"]
     pairs = (
         list(judge_pairs)
         if judge_pairs is not None
@@ -68,7 +68,7 @@ def sweep_lines(
     *,
     x: str = "alpha",
     y: str = "mc2",
-    group: str = "method",
+    group: str = "policy",
     title: str | None = None,
     log_x: bool = True,
 ) -> go.Figure:
@@ -171,11 +171,12 @@ def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
 SWEEP_COLORS = {"fasb": STEERED_COLOR, "fixed": "#e9c46a"}
 
 
-def dataset_sweeps(calibrations: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+def dataset_sweeps(calibrations: Mapping[str, Any]) -> go.Figure:
     """Each multiple-choice dataset's calibration: validation accuracy against strength.
 
-    ``calibrations`` maps a dataset to its calibration (``calibration/{dataset}.json`` of an
-    ``mc-datasets`` run). One panel per dataset, one line per searched family (FASB at its
+    ``calibrations`` maps a dataset to its
+    :class:`~fasb_lens.evaluation.calibration.Calibration` (``calibration/{dataset}.json``
+    of an ``mc-datasets`` run). One panel per dataset, one line per searched family (FASB at its
     chosen threshold), a star at the chosen strength, and a dashed line at the unsteered
     model's accuracy on the same items, so a choice that only ties or beats it by an item
     or two can be seen for what it is.
@@ -184,13 +185,14 @@ def dataset_sweeps(calibrations: Mapping[str, Mapping[str, Any]]) -> go.Figure:
     figure = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
     for col, name in enumerate(names, start=1):
         calibration = calibrations[name]
-        for family, chosen in calibration["strengths"].items():
-            at = calibration["threshold"] if family == "fasb" else None
+        for family, chosen in calibration.strengths.get("mc", {}).items():
+            rows = [row for row in calibration.sweep if row["policy"] == family]
+            thresholded = any(row["threshold"] is not None for row in rows)
+            at = calibration.thresholds.get("mc") if thresholded else None
             points = sorted(
                 (row["alpha"], 100 * row["accuracy"])
-                for row in calibration["sweep"]
-                if row["method"] == family
-                and (at is None or math.isclose(row["threshold"], at, rel_tol=1e-6))
+                for row in rows
+                if at is None or math.isclose(row["threshold"], at, rel_tol=1e-6)
             )
             star = [(alpha, a) for alpha, a in points if math.isclose(alpha, chosen, rel_tol=1e-6)]
             color = SWEEP_COLORS.get(family, PLAIN_COLOR)
@@ -220,9 +222,9 @@ def dataset_sweeps(calibrations: Mapping[str, Mapping[str, Any]]) -> go.Figure:
                 row=1,
                 col=col,
             )
-        if "unsteered" in calibration:
+        if calibration.unsteered.get("mc"):
             figure.add_hline(
-                y=100 * calibration["unsteered"]["accuracy"],
+                y=100 * calibration.unsteered["mc"]["accuracy"],
                 line={"dash": "dash", "color": PLAIN_COLOR},
                 row=1,
                 col=col,

@@ -1,45 +1,54 @@
-"""Steering policies, registered by name; see :mod:`fasb_lens.policies.base`.
+"""Steering policies, each registered once with what experiments need to know of it.
 
-``none`` (= ``baseline``), ``fixed`` (= ``iti``), ``fasb``, ``fasb_fixed_strength``,
-``fasb_no_backtrack``, ``after_question``, ``caa``, and the controls ``fasb_random`` and
-``fixed_random`` (the same policies along random directions of the same scale).
+``none`` (= ``baseline``), ``fixed`` (= ``iti``), ``caa``, ``fasb``,
+``fasb_fixed_strength``, ``fasb_no_backtrack``, ``after_question``, and the controls
+``fasb_random`` and ``fixed_random`` (the same policies along random directions of the
+same scale). The decision engine they run on is :mod:`fasb_lens.decisions`; the registry
+and the settings are :mod:`fasb_lens.policies.base`. A new policy is one module with its
+class and one ``register(PolicySpec(...))`` call, imported below.
 """
 
 # isort: off
 # registration order is the order tables list the policies in
-from fasb_lens.policies import none, iti, fasb, caa, controls  # noqa: F401
+from fasb_lens.policies import none, iti, caa, fasb, controls  # noqa: F401
 
 # isort: on
-from fasb_lens.policies.base import (
-    ALIASES,
+from fasb_lens.decisions import (
     CONTINUE,
     PASSED,
-    POLICIES,
     Check,
     Decision,
     Intervention,
     Policy,
-    PolicySettings,
-    PolicySpec,
     Tracking,
     Trigger,
+    Unsteered,
+    require_steering,
+)
+from fasb_lens.policies.base import (
+    POLICIES,
+    PolicySettings,
+    PolicySpec,
+    StrengthSearch,
     adjusted,
     make_policy,
+    parse_strength,
     policy_names,
     policy_spec,
     register,
     resolve,
+    searched,
     setting,
+    strengths_option,
+    uncalibrated_strength,
     unregister,
 )
 from fasb_lens.policies.caa import CAA
-from fasb_lens.policies.controls import RandomDirections, redraw
+from fasb_lens.policies.controls import RandomDirections, control, draw_seed, redraw
 from fasb_lens.policies.fasb import FASB
 from fasb_lens.policies.iti import ITI
-from fasb_lens.policies.none import Unsteered
 
 __all__ = [
-    "ALIASES",
     "CAA",
     "CONTINUE",
     "FASB",
@@ -53,16 +62,24 @@ __all__ = [
     "PolicySettings",
     "PolicySpec",
     "RandomDirections",
+    "StrengthSearch",
     "Tracking",
     "Trigger",
     "Unsteered",
     "adjusted",
+    "control",
+    "draw_seed",
     "make_policy",
+    "parse_strength",
     "policy_names",
     "policy_spec",
     "redraw",
     "register",
+    "require_steering",
     "resolve",
+    "searched",
     "setting",
+    "strengths_option",
+    "uncalibrated_strength",
     "unregister",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fasb_lens.policies.base import Policy, PolicySettings, PolicySpec, register
+from fasb_lens.decisions import Policy
+from fasb_lens.policies.base import PolicySpec, StrengthSearch, register
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,6 @@ class CAA(Policy):
     vector: Any
     alpha: float
     name: str = "caa"
-    family: str = "caa"
 
     def __post_init__(self) -> None:
         if self.vector is None:
@@ -31,16 +31,13 @@ class CAA(Policy):
         return self.vector
 
 
-def _build(settings: PolicySettings) -> CAA:
-    return CAA(settings.caa, settings.alpha)
-
-
 register(
     PolicySpec(
         name="caa",
-        build=_build,
+        build=lambda settings: CAA(settings.caa, settings.alpha),
         description="CAA: alpha times a residual-stream mean-difference vector at one layer",
-        family="caa",
-        needs="caa",
+        needs=("caa",),
+        search=StrengthSearch({"mc": (0.25, 1.0, 4.0), "generation": (1.0, 2.0, 4.0)}),
+        default_strength=5.0,
     )
 )

@@ -13,17 +13,8 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fasb_lens.policies.base import (
-    Check,
-    Decision,
-    Policy,
-    PolicySettings,
-    PolicySpec,
-    register,
-    require_steering,
-)
-from fasb_lens.policies.fasb import FASB
-from fasb_lens.policies.iti import ITI
+from fasb_lens.decisions import Check, Decision, Policy, require_steering
+from fasb_lens.policies.base import PolicySettings, PolicySpec, policy_spec, register
 
 
 @dataclass(frozen=True)
@@ -36,10 +27,6 @@ class RandomDirections(Policy):
     @property
     def name(self) -> str:  # type: ignore[override]
         return f"{self.base.name}_random"
-
-    @property
-    def family(self) -> str:  # type: ignore[override]
-        return self.base.family
 
     @property
     def tracker(self) -> str:  # type: ignore[override]
@@ -61,6 +48,9 @@ class RandomDirections(Policy):
     def decide(self, check: Check) -> Decision:
         return self.base.decide(check)
 
+    def steady(self, strength: float) -> Policy:
+        return RandomDirections(self.base.steady(strength), self.seed)
+
 
 def draw_seed(*parts: Any) -> int:
     """A seed for one random draw, derived from what identifies it (a run's seed, the draw's
@@ -77,30 +67,26 @@ def redraw(policy: Policy, *parts: Any) -> Policy:
     return policy
 
 
-def _fasb_random(settings: PolicySettings) -> RandomDirections:
-    options = dict(settings.options)
-    seed = int(options.pop("seed", 0))
-    base = FASB(settings.alpha, settings.threshold, settings.backtrack_tokens, **options)
-    return RandomDirections(base, seed)
+def control(of: str, description: str) -> PolicySpec:
+    """Register ``{of}_random``: the policy ``of``, built from the same settings, along
+    random directions of the same scale (drawn from the settings' ``seed``)."""
 
+    def build(settings: PolicySettings) -> RandomDirections:
+        return RandomDirections(policy_spec(of).build(settings), settings.seed)
 
-def _fixed_random(settings: PolicySettings) -> RandomDirections:
-    return RandomDirections(ITI(settings.alpha), int(settings.options.get("seed", 0)))
-
-
-register(
-    PolicySpec(
-        name="fasb_random",
-        build=_fasb_random,
-        description="control: FASB's decisions and strengths, random directions of the same scale",
-        family="fasb",
+    tables = policy_spec(of).tables
+    return register(
+        PolicySpec(
+            name=f"{of}_random",
+            build=build,
+            description=description,
+            settings_from=policy_spec(of).calibrated_as,
+            control_of=of,
+            tables=tables,
+            leak_free=policy_spec(of).leak_free,
+        )
     )
-)
-register(
-    PolicySpec(
-        name="fixed_random",
-        build=_fixed_random,
-        description="control: ITI's strength along random directions of the same scale",
-        family="fixed",
-    )
-)
+
+
+control("fasb", "control: FASB's decisions and strengths, random directions of the same scale")
+control("fixed", "control: ITI's strength along random directions of the same scale")

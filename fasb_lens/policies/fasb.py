@@ -13,18 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fasb_lens.policies.base import (
+from fasb_lens.decisions import (
     CONTINUE,
     PASSED,
     Check,
     Decision,
     Policy,
-    PolicySettings,
-    PolicySpec,
     Trigger,
-    register,
     require_steering,
 )
+from fasb_lens.policies.base import PolicySettings, PolicySpec, StrengthSearch, register
+from fasb_lens.policies.iti import ITI
 from fasb_lens.trackers import tracker_names
 
 
@@ -46,16 +45,15 @@ class FASB(Policy):
             the latest one.
     """
 
-    alpha: float = 60.0
-    threshold: float = 0.6
-    backtrack_tokens: int = 10
+    alpha: float = PolicySettings.alpha
+    threshold: float = PolicySettings.threshold
+    backtrack_tokens: int = PolicySettings.backtrack_tokens
     adaptive: bool = True
     backtrack: bool = True
     after_question: bool = False
     max_backtracks: int = 1
-    tracker: str = "probe"
+    tracker: str = PolicySettings.tracker
     running_mean: bool = False
-    family: str = "fasb"
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.backtrack_tokens < 0 or self.max_backtracks < 1:
@@ -81,6 +79,9 @@ class FASB(Policy):
 
     def may_trigger(self, triggers: int) -> bool:
         return triggers < self.max_backtracks
+
+    def steady(self, strength: float) -> Policy:
+        return ITI(strength)
 
     def strength(self, p_true: float) -> float:
         """The steering strength for a trigger at ``p_true``."""
@@ -114,16 +115,34 @@ class FASB(Policy):
 
 
 def _variant(name: str, description: str, **switches: bool) -> None:
+    """Register FASB with ``switches`` as ``name``; the variants share FASB's settings."""
+
     def build(settings: PolicySettings) -> FASB:
         return FASB(
             settings.alpha,
             settings.threshold,
             settings.backtrack_tokens,
+            tracker=settings.tracker,
             **switches,
             **settings.options,
         )
 
-    register(PolicySpec(name=name, build=build, description=description, family="fasb"))
+    main = name == "fasb"
+    register(
+        PolicySpec(
+            name=name,
+            build=build,
+            description=description,
+            search=StrengthSearch(
+                {"mc": (2.0, 8.0, 32.0), "generation": (8.0, 16.0, 32.0)}, threshold=True
+            )
+            if main
+            else None,
+            settings_from=None if main else "fasb",
+            tables=("truthfulqa", "datasets") if main else ("truthfulqa",),
+            leak_free=main,
+        )
+    )
 
 
 _variant(

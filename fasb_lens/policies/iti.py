@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fasb_lens.policies.base import Policy, PolicySpec, register, require_steering
+from fasb_lens.decisions import Policy, require_steering
+from fasb_lens.policies.base import PolicySpec, StrengthSearch, register
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,6 @@ class ITI(Policy):
 
     alpha: float
     name: str = "fixed"
-    family: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -27,13 +27,17 @@ class ITI(Policy):
     def intervention(self, steering: Any) -> Any:
         return require_steering(self, steering)
 
+    def steady(self, strength: float) -> Policy:
+        return ITI(strength)
+
 
 register(
     PolicySpec(
         name="fixed",
         build=lambda settings: ITI(settings.alpha),
         description="ITI: alpha * sigma_k * d_k on the anchored heads at every position",
-        family="fixed",
         aliases=("iti",),
+        search=StrengthSearch({"mc": (2.0, 8.0, 32.0), "generation": (8.0, 16.0, 32.0)}),
+        tables=("truthfulqa", "datasets"),
     )
 )

@@ -1,32 +1,21 @@
-"""No steering: plain decoding (the tracker still reports ``p_true`` when it can)."""
+"""No steering: plain decoding (the tracker still reports ``p_true`` when it can).
+
+The policy itself, :class:`~fasb_lens.decisions.Unsteered`, belongs to the decision
+engine (the drivers fall back on it); this module registers it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from fasb_lens.policies.base import Policy, PolicySettings, PolicySpec, register
-
-
-@dataclass(frozen=True)
-class Unsteered(Policy):
-    """The baseline: nothing is added, nothing is decided; ``tracker`` is only read."""
-
-    tracker: str = "probe"
-    name: str = "none"
-    family: str = "none"
-
-
-def _build(settings: PolicySettings) -> Unsteered:
-    return Unsteered(tracker=settings.options.get("tracker", "probe"))
-
+from fasb_lens.decisions import Unsteered
+from fasb_lens.policies.base import PolicySpec, register
 
 register(
     PolicySpec(
         name="none",
-        build=_build,
+        build=lambda settings: Unsteered(tracker=settings.tracker),
         description="plain greedy (or sampled) decoding, no steering",
-        family="none",
-        needs="nothing",
         aliases=("baseline",),
+        needs=(),
+        tables=("truthfulqa", "datasets"),
     )
 )

@@ -1,63 +1,87 @@
-"""What a state tracker is, and the registry that names the trackers.
+"""What a state tracker is, and the one registration that describes each tracker.
 
 A tracker reads the anchored heads' activations at one position and says how truthful
-the model's current state is, as a probability ``p_true``. Policies name the tracker
-they read (``"probe"``, ``"prototype"``, ...); a steering artifact builds it from the
-parameters it stores. A new tracker is one module with a class and one
-:func:`register_tracker` call, imported in ``fasb_lens/trackers/__init__.py``.
+the model's current state is, as a probability ``p_true`` (the :class:`Tracker`
+protocol of :mod:`fasb_lens.decisions`). Its :class:`TrackerSpec` says everything else:
+which per-head tensors it reads, how anchoring learns them (:meth:`TrackerSpec.fit`,
+from the anchored heads' labelled activations and the probes fitted on them), on which
+activations (the short probing prompts, or the same answers inside the evaluation
+prompt), and how the tracker is built from them. A steering artifact stores every
+registered tracker's tensors by name, so a new tracker is one module with a class and
+one ``register`` call, imported in ``fasb_lens/trackers/__init__.py``: anchoring learns
+its tensors, the artifact saves them, and calibration can choose it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from fasb_lens._types import Head
+from fasb_lens.decisions import Tracker
+from fasb_lens.registry import Registry
+
+Source = Literal["probing", "context"]
+"""The activations a tracker learns from: the probing prompts (``"Q: ... A: ..."``), or
+the same answers inside the evaluation prompt (instruction, primer, question)."""
 
 
-class Tracker(Protocol):
-    """Anything that maps the anchored heads' activations to a truthfulness probability.
-
-    ``z`` holds the heads' activations in the order of ``heads``, with any leading batch
-    and position dimensions: ``[..., k, d_head]``.
-    """
+@dataclass(frozen=True)
+class FitData:
+    """What a tracker learns from: the anchored ``heads``' activations ``z`` on the
+    labelled rows anchoring learns from (training and validation questions), their
+    ``labels`` (1 true, 0 false), and ``probes``, the per-head probes fitted on the same
+    activations (:class:`~fasb_lens.probes.HeadProbes`)."""
 
     heads: tuple[Head, ...]
-
-    def head_probabilities(
-        self, z: Float[Tensor, "*batch k d_head"]
-    ) -> Float[Tensor, "*batch k"]: ...
-
-    def p_true(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, " *batch"]: ...
+    z: Float[Tensor, "n k d_head"]
+    labels: Int[Tensor, " n"]
+    probes: Any
 
 
-TrackerBuilder = Callable[..., Tracker]
-"""``builder(steering, **options) -> Tracker``: a tracker from a steering artifact."""
+@dataclass(frozen=True)
+class TrackerSpec:
+    """A registered tracker.
 
-TRACKERS: dict[str, TrackerBuilder] = {}
+    Attributes:
+        name, description: how it is named and what it reads.
+        tensors: the per-head tensors it reads (each ``[k, ...]``, in the order of the
+            anchored heads), stored in a steering artifact as ``{name}.{tensor}``.
+        fit: ``fit(data) -> {tensor: value}``, learning them (:class:`FitData`).
+        build: ``build(heads, tensors, **options) -> Tracker``.
+        source: the activations ``fit`` learns from.
+    """
+
+    name: str
+    description: str
+    tensors: tuple[str, ...]
+    fit: Callable[[FitData], dict[str, Tensor]]
+    build: Callable[..., Tracker]
+    source: Source = "probing"
 
 
-def register_tracker(name: str) -> Callable[[TrackerBuilder], TrackerBuilder]:
-    """Register ``builder`` under ``name`` (a decorator)."""
+TRACKERS: Registry[TrackerSpec] = Registry("tracker")
+"""Every registered tracker, in registration order."""
 
-    def decorate(builder: TrackerBuilder) -> TrackerBuilder:
-        if name in TRACKERS:
-            raise ValueError(f"a tracker named {name!r} is already registered")
-        TRACKERS[name] = builder
-        return builder
-
-    return decorate
+register = TRACKERS.register
 
 
 def tracker_names() -> tuple[str, ...]:
-    return tuple(TRACKERS)
+    return TRACKERS.names()
 
 
-def build_tracker(name: str, steering: Any, **options: Any) -> Tracker:
-    """The tracker ``name`` over ``steering``'s anchored heads."""
-    if name not in TRACKERS:
-        raise ValueError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
-    return TRACKERS[name](steering, **options)
+def build_tracker(
+    name: str, heads: tuple[Head, ...], tensors: Mapping[str, Tensor], **options: Any
+) -> Tracker:
+    """The tracker ``name`` over ``heads`` from its ``tensors``."""
+    return TRACKERS.get(name).build(heads, tensors, **options)
+
+
+def probe_parameters(data: FitData) -> dict[str, Tensor]:
+    """The anchored heads' own probes (weight and bias), as fitted."""
+    weight, bias = data.probes.params(data.heads)
+    return {"weight": weight.clone(), "bias": bias.clone()}

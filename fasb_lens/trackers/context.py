@@ -9,17 +9,16 @@ learnt from.
 
 from __future__ import annotations
 
-from typing import Any
+from fasb_lens.trackers.base import TrackerSpec, probe_parameters, register
+from fasb_lens.trackers.probe import probe_tracker
 
-from fasb_lens.trackers.base import register_tracker
-from fasb_lens.trackers.probe import ProbeTracker
-
-
-@register_tracker("context")
-def context_tracker(steering: Any) -> ProbeTracker:
-    if steering.context_weight is None:
-        raise ValueError(
-            "this steering has no context probes: anchor with the evaluation prompt's context "
-            "(fasb-lens reproduce does; see fasb_lens.anchoring.context_prompts)"
-        )
-    return ProbeTracker(steering.heads, steering.context_weight, steering.context_bias)
+register(
+    TrackerSpec(
+        name="context",
+        description="probes trained on the answers inside the evaluation prompt",
+        tensors=("weight", "bias"),
+        fit=probe_parameters,
+        build=probe_tracker,
+        source="context",
+    )
+)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from fasb_lens._types import Head
-from fasb_lens.trackers.base import register_tracker
+from fasb_lens.trackers.base import TrackerSpec, probe_parameters, register
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class ProbeTracker:
         return self.head_probabilities(z).mean(-1)
 
 
-@register_tracker("probe")
-def probe_tracker(steering: Any) -> ProbeTracker:
-    return ProbeTracker(steering.heads, steering.probe_weight, steering.probe_bias)
+def probe_tracker(heads: tuple[Head, ...], tensors: Mapping[str, Tensor]) -> ProbeTracker:
+    return ProbeTracker(heads, tensors["weight"], tensors["bias"])
+
+
+register(
+    TrackerSpec(
+        name="probe",
+        description="the mean of the anchored heads' probe probabilities (the authors')",
+        tensors=("weight", "bias"),
+        fit=probe_parameters,
+        build=probe_tracker,
+    )
+)

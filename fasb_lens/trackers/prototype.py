@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from fasb_lens._types import Head
-from fasb_lens.trackers.base import register_tracker
+from fasb_lens.trackers.base import FitData, TrackerSpec, register
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,28 @@ class PrototypeTracker:
         return self.head_probabilities(z).mean(-1)
 
 
-@register_tracker("prototype")
-def prototype_tracker(steering: Any, *, temperature: float = 1.0) -> PrototypeTracker:
-    return PrototypeTracker(
-        steering.heads, steering.prototype_true, steering.prototype_false, temperature
+def _class_means(data: FitData) -> dict[str, Tensor]:
+    """Each anchored head's mean activation over true and over false answers."""
+    if data.labels.min() == data.labels.max():
+        raise ValueError("class means need both true and false prompts")
+    return {
+        "true_mean": data.z[data.labels == 1].mean(0),
+        "false_mean": data.z[data.labels == 0].mean(0),
+    }
+
+
+def _build(
+    heads: tuple[Head, ...], tensors: Mapping[str, Tensor], *, temperature: float = 1.0
+) -> PrototypeTracker:
+    return PrototypeTracker(heads, tensors["true_mean"], tensors["false_mean"], temperature)
+
+
+register(
+    TrackerSpec(
+        name="prototype",
+        description="the paper's Prototype classifier: which class mean the state points to",
+        tensors=("true_mean", "false_mean"),
+        fit=_class_means,
+        build=_build,
     )
+)

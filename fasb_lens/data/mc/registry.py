@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fasb_lens.data.mc._common import OptionPrompt
 from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem
+from fasb_lens.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,34 +41,11 @@ class MultipleChoiceDataset:
     aliases: tuple[str, ...] = ()
 
 
-DATASETS: dict[str, MultipleChoiceDataset] = {}
-"""Name to dataset, in registration order."""
+DATASETS: Registry[MultipleChoiceDataset] = Registry("multiple-choice dataset")
+"""Every registered dataset, in registration order (the tables' order)."""
 
-
-def _lookup(name: str) -> MultipleChoiceDataset | None:
-    if name in DATASETS:
-        return DATASETS[name]
-    return next((entry for entry in DATASETS.values() if name in entry.aliases), None)
-
-
-def register(entry: MultipleChoiceDataset) -> MultipleChoiceDataset:
-    """Add ``entry`` to :data:`DATASETS`; its name and aliases must not be taken yet."""
-    for name in (entry.name, *entry.aliases):
-        taken = _lookup(name)
-        if taken is not None:
-            raise ValueError(
-                f"multiple-choice dataset name {name!r} is already taken by {taken.name!r}"
-            )
-    DATASETS[entry.name] = entry
-    return entry
-
-
-def dataset(name: str) -> MultipleChoiceDataset:
-    """The dataset registered as ``name`` or with ``name`` among its aliases."""
-    entry = _lookup(name)
-    if entry is None:
-        raise ValueError(f"unknown multiple-choice dataset {name!r}; known: {list(DATASETS)}")
-    return entry
+register = DATASETS.register
+dataset = DATASETS.get
 
 
 def load_multiple_choice(name: str, path: str | Path, **kwargs: object) -> list[MultipleChoiceItem]:
@@ -84,12 +62,12 @@ def option_prompts(item: MultipleChoiceItem) -> list[OptionPrompt]:
     The continuation starts with a space and is the only part scored; see
     :func:`format_description` for each dataset's format.
     """
-    entry = _lookup(item.dataset)
-    if entry is None:
+    if item.dataset not in DATASETS:
         raise ValueError(
-            f"item {item.id!r} is from unknown dataset {item.dataset!r}; known: {list(DATASETS)}"
+            f"item {item.id!r} is from unknown dataset {item.dataset!r}; "
+            f"known: {DATASETS.describe()}"
         )
-    return entry.option_prompts(item)
+    return DATASETS.get(item.dataset).option_prompts(item)
 
 
 def labelled_option_prompts(items: Sequence[MultipleChoiceItem]) -> list[LabelledPrompt]:

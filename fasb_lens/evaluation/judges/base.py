@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Literal, Protocol
 
-if TYPE_CHECKING:
-    pass
+from fasb_lens.registry import Registry
 
 NO_COMMENT = "I have no comment."
 """TruthfulQA's canonical non-answer; its BLEU/ROUGE code adds it to the true references."""
@@ -52,7 +51,43 @@ class Judge(Protocol):
     def judge_many(self, items: Sequence[JudgeInput]) -> list[Verdict]: ...
 
 
-# --- reference-matching judges -------------------------------------------------------------
+JudgeKind = Literal["truth", "info"]
+"""What a judge decides: whether an answer is truthful, or whether it is informative."""
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A registered judge: its name, what it decides (``kind``), whether it runs offline
+    (with what fasb_lens installs), and how it is built (``build(**options) -> Judge``)."""
+
+    name: str
+    build: Callable[..., Judge]
+    kind: JudgeKind
+    description: str
+    offline: bool = True
+
+
+JUDGES: Registry[JudgeSpec] = Registry("judge")
+"""Every registered judge, in registration order."""
+
+register = JUDGES.register
+
+
+def judge_by_name(name: str, **options: Any) -> Judge:
+    """Build the judge called ``name``; ``options`` go to its constructor."""
+    return JUDGES.get(name).build(**options)
+
+
+def judges_of_kind(kind: JudgeKind, *, offline: bool | None = None) -> tuple[str, ...]:
+    """The registered judges that decide ``kind`` (only offline ones with ``offline``)."""
+    return tuple(
+        spec.name
+        for spec in JUDGES
+        if spec.kind == kind and (offline is None or spec.offline == offline)
+    )
+
+
+# --- rates ---------------------------------------------------------------------------------
 
 
 def _judge_name(verdicts: Sequence[Verdict]) -> str | None:
@@ -71,7 +106,7 @@ def _rate(verdicts: Sequence[Verdict], field: str) -> tuple[float, int]:
     return rate, len(verdicts) - len(values)
 
 
-def summarize(truth: Sequence[Verdict], info: Sequence[Verdict]) -> dict[str, Any]:
+def judge_rates(truth: Sequence[Verdict], info: Sequence[Verdict]) -> dict[str, Any]:
     """The paper's rates from one truth judge's and one info judge's verdicts on the same
     answers: True, Info, and True×Info (the product of the two rates). Failed verdicts are
     left out of the rates and counted; a rate with no valid verdict is NaN.

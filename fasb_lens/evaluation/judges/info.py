@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from fasb_lens.evaluation.judges.base import JudgeInput, Verdict
+from fasb_lens.evaluation.judges.base import JudgeInput, JudgeSpec, Verdict, register
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "I have no comment",
@@ -109,3 +109,6 @@ class InfoCheck:
 
 
 # --- open LLM judges -----------------------------------------------------------------------
+
+
+register(JudgeSpec("info-check", InfoCheck, "info", "no refusal, no loop, mostly words"))

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-from fasb_lens.evaluation.judges.base import Judge, JudgeInput, Verdict
+from fasb_lens.evaluation.judges.base import (
+    Judge,
+    JudgeInput,
+    JudgeKind,
+    JudgeSpec,
+    Verdict,
+    register,
+)
 
 logger = logging.getLogger(__name__)
 
 ALLENAI_TRUTH_MODEL = "allenai/truthfulqa-truth-judge-llama2-7B"
 ALLENAI_INFO_MODEL = "allenai/truthfulqa-info-judge-llama2-7B"
-JudgeKind = Literal["truth", "info"]
 LLM_CUES: dict[str, str] = {"truth": "True:", "info": "Helpful:"}
 """The last line of each LLM judge's prompt; the judge continues it with " yes" or " no"."""
 
@@ -175,7 +181,7 @@ class LLMJudge:
         return Verdict(self.name, truthful=None, informative=decided, score=score)
 
 
-# --- registry and summary ------------------------------------------------------------------
+# --- registrations -------------------------------------------------------------------------
 
 
 def allenai_judge(kind: JudgeKind, model_name: str) -> Callable[..., Judge]:
@@ -183,3 +189,23 @@ def allenai_judge(kind: JudgeKind, model_name: str) -> Callable[..., Judge]:
         return LLMJudge(kwargs.pop("model_name", model_name), kind, **kwargs)
 
     return build
+
+
+register(
+    JudgeSpec(
+        "allenai-truth",
+        allenai_judge("truth", ALLENAI_TRUTH_MODEL),
+        "truth",
+        f"{ALLENAI_TRUTH_MODEL} (downloads the model from the hub)",
+        offline=False,
+    )
+)
+register(
+    JudgeSpec(
+        "allenai-info",
+        allenai_judge("info", ALLENAI_INFO_MODEL),
+        "info",
+        f"{ALLENAI_INFO_MODEL} (downloads the model from the hub)",
+        offline=False,
+    )
+)

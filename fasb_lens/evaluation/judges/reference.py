@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fasb_lens.evaluation.judges.base import NO_COMMENT, JudgeInput, Verdict
+from fasb_lens.evaluation.judges.base import NO_COMMENT, JudgeInput, JudgeSpec, Verdict, register
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +176,21 @@ class EmbeddingJudge(_ReferenceJudge):
 
 
 # --- informativeness by refusal check ------------------------------------------------------
+
+
+register(
+    JudgeSpec("bleu-acc", BleuJudge, "truth", "BLEU: closer to a true than to any false reference")
+)
+register(
+    JudgeSpec(
+        "rouge-l-acc", RougeJudge, "truth", "ROUGE-L: closer to a true than to any false reference"
+    )
+)
+register(
+    JudgeSpec(
+        "embedding-acc",
+        EmbeddingJudge,
+        "truth",
+        "sentence embeddings: closer to a true than to any false reference",
+    )
+)

@@ -44,6 +44,7 @@ from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_options,
 from fasb_lens.policies import Policy, Tracking, Trigger, Unsteered
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.steering import Steering
+from fasb_lens.trace_view import trace_html
 from fasb_lens.trackers import Tracker
 
 Mode = Literal["cached", "reference"]
@@ -151,6 +152,10 @@ class GenerationTrace:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows a trace token by token (:func:`fasb_lens.trace_view.trace_html`)."""
+        return trace_html(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationTrace:

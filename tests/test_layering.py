@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fasb_lens.anchoring",),
     ("fasb_lens.policies",),
     ("fasb_lens.decoding",),
+    ("fasb_lens.trace_view",),
     ("fasb_lens.generation",),
     ("fasb_lens.scoring",),
     ("fasb_lens.evaluation.judges",),

@@ -191,16 +191,22 @@ def trace_views(trace: TraceLike, unsteered: TraceLike | None = None) -> list[Tr
 # --------------------------------------------------------------------------- colours
 
 
+def _scale(p_true: float, centre: float) -> tuple[bool, float]:
+    """Which side of ``centre`` a reading lies on (True: below) and how far towards the
+    end of the scale, from 0 (at the centre) to 1 (at 0 or 1)."""
+    p = min(max(float(p_true), 0.0), 1.0)
+    if p < centre:
+        return True, (centre - p) / centre
+    return False, (p - centre) / (1 - centre) if centre < 1 else 0.0
+
+
 def p_true_rgb(p_true: float | None, centre: float = 0.5) -> RGB:
     """The colour of a reading on the diverging scale: white at ``centre``, deepening to
     orange at 0 and to teal at 1 (grey when nothing was read)."""
     if p_true is None:
         return NO_READING_RGB
-    p = min(max(float(p_true), 0.0), 1.0)
-    if p < centre:
-        end, t = LOW_RGB, (centre - p) / centre
-    else:
-        end, t = HIGH_RGB, (p - centre) / (1 - centre) if centre < 1 else 0.0
+    below, t = _scale(p_true, centre)
+    end = LOW_RGB if below else HIGH_RGB
     return tuple(round(m + (e - m) * t) for m, e in zip(MID_RGB, end, strict=True))  # type: ignore[return-value]
 
 
@@ -328,20 +334,23 @@ def trace_html(
 # --------------------------------------------------------------------------- text
 
 _RESET = "\x1b[0m"
-_CUBE = (0, 95, 135, 175, 215, 255)  # the levels of the 256-colour palette's 6x6x6 cube
+# five steps from white to each end of the scale among the 256 colours' 6x6x6 cube
+_RAMP_256 = {True: (231, 223, 216, 209, 202), False: (231, 195, 152, 116, 37)}
 
 
-def _sgr_background(rgb: RGB, palette: Palette) -> str:
+def _sgr_background(p_true: float | None, centre: float, palette: Palette) -> str:
     if palette == "truecolor":
-        return "48;2;{};{};{}".format(*rgb)
-    level = [min(range(6), key=lambda i: abs(_CUBE[i] - value)) for value in rgb]
-    return f"48;5;{16 + 36 * level[0] + 6 * level[1] + level[2]}"
+        return "48;2;{};{};{}".format(*p_true_rgb(p_true, centre))
+    if p_true is None:
+        return "48;5;252"
+    below, t = _scale(p_true, centre)
+    return f"48;5;{_RAMP_256[below][round(4 * t)]}"
 
 
 def _ansi(segment: Segment, centre: float, palette: Palette) -> str:
     if isinstance(segment, TriggerSegment):
         return f"\x1b[1;97;41m {segment.shown} {_RESET}"
-    codes = ["30", _sgr_background(p_true_rgb(segment.p_true, centre), palette)]
+    codes = ["30", _sgr_background(segment.p_true, centre, palette)]
     if not segment.kept:
         codes += ["2", "9"]  # dim, struck through
     if segment.steered:
@@ -401,7 +410,7 @@ def legend_text(
         items += ["|trigger p=reading below the threshold|"] if triggered else []
         return "legend: " + "  ".join(items) if items else ""
     scale = "".join(
-        f"\x1b[30;{_sgr_background(p_true_rgb(p, centre), color)}m {p:.2f} {_RESET}"
+        f"\x1b[30;{_sgr_background(p, centre, color)}m {p:.2f} {_RESET}"
         for p in sorted({0.0, centre / 2, centre, (1 + centre) / 2, 1.0})
     )
     items = [f"p_true {scale} (white at {middle})"]

@@ -122,7 +122,8 @@ def test_terminal_text_is_coloured_only_when_asked() -> None:
     truecolor = trace_text(backtracked(), threshold=0.6, color="truecolor")
     assert "\x1b[30;48;2;246;236;233;2;9m learn\x1b[0m" in truecolor  # dim, struck through
     assert "\x1b[30;48;2;246;242;241;4m learn\x1b[0m" in truecolor  # steered: underlined
-    assert "48;5;" in trace_text(backtracked(), color="256")
+    in_256 = trace_text(backtracked(), color="256")  # the legend's scale runs 0 to 1
+    assert "48;5;202m 0.00" in in_256 and "48;5;231m 0.50" in in_256 and "48;5;37m 1.00" in in_256
 
 
 def test_figure_draws_a_box_per_token() -> None:

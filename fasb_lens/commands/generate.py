@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from typing import TextIO
 
 from fasb_lens.commands._common import model_for
 from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, bounded, non_empty
@@ -45,6 +48,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="hub name or folder (default: the artifact's model)")
     parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=8)
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    parser.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour the tokens by p_true under each answer (auto: on a terminal, unless "
+        "NO_COLOR is set)",
+    )
 
 
 def _prompt_texts(args: argparse.Namespace, model) -> tuple[list[str], list[str]]:
@@ -89,10 +99,11 @@ def run(args: argparse.Namespace) -> int:
     model = model_for(steering.model_id, args.model)
     steering.check_model(model)
     defaults = steering.defaults
+    threshold = defaults.threshold if args.threshold is None else args.threshold
     policy = make_policy(
         args.policy,
         alpha=defaults.alpha if args.alpha is None else args.alpha,
-        threshold=defaults.threshold if args.threshold is None else args.threshold,
+        threshold=threshold,
         backtrack_tokens=(
             defaults.backtrack_tokens if args.backtrack_tokens is None else args.backtrack_tokens
         ),
@@ -105,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         stop_strings=(QA_STOP,) if args.format == "qa" and args.prompt is None else (),
         prepend_bos=False if args.format == "chat" else None,
     )
+    palette = color_palette(args.color, sys.stdout)
     for start in range(0, len(prompts), args.batch_size):
         batch = slice(start, start + args.batch_size)
         traces = generate(model, prompts[batch], policy=policy, steering=steering, config=config)
@@ -112,11 +124,33 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"question": label, **trace.to_dict()}))
             else:
-                _print_trace(label, trace)
+                _print_trace(label, trace, palette, threshold)
     return 0
 
 
-def _print_trace(label: str, trace) -> None:
+PLAIN_VIEW_LIMIT = 240
+"""The longest plain token view (characters) printed under an answer without colours."""
+
+
+def color_palette(choice: str, stream: TextIO) -> str:
+    """The colours of the token view: ``never`` none, ``always`` colour, ``auto`` colour
+    when ``stream`` is a terminal and ``NO_COLOR`` is unset or empty. 24-bit colour when
+    ``COLORTERM`` says the terminal has it, else 256 colours."""
+    if choice == "never" or (choice == "auto" and (os.environ.get("NO_COLOR") or not _tty(stream))):
+        return "none"
+    return (
+        "truecolor" if os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit") else "256"
+    )
+
+
+def _tty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _print_trace(label: str, trace, palette: str, threshold: float) -> None:
+    from fasb_lens.trace_view import legend_text, token_segments, tokens_text, trace_views
+
     print(f"Q: {label}")
     print(f"A: {trace.answer}")
     if trace.triggered:
@@ -129,4 +163,12 @@ def _print_trace(label: str, trace) -> None:
         readings = [p for p in trace.p_true if p is not None]
         low = f", lowest p_true {min(readings):.2f}" if readings else ""
         print(f"   [{trace.policy}] no trigger{low}")
+    segments = token_segments(trace)
+    if palette != "none":
+        print("   " + tokens_text(segments, centre=threshold, color=palette))
+        print("   " + legend_text(trace_views(trace), threshold=threshold, color=palette))
+    elif trace.triggered:
+        plain = tokens_text(segments)
+        if len(plain) <= PLAIN_VIEW_LIMIT:
+            print(f"   tokens: {plain}")
     print()

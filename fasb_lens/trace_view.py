@@ -8,13 +8,14 @@ per generated token, in the order they were generated, plus one where each trigg
 happened - and draws them three ways: HTML for Jupyter (a trace displays itself), ANSI
 colours for a terminal, and plain text that marks the same things with brackets.
 
-Tokens are coloured on a diverging scale centred on the threshold (0.5 without one):
-orange below it (the tracker reads the answer drifting from the truth), white at it,
-teal above it. Struck-through tokens were discarded by a backtrack; underlined
-(outlined) ones were generated with steering. The module imports nothing heavy and no
-other fasb_lens module: it reads a trace through the attributes named in
-:class:`TraceLike`, so the plots (:func:`fasb_lens.plotting.token_view`) and the
-command line share it.
+A token's colour is the reading it was chosen from (the state after the token before
+it), on a diverging scale centred on the threshold (0.5 without one): orange below it
+(the tracker reads the answer drifting from the truth), white at it, teal above it, with
+a square-root ramp so that readings near the threshold, where decisions are made, differ
+visibly. Struck-through tokens were discarded by a backtrack; underlined (outlined) ones
+were generated with steering. The module imports nothing heavy and no other fasb_lens
+module: it reads a trace through the attributes named in :class:`TraceLike`, so the
+plots (:func:`fasb_lens.plotting.token_view`) and the command line share it.
 """
 
 from __future__ import annotations
@@ -172,9 +173,9 @@ def _summary(segments: list[Segment]) -> str:
     strengths = {s.strength for s in tokens if s.steered}
     if strengths:
         return f"steered at strength {max(strengths):.2f} throughout"
-    if readings:
-        return f"no trigger, lowest p_true {min(readings):.2f}"
-    return "no trigger (no tracker readings)"
+    checks = sum(s.checked for s in tokens)
+    result = f"no trigger in {checks} check{'s' * (checks != 1)}" if checks else "not steered"
+    return f"{result}, lowest p_true {min(readings):.2f}" if readings else f"{result}, no readings"
 
 
 def trace_views(trace: TraceLike, unsteered: TraceLike | None = None) -> list[TraceView]:
@@ -193,11 +194,11 @@ def trace_views(trace: TraceLike, unsteered: TraceLike | None = None) -> list[Tr
 
 def _scale(p_true: float, centre: float) -> tuple[bool, float]:
     """Which side of ``centre`` a reading lies on (True: below) and how far towards the
-    end of the scale, from 0 (at the centre) to 1 (at 0 or 1)."""
+    end of the scale, from 0 (at the centre) to 1 (at 0 or 1), on a square-root ramp."""
     p = min(max(float(p_true), 0.0), 1.0)
     if p < centre:
-        return True, (centre - p) / centre
-    return False, (p - centre) / (1 - centre) if centre < 1 else 0.0
+        return True, ((centre - p) / centre) ** 0.5
+    return False, ((p - centre) / (1 - centre)) ** 0.5 if centre < 1 else 0.0
 
 
 def p_true_rgb(p_true: float | None, centre: float = 0.5) -> RGB:
@@ -211,11 +212,10 @@ def p_true_rgb(p_true: float | None, centre: float = 0.5) -> RGB:
 
 
 def diverging_stops(centre: float = 0.5) -> list[tuple[float, str]]:
-    """The scale as (position in [0, 1], ``rgb(...)``) stops, for a plotly colour scale or
-    a CSS gradient."""
-    centre = min(max(centre, 0.0), 1.0)
-    stops = [(0.0, LOW_RGB), (centre, MID_RGB), (1.0, HIGH_RGB)]
-    return [(position, "rgb({},{},{})".format(*rgb)) for position, rgb in stops]
+    """The scale as (position in [0, 1], ``rgb(...)``) stops every 0.05 and at
+    ``centre``, for a plotly colour scale or a CSS gradient."""
+    positions = sorted({i / 20 for i in range(21)} | {min(max(centre, 0.0), 1.0)})
+    return [(p, "rgb({},{},{})".format(*p_true_rgb(p, centre))) for p in positions]
 
 
 def _css(rgb: RGB) -> str:

@@ -68,7 +68,7 @@ def test_segments_of_a_backtrack() -> None:
     assert tokens[-1].shown == ".⏎"
     views = trace_views(backtracked(), unsteered())
     assert [v.label for v in views] == ["unsteered", "fasb"]
-    assert views[0].summary == "no trigger, lowest p_true 0.55"
+    assert views[0].summary == "not steered, lowest p_true 0.55"
     assert views[1].summary.startswith("triggered after step 5 (p_true 0.41), threw away 3")
     assert views[1].strength == pytest.approx(23.6)
 
@@ -78,6 +78,9 @@ def test_segments_without_a_trigger() -> None:
     assert all(isinstance(s, TokenSegment) and s.kept and not s.steered for s in segments)
     assert [s.text for s in segments] == [" Yes", " they", " can"]
     assert tokens_text(segments) == " Yes they can"  # plain text: nothing to mark
+    checked = unsteered()
+    checked.steps[2].checked = True
+    assert trace_views(checked)[0].summary == "no trigger in 1 check, lowest p_true 0.55"
 
 
 def test_colours_diverge_around_the_centre() -> None:
@@ -86,7 +89,10 @@ def test_colours_diverge_around_the_centre() -> None:
     assert p_true_rgb(None) == (215, 215, 215)
     low, high = p_true_rgb(0.3, 0.6), p_true_rgb(0.8, 0.6)
     assert low[0] > low[2] and high[2] > high[0]  # orange below, teal above
-    assert [position for position, _ in diverging_stops(0.6)] == [0.0, 0.6, 1.0]
+    assert p_true_rgb(0.55, 0.6)[2] < 225  # near the threshold still visibly tinted
+    stops = diverging_stops(0.6)
+    assert len(stops) == 21 and stops[0] == (0.0, "rgb(231,111,81)")
+    assert stops[12] == (0.6, "rgb(247,247,247)") and stops[-1] == (1.0, "rgb(42,157,143)")
 
 
 def test_html_escapes_and_marks() -> None:
@@ -120,8 +126,9 @@ def test_terminal_text_is_coloured_only_when_asked() -> None:
             tokens == " Old dogs can learn new tricks ↺ p=0.41  learn <script>alert(1)</script>.⏎"
         )
     truecolor = trace_text(backtracked(), threshold=0.6, color="truecolor")
-    assert "\x1b[30;48;2;246;236;233;2;9m learn\x1b[0m" in truecolor  # dim, struck through
-    assert "\x1b[30;48;2;246;242;241;4m learn\x1b[0m" in truecolor  # steered: underlined
+    discarded, steered = (";".join(map(str, p_true_rgb(p, 0.6))) for p in (0.55, 0.58))
+    assert f"\x1b[30;48;2;{discarded};2;9m learn\x1b[0m" in truecolor  # dim, struck through
+    assert f"\x1b[30;48;2;{steered};4m learn\x1b[0m" in truecolor  # steered: underlined
     in_256 = trace_text(backtracked(), color="256")  # the legend's scale runs 0 to 1
     assert "48;5;202m 0.00" in in_256 and "48;5;231m 0.50" in in_256 and "48;5;37m 1.00" in in_256
 
@@ -138,7 +145,7 @@ def test_figure_draws_a_box_per_token() -> None:
     assert len(unsteered_text.text) == 3 and len(steered_text.text) == 9
     assert "&lt;script&gt;" in steered_text.text[7] and "<script>" not in str(figure.data)
     assert trigger_text.text == ("↺\u00a0p=0.41",)
-    assert bar.marker.showscale and bar.marker.colorscale[1][0] == 0.6
+    assert bar.marker.showscale and bar.marker.colorscale[12] == (0.6, "rgb(247,247,247)")
     notes = [note.text for note in figure.layout.annotations]
     assert len(notes) == 3 and notes[0].startswith("<b>unsteered</b>")
     assert "struck through" in notes[2] and "strength up to 23.60" in notes[2]

@@ -27,10 +27,9 @@ away, the strength and the timings.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -43,10 +42,21 @@ from fasb_lens.interventions import capture, heads_from, hooked
 from fasb_lens.models import model_device, tokenize
 from fasb_lens.options import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_options, option
 from fasb_lens.prefix import SharedPrefix
+from fasb_lens.traces import QA_STOP, GenerationTrace, Step, extract_answer
 
 Mode = Literal["cached", "reference"]
 """How the loop runs the model: with a KV cache, or recomputing like the authors' loop."""
-QA_STOP = "Q:"
+
+__all__ = [
+    "QA_STOP",
+    "GenerationConfig",
+    "GenerationTrace",
+    "Mode",
+    "Step",
+    "extract_answer",
+    "generate",
+    "replay",
+]
 
 
 # --------------------------------------------------------------------------- settings
@@ -83,88 +93,6 @@ class GenerationConfig:
         check_options(self)
         if self.mode not in ("cached", "reference"):
             raise ValueError(f"mode must be 'cached' or 'reference', got {self.mode!r}")
-
-
-# --------------------------------------------------------------------------- traces
-
-
-@dataclass
-class Step:
-    """One decoding step of one prompt.
-
-    ``p_true`` is the tracker's reading at the position fed in this step (the prompt's
-    last token at step 0, then the previous token), i.e. the state from which ``token``
-    was chosen. ``strength`` is the steering applied to that position.
-    """
-
-    step: int
-    token_id: int
-    token: str
-    p_true: float | None
-    strength: float
-    checked: bool = False
-    kept: bool = True
-
-
-@dataclass
-class GenerationTrace:
-    """What happened while generating one prompt, for reading, plotting and JSON."""
-
-    prompt: str
-    prompt_ids: list[int]
-    output_ids: list[int]
-    text: str
-    answer: str
-    policy: str
-    mode: str
-    steps: list[Step] = field(default_factory=list)
-    trigger_step: int | None = None
-    trigger_p_true: float | None = None
-    strength: float = 0.0
-    backtracks: list[dict[str, Any]] = field(default_factory=list)
-    discarded_ids: list[int] = field(default_factory=list)
-    discarded_text: str = ""
-    stop_reason: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-    tracker: str | None = None
-    """The tracker that read ``p_true`` (``None``: none read)."""
-    reused: bool = False
-    """Read off the unsteered generation (:func:`replay`) instead of generated again."""
-
-    @property
-    def triggered(self) -> bool:
-        return self.trigger_step is not None
-
-    @property
-    def p_true(self) -> list[float | None]:
-        """The tracker's reading at every step, discarded steps included."""
-        return [step.p_true for step in self.steps]
-
-    def to_dict(self, *, prompt: bool = True) -> dict[str, Any]:
-        """Everything as JSON-ready data; ``prompt=False`` leaves the prompt out."""
-        data = asdict(self)
-        if not prompt:
-            del data["prompt"], data["prompt_ids"]
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationTrace:
-        steps = [Step(**step) for step in data.get("steps", [])]
-        return cls(**{"prompt": "", "prompt_ids": [], **data, "steps": steps})
-
-
-def extract_answer(text: str) -> str:
-    """The answer in a QA-format continuation, as the paper extracts it.
-
-    Everything from the next ``"Q:"`` on is cut; the rest after the first ``"A:"`` is kept.
-    """
-    answer = text.strip().split(QA_STOP)[0].strip()
-    if "A:" in answer:
-        answer = answer.split("A:")[1].strip()
-    return answer
 
 
 # --------------------------------------------------------------------------- the loop

@@ -217,6 +217,39 @@ def test_generate_command(tiny_llama_folder, tmp_path, capsys) -> None:
         == 0
     )
     assert capsys.readouterr().out.startswith("Q: Why?\nA: ")
+    question = ["--question", "Why?", "--policy", "fasb", "--threshold", "1"]
+    question += ["--backtrack-tokens", "2"]
+    for color in ("never", "auto"):  # captured output is no terminal: auto is plain too
+        assert cli.main([*common, *question, "--color", color]) == 0
+        out = capsys.readouterr().out
+        assert "\x1b[" not in out and "triggered at step 1" in out
+        assert "   tokens: [-" in out and "|trigger p=" in out  # the short marked view
+    assert cli.main([*common, *question, "--color", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" in out and "\x1b[1;97;41m ↺ p=" in out and "steered at strength" in out
+
+
+def test_color_choice(monkeypatch) -> None:
+    from fasb_lens.commands.generate import color_palette
+
+    class Terminal:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("COLORTERM", "truecolor")
+    assert color_palette("auto", Terminal(True)) == "truecolor"
+    assert color_palette("auto", Terminal(False)) == "none"
+    assert color_palette("never", Terminal(True)) == "none"
+    assert color_palette("always", Terminal(False)) == "truecolor"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert color_palette("auto", Terminal(True)) == "none"
+    assert color_palette("always", Terminal(True)) == "truecolor"
+    monkeypatch.delenv("COLORTERM")
+    assert color_palette("always", Terminal(True)) == "256"
 
 
 def test_ablate_command(tiny_llama_folder, tmp_path, capsys) -> None:

@@ -29,6 +29,8 @@ TIERS: dict[str, tuple[str, ...]] = {
     ),
     "runtime": (
         "fasb_lens.decisions",
+        "fasb_lens.trace_view",
+        "fasb_lens.traces",
         "fasb_lens.prefix",
         "fasb_lens.trees",
         "fasb_lens.decoding",

@@ -94,7 +94,24 @@ def test_trajectory_marks_trigger_and_backtrack() -> None:
     shapes = figure.layout.shapes
     assert [s.type for s in shapes] == ["line", "rect"]
     assert (shapes[1].x0, shapes[1].x1) == (0.5, 2.5)
-    assert list(figure.layout.xaxis.ticktext) == [f"t{i}" for i in range(6)]
+    assert figure.layout.xaxis.title.text == "generation step" and not figure.layout.xaxis.ticktext
+
+
+def test_trajectory_labels_each_line_with_its_own_tokens() -> None:
+    """Two runs write different tokens at the same step: each point shows its own."""
+    steered = make_trace([0.7, 0.6, 0.4, 0.5, 0.8, 0.9], trigger=2, dropped=2)
+    for step in steered.steps[3:]:
+        step.token, step.strength = f"s{step.step}", 2.0
+    plain = make_trace([0.7, 0.6, 0.4, 0.3], policy="none")
+    plain.steps[0].token = "<b>"
+    figure = trajectory(steered, threshold=0.5, unsteered=plain)
+    unsteered_line, kept_line, thrown_line = figure.data[:3]
+    assert list(unsteered_line.text) == ["'&lt;b&gt;'", "'t1'", "'t2'", "'t3'"]
+    assert list(kept_line.text) == ["'t0'", "'t1'", "'t2'", "'s3'", "'s4'", "'s5'"]
+    assert list(thrown_line.text) == list(kept_line.text)  # the same run, its other part
+    assert list(kept_line.x) == [0, 1, 2, 3, 4, 5] and list(unsteered_line.x) == [0, 1, 2, 3]
+    assert list(kept_line.customdata) == [0.0] * 3 + [2.0] * 3
+    assert "token %{text}" in kept_line.hovertemplate and "strength" in kept_line.hovertemplate
 
 
 def test_trajectories_selector() -> None:

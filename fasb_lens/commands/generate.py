@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from typing import TextIO
 
 from fasb_lens.commands._common import model_for
 from fasb_lens.options import AT_LEAST_ONE, bounded, non_empty
@@ -35,6 +38,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caa", help="folder with a CAA vector (for --policy caa)")
     parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=8)
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    parser.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour the tokens by p_true under each answer (auto: on a terminal, unless "
+        "NO_COLOR is set)",
+    )
 
 
 def _prompt_texts(args: argparse.Namespace, model) -> tuple[list[str], list[str]]:
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     steering.check_model(model)
     settings = from_args(PolicySettings, args, base=steering.defaults)
     policy = make_policy(args.policy, **vars(replace(settings, caa=_caa(args))))
+    threshold = settings.threshold
     labels, prompts = _prompt_texts(args, model)
     config = from_args(
         GenerationConfig,
@@ -89,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         stop_strings=(QA_STOP,) if args.format == "qa" and args.prompt is None else (),
         prepend_bos=False if args.format == "chat" else None,
     )
+    palette = color_palette(args.color, sys.stdout)
     for start in range(0, len(prompts), args.batch_size):
         batch = slice(start, start + args.batch_size)
         traces = generate(model, prompts[batch], policy=policy, steering=steering, config=config)
@@ -96,11 +108,33 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"question": label, **trace.to_dict()}))
             else:
-                _print_trace(label, trace)
+                _print_trace(label, trace, palette, threshold)
     return 0
 
 
-def _print_trace(label: str, trace) -> None:
+PLAIN_VIEW_LIMIT = 240
+"""The longest plain token view (characters) printed under an answer without colours."""
+
+
+def color_palette(choice: str, stream: TextIO) -> str:
+    """The colours of the token view: ``never`` none, ``always`` colour, ``auto`` colour
+    when ``stream`` is a terminal and ``NO_COLOR`` is unset or empty. 24-bit colour when
+    ``COLORTERM`` says the terminal has it, else 256 colours."""
+    if choice == "never" or (choice == "auto" and (os.environ.get("NO_COLOR") or not _tty(stream))):
+        return "none"
+    return (
+        "truecolor" if os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit") else "256"
+    )
+
+
+def _tty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _print_trace(label: str, trace, palette: str, threshold: float) -> None:
+    from fasb_lens.trace_view import legend_text, token_segments, tokens_text, trace_views
+
     print(f"Q: {label}")
     print(f"A: {trace.answer}")
     if trace.triggered:
@@ -113,4 +147,12 @@ def _print_trace(label: str, trace) -> None:
         readings = [p for p in trace.p_true if p is not None]
         low = f", lowest p_true {min(readings):.2f}" if readings else ""
         print(f"   [{trace.policy}] no trigger{low}")
+    segments = token_segments(trace)
+    if palette != "none":
+        print("   " + tokens_text(segments, centre=threshold, color=palette))
+        print("   " + legend_text(trace_views(trace), threshold=threshold, color=palette))
+    elif trace.triggered:
+        plain = tokens_text(segments)
+        if len(plain) <= PLAIN_VIEW_LIMIT:
+            print(f"   tokens: {plain}")
     print()

@@ -9,8 +9,11 @@ Chrome/Chromium to render with.
   layers x heads grid, anchored heads outlined (the paper's Figure 4);
 * :func:`p_true_distributions` - the tracker's readings on the question alone versus
   during generation (the paper's Figure 1);
-* :func:`trajectory` and :func:`trajectories` - ``p_true`` token by token, with the
+* :func:`trajectory` and :func:`trajectories` - ``p_true`` step by step, with the
   threshold, the trigger, the backtracked span and the steered continuation;
+* :func:`token_view` - a generation's tokens as boxes coloured by ``p_true``, what the
+  backtrack threw away struck through and the steered tokens outlined (the figure of
+  :mod:`fasb_lens.trace_view`'s HTML and terminal views);
 * :func:`method_comparison`, :func:`sweep_lines`, :func:`direction_share` - results of an
   experiment, and how much of each gain the learnt direction explains;
   :func:`dataset_accuracies` and :func:`dataset_sweeps` - the multiple-choice datasets,
@@ -30,6 +33,7 @@ from fasb_lens.plotting.results import (
     method_comparison,
     sweep_lines,
 )
+from fasb_lens.plotting.tokens import token_view
 from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "save_figure",
     "steering_heads",
     "sweep_lines",
+    "token_view",
     "trajectories",
     "trajectory",
 ]

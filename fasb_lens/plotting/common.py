@@ -22,6 +22,8 @@ def grid(values: Tensor) -> list[list[float | None]]:
 def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> list[Path]:
     """Write ``path`` as ``.html`` (always) and ``.png`` (if a renderer is available).
 
+    The PNG has the figure's own size when its layout sets one, else 1100 x 650 pixels.
+
     PNG export needs the ``kaleido`` package and a Chrome or Chromium on the machine (on
     Debian: ``apt-get install chromium``); without them only the HTML is written and a
     warning says what to install. Returns the files written.
@@ -33,7 +35,8 @@ def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> lis
     written = [html]
     if png:
         try:
-            figure.write_image(base.with_suffix(".png"), width=1100, height=650, scale=1.5)
+            width, height = figure.layout.width or 1100, figure.layout.height or 650
+            figure.write_image(base.with_suffix(".png"), width=width, height=height, scale=1.5)
             written.append(base.with_suffix(".png"))
         except Exception as error:  # kaleido missing, or no browser for it to drive
             logger.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -53,13 +54,18 @@ def p_true_distributions(
 
 
 def _trajectory_traces(trace: GenerationTrace, name: str, color: str) -> list[go.Scatter]:
-    """One line per segment of a generation: what was kept and what was thrown away."""
+    """One line per segment of a generation: what was kept and what was thrown away.
+
+    Each point carries its own run's token (hover text), so two runs that wrote different
+    tokens at the same step each show theirs.
+    """
     steps = trace.steps
-    x = list(range(len(steps)))
+    x = [step.step for step in steps]
     y = [step.p_true for step in steps]
-    text = [repr(step.token) for step in steps]
+    text = [html.escape(repr(step.token), quote=False) for step in steps]
+    strength = [step.strength for step in steps]
     kept = [step.kept for step in steps]
-    hover = "step %{x}<br>token %{text}<br>p_true %{y:.3f}<extra>"
+    hover = "step %{x}<br>token %{text}<br>p_true %{y:.3f}<br>strength %{customdata:.2f}<extra>"
     lines = [
         go.Scatter(
             x=x,
@@ -68,9 +74,8 @@ def _trajectory_traces(trace: GenerationTrace, name: str, color: str) -> list[go
             name=name,
             line={"color": color},
             text=text,
-            hovertemplate="step %{x}<br>token %{text}<br>p_true %{y:.3f}<extra>"
-            + name
-            + "</extra>",
+            customdata=strength,
+            hovertemplate=hover + html.escape(name, quote=False) + "</extra>",
         )
     ]
     if not all(kept):
@@ -83,6 +88,7 @@ def _trajectory_traces(trace: GenerationTrace, name: str, color: str) -> list[go
                 line={"color": color, "dash": "dot"},
                 marker={"symbol": "x"},
                 text=text,
+                customdata=strength,
                 hovertemplate=hover + "discarded</extra>",
             )
         )
@@ -98,10 +104,11 @@ def trajectory(
 ) -> go.Figure:
     """``p_true`` at every generation step of one prompt.
 
-    The x-axis labels are the tokens generated at each step; the dashed line is the
-    threshold; a star marks the check that triggered; the backtracked span is shaded and
-    its tokens drawn dotted; ``unsteered`` (e.g. the same prompt under policy ``none``)
-    is overlaid in grey.
+    The x-axis counts generation steps; hovering a point shows the token its own run
+    generated there (two runs differ after a trigger). The dashed line is the threshold;
+    a star marks the check that triggered; the backtracked span is shaded and its tokens
+    drawn dotted; ``unsteered`` (e.g. the same prompt under policy ``none``) is overlaid
+    in grey. :func:`~fasb_lens.plotting.token_view` shows the same run as text.
     """
     figure = go.Figure()
     if unsteered is not None:
@@ -141,20 +148,12 @@ def trajectory(
                 ),
             )
         )
-    steps = (
-        trace.steps
-        if unsteered is None or len(trace.steps) >= len(unsteered.steps)
-        else unsteered.steps
-    )
+    n_steps = max(len(trace.steps), len(unsteered.steps) if unsteered is not None else 0)
     figure.update_layout(
-        title=title or f"{trace.policy}: {trace.answer[:80]!r}",
-        xaxis={
-            "title": "generated token",
-            "tickmode": "array",
-            "tickvals": list(range(len(steps))),
-            "ticktext": [s.token for s in steps],
-        },
+        title=title or f"{trace.policy}: {html.escape(trace.answer[:80], quote=False)!r}",
+        xaxis={"title": "generation step", "tick0": 0, "dtick": max(1, round(n_steps / 20))},
         yaxis={"title": "p_true", "range": [0, 1]},
+        hovermode="x unified",
         template="plotly_white",
     )
     return figure
@@ -195,8 +194,7 @@ def trajectories(
                     {"visible": [owner == index for owner in owners]},
                     {
                         "title": panel.layout.title.text,
-                        "xaxis.tickvals": axis.tickvals,
-                        "xaxis.ticktext": axis.ticktext,
+                        "xaxis.dtick": axis.dtick,
                         "shapes": panel.layout.shapes,
                         "annotations": panel.layout.annotations,
                     },
@@ -221,6 +219,7 @@ def trajectories(
         yaxis=first.yaxis,
         shapes=first.shapes,
         annotations=first.annotations,
+        hovermode=first.hovermode,
         template="plotly_white",
     )
     return figure

@@ -70,6 +70,12 @@ def test_a_run_writes_everything(finished) -> None:
     ):
         assert (out / name).is_file(), name
     assert (out / "folds" / "fold1" / "steering.safetensors").is_file()
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["phases"]) >= {"anchoring and calibration", "multiple choice"}
+    profile = timings["profile"]
+    search = "anchoring and calibration/fold 0/calibration/mc/mc search fasb"
+    assert profile[search]["forwards"] > 0 and profile[search]["calls"] >= 1
+    assert "generation/fold 1/fasb" in profile and "judging and summary/bleu-acc" in profile
     assert (out / "folds" / "fold0" / "caa.safetensors").is_file()
     config, records, judgements = load_run(out)
     assert config.n_questions == 8

@@ -19,6 +19,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "fasb_lens._types",
         "fasb_lens.options",
         "fasb_lens.registry",
+        "fasb_lens.profiling",
         "fasb_lens.storage",
         "fasb_lens.allocator",
         "fasb_lens.data",

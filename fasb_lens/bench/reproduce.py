@@ -63,6 +63,7 @@ def bench_reproduce(ctx: BenchContext) -> dict[str, Any]:
         "dtype": dtype,
         "wall_s": round(wall, 1),
         "phases": experiment.timings,
+        "profile": experiment.folder.profile.to_dict(),
         "full_s": round(wall * scale, 0),
         "full_s_is": f"an estimate: wall_s x {len(questions)} / {config.n_questions} questions",
         "target_full_s": 3600,

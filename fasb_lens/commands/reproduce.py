@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 
@@ -75,5 +76,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print((out / storage.RESULTS_TABLE).read_text())
         print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
+    if not args.summary_only:
+        print(f"\nwhere the time went (this session; {storage.TIMINGS} keeps it):", file=sys.stderr)
+        print(experiment.folder.profile.report(), file=sys.stderr)
     print_wall_time(start)
     return 0

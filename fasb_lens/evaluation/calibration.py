@@ -25,6 +25,7 @@ from fasb_lens import storage
 from fasb_lens.evaluation.run import upgrade_record
 from fasb_lens.evaluation.search import JointResult, Scores, Search, Setting, joint_search
 from fasb_lens.policies import Policy, PolicySettings, PolicySpec, policy_spec, searched
+from fasb_lens.profiling import section
 
 Evaluator = Callable[[list[Setting]], list[Scores]]
 """Scores of several settings of one policy (a strength and a threshold each), evaluated
@@ -142,20 +143,27 @@ def search_policies(
 
     With ``readings`` (the tracker's readings at the checks) the thresholded policy's
     strength and threshold are searched jointly (``started``: its search so far, for
-    instance the one that chose K), then every other policy's strength with as many
-    evaluations. Without, each policy is searched at ``threshold`` (the thresholded one;
-    the others have none), and all are filled to the largest count.
+    instance the one that chose K, on the same items as its evaluator), then every other
+    policy's strength with as many evaluations. Without, each policy is searched at
+    ``threshold`` (the thresholded one; the others have none), and all are filled to the
+    largest count. Each policy's evaluations are profiled as ``TASK search NAME``.
     """
+    evaluators = {
+        name: _in_section(f"{task} search {name}", evaluate)
+        for name, evaluate in evaluators.items()
+    }
     searches = {
         name: Search(_single(evaluate), keys, evaluate_many=evaluate)
         for name, evaluate in evaluators.items()
     }
     grids = {name: policy_spec(name).search.grids[task] for name in searches}  # type: ignore[union-attr]
     first = next(iter(searches))
+    if started is not None:  # its settings tried so far, evaluated from now on like the others
+        started.evaluate, started.evaluate_many = searches[first].evaluate, evaluators[first]
+        searches[first] = started
     if policy_spec(first).search.threshold and readings is not None:  # type: ignore[union-attr]
-        thresholded = started or searches[first]
         others = {name: search for name, search in searches.items() if name != first}
-        return joint_search(thresholded, readings, others, grids, family=first, rng=rng)
+        return joint_search(searches[first], readings, others, grids, family=first, rng=rng)
     for name, search in searches.items():
         thresholded = policy_spec(name).search.threshold  # type: ignore[union-attr]
         search.strengths(grids[name], threshold if thresholded else None)
@@ -167,6 +175,16 @@ def search_policies(
         strengths[name] = float(search.best(at))
         uncertainty[name] = search.bootstrap(rng)
     return JointResult(strengths, threshold, uncertainty, searches)  # type: ignore[arg-type]
+
+
+def _in_section(name: str, evaluate: Evaluator) -> Evaluator:
+    """``evaluate``, its calls profiled as the section ``name``."""
+
+    def profiled(settings: list[Setting]) -> list[Scores]:
+        with section(name):
+            return evaluate(settings)
+
+    return profiled
 
 
 def _single(evaluate: Evaluator) -> Callable[[float, float | None], Scores]:

@@ -52,6 +52,7 @@ from fasb_lens.models import model_shape, tokenize
 from fasb_lens.multiple_choice import MultipleChoice, evaluate_together
 from fasb_lens.policies import Policy, adjusted, policy_spec, redraw, setting
 from fasb_lens.prefix import SharedPrefix
+from fasb_lens.profiling import section
 from fasb_lens.scoring import ROWS
 from fasb_lens.splits import Split, authors_folds, authors_question_order, subsample_train
 from fasb_lens.steering import CAAVector, Steering
@@ -178,14 +179,23 @@ class Experiment:
     def anchor(self) -> list[_Fold]:
         """Probes, anchored heads, steering (and CAA) vectors for every fold, then each
         fold's calibration (which also chooses how many heads it keeps)."""
-        activations = self._activations()
+        with section("activations"):
+            activations = self._activations()
         config = self.config
         shape = activations.probing.shape
         # calibration may extend its K candidates up to every head
         widest = shape.n_layers * shape.n_heads if config.calibrate else config.top_k
         folds = []
         for split in self.folds_splits:
-            split = subsample_train(split, config.train_fraction, config.seed + split.fold)
+            with section(f"fold {split.fold}"):
+                folds.append(self._anchor_fold(activations, split, widest))
+        return folds
+
+    def _anchor_fold(self, activations: AnchoringActivations, split: Split, widest: int) -> _Fold:
+        """One fold's probes and vectors (on ``widest`` heads), then its calibration."""
+        config = self.config
+        split = subsample_train(split, config.train_fraction, config.seed + split.fold)
+        with section("probes and vectors"):
             anchoring = fit_anchoring(
                 activations,
                 split,
@@ -195,17 +205,17 @@ class Experiment:
                 defaults=config.settings(),
                 progress=False,
             )
-            folder = fold_folder(self.out, split.fold)
-            steering, calibration = anchoring.steering, None
-            if config.calibrate:
+        folder = fold_folder(self.out, split.fold)
+        steering, calibration = anchoring.steering, None
+        if config.calibrate:
+            with section("calibration"):
                 calibration, steering = self._calibration(split, steering, anchoring.caa, folder)
-            else:
-                steering = steering.subset(steering.heads[: config.top_k])
-            anchoring.steering = steering
-            anchoring.save(folder)
-            policies = run_policies(config, anchoring.caa, calibration)
-            folds.append(_Fold(split, steering, policies, calibration))
-        return folds
+        else:
+            steering = steering.subset(steering.heads[: config.top_k])
+        anchoring.steering = steering
+        anchoring.save(folder)
+        policies = run_policies(config, anchoring.caa, calibration)
+        return _Fold(split, steering, policies, calibration)
 
     def _calibration(
         self, split: Split, steering: Steering, caa: CAAVector | None, folder: Path
@@ -297,6 +307,17 @@ class Experiment:
             return {name for name in named if (key, question.id, "mc", name) not in self.records}
 
         for chunk, wanted in pending_chunks(questions, ROWS, missing):
+            self._score_chunk(fold, chunk, wanted, policies)
+            bar.update(len(chunk))
+        bar.close()
+
+    def _score_chunk(
+        self, fold: _Fold, chunk: list, wanted: list[set[str]], policies: dict
+    ) -> None:
+        """One chunk of test questions' multiple choice, every policy in shared forwards;
+        the records that were missing are appended."""
+        key = fold.split.fold
+        with section(f"fold {key}"):
             choices = [
                 MultipleChoice(
                     self.model,
@@ -310,12 +331,10 @@ class Experiment:
                 for question in chunk
             ]
             results = evaluate_together(choices, [policies[q.id] for q in chunk])
-            for question, names, scored in zip(chunk, wanted, results, strict=True):
-                for name in (name for name in scored if name in names):
-                    record = {"fold": key, "question_id": question.id, "task": "mc"}
-                    self.records.append({**record, "policy": name, **scored[name]})
-            bar.update(len(chunk))
-        bar.close()
+        for question, names, scored in zip(chunk, wanted, results, strict=True):
+            for name in (name for name in scored if name in names):
+                record = {"fold": key, "question_id": question.id, "task": "mc"}
+                self.records.append({**record, "policy": name, **scored[name]})
 
     def evaluate_generation(self, fold: _Fold, policies: Sequence[str] | None = None) -> None:
         """Every test question's answer under every policy (or those named), a batch of
@@ -349,7 +368,8 @@ class Experiment:
                 if len(todo) == len(batch) and shared is None:
                     shared = PromptCache.build(self.model, prompts, shared=self.shared)
                 cache = shared if len(todo) == len(batch) else None
-                self._generate_batch(fold, name, policy, batch, prompts, todo, cache)
+                with section(f"fold {fold.split.fold}"), section(name):
+                    self._generate_batch(fold, name, policy, batch, prompts, todo, cache)
                 bar.update(len(todo))
         bar.close()
 
@@ -387,22 +407,27 @@ class Experiment:
             ]
             if not todo:
                 continue
-            judge = judge_by_name(name)
-            chunks = range(0, len(todo), JUDGING_CHUNK)
-            for start in tqdm(chunks, desc=f"judge {name}", disable=not self.progress):
-                chunk = todo[start : start + JUDGING_CHUNK]
-                inputs = [
-                    JudgeInput(
-                        question=by_id[r["question_id"]].question,
-                        answer=r["answer"],
-                        correct=by_id[r["question_id"]].correct_answers,
-                        incorrect=by_id[r["question_id"]].incorrect_answers,
-                    )
-                    for r in chunk
-                ]
-                for record, verdict in zip(chunk, judge.judge_many(inputs), strict=True):
-                    where = {key: record[key] for key in ("fold", "question_id", "policy")}
-                    self.judgements.append({**where, "judge": name, **asdict(verdict)})
+            with section(name):
+                self._judge_with(name, todo, by_id)
+
+    def _judge_with(self, name: str, todo: list[dict], by_id: dict) -> None:
+        """``todo`` (generation records) judged by the judge ``name``."""
+        judge = judge_by_name(name)
+        chunks = range(0, len(todo), JUDGING_CHUNK)
+        for start in tqdm(chunks, desc=f"judge {name}", disable=not self.progress):
+            chunk = todo[start : start + JUDGING_CHUNK]
+            inputs = [
+                JudgeInput(
+                    question=by_id[r["question_id"]].question,
+                    answer=r["answer"],
+                    correct=by_id[r["question_id"]].correct_answers,
+                    incorrect=by_id[r["question_id"]].incorrect_answers,
+                )
+                for r in chunk
+            ]
+            for record, verdict in zip(chunk, judge.judge_many(inputs), strict=True):
+                where = {key: record[key] for key in ("fold", "question_id", "policy")}
+                self.judgements.append({**where, "judge": name, **asdict(verdict)})
 
     def run(self) -> dict[str, Any]:
         """Anchor, evaluate every fold, judge, and write the summary; returns it.

@@ -52,6 +52,7 @@ from fasb_lens.policies import (
     policy_spec,
     redraw,
 )
+from fasb_lens.profiling import section
 from fasb_lens.scoring import AnswerScore
 from fasb_lens.splits import Split, holdout_split
 from fasb_lens.steering import Steering
@@ -300,20 +301,31 @@ def evaluate_dataset(
     if not policies:
         raise ValueError("no policies to evaluate; pass e.g. ['none', 'fasb']")
     base = settings or PolicySettings()
-    data = _prepare(
-        model, items, top_k=top_k, seed=seed, limit=limit, batch_size=batch_size, progress=progress
-    )
+    with section("steering"):
+        data = _prepare(
+            model,
+            items,
+            top_k=top_k,
+            seed=seed,
+            limit=limit,
+            batch_size=batch_size,
+            progress=progress,
+        )
     calibration = None
     if calibrate:
-        calibration = _calibration(
-            model, data, policies, base, seed=seed, folder=calibration_dir, progress=progress
-        )
+        with section("calibration"):
+            calibration = _calibration(
+                model, data, policies, base, seed=seed, folder=calibration_dir, progress=progress
+            )
     built = {
         name: build_policy(name, base, strengths=strengths, calibration=calibration)
         for name in policies
     }
     test = [item for item in data.items if item.id in set(data.split.test)]
-    records = _score_test_items(model, data, test, built, seed, dict(done or {}), on_item, progress)
+    with section("test items"):
+        records = _score_test_items(
+            model, data, test, built, seed, dict(done or {}), on_item, progress
+        )
     correct = {
         name: [bool(_checked_done(records[(item.id, name)], item)["correct"]) for item in test]
         for name in built

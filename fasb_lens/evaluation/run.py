@@ -4,7 +4,8 @@ A :class:`RunFolder` is where one command's run lives: its settings (``config.js
 written on the first start; a later start with other settings is refused with the
 settings that differ), its records (:meth:`RunFolder.log`: append-only JSON lines, keyed,
 so a killed run loses at most the record being written), the seconds each phase took in
-this session (:meth:`RunFolder.phase`, into ``timings.json``), and resumption by chunk
+this session and where inside it they went (:meth:`RunFolder.phase`, into
+``timings.json``; :mod:`fasb_lens.profiling`), and resumption by chunk
 (:func:`pending_chunks`): work is done in chunks, and a chunk with anything missing is
 done again whole, so that every record of a chunk comes from the same computation and a
 resumed run's records equal an uninterrupted run's.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from fasb_lens import storage
+from fasb_lens.profiling import Profile, profiling
 
 T = TypeVar("T")
 
@@ -44,6 +46,7 @@ class RunFolder:
         self.settings = settings
         self.command = command
         self.timings: dict[str, float] = {}
+        self.profile = Profile()
         self._check(load)
 
     def _check(self, load: Callable[[dict[str, Any]], Settings]) -> None:
@@ -78,13 +81,18 @@ class RunFolder:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time a phase of this session's run into ``timings.json`` (seconds as run now:
-        a resumed run times only what it still had to do)."""
+        a resumed run times only what it still had to do), with the profile of the
+        sections run inside it (:mod:`fasb_lens.profiling`)."""
         start = time.perf_counter()
         try:
-            yield
+            with profiling(self.profile), self.profile.section(name):
+                yield
         finally:
             self.timings[name] = round(time.perf_counter() - start, 1)
-            storage.write_json(self.out / storage.TIMINGS, self.timings)
+            storage.write_json(
+                self.out / storage.TIMINGS,
+                {"phases": self.timings, "profile": self.profile.to_dict()},
+            )
 
 
 def pending_chunks(

@@ -46,6 +46,7 @@ from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, gen
 from fasb_lens.multiple_choice import AnswerSource, MultipleChoice, evaluate_together
 from fasb_lens.policies import Policy, PolicySettings, Unsteered
 from fasb_lens.prefix import SharedPrefix
+from fasb_lens.profiling import section
 from fasb_lens.steering import Steering
 
 MC_KEYS = ("mc2", "mc1")
@@ -213,29 +214,38 @@ def calibrate_fold(
     Returns the calibration and the fold's steering with the chosen K.
     """
     bar = tqdm(desc="calibrate", unit="setting", disable=not inputs.progress)
-    calibration, unsteered = _choose_tracker(inputs, candidates, tracker, bar)
+    with section("tracker choice"):
+        calibration, unsteered = _choose_tracker(inputs, candidates, tracker, bar)
     rng = np.random.RandomState(seed)
     steering = inputs.steering
     if "mc" in tasks:
-        steering = _calibrate_mc(inputs, calibration, top_ks, bar, rng)
+        with section("mc"):
+            steering = _calibrate_mc(inputs, calibration, top_ks, bar, rng)
     if "generation" in tasks:
-        if steering is not inputs.steering:
-            # the tracker averages the anchored heads, so once K is chosen its readings are
-            # those of the K heads: read the same unsteered answers with them, and take
-            # the generation threshold (and its detection scores) there
-            unsteered = _generate(inputs, Unsteered(tracker=calibration.tracker), steering)
-            bar.update(1)
-            truthful = calibration.readings["truthful"]
-            policy = inputs.thresholded(calibration.tracker)
-            checks, at_k = detection(policy, unsteered, truthful, inputs.settings.threshold)
-            calibration.thresholds["generation"] = float(at_k["threshold"])
-            calibration.trackers[calibration.tracker] |= {
-                f"{key}_at_k": value for key, value in at_k.items()
-            }
-            calibration.readings["generation_first_check"] = checks
-        _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng)
+        with section("generation"):
+            _threshold_and_strengths(inputs, calibration, steering, unsteered, bar, rng)
     bar.close()
     return calibration, steering
+
+
+def _threshold_and_strengths(inputs, calibration, steering, unsteered, bar, rng) -> None:
+    """Generation: the threshold read over the chosen K heads, then the strengths."""
+    if steering is not inputs.steering:
+        # the tracker averages the anchored heads, so once K is chosen its readings are
+        # those of the K heads: read the same unsteered answers with them, and take
+        # the generation threshold (and its detection scores) there
+        with section("unsteered answers at K"):
+            unsteered = _generate(inputs, Unsteered(tracker=calibration.tracker), steering)
+        bar.update(1)
+        truthful = calibration.readings["truthful"]
+        policy = inputs.thresholded(calibration.tracker)
+        checks, at_k = detection(policy, unsteered, truthful, inputs.settings.threshold)
+        calibration.thresholds["generation"] = float(at_k["threshold"])
+        calibration.trackers[calibration.tracker] |= {
+            f"{key}_at_k": value for key, value in at_k.items()
+        }
+        calibration.readings["generation_first_check"] = checks
+    _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng)
 
 
 def with_k(steering: Steering, k: int) -> Steering:
@@ -299,13 +309,14 @@ def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
         best = found.tried[(found.best(beta), search_module.threshold_key(beta))]
         return (*rank_key(best, MC_KEYS), -k)
 
-    for k in sorted({min(k, steering.top_k) for k in top_ks}):
-        try_k(k)
-    for _ in range(search_module.MAX_EXTENSIONS):
-        edge = next_k_edge(searches, max(searches, key=best_value), steering.top_k)
-        if edge is None:
-            break
-        try_k(edge)
+    with section("K selection"):
+        for k in sorted({min(k, steering.top_k) for k in top_ks}):
+            try_k(k)
+        for _ in range(search_module.MAX_EXTENSIONS):
+            edge = next_k_edge(searches, max(searches, key=best_value), steering.top_k)
+            if edge is None:
+                break
+            try_k(edge)
     best_k = max(searches, key=best_value)
     thresholded, items, checks = searches[best_k]
     calibration.top_k = best_k

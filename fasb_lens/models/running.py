@@ -17,6 +17,7 @@ from fasb_lens._types import AttentionMask, TokenIds
 from fasb_lens.models.attention import fast_attention
 from fasb_lens.models.kv_cache import KVCache
 from fasb_lens.models.shape import model_id
+from fasb_lens.profiling import count_forward
 
 
 def forward(
@@ -75,6 +76,7 @@ def _forward(
             "use_cache": True,
             "past_key_values": past_key_values,
         }
+    count_forward(ids.shape[0] * ids.shape[1])
     with fast_attention(model):
         return model(ids, **kwargs)
 

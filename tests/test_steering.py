@@ -187,8 +187,8 @@ def test_tracker_and_subset(steering) -> None:
 def test_invalid_steering(steering) -> None:
     with pytest.raises(ValueError, match="directions must have unit length"):
         Steering(**{**vars(steering), "directions": steering.directions * 2})
-    with pytest.raises(ValueError, match="threshold must be >= 0 and <= 1"):
-        PolicySettings(threshold=1.5)
+    with pytest.raises(ValueError, match="must be >= 0, got 60.0, -0.5, 10"):
+        PolicySettings(threshold=-0.5)
     with pytest.raises(ValueError, match="the probe tracker's tensor 'bias' is missing"):
         Steering(**{**vars(steering), "trackers": {"probe": {"weight": steering.directions}}})
     with pytest.raises(ValueError, match="L9H0 does not exist"):

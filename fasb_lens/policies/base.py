@@ -47,6 +47,13 @@ class PolicySettings:
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.threshold < 0 or self.backtrack_tokens < 0:
+            raise ValueError(
+                "alpha, threshold and backtrack_tokens must be >= 0, got "
+                f"{self.alpha}, {self.threshold}, {self.backtrack_tokens}"
+            )
+
 
 @dataclass(frozen=True)
 class StrengthSearch:

@@ -1,4 +1,4 @@
-"""The package's layers: a module imports only from the layers above it (DESIGN §3)."""
+"""The package's layers: a module imports only from the layers above it in ``LAYERS``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("fasb_lens.testing",),
     ("fasb_lens.interventions",),
     ("fasb_lens.prefix", "fasb_lens.trees"),
+    ("fasb_lens.logprobs",),
+    ("fasb_lens.tree_forward",),
     ("fasb_lens.activations",),
     ("fasb_lens.trackers",),
     ("fasb_lens.probes",),
@@ -25,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fasb_lens.policies",),
     ("fasb_lens.decoding",),
     ("fasb_lens.generation",),
+    ("fasb_lens.policy_walk",),
     ("fasb_lens.scoring",),
     ("fasb_lens.evaluation.judges",),
     ("fasb_lens.evaluation.truthfulqa",),

@@ -45,7 +45,7 @@ from fasb_lens.models.loading import (
     load_model,
     parse_dtype,
 )
-from fasb_lens.models.running import blocks_from, forward, target_log_probs, unembed
+from fasb_lens.models.running import blocks_from, forward, unembed
 from fasb_lens.models.shape import (
     HOOK_FINAL,
     HOOK_RESID_POST,
@@ -121,6 +121,5 @@ __all__ = [
     "select_rows",
     "site_shape",
     "tokenize",
-    "target_log_probs",
     "unembed",
 ]

@@ -4,9 +4,9 @@ A **policy** says three things: what vector to add (:meth:`Policy.intervention`)
 which strength from the start (:meth:`Policy.initial_strength`), and what to do when the
 tracker reports a reading (:meth:`Policy.decide`). It holds no model and runs nothing:
 token-by-token generation (:mod:`fasb_lens.generation`) and teacher-forced scoring
-(:mod:`fasb_lens.scoring`) are two drivers that feed it the same :class:`Check` objects
-through one :class:`Tracking` per sequence, so a policy's check window, strength and
-backtracking arithmetic exist once.
+(:mod:`fasb_lens.policy_walk`) are two drivers that feed it the same :class:`Check`
+objects through one :class:`Tracking` per sequence, so a policy's check window, strength
+and backtracking arithmetic exist once.
 
 A reading is counted in tokens, ``n_tokens``, as each driver documents:
 

@@ -27,10 +27,15 @@ Two users pack trees differently, because they know different things in advance:
   plus a cost per forward), repeats a bin's rows once per edit (``replicas``) and picks
   each row's prompt from the batch's cache (:func:`selected_cache`).
 
-Both build their forwards, masks, positions, caches and log-probabilities here; only the
-choice of which trees share a forward differs. A per-round greedy packing would cost the
-grid padding it runs thousands of times, and the grid's one-off optimal binning cannot
-wait for the last question of a scoring round.
+Both build their forwards, masks, positions, caches and log-probabilities here. Two
+things stay separate, on purpose. Where the prompts' caches come from: a scoring prompt
+(instruction, primer, question) is cached once and serves every round and policy, while
+an ablation edits the prompts too, so the grid re-runs them for every edit from the
+edited layer on, one batch for all questions. And which trees share a forward: the
+scorer's requests arrive a round at a time, carrying different hooks, and are packed as
+they come; the grid's trees are fixed and each bin runs once per edit of every head, so
+binning them once with the fewest padded positions pays off there (thousands of runs),
+while a scoring round cannot wait for trees that later rounds will ask for.
 """
 
 from __future__ import annotations

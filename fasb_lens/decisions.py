@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     from fasb_lens.interventions import Hooks, Positions, Strength
 
 
+DEFAULT_TRACKER = "probe"
+"""The tracker a policy reads unless told otherwise (the paper's: a logistic probe per
+anchored head, its probabilities averaged)."""
+
+
 class Intervention(Protocol):
     """What a policy adds to the model: a steering artifact's vectors.
 
@@ -80,7 +85,7 @@ class Anchored(Protocol):
 
     heads: tuple[Head, ...]
 
-    def tracker(self, kind: str = "probe", **options: Any) -> Tracker: ...
+    def tracker(self, kind: str = DEFAULT_TRACKER, **options: Any) -> Tracker: ...
 
     def check_model(self, model: TransformerBridge) -> None: ...
 
@@ -131,7 +136,7 @@ class Policy:
     """Base of every steering policy; see the module docstring."""
 
     name: str = "policy"
-    tracker: str = "probe"
+    tracker: str = DEFAULT_TRACKER
     """The tracker whose readings this policy decides on (and traces report)."""
 
     def initial_strength(self) -> float:
@@ -165,7 +170,7 @@ class Policy:
 class Unsteered(Policy):
     """No steering: nothing is added, nothing is decided; ``tracker`` is only read."""
 
-    tracker: str = "probe"
+    tracker: str = DEFAULT_TRACKER
     name: str = "none"
 
 

@@ -4,7 +4,7 @@ The loop generates a batch of prompts token by token. After every token it reads
 anchored heads' ``hook_z`` at the newest position, turns them into ``p_true`` with the
 policy's tracker, and asks the **policy** (:mod:`fasb_lens.policies`) what to do: go on,
 or steer from now on, possibly after dropping the last tokens (a backtrack). This module
-is one of the policies' two drivers (the other is :mod:`fasb_lens.scoring`); it counts a
+is one of the policies' two drivers (the other is :mod:`fasb_lens.policy_walk`); it counts a
 reading as the number of tokens generated so far, the token chosen from that reading
 included, so FASB's first check comes once ``backtrack_tokens`` tokens exist.
 

@@ -28,7 +28,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
-from fasb_lens.decisions import Tracker
+from fasb_lens.decisions import DEFAULT_TRACKER, Tracker
 from fasb_lens.interventions import Hooks, Positions, Strength, hooked, steer_heads, steer_residual
 from fasb_lens.models import HOOK_RESID_POST, HOOK_Z, ModelShape, check_shape, model_shape
 from fasb_lens.policies.base import PolicySettings
@@ -129,7 +129,7 @@ class Steering:
         """The registered trackers whose tensors this steering holds."""
         return tuple(name for name in TRACKERS.names() if name in self.trackers)
 
-    def tracker(self, kind: str = "probe", **options: Any) -> Tracker:
+    def tracker(self, kind: str = DEFAULT_TRACKER, **options: Any) -> Tracker:
         """The state tracker ``kind`` over the anchored heads (see :mod:`fasb_lens.trackers`)."""
         TRACKERS.resolve(kind)
         if kind not in self.trackers:

@@ -6,7 +6,8 @@ holds each distinct answer prefix once instead: node 0 is the prompt's last toke
 every other node extends its parent by one token. Fed as one row, each node attends to
 the prompt and to its own ancestors (:meth:`TokenTree.attention`) and sits at its depth
 after the prompt (``position_ids``), so every number is what a row of its own would
-give, up to float rounding.
+give, up to float rounding. :mod:`fasb_lens.tree_forward` packs many trees, each after its
+own prompt, into one forward and reads their answers' log-probabilities.
 
 Two answers share a node only where everything that reaches it agrees: the tokens, and
 a ``key`` per token when the caller passes one (the steering strength at that position,
@@ -19,11 +20,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Int
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
-
-from fasb_lens.models import target_log_probs
 
 
 @dataclass(frozen=True)
@@ -99,29 +97,32 @@ class TokenTree:
                 sees[node] |= sees[up]
         return sees
 
-    def log_probs(
-        self, model: TransformerBridge, final: Float[Tensor, "nodes d_model"]
-    ) -> Float[Tensor, " answers"]:
-        """Each answer's summed log-probability (float64) from the final residual stream of
-        a forward that fed the tree: a node is unembedded once, however many answer tokens
-        it predicts."""
-        totals = torch.zeros(len(self.paths), dtype=torch.float64, device=final.device)
-        if self.reads:
-            node, token, answer = torch.tensor(self.reads, device=final.device).T
-            used, at = node.unique(return_inverse=True)
-            totals.index_add_(
-                0, answer, target_log_probs(model, final[used], token, at=at).double()
-            )
-        return totals
+    def path_nodes(self, device: torch.device | str | None = None) -> Int[Tensor, "answers pos"]:
+        """``[answers, pos]``: the node that fed each answer's each position (0 after)."""
+        width = max((len(path) for path in self.paths), default=1)
+        nodes = torch.zeros(len(self.paths), width, dtype=torch.long)
+        for row, path in enumerate(self.paths):
+            nodes[row, : len(path)] = torch.tensor(path, dtype=torch.long)
+        return nodes.to(device)
 
     def attention(
-        self, prompt: int, *, width: int | None = None, room: int | None = None
+        self,
+        prompt: int | Bool[Tensor, " room"],
+        *,
+        width: int | None = None,
+        room: int | None = None,
     ) -> Bool[Tensor, "1 1 width width_with_prompt"]:
         """The ``[1, 1, width, room + width]`` mask of a forward that feeds the tree after
-        ``prompt`` cached positions: every node sees the whole prompt and its ancestors.
-        ``room`` (at least ``prompt``) pads the cached positions, ``width`` the nodes, for
-        a row of a batch; nothing sees a padded position but itself."""
-        width, room = width or len(self), prompt if room is None else room
-        front = torch.zeros(width, room, dtype=torch.bool)
-        front[: len(self), :prompt] = True
+        cached positions: every node sees its prompt and its ancestors. ``prompt`` is the
+        number of cached positions (all of them the prompt; ``room``, at least ``prompt``,
+        pads them) or a mask over the cached columns marking the prompt's (a row of a
+        left-padded batch). ``width`` pads the nodes, for a row of a batch; nothing sees a
+        padded node but itself."""
+        width = width or len(self)
+        if isinstance(prompt, int):
+            columns = torch.arange(prompt if room is None else room) < prompt
+        else:
+            columns = prompt.bool().cpu()
+        front = torch.zeros(width, len(columns), dtype=torch.bool)
+        front[: len(self)] = columns
         return torch.cat([front, self.sees(width)], dim=1)[None, None]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fasb_lens import tree_forward
 from fasb_lens._types import Head
 from fasb_lens.ablation import (
     AblationGrid,
@@ -32,13 +33,13 @@ from fasb_lens.ablation import (
     truthfulqa_pairs,
 )
 from fasb_lens.ablation import attribution as attribution_module
-from fasb_lens.ablation import layout as layout_module
-from fasb_lens.ablation.layout import Layout, length_bins
+from fasb_lens.ablation.layout import Layout
 from fasb_lens.anchoring import build_steering
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format, probing_prompts
 from fasb_lens.models import forward, hook_z_name, model_shape, tokenize
 from fasb_lens.policies import FASB
 from fasb_lens.storage import ABLATION_LOG
+from fasb_lens.tree_forward import length_bins
 
 QUESTIONS = load_mini_truthfulqa()[:3]
 
@@ -108,7 +109,7 @@ def test_length_bins_cover_every_answer_once() -> None:
 @pytest.mark.parametrize("bin_cost", [0, 1000])  # many bins, one bin
 @pytest.mark.parametrize("metric_name", ["logprob_margin", "mc2"])
 def test_exact_engine_equals_the_loop(tiny_model, metric_name, bin_cost, monkeypatch) -> None:
-    monkeypatch.setattr(layout_module, "BIN_COST", bin_cost)
+    monkeypatch.setattr(tree_forward, "BIN_COST", bin_cost)
     if metric_name == "logprob_margin":
         metric = logprob_margin(tiny_model, QUESTIONS)
     else:

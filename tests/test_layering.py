@@ -34,8 +34,11 @@ TIERS: dict[str, tuple[str, ...]] = {
         "fasb_lens.traces",
         "fasb_lens.prefix",
         "fasb_lens.trees",
+        "fasb_lens.logprobs",
+        "fasb_lens.tree_forward",
         "fasb_lens.decoding",
         "fasb_lens.generation",
+        "fasb_lens.policy_walk",
         "fasb_lens.scoring",
     ),
     "method": (

@@ -258,13 +258,13 @@ SETTINGS = PolicySettings(alpha=2.0, threshold=0.6, backtrack_tokens=1)
 def count_score_calls(monkeypatch) -> list[int]:
     """Every scoring of a prefix's options (alone or with others), as it starts."""
     calls: list[int] = []
-    original = PrefixScorer._score_steps
+    original = PrefixScorer.steps
 
     def counting(self, cont_ids, policies, texts):
         calls.append(len(cont_ids))
         return original(self, cont_ids, policies, texts)
 
-    monkeypatch.setattr(PrefixScorer, "_score_steps", counting)
+    monkeypatch.setattr(PrefixScorer, "steps", counting)
     return calls
 
 

@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from fasb_lens import Head, scoring
+from fasb_lens import Head, scoring, tree_forward
 from fasb_lens.activations import collect_residual_activations
 from fasb_lens.anchoring import build_caa
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
@@ -61,13 +61,13 @@ def above_block_zero(model, steering):
 def record_starts(monkeypatch) -> list[int | None]:
     """The block each scoring forward starts at (``None``: the first), as they run."""
     starts: list[int | None] = []
-    real = scoring.final_residual
+    real = tree_forward.final_residual
 
     def spy(*args, start_at_layer=None, **kwargs):
         starts.append(start_at_layer)
         return real(*args, start_at_layer=start_at_layer, **kwargs)
 
-    monkeypatch.setattr(scoring, "final_residual", spy)
+    monkeypatch.setattr(tree_forward, "final_residual", spy)
     return starts
 
 
@@ -376,7 +376,7 @@ def test_questions_scored_together_equal_each_alone(tiny_llama, steering, monkey
     fasb = FASB(alpha=30.0, threshold=threshold, backtrack_tokens=1)
     shared = [Unsteered(), ITI(alpha=20.0), fasb]
     forwards: list[list[set[int]]] = []  # each forward's rows: the interventions steering it
-    real = scoring._forward_together
+    real = tree_forward.forward_together
 
     def spy(model, requests):
         forwards.append([{id(i) for i, _ in request.steer} for request in requests])
@@ -394,7 +394,7 @@ def test_questions_scored_together_equal_each_alone(tiny_llama, steering, monkey
         alone = [s.score_policies(c, p) for s, c, p in zip(scorers(), ids, policies, strict=True)]
         forwards.clear()
         with monkeypatch.context() as patched:
-            patched.setattr(scoring, "_forward_together", spy)
+            patched.setattr(tree_forward, "forward_together", spy)
             jobs = [
                 scoring.ScoringJob(s, c, p)
                 for s, c, p in zip(scorers(), ids, policies, strict=True)

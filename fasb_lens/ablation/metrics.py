@@ -25,6 +25,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens._types import Head
 from fasb_lens.activations import gather_last_position
 from fasb_lens.data import LabelledPrompt, PromptFormat, TruthfulQAQuestion
+from fasb_lens.decisions import DEFAULT_TRACKER
 from fasb_lens.interventions import heads_from
 from fasb_lens.models import tokenize
 from fasb_lens.multiple_choice import AnswerSource, answer_sets
@@ -199,7 +200,7 @@ def p_true_metric(
     prompts: Sequence[LabelledPrompt],
     steering: Steering,
     *,
-    tracker: str = "probe",
+    tracker: str = DEFAULT_TRACKER,
 ) -> ReadoutMetric:
     """The tracker's mean ``p_true`` over ``prompts`` (at their last token): what FASB's
     trigger reads."""

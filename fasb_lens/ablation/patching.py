@@ -26,6 +26,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.patching import generic_activation_patch
 
 from fasb_lens.data import TruthfulQAQuestion
+from fasb_lens.decisions import DEFAULT_TRACKER
 from fasb_lens.interventions import capture, heads_from, hooked
 from fasb_lens.models import hook_z_name, model_device, pad, pad_token_id, tokenize
 from fasb_lens.steering import Steering
@@ -84,7 +85,7 @@ def patching_effects(
     *,
     steering: Steering | None = None,
     metric: str | LogitMetric = "p_true",
-    tracker: str = "probe",
+    tracker: str = DEFAULT_TRACKER,
     progress: bool = True,
 ) -> PatchingResult:
     """Patch every head's last-token output from each clean prompt into its corrupted one.

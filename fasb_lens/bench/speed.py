@@ -13,10 +13,9 @@ import torch
 from fasb_lens.activations import collect_head_activations
 from fasb_lens.anchoring import anchor_heads
 from fasb_lens.bench.context import BenchContext, _prompt_format, _timer
-from fasb_lens.data import (
-    load_mini_truthfulqa,
-)
+from fasb_lens.data import load_mini_truthfulqa
 from fasb_lens.generation import GenerationConfig, GenerationTrace, generate
+from fasb_lens.logprobs import continuation_log_probs
 from fasb_lens.models import (
     bridge_attention,
     dtype_name,
@@ -30,7 +29,7 @@ from fasb_lens.models import (
 from fasb_lens.multiple_choice import MultipleChoice, evaluate_mc
 from fasb_lens.policies import FASB, ITI, Unsteered
 from fasb_lens.probes import fit_head_probes
-from fasb_lens.scoring import ROWS, AnswerScore, continuation_log_probs, score_together
+from fasb_lens.scoring import ROWS, AnswerScore, score_together
 from fasb_lens.splits import authors_folds, train_val_split
 from fasb_lens.steering import Steering
 

@@ -15,7 +15,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from fasb_lens.data.mc import option_prompts
 from fasb_lens.data.schema import MultipleChoiceItem
-from fasb_lens.decisions import Policy, Unsteered
+from fasb_lens.decisions import DEFAULT_TRACKER, Policy, Unsteered
 from fasb_lens.models import tokenize
 from fasb_lens.scoring import AnswerScore, PrefixScorer, ScoringJob, score_together
 from fasb_lens.steering import Steering
@@ -41,7 +41,7 @@ class ItemScorer:
             for prefix, indices in by_prefix.items()
         ]
 
-    def readings(self, tracker: str = "probe") -> list[float]:
+    def readings(self, tracker: str = DEFAULT_TRACKER) -> list[float]:
         """The tracker's unsteered readings over every option: at each prefix's last
         token, then at each token of the option."""
         return [

@@ -46,7 +46,7 @@ from fasb_lens.models.loading import (
     load_model,
     parse_dtype,
 )
-from fasb_lens.models.running import blocks_from, forward, target_log_probs, unembed
+from fasb_lens.models.running import blocks_from, forward, unembed
 from fasb_lens.models.shape import (
     HOOK_FINAL,
     HOOK_RESID_POST,
@@ -123,6 +123,5 @@ __all__ = [
     "select_rows",
     "site_shape",
     "tokenize",
-    "target_log_probs",
     "unembed",
 ]

@@ -1,6 +1,6 @@
 """Running a model: forward calls (with a padding mask, a KV cache, or from a given
 block on) and the unembedding at chosen positions; the KV cache itself is
-:mod:`fasb_lens.models.kv_cache`."""
+:mod:`fasb_lens.models.kv_cache`, log-probabilities :mod:`fasb_lens.logprobs`."""
 
 from __future__ import annotations
 
@@ -109,7 +109,9 @@ def blocks_from(model: TransformerBridge, layer: int) -> Iterator[None]:
         setattr(parent, attribute, stack)
 
 
-def unembed(model: TransformerBridge, final: Tensor) -> Tensor:
+def unembed(
+    model: TransformerBridge, final: Float[Tensor, "n d_model"]
+) -> Float[Tensor, "n d_vocab"]:
     """Logits from final residual streams (captured at :data:`HOOK_FINAL`), so that
     the unembedding runs only at the positions a caller needs.
 
@@ -119,46 +121,3 @@ def unembed(model: TransformerBridge, final: Tensor) -> Tensor:
     logits = final @ model.unembed.W_U
     bias = getattr(model.unembed, "b_U", None)
     return logits + bias if bias is not None and bool(bias.any()) else logits
-
-
-def _logsumexp(logits: Tensor) -> Tensor:
-    """Each row's log-sum-exp; without gradients it reuses ``logits``' memory (no copy of
-    a 49k-wide tensor), with them it is :func:`torch.logsumexp`."""
-    if logits.requires_grad:
-        return logits.logsumexp(-1)
-    top = logits.amax(-1, keepdim=True)
-    return logits.sub_(top).exp_().sum(-1).log_() + top[:, 0]
-
-
-UNEMBED_ROWS = 1024
-"""Positions unembedded at a time by :func:`target_log_probs` (a 200 MB slice of logits
-for a 49k-token vocabulary, instead of one tensor for every position)."""
-
-
-def target_log_probs(
-    model: TransformerBridge,
-    final: Float[Tensor, "n d_model"],
-    targets: Int[Tensor, " m"],
-    *,
-    at: Int[Tensor, " m"] | None = None,
-) -> Float[Tensor, " m"]:
-    """``log p(targets[i])`` under the logits of ``final[at[i]]`` (``at`` defaults to
-    ``i``), in float32; a row read for several targets is unembedded once.
-
-    Taken as the target's logit minus the log-sum-exp of its row, ``UNEMBED_ROWS``
-    positions at a time: no full log-softmax is written, which on a CPU more than halves
-    the cost of scoring. Differentiable (attribution patching backpropagates through it).
-    """
-    if at is None:
-        at = torch.arange(len(targets), device=targets.device)
-    parts, order = [], []
-    for start in range(0, final.shape[0], UNEMBED_ROWS):
-        logits = unembed(model, final[start : start + UNEMBED_ROWS]).float()
-        here = ((at >= start) & (at < start + UNEMBED_ROWS)).nonzero()[:, 0]
-        local = at[here] - start
-        picked = logits[local, targets[here]]
-        parts.append(picked - _logsumexp(logits)[local])
-        order.append(here)
-    if not parts:
-        return final.new_zeros(0, dtype=torch.float32)
-    return torch.cat(parts)[torch.cat(order).argsort()]

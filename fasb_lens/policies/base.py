@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from fasb_lens.decisions import Policy
+from fasb_lens.decisions import DEFAULT_TRACKER, Policy
 from fasb_lens.options import NON_NEGATIVE, PROBABILITY, option
 from fasb_lens.registry import Registry
 
@@ -42,7 +42,7 @@ class PolicySettings:
     backtrack_tokens: int = option(
         10, help="tokens dropped on a trigger (the paper's s)", bounds=NON_NEGATIVE
     )
-    tracker: str = "probe"
+    tracker: str = DEFAULT_TRACKER
     caa: Any = None
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)

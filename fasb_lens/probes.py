@@ -241,6 +241,35 @@ def _check_rows(
     return train, val
 
 
+def _solve(
+    x: Tensor,
+    y: Tensor,
+    engine: Engine,
+    *,
+    C: float,
+    max_iter: int | None,
+    tol: float,
+    chunk: int | None,
+    device: str | torch.device | None,
+    progress: bool,
+) -> tuple[Tensor, Tensor]:
+    """Every head's probe weights and bias from one engine (its default iterations)."""
+    if engine == "torch":
+        return fit_torch(
+            x,
+            y,
+            C=C,
+            max_iter=max_iter or 50,
+            tol=tol,
+            chunk=chunk,
+            device=device,
+            progress=progress,
+        )
+    if engine == "sklearn":
+        return fit_sklearn(x, y, C=C, max_iter=max_iter or 1000, progress=progress)
+    raise ValueError(f"engine must be 'torch' or 'sklearn', got {engine!r}")
+
+
 def fit_head_probes(
     activations: HeadActivations | Float[Tensor, "n layer head d_head"],
     labels: Tensor | Sequence[int] | None = None,
@@ -287,23 +316,17 @@ def fit_head_probes(
     train, val = _check_rows(z, labels, layers, train_idx, val_idx)
     train_labels = labels[train]
     flat = z.reshape(n, n_layers_in * n_heads, d_head)
-    if engine == "torch":
-        weight, bias = fit_torch(
-            flat[train],
-            train_labels,
-            C=C,
-            max_iter=max_iter or 50,
-            tol=tol,
-            chunk=heads_per_chunk,
-            device=device,
-            progress=progress,
-        )
-    elif engine == "sklearn":
-        weight, bias = fit_sklearn(
-            flat[train], train_labels, C=C, max_iter=max_iter or 1000, progress=progress
-        )
-    else:
-        raise ValueError(f"engine must be 'torch' or 'sklearn', got {engine!r}")
+    weight, bias = _solve(
+        flat[train],
+        train_labels,
+        engine,
+        C=C,
+        max_iter=max_iter,
+        tol=tol,
+        chunk=heads_per_chunk,
+        device=device,
+        progress=progress,
+    )
 
     def accuracy(rows: Tensor) -> Tensor:
         logits = torch.einsum("nkd,kd->nk", flat[rows].double(), weight.double()) + bias.double()

@@ -3,6 +3,7 @@ patching matches a hand-made patch, grids resume and save, bad input is refused.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from itertools import pairwise
 
@@ -326,7 +327,7 @@ def test_study_grid_saves_and_resumes(tiny_llama, tmp_path) -> None:
     assert len((tmp_path / ABLATION_LOG).read_text().splitlines()) == 4
     loaded = AblationGrid.load(tmp_path, grid.name)
     assert torch.equal(loaded.values.nan_to_num(7), grid.values.nan_to_num(7))
-    assert (loaded.metric, loaded.kind, loaded.method) == ("logprob_margin", "zero", "exact")
+    assert (loaded.metric, loaded.kind, loaded.estimator) == ("logprob_margin", "zero", "exact")
     more = [*heads, Head(2, 1)]
     calls: list[int] = []
     import fasb_lens.ablation.study as study
@@ -344,6 +345,25 @@ def test_study_grid_saves_and_resumes(tiny_llama, tmp_path) -> None:
         study.exact_effects = real
     assert calls == [1]  # only the new head was computed
     assert float(again.effect[1, 2]) == pytest.approx(float(grid.effect[1, 2]), abs=1e-9)
+
+
+def test_study_resumes_a_log_written_before_estimators_had_their_name(tiny_llama, tmp_path) -> None:
+    metric = logprob_margin(tiny_llama, QUESTIONS)
+    heads = [Head(0, 0), Head(2, 1)]
+    grid = ablation_study(tiny_llama, metric, heads=heads, out=tmp_path, progress=False)
+    log = tmp_path / ABLATION_LOG
+    old = [json.loads(line) for line in log.read_text().splitlines()]
+    for record in old:
+        record["method"] = record.pop("estimator")
+    log.write_text("".join(json.dumps(record) + "\n" for record in old))
+    import fasb_lens.ablation.study as study
+
+    real, study.exact_effects = study.exact_effects, None  # nothing may be recomputed
+    try:
+        again = ablation_study(tiny_llama, metric, heads=heads, out=tmp_path, progress=False)
+    finally:
+        study.exact_effects = real
+    assert torch.equal(again.values.nan_to_num(7), grid.values.nan_to_num(7))
 
 
 def test_which_heads_matter_for_fasb(tiny_llama, tiny_anchoring) -> None:
@@ -379,8 +399,8 @@ def test_bad_input(tiny_llama, tiny_anchoring) -> None:
     )
     with pytest.raises(ValueError, match="no vector for L2H2"):
         make_edits([Head(2, 2)], "steer", steering=two)
-    with pytest.raises(ValueError, match="method must be one of"):
-        ablation_study(tiny_llama, metric, method="magic", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        ablation_study(tiny_llama, metric, estimator="magic", progress=False)
 
 
 @pytest.mark.slow

@@ -261,13 +261,13 @@ def test_ablate_command(tiny_llama_folder, tmp_path, capsys) -> None:
     capsys.readouterr()
     common = ["ablate", "--artifact", str(artifact), "--questions", "2", "--out", str(out)]
     common += ["--no-png", *quiet]
-    assert cli.main([*common, "--method", "exact"]) == 0
+    assert cli.main([*common, "--estimator", "exact"]) == 0
     exact = json.loads(capsys.readouterr().out)
-    assert exact["method"] == "exact" and len(exact["largest_drops"]) == 10
+    assert exact["estimator"] == "exact" and len(exact["largest_drops"]) == 10
     assert (out / "ablation_exact_logprob_margin_zero.safetensors").is_file()
     assert (out / "ablation_exact_logprob_margin_zero.html").is_file()
-    assert cli.main([*common, "--method", "attribution"]) == 0
-    assert json.loads(capsys.readouterr().out)["method"] == "attribution"
+    assert cli.main([*common, "--estimator", "attribution"]) == 0
+    assert json.loads(capsys.readouterr().out)["estimator"] == "attribution"
     assert cli.main([*common, "--method", "patching", "--metric", "p_true"]) == 0
     captured = capsys.readouterr()
     patched = json.loads(captured.out)

@@ -36,9 +36,10 @@ from fasb_lens.ablation.metrics import (
 )
 from fasb_lens.ablation.patching import PatchingResult, patching_effects, truthfulqa_pairs
 from fasb_lens.ablation.study import (
-    METHODS,
+    ESTIMATORS,
     AblationGrid,
-    Method,
+    AblationSettings,
+    Estimator,
     ablated,
     ablation_study,
     fasb_heads_study,
@@ -46,14 +47,15 @@ from fasb_lens.ablation.study import (
 )
 
 __all__ = [
+    "ESTIMATORS",
     "KINDS",
-    "METHODS",
     "METRICS",
     "AblationGrid",
     "AblationKind",
+    "AblationSettings",
     "Edit",
+    "Estimator",
     "LogProbMetric",
-    "Method",
     "Metric",
     "PatchingResult",
     "ReadoutMetric",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 from unittest import mock
 
 import torch
@@ -27,7 +28,7 @@ from transformer_lens.patching import generic_activation_patch
 
 from fasb_lens.data import TruthfulQAQuestion
 from fasb_lens.decisions import DEFAULT_TRACKER
-from fasb_lens.interventions import capture, heads_from, hooked
+from fasb_lens.interventions import Hooks, capture, heads_from, hooked
 from fasb_lens.models import hook_z_name, model_device, pad, pad_token_id, tokenize
 from fasb_lens.steering import Steering
 
@@ -79,6 +80,43 @@ class PatchingResult:
         return self.effect / gap if abs(float(gap)) > 1e-12 else torch.full_like(self.effect, 0.0)
 
 
+def _measure(
+    metric: str | LogitMetric,
+    steering: Steering | None,
+    tracker: str,
+    state: dict[str, Any],
+) -> tuple[Hooks, Callable[[Tensor], Tensor]]:
+    """The metric as a function of the logits, and the hooks it needs: for ``"p_true"``,
+    the anchored heads' ``hook_z`` at each row's last token (``state["rows"]``,
+    ``state["last"]``), with the head patched last (``state["head"]``) set to its patched
+    value, which its own hook read before the patch."""
+    if callable(metric):
+        return [], lambda logits: metric(logits, state["last"])
+    if metric != "p_true":
+        raise ValueError(f"metric must be 'p_true' or a function of the logits, got {metric!r}")
+    if steering is None:
+        raise ValueError("the p_true metric needs a steering artifact (its tracker)")
+    reader = steering.tracker(tracker)
+    store: dict[int, Tensor] = {}
+    reads = capture(
+        sorted({head.layer for head in reader.heads}),
+        store,
+        site="w_o_in",
+        select=lambda z: z[state["rows"], state["last"]],
+    )
+
+    def p_true(logits: Tensor) -> Tensor:
+        z = heads_from(store, reader.heads).clone()
+        if state["head"] is not None:
+            layer, head, value = state["head"]
+            for k, read in enumerate(reader.heads):
+                if (read.layer, read.head) == (layer, head):
+                    z[:, k] = value
+        return reader.p_true(z.float())
+
+    return reads, p_true
+
+
 def patching_effects(
     model: TransformerBridge,
     pairs: Sequence[tuple[str, str]],
@@ -107,55 +145,24 @@ def patching_effects(
     bad_ids, bad_mask = pad(tokenize(model, [b for _, b in pairs]), pad_id=pad_id, device=device)
     clean_last, bad_last = clean_mask.sum(1) - 1, bad_mask.sum(1) - 1
     rows = torch.arange(len(pairs), device=device)
-
-    patched: dict[str, tuple[int, int, Tensor] | None] = {"head": None}
+    # the rows' last tokens in the run being measured, and the head patched last
+    state: dict[str, Any] = {"rows": rows, "last": clean_last, "head": None}
 
     def last_token_patch(corrupted: Tensor, index: Sequence[int], clean: Tensor) -> Tensor:
         head = int(index[1])
         value = clean[rows, clean_last, head]
         corrupted[rows, bad_last, head] = value
-        patched["head"] = (int(index[0]), head, value)
+        state["head"] = (int(index[0]), head, value)
         return corrupted
 
-    store: dict[int, Tensor] = {}
-    reads = []
-    last_rows = {"last": bad_last}  # the rows' last tokens in the run being measured
-    if metric == "p_true":
-        if steering is None:
-            raise ValueError("the p_true metric needs a steering artifact (its tracker)")
-        reader = steering.tracker(tracker)
-        layers = sorted({head.layer for head in reader.heads})
-
-        def select(z: Tensor) -> Tensor:
-            return z[rows, last_rows["last"]]
-
-        reads = capture(layers, store, site="w_o_in", select=select)
-
-        def measure(logits: Tensor) -> Tensor:
-            z = heads_from(store, reader.heads).clone()
-            if patched["head"] is not None:  # the patched head itself was read before its patch
-                layer, head, value = patched["head"]
-                for k, read in enumerate(reader.heads):
-                    if (read.layer, read.head) == (layer, head):
-                        z[:, k] = value
-            return reader.p_true(z.float())
-
-    elif callable(metric):
-
-        def measure(logits: Tensor) -> Tensor:
-            return metric(logits, last_rows["last"])
-
-    else:
-        raise ValueError(f"metric must be 'p_true' or a function of the logits, got {metric!r}")
-
+    reads, measure = _measure(metric, steering, tracker, state)
     names = {hook_z_name(layer) for layer in range(model.cfg.n_layers)}
     with torch.inference_mode(), hooked(model, reads):
-        last_rows["last"] = clean_last
         clean_logits, clean_cache = model.run_with_cache(
             clean_ids, names_filter=lambda name: name in names
         )
         clean_value = measure(clean_logits)
-        last_rows["last"] = bad_last
+        state["last"] = bad_last
         with _bar(progress):
             result = generic_activation_patch(
                 model,

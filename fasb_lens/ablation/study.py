@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.ablation.attribution import attribution_effects
-from fasb_lens.ablation.edits import AblationKind, make_edits
+from fasb_lens.ablation.edits import KINDS, AblationKind, make_edits
 from fasb_lens.ablation.exact import exact_effects, loop_effects
 from fasb_lens.ablation.metrics import Metric, p_true_metric
 from fasb_lens.activations import HeadActivations
@@ -33,11 +33,38 @@ from fasb_lens.data import PromptFormat, TruthfulQAQuestion, probing_prompts
 from fasb_lens.interventions import hooked, replace_heads
 from fasb_lens.models import ModelShape, model_id, model_shape
 from fasb_lens.multiple_choice import AnswerSource, evaluate_mc
+from fasb_lens.options import AT_LEAST_ONE, check_options, option
 from fasb_lens.policies import FASB, Unsteered
 from fasb_lens.steering import Steering
 
-Method = Literal["exact", "loop", "attribution"]
-METHODS: tuple[Method, ...] = ("exact", "loop", "attribution")
+Estimator = Literal["exact", "loop", "attribution"]
+"""How a grid's values are obtained: ``"exact"`` (the batched engine, every head's edit
+run), ``"loop"`` (one full evaluation per head, the reference) or ``"attribution"`` (a
+first-order estimate from one forward and one backward)."""
+ESTIMATORS: tuple[Estimator, ...] = ("exact", "loop", "attribution")
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """How a per-head study edits each head and estimates the metric; every default of
+    :func:`ablation_study` and of ``fasb-lens ablate`` is written here."""
+
+    estimator: Estimator = option(
+        "exact",
+        help="exact: the batched engine; loop: one full evaluation per head (the reference); "
+        "attribution: the first-order estimate",
+        flags=("--estimator", "--method"),
+        choices=ESTIMATORS,
+    )
+    kind: AblationKind = option(
+        "zero", help="what each head gets", flags=("--kind", "--mode"), choices=KINDS
+    )
+    strength: float = option(5.0, help="alpha for --kind steer")
+    samples: int = option(4, help="draws for --kind resample", bounds=AT_LEAST_ONE)
+    seed: int = option(0, help="seed of the resample draws")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -52,7 +79,7 @@ class AblationGrid:
     baseline: float
     metric: str
     kind: str
-    method: str
+    estimator: str
     model_id: str
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -66,8 +93,8 @@ class AblationGrid:
 
     @property
     def name(self) -> str:
-        """The grid's file name: ``ablation_{method}_{metric}_{kind}``."""
-        return f"{storage.ABLATION}_{self.method}_{self.metric}_{self.kind}"
+        """The grid's file name: ``ablation_{estimator}_{metric}_{kind}``."""
+        return f"{storage.ABLATION}_{self.estimator}_{self.metric}_{self.kind}"
 
     def top(self, k: int = 10, *, largest_drop: bool = True) -> list[tuple[Head, float]]:
         """The heads whose ablation moved the metric most (most negative first)."""
@@ -82,7 +109,7 @@ class AblationGrid:
             "baseline": self.baseline,
             "metric": self.metric,
             "kind": self.kind,
-            "method": self.method,
+            "estimator": self.estimator,
             "model_id": self.model_id,
             "info": self.info,
         }
@@ -93,56 +120,110 @@ class AblationGrid:
     @classmethod
     def load(cls, folder: str | Path, name: str) -> AblationGrid:
         tensors, meta = storage.load_artifact(
-            folder,
-            name,
-            tensors=("values",),
-            meta=("baseline", "metric", "kind", "method", "model_id"),
+            folder, name, tensors=("values",), meta=("baseline", "metric", "kind", "model_id")
         )
         return cls(
             tensors["values"],
             meta["baseline"],
             meta["metric"],
             meta["kind"],
-            meta["method"],
+            _estimator_of(meta),
             meta["model_id"],
             meta.get("info", {}),
         )
 
 
+def _estimator_of(record: dict[str, Any]) -> str:
+    """A grid's or a log record's estimator (written as ``"method"`` before it had a name
+    of its own, which such files still carry)."""
+    return record.get("estimator", record.get("method"))
+
+
 def _log_key(record: dict[str, Any]) -> tuple:
-    head = record["head"]
-    return (record["method"], record["metric"], record["kind"], str(head))
+    return (_estimator_of(record), record["metric"], record["kind"], str(record["head"]))
+
+
+@dataclass
+class _StudyLog:
+    """A study's finished heads and clean value, from ``ablation.jsonl`` (so an interrupted
+    study resumes), and the appending of new ones; without a folder, memory only."""
+
+    estimator: str
+    metric: str
+    kind: str
+    log: storage.JsonlLog | None = None
+    done: dict[Head, float] = field(default_factory=dict)
+    baseline: float | None = None
+
+    @classmethod
+    def open(cls, out: str | Path | None, estimator: str, metric: str, kind: str) -> _StudyLog:
+        log = storage.JsonlLog(Path(out) / storage.ABLATION_LOG, _log_key) if out else None
+        study = cls(estimator, metric, kind, log)
+        for record in log.values() if log is not None else ():
+            if (_estimator_of(record), record["metric"], record["kind"]) != (
+                estimator,
+                metric,
+                kind,
+            ):
+                continue
+            if record["head"] == "baseline":
+                study.baseline = record["value"]
+            else:
+                study.done[Head(*record["head"])] = record["value"]
+        return study
+
+    def _append(self, head: Any, value: float) -> None:
+        if self.log is not None:
+            self.log.append(
+                {
+                    "estimator": self.estimator,
+                    "metric": self.metric,
+                    "kind": self.kind,
+                    "head": head,
+                    "value": value,
+                }
+            )
+
+    def finished(self, layer: int, values: dict[Head, float]) -> None:
+        """Keep one layer's (or, for attribution, every head's) values."""
+        self.done.update(values)
+        for head, value in values.items():
+            self._append(list(head), value)
+
+    def clean(self, value: float) -> float:
+        """Keep the clean value, unless a resumed study already had one; the kept one."""
+        if self.baseline is None:
+            self._append("baseline", value)
+            self.baseline = value
+        return self.baseline
 
 
 def ablation_study(
     model: TransformerBridge,
     metric: Metric,
+    settings: AblationSettings | None = None,
     *,
     heads: Sequence[Head] | None = None,
-    kind: AblationKind = "zero",
-    method: Method = "exact",
     means: Tensor | None = None,
     reference: HeadActivations | None = None,
     steering: Steering | None = None,
-    strength: float = 5.0,
-    samples: int = 4,
-    seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
+    **changes: Any,
 ) -> AblationGrid:
     """The metric with each head ablated (or steered) alone.
 
     Args:
+        settings: the study's :class:`AblationSettings`; ``changes`` replace some of them
+            (``kind="mean"``, ``estimator="attribution"``, ...). ``kind`` is ``"zero"``,
+            ``"mean"`` (needs ``means``), ``"resample"`` (needs ``reference``
+            activations; ``samples`` draws per head, seeded) or ``"steer"`` (adds
+            ``strength`` times each head's vector from ``steering``).
         heads: heads to study (default: every head).
-        kind: ``"zero"``, ``"mean"`` (needs ``means``), ``"resample"`` (needs
-            ``reference`` activations; ``samples`` draws per head, seeded) or ``"steer"``
-            (adds ``strength`` times each head's vector from ``steering``).
-        method: ``"exact"`` (the batched engine), ``"loop"`` (one full evaluation per head,
-            the reference) or ``"attribution"`` (the first-order estimate).
         out: folder for ``ablation.jsonl`` (finished layers are not recomputed) and the grid.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    settings = replace(settings or AblationSettings(), **changes)
+    estimator, kind = settings.estimator, settings.kind
     shape = model_shape(model)
     heads = list(heads) if heads is not None else shape.heads
     for head in heads:
@@ -152,57 +233,35 @@ def ablation_study(
         kind,
         means=means,
         reference=reference,
-        samples=samples,
-        seed=seed,
+        samples=settings.samples,
+        seed=settings.seed,
         steering=steering,
-        strength=strength,
+        strength=settings.strength,
     )
-    log = storage.JsonlLog(Path(out) / storage.ABLATION_LOG, _log_key) if out else None
-    done: dict[Head, float] = {}
-    baseline = None
-    if log is not None:
-        for record in log.values():
-            if (record["method"], record["metric"], record["kind"]) == (method, metric.name, kind):
-                if record["head"] == "baseline":
-                    baseline = record["value"]
-                else:
-                    done[Head(*record["head"])] = record["value"]
-    todo = {head: value for head, value in edits.items() if head not in done}
-
-    def remember(layer: int, values: dict[Head, float]) -> None:
-        done.update(values)
-        if log is not None:
-            for head, value in values.items():
-                log.append(_record(method, metric.name, kind, list(head), value))
-
-    start = time.perf_counter()
+    study = _StudyLog.open(out, estimator, metric.name, kind)
+    todo = {head: value for head, value in edits.items() if head not in study.done}
+    start, baseline = time.perf_counter(), study.baseline
     if todo or baseline is None:
-        if method == "attribution":
+        if estimator == "attribution":
             clean, estimates, _ = attribution_effects(model, metric, todo, progress=progress)
-            remember(-1, {head: clean + change for head, change in estimates.items()})
+            study.finished(-1, {head: clean + change for head, change in estimates.items()})
         else:
-            run = exact_effects if method == "exact" else loop_effects
-            clean, _ = run(model, metric, todo, on_layer=remember, progress=progress)
-        if baseline is None and log is not None:
-            log.append(_record(method, metric.name, kind, "baseline", clean))
-        baseline = clean if baseline is None else baseline
+            run = exact_effects if estimator == "exact" else loop_effects
+            clean, _ = run(model, metric, todo, on_layer=study.finished, progress=progress)
+        baseline = study.clean(clean)
     values = torch.full((shape.n_layers, shape.n_heads), float("nan"))
     for head in heads:
-        values[head.layer, head.head] = done[head]
+        values[head.layer, head.head] = study.done[head]
     info = {
         "heads": len(heads),
         "seconds": round(time.perf_counter() - start, 2),
-        "samples": samples if kind == "resample" else None,
-        "strength": strength if kind == "steer" else None,
+        "samples": settings.samples if kind == "resample" else None,
+        "strength": settings.strength if kind == "steer" else None,
     }
-    grid = AblationGrid(values, float(baseline), metric.name, kind, method, model_id(model), info)
+    grid = AblationGrid(values, baseline, metric.name, kind, estimator, model_id(model), info)
     if out is not None:
         grid.save(out)
     return grid
-
-
-def _record(method: str, metric: str, kind: str, head: Any, value: float) -> dict[str, Any]:
-    return {"method": method, "metric": metric, "kind": kind, "head": head, "value": value}
 
 
 @contextmanager

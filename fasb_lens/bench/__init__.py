@@ -16,10 +16,10 @@ from typing import Any
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens.bench.ablation import bench_ablation
 from fasb_lens.bench.context import BenchContext, BenchSettings, machine
 from fasb_lens.bench.reproduce import bench_reproduce
 from fasb_lens.bench.speed import (
-    bench_ablation,
     bench_activations,
     bench_attention,
     bench_generation,

@@ -75,6 +75,18 @@ def test_search_leaves_a_grid_whose_edge_is_best() -> None:
     assert low.strengths((2.0, 8.0, 32.0)) < 1.0  # extends downwards too
 
 
+def test_a_plateau_at_the_edge_is_not_climbed() -> None:
+    # the score creeps up with strength by less than one question's worth (1/6) per
+    # doubling: the grid is not extended, however long the plateau
+    def creeping(alpha: float, threshold: float | None) -> dict[str, list[float]]:
+        return {"mc2": [0.5 + 0.01 * _log2(alpha)] * 6, "mc1": [0.0] * 6}
+
+    search = Search(creeping, ("mc2", "mc1"))
+    search.strengths((2.0, 8.0, 32.0))
+    assert search.min_gain == pytest.approx(1 / 6)
+    assert max(alpha for alpha, _ in search.tried) <= 32.0 * 2**0.5 + 1e-6  # a refinement
+
+
 def test_search_leaves_a_grid_on_which_every_strength_scores_alike() -> None:
     # every strength of the grid breaks the model (scores 0, below no steering's 0.45;
     # the tie-breaker still varies): the search goes weaker until it finds the peak at 2

@@ -92,7 +92,11 @@ def test_the_direction_share_of_a_gain() -> None:
             "fasb_random": method(0.55, 0.20),
             "fixed": method(0.35, 0.40),
             "fixed_random": method(0.38, 0.35),
-        }
+        },
+        "comparisons": [
+            {"a": "fasb", "b": "none", "metric": metric, "difference": 0.2, "verdict": "above"}
+            for metric in ("mc2", "j x info: true_x_info")
+        ],
     }
     shares = direction_shares(summary)
     assert shares["fasb"]["mc2"] == {
@@ -103,4 +107,7 @@ def test_the_direction_share_of_a_gain() -> None:
     # the control lost ground: the direction explains more than all of the gain
     assert shares["fasb"]["j x info: true_x_info"]["direction_share"] == pytest.approx(1.5)
     assert shares["fixed"]["mc2"]["direction_share"] is None  # no gain, no share
+    unsure = direction_shares({**summary, "comparisons": []})
+    assert unsure["fasb"]["mc2"]["direction_share"] is None  # a gain not shown to be real
+    assert unsure["fasb"]["mc2"]["gain"] == pytest.approx(0.20)
     assert direction_shares({"policies": {"fasb": method(0.5, 0.5)}}) == {}

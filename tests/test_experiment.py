@@ -100,9 +100,18 @@ def test_a_run_writes_everything(finished) -> None:
     assert 0 <= mean["mc1"] <= 1 and 0 <= mean["mc2"] <= 1
     pair = mean["bleu-acc x info-check"]
     assert pair["true_x_info"] == pytest.approx(pair["true"] * pair["info"], abs=1e-9)
+    low, high = summary["policies"]["fasb"]["ci95"]["mc2"]
+    assert low <= mean["mc2"] <= high
+    stated = {(c["a"], c["b"]) for c in summary["comparisons"]}
+    assert {("fasb", "none"), ("fasb", "fasb_random"), ("fasb", "fixed")} <= stated
+    assert ("fasb_question", "fasb_random_question") in stated
+    assert (out / "comparisons.md").is_file() and (out / "comparisons.csv").is_file()
     table = (out / "table.md").read_text()
     assert table.startswith("| Policy | MC1 | MC2 | MC3 | MC steered (true / false) | triggered |")
-    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 8
+    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 8 + 2
+    assert "| (chance) |" in table and "| (fewest words) |" in table
+    chance = summary["references"]["chance"]["mean"]
+    assert 0 < chance["mc1"] < 0.5 and 0 < chance["mc2"] < 1
 
 
 def test_mc_records_hold_every_answer(finished) -> None:

@@ -1,7 +1,8 @@
 """Searching settings on validation data: strengths, thresholds, and how sure a choice is.
 
 A strength search starts from a log-spaced grid, extends it (x2) while the best value sits
-on an edge and beats its neighbour (or towards weaker steering while even the best
+on an edge and beats its neighbour by at least one validation question's worth (a smaller
+gain is a plateau, not a peak; or towards weaker steering while even the best
 strength scores below no steering, and stronger when every strength scores exactly as no
 steering does), then refines it
 (x2^(+-1/2)) around the best, so the value it returns is an interior optimum, not the edge
@@ -198,13 +199,23 @@ class Search:
             self.score_all(pair[: budget - len(self.tried)])
             step += 1
 
+    @property
+    def min_gain(self) -> float:
+        """One validation question's worth of the first objective (``1 / n``): the least
+        gain at a grid's edge that extends the grid. A smaller edge gain is a plateau, and
+        climbing a plateau only finds strengths that change nothing or break the model."""
+        scores = next(iter(self.tried.values()), None)
+        return 1 / len(scores[self.keys[0]]) if scores else 0.0
+
     def _edge(self, threshold: float | None) -> float | None:
-        """The next strength beyond the best when the best is on an edge (None if not)."""
+        """The next strength beyond the best when the best is on an edge, at least
+        :attr:`min_gain` above its neighbour (None if not)."""
         return beyond_edge(
             self._at(threshold),
             lambda alpha: self._rank(alpha, threshold),
             lambda alpha: alpha * 2,
             lambda alpha: alpha / 2,
+            min_gain=self.min_gain,
         )
 
     def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
@@ -260,18 +271,26 @@ def beyond_edge(
     value: Callable[[float], tuple[float, ...]],
     up: Callable[[float], float],
     down: Callable[[float], float],
+    *,
+    min_gain: float = 0.0,
 ) -> float | None:
     """The next point to try when the best of ``points`` (by ``value``, ties to the
-    smaller point) is the largest or the smallest and strictly beats its neighbour:
-    ``up(best)`` or ``down(best)``; ``None`` when the best is interior or its edge is flat
-    (nothing changes there)."""
+    smaller point) is the largest or the smallest and beats its neighbour - strictly, or
+    with ``min_gain`` by at least that much on the first objective: ``up(best)`` or
+    ``down(best)``; ``None`` when the best is interior or its edge is flat or a plateau."""
     tried = sorted(points)
     if len(tried) < 2:
         return None
     best = max(tried, key=lambda point: (*value(point), -point))
-    if best == tried[-1] and value(best) > value(tried[-2]):
+
+    def wins_over(neighbour: float) -> bool:
+        if min_gain > 0:
+            return value(best)[0] - value(neighbour)[0] >= min_gain - 1e-12
+        return value(best) > value(neighbour)
+
+    if best == tried[-1] and wins_over(tried[-2]):
         return up(best)
-    if best == tried[0] and value(best) > value(tried[1]):
+    if best == tried[0] and wins_over(tried[1]):
         return down(best)
     return None
 
@@ -280,7 +299,8 @@ def edge_quantile(
     quantiles: Sequence[float], value: Callable[[float], tuple[float, ...]]
 ) -> float | None:
     """The next quantile of the readings to try as threshold (:func:`beyond_edge`):
-    halfway to 1 above the highest, or to 0 below the lowest."""
+    halfway to 1 above the highest, or to 0 below the lowest (thresholds live in [0, 1],
+    so any strict gain extends: no plateau there leads anywhere unbounded)."""
     return beyond_edge(quantiles, value, lambda q: (q + 1) / 2, lambda q: q / 2)
 
 

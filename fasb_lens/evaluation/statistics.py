@@ -3,13 +3,14 @@
 Every number a run reports is a statistic of per-question values (a rate, a mean, or a
 product of two rates such as True x Info). :func:`interval` resamples the questions with
 replacement - within each stratum (fold, split seed), so each keeps its size - and gives
-the 2.5th and 97.5th percentiles of the statistic: a 95% bootstrap interval.
+the 2.5th and 97.5th percentiles of the statistic: a 95% bootstrap interval. With strata
+the statistic is computed in each and averaged over them, the fold mean a table reports.
 :func:`compare` does the same for the *paired* difference of two policies on the same
 questions (each resample draws a question for both), and adds a two-sided p-value from a
 paired test: an exact McNemar test when the values are binary and the statistic is their
 mean (correct or not, truthful or not), else a paired permutation test that swaps the two
 policies' values within randomly chosen questions. A difference is significant at 5%
-when its interval excludes zero.
+when its interval excludes zero and the test agrees (p < 0.05).
 """
 
 from __future__ import annotations
@@ -24,18 +25,19 @@ RESAMPLES = 2000
 """Bootstrap resamples (and permutations) per interval or test."""
 LEVEL = 0.95
 
-Statistic = Callable[[np.ndarray], float]
-"""Maps values ``[questions, components]`` (e.g. truthful and informative) to a number."""
+Statistic = Callable[[np.ndarray], np.ndarray]
+"""Maps values ``[..., questions, components]`` (e.g. truthful and informative) to one
+number per leading index ``[...]``, so that many resamples are computed at once."""
 
 
-def mean_of(values: np.ndarray) -> float:
+def mean_of(values: np.ndarray) -> np.ndarray:
     """The mean of the first component (a rate, MC1, MC2, ...)."""
-    return float(values[:, 0].mean())
+    return values[..., 0].mean(axis=-1)
 
 
-def product_of_means(values: np.ndarray) -> float:
+def product_of_means(values: np.ndarray) -> np.ndarray:
     """The product of the components' means: True x Info as the paper reports it."""
-    return float(np.prod(values.mean(axis=0)))
+    return np.prod(values.mean(axis=-2), axis=-1)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,11 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
+        """At 5%, by both measures: the interval excludes zero and the test's p < 0.05
+        (the percentile interval and the test can disagree near the edge; then the
+        difference is not claimed)."""
         low, high = self.ci95
-        return low > 0 or high < 0
+        return (low > 0 or high < 0) and self.p < 1 - LEVEL
 
     def verdict(self) -> str:
         """The comparison in words: who is ahead where the interval says so, else "no
@@ -94,8 +99,28 @@ def _strata_indices(strata: Sequence[object] | None, n: int) -> list[np.ndarray]
     return [np.asarray(members) for members in groups.values()]
 
 
+def _spans(groups: list[np.ndarray]) -> list[tuple[int, int]]:
+    """Where each stratum's questions lie once the questions are ordered stratum by stratum."""
+    bounds = np.cumsum([0, *(len(group) for group in groups)])
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+def _by_stratum(statistic: Statistic, strata: list[np.ndarray]) -> Statistic:
+    """``statistic`` computed in each stratum and averaged over strata (a fold mean, as
+    tables report it), for values whose questions are ordered stratum by stratum."""
+    if len(strata) == 1:
+        return statistic
+    spans = _spans(strata)
+
+    def per_stratum(values: np.ndarray) -> np.ndarray:
+        return np.mean([statistic(values[..., a:b, :]) for a, b in spans], axis=0)
+
+    return per_stratum
+
+
 def _resamples(strata: list[np.ndarray], rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """``[resamples, n]`` row indices, each row a stratified draw with replacement."""
+    """``[resamples, n]`` row indices, each row a stratified draw with replacement, ordered
+    stratum by stratum."""
     parts = [group[rng.integers(len(group), size=(resamples, len(group)))] for group in strata]
     return np.concatenate(parts, axis=1)
 
@@ -115,12 +140,13 @@ def interval(
     resamples: int = RESAMPLES,
 ) -> tuple[float, float]:
     """The 95% bootstrap interval of ``statistic`` over questions (``values``: one row
-    per question), resampled within ``strata``."""
+    per question), resampled within ``strata`` and averaged over them."""
     array = _as_values(values)
     if len(array) == 0:
         return (math.nan, math.nan)
-    rows = _resamples(_strata_indices(strata, len(array)), np.random.default_rng(seed), resamples)
-    return _percentiles(np.array([statistic(array[row]) for row in rows]))
+    groups = _strata_indices(strata, len(array))
+    rows = _resamples(groups, np.random.default_rng(seed), resamples)
+    return _percentiles(_by_stratum(statistic, groups)(array[rows]))
 
 
 def _binary(array: np.ndarray) -> bool:
@@ -149,14 +175,10 @@ def permutation_p(
 ) -> float:
     """A two-sided paired permutation p-value: how often swapping ``a`` and ``b`` within
     random questions gives a difference of statistics as large as the observed one."""
-    observed = abs(statistic(a) - statistic(b))
-    rng = np.random.default_rng(seed)
-    swap = rng.random((resamples, len(a))) < 0.5
-    larger = 0
-    for mask in swap:
-        first = np.where(mask[:, None], b, a)
-        second = np.where(mask[:, None], a, b)
-        larger += abs(statistic(first) - statistic(second)) >= observed - 1e-12
+    observed = abs(float(statistic(a) - statistic(b)))
+    swap = np.random.default_rng(seed).random((resamples, len(a)))[..., None] < 0.5
+    first, second = np.where(swap, b, a), np.where(swap, a, b)
+    larger = int((np.abs(statistic(first) - statistic(second)) >= observed - 1e-12).sum())
     return (larger + 1) / (resamples + 1)
 
 
@@ -172,20 +194,24 @@ def compare(
     resamples: int = RESAMPLES,
 ) -> Comparison:
     """``a`` against ``b`` on the same questions (row ``i`` of each is question ``i``):
-    the difference of ``statistic``, its paired bootstrap interval and a paired test."""
+    the difference of ``statistic`` (averaged over ``strata``), its paired bootstrap
+    interval and a paired test."""
     x, y = _as_values(a), _as_values(b)
     if x.shape != y.shape:
         raise ValueError(f"paired values must match: {x.shape} against {y.shape}")
     if len(x) == 0:
         return Comparison(*names, metric, math.nan, (math.nan, math.nan), math.nan, 0, "none")
-    rows = _resamples(_strata_indices(strata, len(x)), np.random.default_rng(seed), resamples)
-    draws = np.array([statistic(x[row]) - statistic(y[row]) for row in rows])
+    groups = _strata_indices(strata, len(x))
+    order = np.concatenate(groups)
+    x, y = x[order], y[order]
+    ordered = [np.arange(a, b) for a, b in _spans(groups)]
+    rows = _resamples(ordered, np.random.default_rng(seed), resamples)
+    stat = _by_stratum(statistic, ordered)
+    draws = stat(x[rows]) - stat(y[rows])
     if statistic is mean_of and _binary(x[:, 0]) and _binary(y[:, 0]):
         p, test = mcnemar(x[:, 0], y[:, 0]), "exact McNemar"
     else:
-        p, test = (
-            permutation_p(x, y, statistic, seed=seed, resamples=resamples),
-            "paired permutation",
-        )
-    difference = statistic(x) - statistic(y)
+        p = permutation_p(x, y, stat, seed=seed, resamples=resamples)
+        test = "paired permutation"
+    difference = float(stat(x) - stat(y))
     return Comparison(*names, metric, difference, _percentiles(draws), p, len(x), test)

@@ -17,7 +17,16 @@ from typing import Any
 from fasb_lens import storage
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.judges import JUDGES, Verdict, judge_rates
+from fasb_lens.evaluation.references import summarize_references
 from fasb_lens.evaluation.tables import Table, percent
+from fasb_lens.evaluation.uncertainty import (
+    QuestionValues,
+    compared_pairs,
+    comparisons,
+    policy_intervals,
+    table_metrics,
+    with_interval,
+)
 from fasb_lens.policies import POLICIES
 
 
@@ -105,7 +114,15 @@ def summarize_records(
                 for draw in draws
             }
         summary["policies"][policy] = entry
+    names = list(summary["policies"])
+    pairs = [f"{truth} x {info}" for truth in truth_judges for info in info_judges]
+    data, metrics = QuestionValues.of_run(records, judgements), table_metrics(pairs)
+    for policy, rows in policy_intervals(data, names, metrics).items():
+        summary["policies"][policy]["ci95"] = rows
+    found = comparisons(data, compared_pairs(names), metrics)
+    summary["comparisons"] = [comparison.to_dict() for comparison in found]
     summary["direction_share"] = direction_shares(summary)
+    summary["references"] = summarize_references(records)
     return summary
 
 
@@ -140,8 +157,14 @@ def control_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
 def direction_shares(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     """For each policy with a control and each metric: the gain over ``none``, the
     control's gain, and the share of the gain the learnt direction explains,
-    ``(gain - control's gain) / gain`` (``None`` when there is no gain)."""
+    ``(gain - control's gain) / gain`` - only where the gain itself is significant (its
+    paired interval against ``none`` excludes zero; ``None`` otherwise)."""
     policies = summary["policies"]
+    significant = {
+        (c["a"], c["metric"])
+        for c in summary.get("comparisons", ())
+        if c["b"] == "none" and c["verdict"] != "no significant difference" and c["difference"] > 0
+    }
     if "none" not in policies:
         return {}
     base = policies["none"]["mean"]
@@ -167,7 +190,9 @@ def direction_shares(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, f
             rows[metric] = {
                 "gain": gain,
                 "control_gain": control_gain,
-                "direction_share": (gain - control_gain) / gain if gain > 0 else None,
+                "direction_share": (gain - control_gain) / gain
+                if (real, metric) in significant
+                else None,
             }
         shares[real] = rows
     return shares
@@ -207,29 +232,65 @@ def _judge_pairs(summaries: Iterable[dict[str, Any]]) -> list[str]:
     )
 
 
+MC_COLUMNS = ("mc1", "mc2", "mc3")
+PAIR_COLUMNS = ("true", "info", "true_x_info")
+
+
 def results_table(summary: dict[str, Any]) -> Table:
-    """The summary as a table like the paper's Table 1 (fold means)."""
+    """The summary as a table like the paper's Table 1: fold means in percent, each with
+    its 95% interval in brackets, and below the policies the multiple-choice references
+    that need no knowledge (:mod:`~fasb_lens.evaluation.references`)."""
     pairs = _judge_pairs([summary])
     head = ["Policy", "MC1", "MC2", "MC3", "MC steered (true / false)", "triggered"]
     for pair in pairs:
         head += [f"True ({pair})", "Info", "True*Info"]
     table = Table([*head, "n (MC / gen.)"])
     for name, entry in summary["policies"].items():
-        mean = entry["mean"]
-        row = [name] + [mean.get(k, math.nan) for k in ("mc1", "mc2", "mc3")]
+        mean, ci95 = entry["mean"], entry.get("ci95", {})
+        row = [name] + [with_interval(mean.get(k, math.nan), ci95.get(k)) for k in MC_COLUMNS]
         steered = [percent(mean.get(k, math.nan)) for k in ("steered_true", "steered_false")]
         row += [" / ".join(steered), mean.get("triggered", math.nan)]
         for pair in pairs:
             values = mean.get(pair, {})
-            row += [values.get(key, math.nan) for key in ("true", "info", "true_x_info")]
+            row += [
+                with_interval(values.get(key, math.nan), ci95.get(f"{pair}: {key}"))
+                for key in PAIR_COLUMNS
+            ]
         row.append(f"{mean.get('n_mc', 0)} / {mean.get('n_generation', 0)}")
         table.rows.append(row)
+    for name, reference in summary.get("references", {}).items():
+        cells = [with_interval(reference["mean"][k], reference["ci95"][k]) for k in MC_COLUMNS]
+        blank = ["-"] * (len(head) - 1 - len(cells))
+        table.rows.append([f"({name})", *cells, *blank, f"{reference['n_mc']} / -"])
     return table
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """:func:`results_table` in markdown, in percent."""
     return results_table(summary).markdown(percent)
+
+
+def comparisons_table(summary: dict[str, Any]) -> Table:
+    """Every paired comparison of the summary: the difference in percentage points, its
+    95% interval, the test's p-value and the verdict."""
+    table = Table(
+        ["a", "b", "metric", "difference (pp)", "95% interval (pp)", "p", "test", "verdict"]
+    )
+    for c in summary.get("comparisons", ()):
+        low, high = c["ci95"]
+        table.rows.append(
+            [
+                c["a"],
+                c["b"],
+                c["metric"],
+                f"{100 * c['difference']:+.1f}",
+                f"[{100 * low:+.1f}, {100 * high:+.1f}]",
+                f"{c['p']:.3g}",
+                c["test"],
+                c["verdict"],
+            ]
+        )
+    return table
 
 
 ANSWER_FIELDS = (
@@ -258,6 +319,7 @@ def write_summary(
     summary["calibration"] = calibrations or {}
     storage.write_json(out / storage.RESULTS, summary)
     storage.write_text(out / storage.RESULTS_TABLE, markdown_table(summary))
+    comparisons_table(summary).write(out / storage.COMPARISONS_TABLE)
     results = Table(["policy", "fold", "metric", "value"])
     for policy, entry in summary["policies"].items():
         for fold, values in [*entry["per_fold"].items(), ("mean", entry["mean"])]:
@@ -267,6 +329,9 @@ def write_summary(
                         results.rows.append([policy, fold, f"{metric}: {sub}", value.get(sub)])
                 else:
                     results.rows.append([policy, fold, metric, value])
+        for metric, (low, high) in entry.get("ci95", {}).items():
+            results.rows.append([policy, "ci95_low", metric, low])
+            results.rows.append([policy, "ci95_high", metric, high])
     storage.write_text(out / storage.RESULTS_CSV, results.csv())
     answers = Table(["fold", "question_id", "policy", *ANSWER_FIELDS])
     answers.rows = [

@@ -87,6 +87,8 @@ class PolicySpec:
         leak_free: also scored under the leak-free multiple-choice protocol, as
             ``NAME_question``: one decision per question, made from the model's own
             unsteered answer before any candidate is seen.
+        compared_with: the policies a table compares it with (a paired difference with
+            its interval and test), besides ``none`` and its random-direction control.
     """
 
     name: str
@@ -100,6 +102,7 @@ class PolicySpec:
     default_strength: float | None = None
     tables: tuple[str, ...] = ("truthfulqa",)
     leak_free: bool = False
+    compared_with: tuple[str, ...] = ()
 
     @property
     def calibrated_as(self) -> str | None:

@@ -141,6 +141,7 @@ def _variant(name: str, description: str, **switches: bool) -> None:
             settings_from=None if main else "fasb",
             tables=("truthfulqa", "datasets") if main else ("truthfulqa",),
             leak_free=main,
+            compared_with=("fixed",) if main else ("fasb",),
         )
     )
 

@@ -170,6 +170,15 @@ def test_method_comparison() -> None:
     assert figure.data[5].x[1] == pytest.approx(40.0)  # True×Info of fasb, in percent
     dashed = [shape for shape in figure.layout.shapes if shape.line.dash == "dash"]
     assert len(dashed) == 6 and dashed[0].x0 == pytest.approx(30.0)
+    leak_free = {"mc1": 0.3, "mc2": 0.5, "mc3": 0.2}
+    nan = {"true": float("nan"), "info": float("nan"), "true_x_info": float("nan")}
+    leak_free["bleu-acc x info-check"] = nan  # no generation under the leak-free protocol
+    both = summary()
+    both["policies"]["fasb_question"] = {"per_fold": {"0": leak_free}, "mean": leak_free}
+    figure = method_comparison(both)
+    assert list(figure.data[0].y) == ["no steering", "FASB", "FASB (leak-free)"]
+    assert figure.data[0].marker.pattern.shape[-1] == "/"
+    assert list(figure.data[3].y) == ["no steering", "FASB"]  # generation rows leave it out
     older = {"methods": summary()["policies"]}  # results.json before the rename
     assert list(method_comparison(older).data[0].y) == ["no steering", "FASB"]
 

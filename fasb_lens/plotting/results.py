@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from fasb_lens.plotting.style import (
     CHOSEN_MARKER,
     LEAK_FREE_SUFFIX,
+    MUTED_COLOR,
     UNSTEERED_LINE,
     finish,
     is_fraction,
@@ -122,10 +123,11 @@ def method_comparison(
 
 
 def _value(values: Mapping[str, Any], key: str, pair: str | None) -> float | None:
-    """A metric of one fold (or of the mean): ``values[key]`` or ``values[pair][key]``."""
+    """A metric of one fold (or of the mean): ``values[key]`` or ``values[pair][key]``;
+    ``None`` when missing or NaN (a leak-free row has no generation)."""
     source = values if pair is None else values.get(pair)
     value = source.get(key) if isinstance(source, Mapping) else None
-    return None if value is None else float(value)
+    return None if value is None or math.isnan(float(value)) else float(value)
 
 
 def _group_colors(names: Sequence[Hashable]) -> dict[Hashable, str]:
@@ -162,7 +164,8 @@ def sweep_lines(
             side with one y axis.
         chosen: the calibrated ``x`` of each line, keyed by its ``group`` value (or by
             ``(facet value, group value)`` with a facet): a star where the line has that
-            point, a dotted vertical line where it does not.
+            point, a dotted vertical line where it does not (grey when several lines
+            share it).
         unsteered: the unsteered model's ``y`` (one number, or one per facet value): a
             dashed horizontal line.
         labels: a legend name per ``group`` value (default: a policy's human name, or the
@@ -193,6 +196,7 @@ def sweep_lines(
     )
     for col, value in enumerate(facets, start=1):
         mine = [row for row in rows if facet is None or row[facet] == value]
+        missed: dict[float, list[Hashable]] = {}
         for name in groups:
             points = sorted((row[x], scale * row[y]) for row in mine if row[group] == name)
             if not points:
@@ -203,7 +207,7 @@ def sweep_lines(
                 go.Scatter(
                     x=[p[0] for p in points],
                     y=[p[1] for p in points],
-                    mode="lines+markers",
+                    mode="lines" if steps else "lines+markers",
                     name=label,
                     legendgroup=str(name),
                     showlegend=name not in in_legend,
@@ -239,12 +243,18 @@ def sweep_lines(
                     col=col,
                 )
             else:
-                figure.add_vline(
-                    x=math.log10(at) if log_x and at > 0 else at,
-                    line={"color": colors[name], "dash": "dot", "width": 1.5},
-                    row=1,
-                    col=col,
-                )
+                missed.setdefault(at, []).append(name)
+        for at, names in missed.items():  # chosen but not swept: a dotted line at it
+            figure.add_vline(
+                x=math.log10(at) if log_x and at > 0 else at,  # shapes take log units
+                line={
+                    "color": colors[names[0]] if len(names) == 1 else MUTED_COLOR,
+                    "dash": "dot",
+                    "width": 1.5,
+                },
+                row=1,
+                col=col,
+            )
         level = unsteered.get(value) if isinstance(unsteered, Mapping) else unsteered
         if level is not None:
             figure.add_hline(

@@ -133,7 +133,7 @@ def test_direction_share_pairs_a_policy_with_its_control() -> None:
     figure = direction_share(_summary())
     learnt, control = figure.data
     assert (learnt.name, control.name) == ("FASB", "FASB, random directions")
-    assert control.marker.color == tint(learnt.marker.color)
+    assert control.marker.color == tint(learnt.marker.color) and not learnt.marker.pattern.shape
     assert learnt.y == pytest.approx((10.0,)) and control.y == pytest.approx((5.0,))
 
 

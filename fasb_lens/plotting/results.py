@@ -299,10 +299,10 @@ def _control(name: str) -> str:
 
 def _metric_name(key: str) -> str:
     """A direction-share metric's short label: ``mc2`` -> "MC2", ``"bleu-acc x
-    info-check: true_x_info"`` -> "True×Info<br>(bleu-acc)" (the truth judge)."""
+    info-check: true_x_info"`` -> "True×Info<br>(bleu)" (the truth judge)."""
     pair, _, metric = key.rpartition(": ")
     label = metric_label(metric, percent=False)
-    return f"{label}<br>({pair.split(' x ')[0]})" if pair else label
+    return f"{label}<br>({pair.split(' x ')[0].removesuffix('-acc')})" if pair else label
 
 
 def direction_share(
@@ -339,7 +339,7 @@ def direction_share(
                     name=label,
                     x=x,
                     y=[100 * rows[m][key] for m in chosen],
-                    marker_color=colors[bar],
+                    marker={"color": colors[bar], "pattern": {"shape": policy_pattern(bar)}},
                     customdata=chosen,
                     hovertemplate=f"{label}<br>%{{customdata}}: %{{y:+.1f}} points<extra></extra>",
                 ),
@@ -348,14 +348,14 @@ def direction_share(
             )
     figure.update_yaxes(title_text="gain over no steering (points)", row=1, col=1)
     figure.update_yaxes(zeroline=True, zerolinecolor="#888")
-    figure.update_xaxes(tickangle=0)
+    figure.update_xaxes(tickangle=0, tickfont={"size": 12})
     figure.update_layout(barmode="group")
     return finish(
         figure,
         "Gain over no steering: learnt directions vs random directions of the same scale",
         subtitle="the gap between a policy and its control is what the learnt direction adds",
         legend="bottom",
-        width=max(1100, 420 * len(names)),
+        width=max(1100, 500 * len(names)),
     )
 
 

@@ -335,8 +335,9 @@ def grid_comparison(
         rows=1,
         cols=3,
         subplot_titles=(*labels, f"{labels[1]} vs {labels[0]}"),
-        horizontal_spacing=0.08,
+        horizontal_spacing=0.12,
     )
+    right = figure.layout.xaxis2.domain[1]  # the colour bar sits just right of the second grid
     for column, values in enumerate((exact, estimate), start=1):
         figure.add_trace(
             go.Heatmap(
@@ -346,7 +347,7 @@ def grid_comparison(
                 zmin=-bound,
                 zmax=bound,
                 showscale=column == 2,
-                colorbar={"title": {"text": "effect"}, "x": 0.62},
+                colorbar={"title": {"text": "effect"}, "x": right + 0.005, "thickness": 12},
                 hovertemplate="layer %{y}, head %{x}: %{z:.4f}<extra></extra>",
             ),
             row=1,

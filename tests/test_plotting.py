@@ -349,3 +349,19 @@ def test_save_figure(tmp_path) -> None:
     assert (tmp_path / "figs" / "plotly.min.js").is_file()  # viewable offline
     html = written[0].read_text()
     assert 'src="plotly.min.js"' in html and '"type":"histogram"' in html
+
+
+def test_render_a_published_results_folder(tmp_path) -> None:
+    """``fasb-lens figures --run results/`` redraws what the published files hold."""
+    published = tmp_path / "results"
+    (published / "mc_calibration").mkdir(parents=True)
+    (published / "truthfulqa_results.json").write_text(json.dumps(summary()))
+    datasets = {"copa": {"n_test": 200, "accuracy": {"none": 0.725, "fasb": 0.70}}}
+    (published / "mc_datasets.json").write_text(json.dumps(datasets))
+    (published / "mc_calibration" / "copa.json").write_text(json.dumps(_calibration()))
+    made = render_run(published, tmp_path / "figs", png=False)
+    assert [path.name for path, _ in made] == [
+        "methods.html",
+        "mc_datasets.html",
+        "mc_datasets_sweeps.html",
+    ]

@@ -2,8 +2,10 @@
 
 Every function here takes plain data (tensors, traces, summaries) and returns a
 ``plotly.graph_objects.Figure``; none shows, writes or changes anything. Only
-:func:`save_figure` touches the disk: HTML always, PNG when ``kaleido`` can find a
-Chrome/Chromium to render with.
+:func:`save_figure` touches the disk: HTML always (plotly.js written once beside the
+files, not inlined in each), PNG when ``kaleido`` can find a Chrome/Chromium to render
+with. All of them draw with one template (:mod:`fasb_lens.plotting.style`): a fixed colour
+and a human name per policy, fractions in percent, one font and layout.
 
 * :func:`head_heatmap` - a value per head (probe accuracy, an ablation effect) as a
   layers x heads grid, anchored heads outlined (the paper's Figure 4);
@@ -19,13 +21,20 @@ Chrome/Chromium to render with.
   :func:`dataset_accuracies` and :func:`dataset_sweeps` - the multiple-choice datasets,
   method by method, and each dataset's calibration;
 * :func:`anchored_heads` - where the anchored heads sit and how their directions
-  separate true from false answers;
+  separate true from false answers (the best named, the rest pooled);
+  :func:`anchored_heads_from_projections` the same from the projections themselves;
 * :func:`grid_comparison` - two per-head grids (exact ablation, attribution estimate)
   side by side and against each other.
 """
 
 from fasb_lens.plotting.common import save_figure
-from fasb_lens.plotting.heads import anchored_heads, grid_comparison, head_heatmap, steering_heads
+from fasb_lens.plotting.heads import (
+    anchored_heads,
+    anchored_heads_from_projections,
+    grid_comparison,
+    head_heatmap,
+    steering_heads,
+)
 from fasb_lens.plotting.results import (
     dataset_accuracies,
     dataset_sweeps,
@@ -38,6 +47,7 @@ from fasb_lens.plotting.tracking import p_true_distributions, trajectories, traj
 
 __all__ = [
     "anchored_heads",
+    "anchored_heads_from_projections",
     "dataset_accuracies",
     "dataset_sweeps",
     "direction_share",

@@ -1,4 +1,4 @@
-"""Colours, grid helpers and the one function that writes figures to disk."""
+"""Grid helpers and the one function that writes figures to disk."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
+from fasb_lens.plotting.style import HEIGHT, WIDTH
 
-TRUE_COLOR, FALSE_COLOR = "#2a9d8f", "#e76f51"
-STEERED_COLOR, PLAIN_COLOR = "#264653", "#a8a8a8"
+logger = logging.getLogger(__name__)
 
 
 def grid(values: Tensor) -> list[list[float | None]]:
@@ -22,7 +21,10 @@ def grid(values: Tensor) -> list[list[float | None]]:
 def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> list[Path]:
     """Write ``path`` as ``.html`` (always) and ``.png`` (if a renderer is available).
 
-    The PNG has the figure's own size when its layout sets one, else 1100 x 650 pixels.
+    The HTML loads plotly.js from a ``plotly.min.js`` written once beside it (so a
+    folder of figures holds one copy, and opens offline) and fills its window unless the
+    figure sets a size. The PNG has the figure's own size when its layout sets one, else
+    :data:`~fasb_lens.plotting.style.WIDTH` x :data:`~fasb_lens.plotting.style.HEIGHT`.
 
     PNG export needs the ``kaleido`` package and a Chrome or Chromium on the machine (on
     Debian: ``apt-get install chromium``); without them only the HTML is written and a
@@ -35,7 +37,7 @@ def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> lis
     written = [html]
     if png:
         try:
-            width, height = figure.layout.width or 1100, figure.layout.height or 650
+            width, height = figure.layout.width or WIDTH, figure.layout.height or HEIGHT
             figure.write_image(base.with_suffix(".png"), width=width, height=height, scale=1.5)
             written.append(base.with_suffix(".png"))
         except Exception as error:  # kaleido missing, or no browser for it to drive

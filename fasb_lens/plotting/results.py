@@ -1,66 +1,141 @@
-"""Figures about results: methods side by side, and calibration sweeps."""
+"""Figures about results: policies side by side, and calibration sweeps."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fasb_lens.plotting.common import PLAIN_COLOR, STEERED_COLOR
+from fasb_lens.plotting.style import (
+    CHOSEN_MARKER,
+    LEAK_FREE_SUFFIX,
+    MUTED_COLOR,
+    UNSTEERED_LINE,
+    finish,
+    is_fraction,
+    is_policy,
+    metric_label,
+    policy_colors,
+    policy_label,
+    policy_line,
+    policy_pattern,
+    series_colors,
+)
+
+MC_METRICS = ("mc1", "mc2", "mc3")
+PAIR_METRICS = ("true", "info", "true_x_info")
+
+
+def _policies(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A summary's policies (``methods`` in summaries written before the rename)."""
+    return summary["policies"] if "policies" in summary else summary["methods"]
+
+
+def _pair_label(pair: str) -> str:
+    """``"bleu-acc x info-check"`` -> ``"bleu-acc × info-check"``."""
+    return pair.replace(" x ", " × ")
 
 
 def method_comparison(
     summary: Mapping[str, Any], *, judge_pairs: Sequence[str] | None = None
 ) -> go.Figure:
-    """Grouped bars per method: MC1/MC2/MC3 and each judge pair's True, Info, True*Info.
+    """Every policy's MC1/MC2/MC3 and each judge pair's True, Info and True×Info.
 
-    ``summary`` is a ``results.json`` (fold means are plotted; error bars span the folds).
+    ``summary`` is a ``results.json``. One panel per metric (a row of multiple choice, a
+    row per judge pair), the policies as horizontal bars in one colour each, named once
+    on the left; a bar is the mean over folds and its whisker spans the folds. The dashed
+    line in each panel is the unsteered model (policy ``none``), so a gain reads as the
+    distance from it.
     """
-    methods = summary["policies"]
+    policies = _policies(summary)
     pairs = (
         list(judge_pairs)
         if judge_pairs is not None
         else sorted(
-            {k for m in methods.values() for k, v in m["mean"].items() if isinstance(v, dict)}
+            {k for m in policies.values() for k, v in m["mean"].items() if isinstance(v, dict)}
         )
     )
-    metrics: list[tuple[str, str, str | None]] = [
-        ("MC1", "mc1", None),
-        ("MC2", "mc2", None),
-        ("MC3", "mc3", None),
+    rows: list[list[tuple[str, str | None]]] = [[(key, None) for key in MC_METRICS]]
+    rows += [[(key, pair) for key in PAIR_METRICS] for pair in pairs]
+    names = list(policies)
+    colors = policy_colors(names)
+    members = [  # the policies with a value in each row (leak-free rows: multiple choice)
+        [n for n in names if any(_value(policies[n]["mean"], k, p) is not None for k, p in row)]
+        for row in rows
     ]
-    for pair in pairs:
-        for label, key in (("True", "true"), ("Info", "info"), ("True*Info", "true_x_info")):
-            metrics.append((f"{label}<br>({pair})", key, pair))
-    figure = go.Figure()
-    for name, entry in methods.items():
-        means, lows, highs = [], [], []
-        for _, key, pair in metrics:
-            per_fold = [
-                values[pair][key] if pair else values[key] for values in entry["per_fold"].values()
-            ]
-            mean = entry["mean"][pair][key] if pair else entry["mean"][key]
-            means.append(100 * mean)
-            lows.append(100 * (mean - min(per_fold)) if per_fold else 0)
-            highs.append(100 * (max(per_fold) - mean) if per_fold else 0)
-        figure.add_trace(
-            go.Bar(
-                name=name,
-                x=[label for label, _, _ in metrics],
-                y=means,
-                error_y={"type": "data", "array": highs, "arrayminus": lows, "thickness": 1},
-            )
-        )
-    figure.update_layout(
-        barmode="group",
-        title="Methods compared (mean over folds, bars span folds)",
-        yaxis_title="%",
-        template="plotly_white",
+    sizes = [max(1, len(mine)) for mine in members]
+    figure = make_subplots(
+        rows=len(rows),
+        cols=3,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.3 / len(rows),
+        row_heights=[size / sum(sizes) for size in sizes],
+        subplot_titles=[
+            metric_label(key, percent=False) + ("" if pair is None else f" · {_pair_label(pair)}")
+            for row in rows
+            for key, pair in row
+        ],
     )
-    return figure
+    for r, (row, mine) in enumerate(zip(rows, members, strict=True), start=1):
+        for c, (key, pair) in enumerate(row, start=1):
+            means: list[float | None] = []
+            lows, highs = [], []
+            for name in mine:
+                mean = _value(policies[name]["mean"], key, pair)
+                folds = [_value(v, key, pair) for v in policies[name]["per_fold"].values()]
+                folds = [v for v in folds if v is not None]
+                means.append(None if mean is None else 100 * mean)
+                lows.append(100 * (mean - min(folds)) if mean is not None and folds else 0.0)
+                highs.append(100 * (max(folds) - mean) if mean is not None and folds else 0.0)
+            figure.add_trace(
+                go.Bar(
+                    x=means,
+                    y=[policy_label(name) for name in mine],
+                    orientation="h",
+                    name=metric_label(key, percent=False),
+                    marker={
+                        "color": [colors[name] for name in mine],
+                        "pattern": {"shape": [policy_pattern(name) for name in mine]},
+                    },
+                    error_x={"type": "data", "array": highs, "arrayminus": lows, "thickness": 1},
+                    hovertemplate="%{y}: %{x:.1f}%<extra></extra>",
+                    showlegend=False,
+                ),
+                row=r,
+                col=c,
+            )
+            plain = means[mine.index("none")] if "none" in mine else None
+            if plain is not None:
+                figure.add_vline(x=plain, line=UNSTEERED_LINE, row=r, col=c)
+            figure.update_xaxes(title_text="%" if r == len(rows) else None, row=r, col=c)
+    figure.update_yaxes(autorange="reversed")
+    return finish(
+        figure,
+        "Policies compared: mean over folds (whiskers span the folds)",
+        subtitle="dashed: no steering; hatched: the leak-free multiple-choice protocol",
+        legend=None,
+        height=140 + 60 * len(rows) + 22 * sum(sizes),
+    )
+
+
+def _value(values: Mapping[str, Any], key: str, pair: str | None) -> float | None:
+    """A metric of one fold (or of the mean): ``values[key]`` or ``values[pair][key]``;
+    ``None`` when missing or NaN (a leak-free row has no generation)."""
+    source = values if pair is None else values.get(pair)
+    value = source.get(key) if isinstance(source, Mapping) else None
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def _group_colors(names: Sequence[Hashable]) -> dict[Hashable, str]:
+    """Policies' own colours when every name is a registered policy; otherwise distinct
+    colours in order."""
+    if names and all(is_policy(name) for name in names):
+        return dict(policy_colors(names))  # type: ignore[arg-type]
+    return dict(zip(names, series_colors(len(names)), strict=True))
 
 
 def sweep_lines(
@@ -69,106 +144,258 @@ def sweep_lines(
     x: str = "alpha",
     y: str = "mc2",
     group: str = "policy",
+    facet: str | None = None,
     title: str | None = None,
+    subtitle: str | None = None,
     log_x: bool = True,
+    chosen: Mapping[Any, float] | None = None,
+    unsteered: float | Mapping[Any, float] | None = None,
+    labels: Mapping[Any, str] | None = None,
+    facet_titles: Mapping[Any, str] | None = None,
+    percent: bool | None = None,
+    steps: bool = False,
 ) -> go.Figure:
-    """One line per ``group`` value: ``y`` against a swept hyperparameter ``x``."""
-    figure = go.Figure()
-    for name in dict.fromkeys(row[group] for row in rows):
-        points = sorted((row[x], row[y]) for row in rows if row[group] == name)
-        figure.add_trace(
-            go.Scatter(
-                x=[p[0] for p in points],
-                y=[p[1] for p in points],
-                mode="lines+markers",
-                name=str(name),
-            )
-        )
-    figure.update_layout(
-        title=title or f"{y} against {x}",
-        xaxis_title=x,
-        yaxis_title=y,
-        xaxis_type="log" if log_x else "linear",
-        template="plotly_white",
+    """One line per ``group`` value: ``y`` against a swept hyperparameter ``x``.
+
+    Args:
+        rows: one dict per evaluated setting, holding ``x``, ``y``, ``group`` (and
+            ``facet``).
+        facet: a key whose values each get their own panel (e.g. ``"fold"``), side by
+            side with one y axis.
+        chosen: the calibrated ``x`` of each line, keyed by its ``group`` value (or by
+            ``(facet value, group value)`` with a facet): a star where the line has that
+            point, a dotted vertical line where it does not (grey when several lines
+            share it).
+        unsteered: the unsteered model's ``y`` (one number, or one per facet value): a
+            dashed horizontal line.
+        labels: a legend name per ``group`` value (default: a policy's human name, or the
+            value itself).
+        facet_titles: a panel title per ``facet`` value (default ``"{facet} {value}"``).
+        percent: show ``y`` in percent (default: when ``y`` is a fraction, e.g. ``mc2``).
+        steps: draw each line as a step function (a value holds until the next ``x``).
+    Lines of registered policies take the policies' colours; other groups (K values,
+    metrics) distinct colours, the same in every panel.
+    """
+    percent = is_fraction(y) if percent is None else percent
+    scale = 100.0 if percent else 1.0
+    groups = list(dict.fromkeys(row[group] for row in rows))
+    facets = list(dict.fromkeys(row[facet] for row in rows)) if facet else [None]
+    colors = _group_colors(groups)
+    in_legend: set[Hashable] = set()
+    shape = "hv" if steps else "linear"
+    named = dict(labels or {})
+    titles = [
+        (facet_titles or {}).get(value, f"{facet} {value}") if facet else "" for value in facets
+    ]
+    figure = make_subplots(
+        rows=1,
+        cols=len(facets),
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+        subplot_titles=titles if facet else None,
     )
-    return figure
+    for col, value in enumerate(facets, start=1):
+        mine = [row for row in rows if facet is None or row[facet] == value]
+        missed: dict[float, list[Hashable]] = {}
+        for name in groups:
+            points = sorted((row[x], scale * row[y]) for row in mine if row[group] == name)
+            if not points:
+                continue
+            label = named.get(name) or (policy_label(name) if isinstance(name, str) else str(name))
+            dash = policy_line(name) if isinstance(name, str) else "solid"
+            figure.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    mode="lines" if steps else "lines+markers",
+                    name=label,
+                    legendgroup=str(name),
+                    showlegend=name not in in_legend,
+                    line={
+                        "color": colors[name],
+                        "dash": dash,
+                        "shape": shape,
+                    },
+                    hovertemplate=f"{label}<br>{x} %{{x:.4g}}<br>{y} %{{y:.2f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+            in_legend.add(name)
+            key = name if facet is None else (value, name)
+            at = (chosen or {}).get(key)
+            if at is None:
+                continue
+            hit = [p for p in points if math.isclose(p[0], at, rel_tol=1e-6, abs_tol=1e-12)]
+            if hit:
+                figure.add_trace(
+                    go.Scatter(
+                        x=[hit[0][0]],
+                        y=[hit[0][1]],
+                        mode="markers",
+                        name=f"{label}: chosen",
+                        legendgroup=str(name),
+                        showlegend=False,
+                        marker={**CHOSEN_MARKER, "color": colors[name]},
+                        hovertemplate=f"{label}: chosen {x} %{{x:.4g}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+            else:
+                missed.setdefault(at, []).append(name)
+        for at, names in missed.items():  # chosen but not swept: a dotted line at it
+            figure.add_vline(
+                x=math.log10(at) if log_x and at > 0 else at,  # shapes take log units
+                line={
+                    "color": colors[names[0]] if len(names) == 1 else MUTED_COLOR,
+                    "dash": "dot",
+                    "width": 1.5,
+                },
+                row=1,
+                col=col,
+            )
+        level = unsteered.get(value) if isinstance(unsteered, Mapping) else unsteered
+        if level is not None:
+            figure.add_hline(
+                y=scale * level,
+                line=UNSTEERED_LINE,
+                annotation_text="no steering",
+                annotation_position="bottom right",
+                row=1,
+                col=col,
+            )
+        figure.update_xaxes(
+            title_text=metric_label(x), type="log" if log_x else "linear", row=1, col=col
+        )
+    figure.update_yaxes(title_text=metric_label(y, percent=percent), row=1, col=1)
+    marks = []
+    if chosen:
+        marks.append("star: the calibrated choice")
+    if unsteered is not None:
+        marks.append("dashed: no steering")
+    if subtitle is None and marks:
+        subtitle = "; ".join(marks)
+    return finish(
+        figure,
+        title or f"{metric_label(y, percent=False)} against {metric_label(x)}",
+        subtitle=subtitle,
+        legend="right",
+    )
+
+
+def _control(name: str) -> str:
+    """The random-direction control of a policy (of a leak-free row: the control's
+    leak-free row)."""
+    from fasb_lens.policies import POLICIES
+
+    controls = {spec.control_of: spec.name for spec in POLICIES if spec.control_of}
+    if name not in controls and name.endswith(LEAK_FREE_SUFFIX):
+        base = name[: -len(LEAK_FREE_SUFFIX)]
+        if base in controls:
+            return controls[base] + LEAK_FREE_SUFFIX
+    return controls.get(name, f"{name}_random")
+
+
+def _metric_name(key: str) -> str:
+    """A direction-share metric's short label: ``mc2`` -> "MC2", ``"bleu-acc x
+    info-check: true_x_info"`` -> "True×Info<br>(bleu)" (the truth judge)."""
+    pair, _, metric = key.rpartition(": ")
+    label = metric_label(metric, percent=False)
+    return f"{label}<br>({pair.split(' x ')[0].removesuffix('-acc')})" if pair else label
 
 
 def direction_share(
     summary: Mapping[str, Any], *, metrics: Sequence[str] | None = None
 ) -> go.Figure:
-    """Each method's gain over no steering next to its random-direction control's gain.
+    """Each policy's gain over no steering next to its random-direction control's gain.
 
-    ``summary`` is a ``results.json``; its ``direction_share`` section gives, per method and
-    metric, the gain and the control's gain. The gap between the two bars is what the
-    learnt direction adds; a control as high as the method means the gain comes from the
-    protocol, not the direction.
+    ``summary`` is a ``results.json``; its ``direction_share`` section gives, per policy
+    and metric, the gain and the control's gain. One panel per policy; in each, the
+    policy's bar (its colour) beside its control's (the lighter tint). The gap between
+    the two is what the learnt direction adds; a control as high as the policy means the
+    gain comes from the protocol, not the direction.
     """
     shares = summary.get("direction_share", {})
-    figure = go.Figure()
-    first = next(iter(shares), None)
-    bars = (
-        ("learnt direction", "gain", STEERED_COLOR),
-        ("random direction (control)", "control_gain", PLAIN_COLOR),
+    names = list(shares)
+    control_names = {name: _control(name) for name in names}
+    colors = policy_colors([*names, *control_names.values()])
+    figure = make_subplots(
+        rows=1,
+        cols=max(1, len(names)),
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+        subplot_titles=[policy_label(name) for name in names] or None,
     )
-    for method, rows in shares.items():
+    for col, name in enumerate(names, start=1):
+        rows = shares[name]
         chosen = [m for m in rows if metrics is None or m in metrics]
-        labels = [f"{method}<br>{m}" for m in chosen]
-        for name, key, color in bars:
+        x = [_metric_name(m) for m in chosen]
+        control = control_names[name]
+        for bar, key in ((name, "gain"), (control, "control_gain")):
+            label = policy_label(bar)
             figure.add_trace(
                 go.Bar(
-                    name=name,
-                    x=labels,
+                    name=label,
+                    x=x,
                     y=[100 * rows[m][key] for m in chosen],
-                    marker_color=color,
-                    legendgroup=key,
-                    showlegend=method == first,
-                )
+                    marker={"color": colors[bar], "pattern": {"shape": policy_pattern(bar)}},
+                    customdata=chosen,
+                    hovertemplate=f"{label}<br>%{{customdata}}: %{{y:+.1f}} points<extra></extra>",
+                ),
+                row=1,
+                col=col,
             )
-    figure.update_layout(
-        barmode="group",
-        title="Gain over no steering: the learnt direction vs random directions of the same scale",
-        yaxis_title="gain (points)",
-        template="plotly_white",
+    figure.update_yaxes(title_text="gain over no steering (points)", row=1, col=1)
+    figure.update_yaxes(zeroline=True, zerolinecolor="#888")
+    figure.update_xaxes(tickangle=0, tickfont={"size": 12})
+    figure.update_layout(barmode="group")
+    return finish(
+        figure,
+        "Gain over no steering: learnt directions vs random directions of the same scale",
+        subtitle="the gap between a policy and its control is what the learnt direction adds",
+        legend="bottom",
+        width=max(1100, 500 * len(names)),
     )
-    return figure
 
 
 def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
-    """Held-out accuracy per multiple-choice dataset and method, with a 95% interval.
+    """Held-out accuracy per multiple-choice dataset and policy, with a 95% interval.
 
     ``results`` is an ``mc_datasets.json`` (dataset -> its summary, with ``accuracy`` per
-    method and ``n_test``); the interval is the normal approximation to the binomial, so
+    policy and ``n_test``); the interval is the normal approximation to the binomial, so
     two bars whose intervals overlap widely are not told apart by the test items.
     """
     names = list(results)
-    methods = list(dict.fromkeys(m for r in results.values() for m in r["accuracy"]))
+    policies = list(dict.fromkeys(m for r in results.values() for m in r["accuracy"]))
+    colors = policy_colors(policies)
     figure = go.Figure()
-    for method in methods:
+    for policy in policies:
         values, errors = [], []
         for name in names:
-            p, n = results[name]["accuracy"].get(method), results[name]["n_test"]
+            p, n = results[name]["accuracy"].get(policy), results[name]["n_test"]
             values.append(None if p is None else 100 * p)
             errors.append(0 if p is None or not n else 196 * (p * (1 - p) / n) ** 0.5)
+        label = policy_label(policy)
         figure.add_trace(
             go.Bar(
-                name=method,
+                name=label,
                 x=names,
                 y=values,
+                marker={"color": colors[policy], "pattern": {"shape": policy_pattern(policy)}},
                 error_y={"type": "data", "array": errors, "thickness": 1},
+                hovertemplate=f"{label}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
-    figure.update_layout(
-        barmode="group",
-        title="Held-out accuracy per dataset (bars: 95% binomial interval)",
-        yaxis_title="accuracy (%)",
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.15},
+    figure.update_layout(barmode="group")
+    figure.update_xaxes(title_text="dataset")
+    figure.update_yaxes(title_text="held-out accuracy (%)", range=[0, 100])
+    return finish(
+        figure,
+        "Held-out accuracy per multiple-choice dataset",
+        subtitle="whiskers: 95% binomial interval over the test items",
+        legend="bottom",
     )
-    return figure
-
-
-SWEEP_COLORS = {"fasb": STEERED_COLOR, "fixed": "#e9c46a"}
 
 
 def dataset_sweeps(calibrations: Mapping[str, Any]) -> go.Figure:
@@ -176,13 +403,19 @@ def dataset_sweeps(calibrations: Mapping[str, Any]) -> go.Figure:
 
     ``calibrations`` maps a dataset to its
     :class:`~fasb_lens.evaluation.calibration.Calibration` (``calibration/{dataset}.json``
-    of an ``mc-datasets`` run). One panel per dataset, one line per searched family (FASB at its
-    chosen threshold), a star at the chosen strength, and a dashed line at the unsteered
-    model's accuracy on the same items, so a choice that only ties or beats it by an item
-    or two can be seen for what it is.
+    of an ``mc-datasets`` run). One panel per dataset, one line per searched policy (FASB
+    at its chosen threshold), a star at the chosen strength, and a dashed line at the
+    unsteered model's accuracy on the same items, so a choice that only ties or beats it
+    by an item or two can be seen for what it is.
     """
     names = list(calibrations)
-    figure = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
+    families = list(
+        dict.fromkeys(f for c in calibrations.values() for f in c.strengths.get("mc", {}))
+    )
+    colors = policy_colors(families)
+    figure = make_subplots(
+        rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.03
+    )
     for col, name in enumerate(names, start=1):
         calibration = calibrations[name]
         for family, chosen in calibration.strengths.get("mc", {}).items():
@@ -195,16 +428,17 @@ def dataset_sweeps(calibrations: Mapping[str, Any]) -> go.Figure:
                 if at is None or math.isclose(row["threshold"], at, rel_tol=1e-6)
             )
             star = [(alpha, a) for alpha, a in points if math.isclose(alpha, chosen, rel_tol=1e-6)]
-            color = SWEEP_COLORS.get(family, PLAIN_COLOR)
+            label = policy_label(family)
             figure.add_trace(
                 go.Scatter(
                     x=[alpha for alpha, _ in points],
                     y=[accuracy for _, accuracy in points],
                     mode="lines+markers",
-                    name=family,
+                    name=label,
                     legendgroup=family,
                     showlegend=col == 1,
-                    line={"color": color},
+                    line={"color": colors[family]},
+                    hovertemplate=f"{label}<br>α %{{x:.4g}}: %{{y:.1f}}%<extra></extra>",
                 ),
                 row=1,
                 col=col,
@@ -214,10 +448,11 @@ def dataset_sweeps(calibrations: Mapping[str, Any]) -> go.Figure:
                     x=[alpha for alpha, _ in star],
                     y=[accuracy for _, accuracy in star],
                     mode="markers",
-                    marker={"symbol": "star", "size": 14, "color": color},
-                    name=f"{family} chosen",
+                    marker={**CHOSEN_MARKER, "color": colors[family]},
+                    name=f"{label}: chosen",
                     legendgroup=family,
                     showlegend=False,
+                    hovertemplate=f"{label}: chosen α %{{x:.4g}}<extra></extra>",
                 ),
                 row=1,
                 col=col,
@@ -225,15 +460,16 @@ def dataset_sweeps(calibrations: Mapping[str, Any]) -> go.Figure:
         if calibration.unsteered.get("mc"):
             figure.add_hline(
                 y=100 * calibration.unsteered["mc"]["accuracy"],
-                line={"dash": "dash", "color": PLAIN_COLOR},
+                line=UNSTEERED_LINE,
                 row=1,
                 col=col,
             )
-        figure.update_xaxes(type="log", title_text="alpha", row=1, col=col)
+        figure.update_xaxes(type="log", title_text=metric_label("alpha"), row=1, col=col)
     figure.update_yaxes(title_text="validation accuracy (%)", row=1, col=1)
-    figure.update_layout(
-        title="Calibration per dataset (dashed: no steering; star: chosen)",
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.2},
+    return finish(
+        figure,
+        "Calibration per dataset: validation accuracy against strength",
+        subtitle="dashed: no steering on the same items; star: the chosen strength",
+        legend="bottom",
+        width=max(1100, 260 * len(names)),
     )
-    return figure

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
+from fasb_lens.plotting.style import finish, policy_label
 from fasb_lens.trace_view import (
     STEERED_COLOR,
     TRIGGER_COLOR,
@@ -265,15 +266,18 @@ def token_view(
     figure = go.Figure([*_text_traces(placed, views), _colour_bar(centre, threshold)])
     axis = {"visible": False, "fixedrange": True}
     figure.update_layout(
-        title={"text": title or f"{_escape(trace.policy)}: p_true token by token"},
         shapes=_shapes(placed, centre),
         annotations=_annotations(headers, views, n_rows),
         xaxis={**axis, "range": [-0.3, line_chars + 0.3]},
         yaxis={**axis, "range": [n_rows + 0.6, -0.6]},
-        width=WIDTH_PX,
-        height=MARGIN_PX + ROW_PX * (n_rows + 1),
-        margin={"l": 20, "r": 20, "t": 60, "b": 20},
-        template="plotly_white",
         hovermode="closest",
     )
+    finish(
+        figure,
+        title or f"{_escape(policy_label(trace.policy))}: p_true token by token",
+        legend=None,
+        width=WIDTH_PX,
+        height=MARGIN_PX + ROW_PX * (n_rows + 1),
+    )
+    figure.update_layout(margin={"l": 20, "r": 20, "t": 60, "b": 20})
     return figure

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from fasb_lens.generation import GenerationTrace
-from fasb_lens.plotting.common import PLAIN_COLOR, STEERED_COLOR
+from fasb_lens.plotting.style import (
+    PLAIN_COLOR,
+    STEERED_COLOR,
+    THRESHOLD_COLOR,
+    finish,
+    metric_label,
+    policy_color,
+    policy_label,
+)
 
 
 def p_true_distributions(
@@ -17,9 +25,12 @@ def p_true_distributions(
     *,
     threshold: float | None = None,
     labels: tuple[str, str] = ("question only", "during generation"),
-    title: str = "Truthfulness probability from the question alone vs during generation",
+    title: str = "The tracker's p_true from the question alone vs during generation",
+    subtitle: str | None = None,
 ) -> go.Figure:
-    """Overlaid histograms of two sets of tracker readings, with the threshold."""
+    """Overlaid histograms of two sets of tracker readings (the share of each set's
+    readings per bin, in percent), with the threshold. Name the tracker (and the folds)
+    in ``title``: two trackers' figures should not share one."""
     figure = go.Figure()
     for values, name, color in (
         (question, labels[0], PLAIN_COLOR),
@@ -32,25 +43,21 @@ def p_true_distributions(
                 marker_color=color,
                 opacity=0.65,
                 xbins={"start": 0, "end": 1, "size": 0.025},
-                histnorm="probability",
+                histnorm="percent",
+                hovertemplate=f"{name}<br>p_true %{{x}}: %{{y:.1f}}% of readings<extra></extra>",
             )
         )
     if threshold is not None:
         figure.add_vline(
             x=threshold,
-            line_dash="dash",
-            line_color="red",
-            annotation_text=f"threshold {threshold:.2f}",
+            line={"dash": "dash", "color": THRESHOLD_COLOR, "width": 2},
+            annotation_text=f"threshold β = {threshold:.2f}",
+            annotation_position="top right",
         )
-    figure.update_layout(
-        barmode="overlay",
-        title=title,
-        xaxis_title="p_true",
-        yaxis_title="fraction",
-        xaxis_range=[0, 1],
-        template="plotly_white",
-    )
-    return figure
+    figure.update_layout(barmode="overlay")
+    figure.update_xaxes(title_text=metric_label("p_true"), range=[0, 1])
+    figure.update_yaxes(title_text="share of readings (%)")
+    return finish(figure, title, subtitle=subtitle, legend="bottom")
 
 
 def _trajectory_traces(trace: GenerationTrace, name: str, color: str) -> list[go.Scatter]:
@@ -112,16 +119,16 @@ def trajectory(
     """
     figure = go.Figure()
     if unsteered is not None:
-        for line in _trajectory_traces(unsteered, "unsteered", PLAIN_COLOR):
+        for line in _trajectory_traces(unsteered, policy_label("none"), PLAIN_COLOR):
             figure.add_trace(line)
-    for line in _trajectory_traces(trace, trace.policy, STEERED_COLOR):
+    color = STEERED_COLOR if trace.policy == "none" else policy_color(trace.policy)
+    for line in _trajectory_traces(trace, policy_label(trace.policy), color):
         figure.add_trace(line)
     if threshold is not None:
         figure.add_hline(
             y=threshold,
-            line_dash="dash",
-            line_color="red",
-            annotation_text=f"threshold {threshold:.2f}",
+            line={"dash": "dash", "color": THRESHOLD_COLOR, "width": 1.5},
+            annotation_text=f"threshold β = {threshold:.2f}",
         )
     for event in trace.backtracks:
         step = event["step"]
@@ -129,7 +136,7 @@ def trajectory(
         figure.add_vrect(
             x0=step - dropped + 0.5,
             x1=step + 0.5,
-            fillcolor="red",
+            fillcolor=THRESHOLD_COLOR,
             opacity=0.08,
             line_width=0,
             annotation_text="backtracked",
@@ -141,7 +148,7 @@ def trajectory(
                 y=[event["p_true"]],
                 mode="markers",
                 name="trigger",
-                marker={"symbol": "star", "size": 14, "color": "red"},
+                marker={"symbol": "star", "size": 15, "color": THRESHOLD_COLOR},
                 hovertemplate=(
                     f"trigger at step {step}<br>p_true {event['p_true']:.3f}<br>"
                     f"strength {event['strength']:.2f}<extra></extra>"
@@ -150,29 +157,34 @@ def trajectory(
         )
     n_steps = max(len(trace.steps), len(unsteered.steps) if unsteered is not None else 0)
     figure.update_layout(
-        title=title or f"{trace.policy}: {html.escape(trace.answer[:80], quote=False)!r}",
         xaxis={"title": "generation step", "tick0": 0, "dtick": max(1, round(n_steps / 20))},
-        yaxis={"title": "p_true", "range": [0, 1]},
+        yaxis={"title": metric_label("p_true"), "range": [0, 1]},
         hovermode="x unified",
-        template="plotly_white",
     )
-    return figure
+    answer = html.escape(trace.answer[:80], quote=False)
+    return finish(figure, title or f"{policy_label(trace.policy)}: {answer!r}", legend="right")
 
 
 def trajectories(
     traces: Sequence[GenerationTrace],
     *,
     labels: Sequence[str] | None = None,
-    threshold: float | None = None,
+    threshold: float | Sequence[float] | None = None,
     unsteered: Sequence[GenerationTrace] | None = None,
+    titles: Sequence[str] | None = None,
 ) -> go.Figure:
-    """Many trajectories in one figure, one at a time, chosen from a drop-down menu."""
+    """Many trajectories in one figure, one at a time, chosen from a drop-down menu
+    (``labels``: the menu's entries; ``titles``: each one's title, default its policy
+    and answer; ``threshold``: one for all, or one per trace)."""
     if not traces:
         raise ValueError("no traces to plot")
     labels = list(labels or [f"prompt {i}" for i in range(len(traces))])
     panels = [
         trajectory(
-            trace, threshold=threshold, unsteered=None if unsteered is None else unsteered[index]
+            trace,
+            threshold=threshold if not isinstance(threshold, Sequence) else threshold[index],
+            unsteered=None if unsteered is None else unsteered[index],
+            title=None if titles is None else titles[index],
         )
         for index, trace in enumerate(traces)
     ]
@@ -213,13 +225,12 @@ def trajectories(
                 "yanchor": "bottom",
             }
         ],
-        margin={"t": 140},
-        title=first.title.text,
         xaxis=first.xaxis,
         yaxis=first.yaxis,
         shapes=first.shapes,
         annotations=first.annotations,
         hovermode=first.hovermode,
-        template="plotly_white",
     )
+    finish(figure, first.title.text, legend="right")
+    figure.update_layout(margin={"t": 150})
     return figure

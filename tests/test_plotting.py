@@ -181,6 +181,12 @@ def test_method_comparison() -> None:
     assert list(figure.data[3].y) == ["no steering", "FASB"]  # generation rows leave it out
     older = {"methods": summary()["policies"]}  # results.json before the rename
     assert list(method_comparison(older).data[0].y) == ["no steering", "FASB"]
+    sure = summary()
+    sure["policies"]["fasb"]["ci95"] = {"mc1": [0.2, 0.45]}
+    whiskers = method_comparison(sure).data[0].error_x
+    assert whiskers.arrayminus[1] == pytest.approx(10.0) and whiskers.array[1] == pytest.approx(
+        15.0
+    )
 
 
 def test_sweep_lines() -> None:

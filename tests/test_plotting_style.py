@@ -19,7 +19,6 @@ from fasb_lens.plotting import (
 )
 from fasb_lens.plotting.style import (
     EXTRA_COLORS,
-    POLICY_COLORS,
     TEMPLATE,
     folds_text,
     metric_label,
@@ -28,6 +27,7 @@ from fasb_lens.plotting.style import (
     policy_label,
     policy_line,
     policy_pattern,
+    registered_colors,
     series_colors,
     tint,
 )
@@ -71,7 +71,7 @@ def test_a_new_policy_gets_a_colour_no_built_in_uses() -> None:
         everything = policy_colors(POLICIES.names())
         assert len(set(everything.values())) == len(everything)
         assert everything["gated"] in EXTRA_COLORS
-        assert everything["gated"] not in POLICY_COLORS.values()
+        assert everything["gated"] not in registered_colors()
         assert everything["gated_random"] == tint(everything["gated"])
         assert policy_label("gated") == "gated"
         assert policy_label("gated_random") == "gated, random directions"
@@ -82,7 +82,7 @@ def test_unknown_names_never_share_a_colour_within_a_figure() -> None:
     names = [f"policy{i}" for i in range(len(EXTRA_COLORS) + 5)]
     colors = policy_colors(["fasb", *names])
     assert len(set(colors.values())) == len(colors)
-    assert not set(colors.values()) & (set(POLICY_COLORS.values()) - {colors["fasb"]})
+    assert not set(colors.values()) & (set(registered_colors()) - {colors["fasb"]})
 
 
 def test_series_colours_are_distinct() -> None:

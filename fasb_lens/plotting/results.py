@@ -86,11 +86,10 @@ def method_comparison(
             lows, highs = [], []
             for name in mine:
                 mean = _value(policies[name]["mean"], key, pair)
-                folds = [_value(v, key, pair) for v in policies[name]["per_fold"].values()]
-                folds = [v for v in folds if v is not None]
+                low, high = _whisker(policies[name], key, pair)
                 means.append(None if mean is None else 100 * mean)
-                lows.append(100 * (mean - min(folds)) if mean is not None and folds else 0.0)
-                highs.append(100 * (max(folds) - mean) if mean is not None and folds else 0.0)
+                lows.append(100 * (mean - low) if mean is not None and low is not None else 0.0)
+                highs.append(100 * (high - mean) if mean is not None and high is not None else 0.0)
             figure.add_trace(
                 go.Bar(
                     x=means,
@@ -115,11 +114,23 @@ def method_comparison(
     figure.update_yaxes(autorange="reversed")
     return finish(
         figure,
-        "Policies compared: mean over folds (whiskers span the folds)",
+        "Policies compared: mean over folds, whiskers the 95% interval "
+        "(the span of the folds for a run without intervals)",
         subtitle="dashed: no steering; hatched: the leak-free multiple-choice protocol",
         legend=None,
         height=140 + 60 * len(rows) + 22 * sum(sizes),
     )
+
+
+def _whisker(entry: Mapping[str, Any], key: str, pair: str | None) -> tuple[Any, Any]:
+    """A policy's whisker on one metric: its 95% interval where the summary has one
+    (``ci95``), else the lowest and highest fold."""
+    interval = entry.get("ci95", {}).get(key if pair is None else f"{pair}: {key}")
+    if interval is not None:
+        return interval[0], interval[1]
+    folds = [_value(v, key, pair) for v in entry["per_fold"].values()]
+    folds = [v for v in folds if v is not None]
+    return (min(folds), max(folds)) if folds else (None, None)
 
 
 def _value(values: Mapping[str, Any], key: str, pair: str | None) -> float | None:

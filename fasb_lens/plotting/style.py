@@ -4,14 +4,13 @@ Every figure function of :mod:`fasb_lens.plotting` draws through this module, so
 has the same colour and name in every figure, a fraction is shown in percent with its
 unit, and titles, fonts and legends sit in the same places.
 
-* **Policies.** Each built-in policy has a fixed colour (:data:`POLICY_COLORS`); a
-  registered random-direction control (``control_of``) takes a lighter tint of its
-  policy's colour and a dotted line, and a leak-free row (``NAME_question``) its policy's
-  colour with a hatched bar or a dashed line. A policy this module does not know (one
-  registered in a notebook) takes a colour from :data:`EXTRA_COLORS`, which no built-in
-  uses, chosen from its name so that it keeps it from figure to figure; within one figure
-  (:func:`policy_colors`) no two policies share a colour. A registration may carry its own
-  ``label`` and ``color``; they are used when it does.
+* **Policies.** A policy's label and colour are its registration's (``PolicySpec.label``,
+  ``.color``); a registered random-direction control (``control_of``) takes a lighter
+  tint of its policy's colour and a dotted line, and a leak-free row (``NAME_question``)
+  its policy's colour with a hatched bar or a dashed line. A policy registered without a
+  colour (one registered in a notebook) takes one from :data:`EXTRA_COLORS`, which no
+  built-in uses, chosen from its name so that it keeps it from figure to figure; within
+  one figure (:func:`policy_colors`) no two policies share a colour.
 * **Labels.** :func:`policy_label` ("FASB w/o backtracking", "ITI, random directions"),
   :func:`metric_label` ("True×Info (%)", "strength α").
 * **Layout.** :data:`TEMPLATE` (font, colours, grid) and :func:`finish` (title with an
@@ -54,28 +53,6 @@ ANCHORED_COLOR = "#1b7837"
 DIVERGING_SCALE = "RdBu"
 """Effects centred on 0: red below, white at 0, blue above."""
 SEQUENTIAL_SCALE = "Viridis"
-
-POLICY_COLORS = {
-    "none": "#5f5f5f",
-    "fixed": "#e07b00",
-    "caa": "#7b3294",
-    "fasb": "#1f5fbf",
-    "fasb_fixed_strength": "#0f8b8d",
-    "fasb_no_backtrack": "#2e9e44",
-    "after_question": "#c2185b",
-}
-"""The built-in policies' colours (controls and leak-free rows derive theirs)."""
-
-POLICY_LABELS = {
-    "none": "no steering",
-    "fixed": "ITI",
-    "caa": "CAA",
-    "fasb": "FASB",
-    "fasb_fixed_strength": "FASB w/o adaptive strength",
-    "fasb_no_backtrack": "FASB w/o backtracking",
-    "after_question": "after the question (CAST-like)",
-}
-"""Human names of the built-in policies (controls and leak-free rows derive theirs)."""
 
 EXTRA_COLORS = (
     "#8c564b",
@@ -127,6 +104,13 @@ def _spec(name: str):
     return POLICIES.get(name) if name in POLICIES else None
 
 
+def registered_colors() -> set[str]:
+    """The colours registrations give their policies (no other policy takes one)."""
+    from fasb_lens.policies import POLICIES
+
+    return {spec.color for spec in POLICIES if spec.color is not None}
+
+
 def _parts(name: str) -> tuple[str, bool, bool]:
     """``(policy, control, leak_free)``: the policy whose colour and label ``name`` derives
     from, whether it is a random-direction control of it, and whether it is a leak-free
@@ -151,7 +135,8 @@ def policy_label(name: str) -> str:
     ``fixed_random`` -> "ITI, random directions", ``fasb_question`` -> "FASB (leak-free)";
     an unknown name is shown as it is."""
     base, control, leak_free = _parts(name)
-    label = getattr(_spec(base), "label", None) or POLICY_LABELS.get(base, base)
+    spec = _spec(base)
+    label = (spec.label if spec is not None else None) or base
     if control:
         label += ", random directions"
     return f"{label} (leak-free)" if leak_free else label
@@ -173,7 +158,7 @@ def policy_pattern(name: str) -> str:
 def _own_color(name: str) -> str | None:
     """The colour a policy has whatever else is drawn (``None``: it has none)."""
     spec = _spec(name)
-    return getattr(spec, "color", None) or POLICY_COLORS.get(name)
+    return spec.color if spec is not None else None
 
 
 def _hashed(name: str, taken: set[str]) -> str:
@@ -215,7 +200,7 @@ def policy_colors(names: Iterable[str]) -> dict[str, str]:
     bases = list(dict.fromkeys(_parts(name)[0] for name in names))
     base_colors = {base: color for base in bases if (color := _own_color(base)) is not None}
     taken = set(base_colors.values()) | {tint(c) for c in base_colors.values()}
-    taken |= set(POLICY_COLORS.values())
+    taken |= registered_colors()
     for base in bases:
         if base not in base_colors:
             base_colors[base] = _hashed(base, taken)

@@ -89,6 +89,8 @@ class PolicySpec:
             unsteered answer before any candidate is seen.
         compared_with: the policies a table compares it with (a paired difference with
             its interval and test), besides ``none`` and its random-direction control.
+        label, color: its name and colour in figures (``None``: its name, and a colour
+            no registered policy uses; a control derives both from its policy's).
     """
 
     name: str
@@ -103,6 +105,8 @@ class PolicySpec:
     tables: tuple[str, ...] = ("truthfulqa",)
     leak_free: bool = False
     compared_with: tuple[str, ...] = ()
+    label: str | None = None
+    color: str | None = None
 
     @property
     def calibrated_as(self) -> str | None:

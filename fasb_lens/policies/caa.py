@@ -39,5 +39,7 @@ register(
         needs=("caa",),
         search=StrengthSearch({"mc": (0.25, 1.0, 4.0), "generation": (1.0, 2.0, 4.0)}),
         default_strength=5.0,
+        label="CAA",
+        color="#7b3294",
     )
 )

@@ -114,7 +114,7 @@ class FASB(Policy):
         return Decision(checked=True, trigger=trigger)
 
 
-def _variant(name: str, description: str, **switches: bool) -> None:
+def _variant(name: str, description: str, label: str, color: str, **switches: bool) -> None:
     """Register FASB with ``switches`` as ``name``; the variants share FASB's settings."""
 
     def build(settings: PolicySettings) -> FASB:
@@ -142,6 +142,8 @@ def _variant(name: str, description: str, **switches: bool) -> None:
             tables=("truthfulqa", "datasets") if main else ("truthfulqa",),
             leak_free=main,
             compared_with=("fixed",) if main else ("fasb",),
+            label=label,
+            color=color,
         )
     )
 
@@ -150,17 +152,27 @@ _variant(
     "fasb",
     "track p_true; at the first check below the threshold drop the last backtrack_tokens "
     "tokens and regenerate steered at alpha * (1 - p_true)",
+    "FASB",
+    "#1f5fbf",
 )
 _variant(
-    "fasb_fixed_strength", "the paper's 'w/o adaptive': FASB at strength alpha", adaptive=False
+    "fasb_fixed_strength",
+    "the paper's 'w/o adaptive': FASB at strength alpha",
+    "FASB w/o adaptive strength",
+    "#0f8b8d",
+    adaptive=False,
 )
 _variant(
     "fasb_no_backtrack",
     "the paper's 'w/o backtracking': keep the tokens, steer from the next one on",
+    "FASB w/o backtracking",
+    "#2e9e44",
     backtrack=False,
 )
 _variant(
     "after_question",
     "decide once from the question's last token (like CAST), steer the whole answer",
+    "after the question (CAST-like)",
+    "#c2185b",
     after_question=True,
 )

@@ -39,5 +39,7 @@ register(
         aliases=("iti",),
         search=StrengthSearch({"mc": (2.0, 8.0, 32.0), "generation": (8.0, 16.0, 32.0)}),
         tables=("truthfulqa", "datasets"),
+        label="ITI",
+        color="#e07b00",
     )
 )

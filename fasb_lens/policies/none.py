@@ -17,5 +17,7 @@ register(
         aliases=("baseline",),
         needs=(),
         tables=("truthfulqa", "datasets"),
+        label="no steering",
+        color="#5f5f5f",
     )
 )

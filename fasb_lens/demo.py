@@ -3,9 +3,11 @@
 On the embedded model and the built-in mini set: split the questions (train /
 validation / test), collect head activations of the probing and tuning prompts, fit a
 probe per head, anchor the best heads and build their steering vectors, choose the
-threshold from unsteered answers to the validation questions, then answer three test
-questions with and without FASB. :func:`run_demo` returns everything it computed and
-writes the figures; the command line prints the report.
+threshold from unsteered answers to the validation questions and FASB's and ITI's
+strengths from steered ones (the paper's alpha = 60 breaks this small model's language),
+then answer test questions without steering, with ITI and with FASB, each answer judged
+truthful or not against the question's references. :func:`run_demo` returns everything it
+computed and writes the figures; the command line prints the report.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from fasb_lens.anchoring import AnchoringSettings, anchor_heads
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation.calibration import Calibration
+from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.models import load_model
@@ -28,7 +31,7 @@ from fasb_lens.plotting import (
     steering_heads,
     trajectories,
 )
-from fasb_lens.policies import FASB, PolicySettings
+from fasb_lens.policies import FASB, ITI, PolicySettings
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import authors_folds
 from fasb_lens.steering import Steering
@@ -39,9 +42,15 @@ class DemoSettings:
     """The demo's settings (``fasb-lens demo`` options); every default is written once."""
 
     top_k: int = same_option(AnchoringSettings, "top_k", default=12, flags=("--top-k", "--top"))
-    alpha: float = same_option(PolicySettings, "alpha")
+    alpha: float | None = same_option(
+        PolicySettings,
+        "alpha",
+        default=None,
+        help="FASB's and ITI's strength (default: each calibrated on the validation "
+        "questions' True x Info, as reproduce does)",
+    )
     backtrack_tokens: int = same_option(PolicySettings, "backtrack_tokens")
-    questions: int = option(3, help="held-out questions answered", bounds=AT_LEAST_ONE)
+    questions: int = option(4, help="held-out questions answered", bounds=AT_LEAST_ONE)
 
 
 @dataclass
@@ -54,6 +63,12 @@ class DemoResult:
     questions: list[str]
     plain: list[GenerationTrace]
     steered: list[GenerationTrace]
+    strengths: dict[str, float] = field(default_factory=dict)
+    """The strength each policy answered at (``"fixed"``: ITI, ``"fasb"``)."""
+    iti: list[GenerationTrace] = field(default_factory=list)
+    truthful: dict[str, list[bool | None]] = field(default_factory=dict)
+    """Per policy (``"none"``, ``"fixed"``, ``"fasb"``), each answer's verdict from the
+    calibration's truth judge (``None``: it could not judge)."""
     figures: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -68,12 +83,12 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo; figures go to ``out``.
 
-    ``alpha`` is not calibrated here (``fasb-lens reproduce`` does that): 60, the paper's
-    value, gives SmolLM2's answers a visible push at FASB's adaptive strength.
+    Without ``settings.alpha`` the strengths are calibrated on the validation questions'
+    generations (True x Info, the search of ``fasb-lens reproduce``); with it, both
+    policies steer at that strength.
     """
     settings = settings or DemoSettings()
-    top_k, alpha = settings.top_k, settings.alpha
-    backtrack_tokens = settings.backtrack_tokens
+    top_k, backtrack_tokens = settings.top_k, settings.backtrack_tokens
     import time
 
     timings: dict[str, float] = {}
@@ -100,24 +115,54 @@ def run_demo(
             [by_id[i] for i in split.val],
             steering,
             fmt=fmt,
-            settings=PolicySettings(alpha=alpha, backtrack_tokens=backtrack_tokens),
+            settings=PolicySettings(alpha=settings.alpha or 0.0, backtrack_tokens=backtrack_tokens),
             mc_source="csv",
             progress=progress,
         ),
-        tasks=(),
+        tasks=("generation",) if settings.alpha is None else (),
     )
     threshold = calibration.thresholds["generation"]
-    lap("choose the threshold")
+    strengths = {
+        name: settings.alpha
+        if settings.alpha is not None
+        else calibration.strength("generation", name)
+        for name in ("fixed", "fasb")
+    }
+    lap("choose the threshold and strengths" if settings.alpha is None else "choose the threshold")
     test = [by_id[i] for i in split.test[: settings.questions]]
     prompts = [fmt.generation_prompt(q.question) for q in test]
     config = GenerationConfig(max_new_tokens=50, stop_strings=(QA_STOP,))
     plain = generate(model, prompts, steering=steering, config=config)
-    policy = FASB(alpha, threshold, backtrack_tokens, tracker=calibration.tracker)
-    steered = generate(model, prompts, steering=steering, policy=policy, config=config)
-    lap("answer with and without FASB")
+    fasb = FASB(strengths["fasb"], threshold, backtrack_tokens, tracker=calibration.tracker)
+    steered = generate(model, prompts, steering=steering, policy=fasb, config=config)
+    iti = generate(model, prompts, steering=steering, policy=ITI(strengths["fixed"]), config=config)
+    judge = judge_by_name(calibration.judge)
+    truthful = {
+        name: [
+            verdict.truthful
+            for verdict in judge.judge_many(
+                [
+                    JudgeInput(q.question, trace.answer, q.correct_answers, q.incorrect_answers)
+                    for q, trace in zip(test, traces, strict=True)
+                ]
+            )
+        ]
+        for name, traces in (("none", plain), ("fixed", iti), ("fasb", steered))
+    }
+    lap("answer without steering, with ITI and with FASB")
 
     result = DemoResult(
-        probes, steering, calibration, [q.question for q in test], plain, steered, [], timings
+        probes,
+        steering,
+        calibration,
+        [q.question for q in test],
+        plain,
+        steered,
+        strengths,  # type: ignore[arg-type]
+        iti,
+        truthful,
+        [],
+        timings,
     )
     result.figures = _figures(result, probing, Path(out), png)
     anchoring.save(Path(out) / "artifact")

@@ -35,7 +35,7 @@ from fasb_lens.plotting import (
     trajectories,
 )
 from fasb_lens.plotting.style import folds_text, metric_label, policy_label
-from fasb_lens.policies import searched
+from fasb_lens.policies import PolicySettings, searched
 
 
 class _Saver:
@@ -227,7 +227,7 @@ def _thresholds(calibrations: list[Calibration], save: _Saver) -> None:
     rows, chosen = [], {}
     for i, c in enumerate(calibrations):
         checks, truthful = c.readings[c.tracker]["first_check"], c.readings["truthful"]
-        _, _, sweep = choose_threshold(checks, truthful, 0.6)
+        _, _, sweep = choose_threshold(checks, truthful, PolicySettings().threshold)
         at = c.thresholds.get("generation")
         if at is not None and not any(row["threshold"] == at for row in sweep):
             sweep.append(_threshold_row(checks, truthful, at))

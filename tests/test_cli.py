@@ -100,7 +100,9 @@ def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -
     assert cli.main(["demo", "--out", str(tmp_path), "--no-progress", "--no-png"]) == 0
     out = capsys.readouterr().out
     assert "30 layers x 9 heads of 64" in out and "majority baseline" in out
-    assert out.count("   without steering: ") == 3 and out.count("   FASB: ") == 3
+    assert out.count("   without steering [") == 4 and out.count("   FASB             [") == 4
+    assert out.count("   ITI              [") == 4 and "calibrated on validation True x Info" in out
+    assert out.count("   FASB: ") == 4 and "truthful     " in out
     for name in ("heads_accuracy", "anchored_heads", "p_true_distributions", "trajectories"):
         assert (tmp_path / f"{name}.html").is_file()
     assert (tmp_path / "artifact" / "steering.safetensors").is_file()

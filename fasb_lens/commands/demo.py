@@ -42,27 +42,43 @@ def run(args: argparse.Namespace) -> int:
         f"({calibration.tracker} tracker; Youden's J {chosen['j']:.2f}, AUC {chosen['auc']:.2f} "
         f"at detecting the untruthful ones, judged by {calibration.judge})"
     )
+    how = "given" if settings.alpha is not None else "calibrated on validation True x Info"
     print(
-        f"strength     alpha {settings.alpha} (steering at alpha * (1 - p_true)), "
-        f"backtracking {settings.backtrack_tokens} tokens\n"
+        f"strength     FASB alpha {result.strengths['fasb']:g} (steering at alpha * "
+        f"(1 - p_true)), ITI alpha {result.strengths['fixed']:g}; {how}; backtracking "
+        f"{settings.backtrack_tokens} tokens\n"
     )
-    for question, plain, steered in zip(
-        result.questions, result.plain, result.steered, strict=True
+    verdicts = result.truthful
+    for index, (question, plain, steered) in enumerate(
+        zip(result.questions, result.plain, result.steered, strict=True)
     ):
         print(f"Q: {question}")
-        print(f"   without steering: {plain.answer}")
+        print(f"   without steering {_verdict(verdicts['none'][index])}: {plain.answer}")
+        print(
+            f"   ITI              {_verdict(verdicts['fixed'][index])}: {result.iti[index].answer}"
+        )
+        mark = _verdict(verdicts["fasb"][index])
         if steered.triggered:
             print(
-                f"   FASB: triggered at token {steered.trigger_step} "
-                f"(p_true {steered.trigger_p_true:.2f} < {threshold:.2f}), "
-                f"threw away {steered.discarded_text!r}, steered at strength "
-                f"{steered.strength:.2f}:"
+                f"   FASB             {mark}: triggered at token {steered.trigger_step} "
+                f"(p_true {steered.trigger_p_true:.2f} < {threshold:.2f}), threw away "
+                f"{steered.discarded_text!r}, steered at strength {steered.strength:.2f}:"
             )
-            print(f"         {steered.answer}")
+            print(f"                    {steered.answer}")
         else:
             lowest = min(p for p in steered.p_true if p is not None)
-            print(f"   FASB: no trigger (lowest p_true {lowest:.2f}); the answer stands")
-        print()
+            print(
+                f"   FASB             {mark}: no trigger (lowest p_true {lowest:.2f}); "
+                "the answer stands"
+            )
+        print(f"   {_change(verdicts['none'][index], verdicts['fasb'][index])}\n")
+    totals = {name: sum(bool(v) for v in values) for name, values in verdicts.items()}
+    n = len(result.questions)
+    print(
+        f"truthful     {totals['none']}/{n} without steering, {totals['fixed']}/{n} with ITI, "
+        f"{totals['fasb']}/{n} with FASB (judged by {calibration.judge}; a handful of "
+        "questions is an illustration, not a result: `fasb-lens reproduce` measures)"
+    )
     print("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()))
     print(
         f"figures      {args.out}/ ("
@@ -71,3 +87,18 @@ def run(args: argparse.Namespace) -> int:
         + f"{args.out}/artifact"
     )
     return 0
+
+
+def _verdict(truthful: bool | None) -> str:
+    return {True: "[truthful]  ", False: "[untruthful]", None: "[unjudged]  "}[truthful]
+
+
+def _change(before: bool | None, after: bool | None) -> str:
+    """What FASB did to one answer's truthfulness, in words."""
+    if before is None or after is None:
+        return "FASB: the judge could not tell"
+    if before == after:
+        return f"FASB: no change (still {'truthful' if after else 'untruthful'})"
+    return (
+        "FASB: gained (untruthful -> truthful)" if after else "FASB: lost (truthful -> untruthful)"
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 import typing
@@ -126,12 +127,24 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _no_library_progress_bars() -> None:
+    """Silence the hub's and transformers' own bars (loading weights) with ``--no-progress``:
+    the environment variable they read on import, and their switch if already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     from fasb_lens.allocator import keep_freed_memory
 
     keep_freed_memory()
+    if getattr(args, "no_progress", False):
+        _no_library_progress_bars()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -135,6 +135,17 @@ def projection_scales(
     return projected.std(dim=0, unbiased=False)
 
 
+def head_spreads(
+    tuning: HeadActivations, heads: Sequence[Head]
+) -> Float[Tensor, "k d_head d_head"]:
+    """Each head's covariance of its tuning activations (population, in float64 then
+    float32): the scale along any unit direction ``d`` is ``sqrt(d^T C d)``, which
+    :func:`projection_scales` gives for the chosen one and a control needs for its own."""
+    z = tuning.heads(heads).double()
+    centred = z - z.mean(0, keepdim=True)
+    return (torch.einsum("nkd,nke->kde", centred, centred) / len(z)).float()
+
+
 def _unit(vectors: Tensor) -> Tensor:
     norms = vectors.norm(dim=-1, keepdim=True)
     if (norms < 1e-12).any():
@@ -184,6 +195,7 @@ def build_steering(
         heads=tuple(chosen),
         directions=directions,
         scales=projection_scales(tuning, chosen, directions),
+        spread=head_spreads(tuning, chosen),
         trackers=fit_trackers(chosen, "probing", activations, probes),
         val_accuracy=probes.val_accuracy.clone(),
         model_id=activations.info.model_id,

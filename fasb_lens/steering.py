@@ -63,6 +63,9 @@ class Steering:
     when built from probes); ``val_accuracy`` is the whole ``[n_layers, n_heads]`` grid.
     ``trackers`` holds, for each tracker anchoring fitted (:mod:`fasb_lens.trackers`),
     the tensors its registration names; ``defaults`` the policy settings stored with it.
+    ``spread`` is each head's covariance of its tuning activations, so that a scale can be
+    measured along any direction (a random control's); artifacts written before it was
+    stored have none, and their controls keep the learnt directions' scales.
     """
 
     heads: tuple[Head, ...]
@@ -76,6 +79,7 @@ class Steering:
     template: str | None = None
     split: dict[str, Any] | None = None
     defaults: PolicySettings = field(default_factory=PolicySettings)
+    spread: Float[Tensor, "k d_head d_head"] | None = None
 
     def __post_init__(self) -> None:
         k, d_head = len(self.heads), self.shape.d_head
@@ -91,6 +95,8 @@ class Steering:
             "scales": (self.scales, (k,)),
             "val_accuracy": (self.val_accuracy, (self.shape.n_layers, self.shape.n_heads)),
         }
+        if self.spread is not None:
+            expected["spread"] = (self.spread, (k, d_head, d_head))
         for name, tensors in self.trackers.items():
             spec = TRACKERS.get(name)
             missing = [key for key in spec.tensors if key not in tensors]
@@ -149,6 +155,7 @@ class Steering:
             heads=tuple(self.heads[i] for i in index),
             directions=self.directions[index],
             scales=self.scales[index],
+            spread=None if self.spread is None else self.spread[index],
             trackers={
                 name: {key: value[index] for key, value in tensors.items()}
                 for name, tensors in self.trackers.items()
@@ -156,12 +163,20 @@ class Steering:
         )
 
     def randomized(self, seed: int) -> Steering:
-        """A control: the same heads, scales and tracker, each direction replaced by a
-        seeded random unit vector, so steering pushes as hard but in no learnt direction."""
+        """A control: the same heads and tracker, each direction replaced by a seeded random
+        unit vector whose scale is the tuning activations' spread along it (as the learnt
+        direction's is along itself, and as the authors' and ITI's controls measure it), so
+        steering pushes by the same measure in no learnt direction. Without ``spread`` (an
+        older artifact) each head keeps its learnt direction's scale."""
         generator = torch.Generator().manual_seed(seed)
         directions = torch.randn(self.top_k, self.shape.d_head, generator=generator)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
-        return replace(self, directions=directions.to(self.directions), direction_kind="random")
+        directions = (directions / directions.norm(dim=-1, keepdim=True)).to(self.directions)
+        scales = self.scales
+        if self.spread is not None:
+            spread = self.spread.to(directions)
+            variance = torch.einsum("kd,kde,ke->k", directions, spread, directions)
+            scales = variance.clamp(min=0).sqrt()
+        return replace(self, directions=directions, scales=scales, direction_kind="random")
 
     # ----------------------------------------------------------------------- applying
 
@@ -205,6 +220,8 @@ class Steering:
             "scales": self.scales.float(),
             "val_accuracy": self.val_accuracy.float(),
         }
+        if self.spread is not None:
+            tensors["spread"] = self.spread.float()
         for name, values in self.trackers.items():
             tensors |= {f"tracker.{name}.{key}": value.float() for key, value in values.items()}
         meta = {
@@ -261,6 +278,7 @@ class Steering:
                 template=meta.get("template"),
                 split=meta.get("split"),
                 defaults=PolicySettings(**meta["defaults"]),
+                spread=tensors.get("spread"),
             )
         except (TypeError, ValueError) as error:
             raise storage.ArtifactError(

@@ -3,9 +3,12 @@ question, and the direction's share of a gain."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from fasb_lens.anchoring import projection_scales
 from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation.summary import direction_shares
 from fasb_lens.evaluation.truthfulqa import decide_once
@@ -15,13 +18,23 @@ from fasb_lens.multiple_choice import MultipleChoice
 from fasb_lens.policies import FASB, ITI, RandomDirections, Unsteered, make_policy
 
 
-def test_random_directions_keep_heads_and_scales(tiny_anchoring) -> None:
-    steering = tiny_anchoring.steering
+def test_random_directions_keep_heads_and_measure_their_own_scale(tiny_anchoring) -> None:
+    steering, tuning = tiny_anchoring.steering, tiny_anchoring.tuning
+    # the learnt direction's scale is the tuning activations' spread along it ...
+    along = projection_scales(tuning, steering.heads, steering.directions)
+    torch.testing.assert_close(along, steering.scales)
     control = make_policy("fasb_random", alpha=8.0, threshold=0.5, backtrack_tokens=2, seed=3)
     assert isinstance(control, RandomDirections) and control.base.name == "fasb"
     assert control.base == FASB(8.0, 0.5, 2)
     random = control.intervention(steering)
-    assert random.heads == steering.heads and torch.equal(random.scales, steering.scales)
+    assert random.heads == steering.heads
+    # ... and a random direction's is the spread along the random direction
+    own = projection_scales(tuning, steering.heads, random.directions)
+    torch.testing.assert_close(random.scales, own, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(random.scales, steering.scales)
+    older = replace(steering, spread=None).randomized(3)  # an artifact without spreads
+    assert torch.equal(older.scales, steering.scales)
+    assert torch.equal(older.directions, random.directions)
     torch.testing.assert_close(random.directions.norm(dim=-1), torch.ones(steering.top_k))
     assert not torch.allclose(random.directions, steering.directions)
     again = make_policy("fasb_random", alpha=8.0, seed=3).intervention(steering)

@@ -128,6 +128,7 @@ def test_artifact_round_trip_and_format(steering, tmp_path) -> None:
         "tracker.prototype.true_mean": (3, 16),
         "tracker.prototype.false_mean": (3, 16),
         "val_accuracy": (4, 4),
+        "spread": (3, 16, 16),
     }
     meta = json.loads((tmp_path / "steering.json").read_text())
     assert meta["hook_name"] == "blocks.{layer}.attn.hook_z" and meta["top_k"] == 3
@@ -136,7 +137,7 @@ def test_artifact_round_trip_and_format(steering, tmp_path) -> None:
     assert meta["format_version"] == 2 and meta["trackers"] == ["probe", "prototype"]
     loaded = Steering.load(tmp_path)
     assert loaded.heads == steering.heads and loaded.defaults == steering.defaults
-    for name in ("directions", "scales", "val_accuracy"):
+    for name in ("directions", "scales", "val_accuracy", "spread"):
         assert torch.equal(getattr(loaded, name), getattr(steering, name))
     for tracker, tensors in steering.trackers.items():
         for key, value in tensors.items():

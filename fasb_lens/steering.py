@@ -192,6 +192,16 @@ class Steering:
         """
         return steer_heads(self.heads, self.vectors, strength, positions=positions, offset=offset)
 
+    def residual_push(self, model: TransformerBridge) -> Float[Tensor, " k"]:
+        """How far strength 1 moves the residual stream through each anchored head's
+        output matrix: ``||sigma_k d_k W_O^(k)||`` (what a policy's strength multiplies)."""
+        self.check_model(model)
+        pushes = []
+        for head, vector in zip(self.heads, self.vectors, strict=True):
+            w_o = model.blocks[head.layer].attn.W_O[head.head].detach()
+            pushes.append((vector.to(w_o) @ w_o).float().norm().cpu())
+        return torch.stack(pushes)
+
     def check_model(self, model: TransformerBridge) -> None:
         """Refuse a model whose heads have another shape than this steering's."""
         check_shape(self.shape, model_shape(model), what="this steering")

@@ -124,3 +124,17 @@ def test_the_direction_share_of_a_gain() -> None:
     assert unsure["fasb"]["mc2"]["direction_share"] is None  # a gain not shown to be real
     assert unsure["fasb"]["mc2"]["gain"] == pytest.approx(0.20)
     assert direction_shares({"policies": {"fasb": method(0.5, 0.5)}}) == {}
+
+
+def test_the_push_through_w_o_of_learnt_and_random_directions(tiny_llama, tiny_anchoring) -> None:
+    from fasb_lens.policies import push_report
+
+    steering = tiny_anchoring.steering
+    push = steering.residual_push(tiny_llama)
+    head = steering.heads[0]
+    w_o = tiny_llama.blocks[head.layer].attn.W_O[head.head].detach()
+    expected = (steering.scales[0] * steering.directions[0] @ w_o).norm()
+    assert push.shape == (steering.top_k,) and float(push[0]) == pytest.approx(float(expected))
+    report = push_report(steering, tiny_llama, draws=4)
+    assert report["learnt"] == pytest.approx(float(push.mean()))
+    assert report["random"] > 0 and report["draws"] == 4

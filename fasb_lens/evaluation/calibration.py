@@ -54,6 +54,9 @@ class Calibration:
     sweep: list[dict[str, Any]] = field(default_factory=list)
     readings: dict[str, Any] = field(default_factory=dict)
     unsteered: dict[str, dict[str, float]] = field(default_factory=dict)
+    push: dict[str, float] = field(default_factory=dict)
+    """The chosen heads' push on the residual stream at strength 1, learnt and random
+    (:func:`~fasb_lens.policies.controls.push_report`)."""
 
     def strength(self, task: str, policy: str) -> float | None:
         """The calibrated strength of a policy (its registration says whose it shares)."""
@@ -75,7 +78,7 @@ class Calibration:
 
     def summary(self) -> dict[str, Any]:
         """The choices without the sweep and the readings (for ``results.json``)."""
-        keep = ("tracker", "top_k", "thresholds", "strengths", "trackers", "uncertainty")
+        keep = ("tracker", "top_k", "thresholds", "strengths", "trackers", "uncertainty", "push")
         return {key: getattr(self, key) for key in keep}
 
     def save(self, path: str | Path) -> Path:

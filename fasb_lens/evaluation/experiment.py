@@ -50,7 +50,7 @@ from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calib
 from fasb_lens.generation import QA_STOP, GenerationConfig, generate
 from fasb_lens.models import model_shape, tokenize
 from fasb_lens.multiple_choice import MultipleChoice, evaluate_together
-from fasb_lens.policies import Policy, adjusted, policy_spec, redraw, setting
+from fasb_lens.policies import Policy, adjusted, policy_spec, push_report, redraw, setting
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.profiling import section
 from fasb_lens.scoring import ROWS
@@ -251,6 +251,7 @@ class Experiment:
             top_ks=config.top_ks,
             seed=config.seed + split.fold,
         )
+        calibration.push = push_report(steering, self.model)
         calibration.save(folder)
         return calibration, steering
 

@@ -44,7 +44,13 @@ from fasb_lens.policies.base import (
     unregister,
 )
 from fasb_lens.policies.caa import CAA
-from fasb_lens.policies.controls import RandomDirections, control, draw_seed, redraw
+from fasb_lens.policies.controls import (
+    RandomDirections,
+    control,
+    draw_seed,
+    push_report,
+    redraw,
+)
 from fasb_lens.policies.fasb import FASB
 from fasb_lens.policies.iti import ITI
 
@@ -73,6 +79,7 @@ __all__ = [
     "parse_strength",
     "policy_names",
     "policy_spec",
+    "push_report",
     "redraw",
     "register",
     "require_steering",

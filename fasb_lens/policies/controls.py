@@ -52,6 +52,23 @@ class RandomDirections(Policy):
         return RandomDirections(self.base.steady(strength), self.seed)
 
 
+PUSH_DRAWS = 16
+"""Random direction sets :func:`push_report` averages over."""
+
+
+def push_report(steering: Any, model: Any, draws: int = PUSH_DRAWS) -> dict[str, float]:
+    """The learnt directions' push on the residual stream beside their random controls'
+    (mean over the anchored heads of :meth:`~fasb_lens.steering.Steering.residual_push`;
+    the control's also over ``draws`` seeds): at equal strength, does the control push as
+    hard through ``W_O``?"""
+    learnt = float(steering.residual_push(model).mean())
+    random = sum(
+        float(steering.randomized(draw_seed("push", draw)).residual_push(model).mean())
+        for draw in range(draws)
+    )
+    return {"learnt": learnt, "random": random / draws, "draws": draws}
+
+
 def draw_seed(*parts: Any) -> int:
     """A seed for one random draw, derived from what identifies it (a run's seed, the draw's
     number, a question): evaluating each question with its own draw averages a control

@@ -111,11 +111,14 @@ class Check:
 
 @dataclass(frozen=True)
 class Trigger:
-    """Steer from now on: keep the first ``keep`` tokens, steer at ``strength``."""
+    """Steer from now on: keep the first ``keep`` tokens, steer at ``strength``; with
+    ``drop``, discard the sequence instead (a detector that steers nothing: a scored
+    candidate answer is left out, a generation stops)."""
 
     strength: float
     keep: int
     p_true: float
+    drop: bool = False
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,9 @@ class _Loop:
             len(row.tokens), p_true, ending=bool(reason), at_prompt_end=len(row.tokens) == 1
         )
         row.steps[-1].checked = decision.checked
-        if decision.trigger is not None:
+        if decision.trigger is not None and decision.trigger.drop:
+            row.done, row.stop_reason = True, "dropped"  # a detector's trigger: stop here
+        elif decision.trigger is not None:
             self._trigger(index, row, decision.trigger)
         elif reason:
             row.done, row.stop_reason = True, reason

@@ -11,6 +11,7 @@ answers for MC1, correct vs incorrect for MC2/MC3).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
@@ -70,6 +71,15 @@ def mc_metrics(true_scores: Sequence[float], false_scores: Sequence[float]) -> d
         "mc2": float((true_logs.logsumexp(0) - all_logs.logsumexp(0)).exp()),
         "mc3": sum(score > best_false for score in true_scores) / len(true_scores),
     }
+
+
+def _kept_scores(answers: Sequence[str], scored: Mapping[str, AnswerScore]) -> dict[str, float]:
+    """Each answer's score for the metrics: its log-probability, or minus infinity for an
+    answer a detector dropped (it cannot be chosen); when every answer of the set was
+    dropped nothing is left out, since there is no answer to choose otherwise."""
+    if all(scored[a].dropped for a in answers):
+        return {a: scored[a].log_prob for a in answers}
+    return {a: -math.inf if scored[a].dropped else scored[a].log_prob for a in answers}
 
 
 class MultipleChoice:
@@ -134,9 +144,8 @@ class MultipleChoice:
     def _metrics(self, scored: dict[str, AnswerScore]) -> dict[str, Any]:
         metrics = {}
         for set_name, (true, false) in self.sets.items():
-            values = mc_metrics(
-                [scored[a].log_prob for a in true], [scored[a].log_prob for a in false]
-            )
+            score = _kept_scores([*true, *false], scored)
+            values = mc_metrics([score[a] for a in true], [score[a] for a in false])
             metrics.update({f"{set_name}_{key}": value for key, value in values.items()})
         rows = [
             {**asdict(scored[answer]), "answer": answer, "label": label, "set": set_name}

@@ -51,13 +51,14 @@ def strengths(schedule: Schedule, first: int, length: int) -> list[float]:
 @dataclass
 class Outcome:
     """What a policy decided for one answer: whether and at which answer token it
-    triggered, the reading that decided (a trigger's, or the prompt end's) and the
-    strength the answer was last scored at."""
+    triggered, the reading that decided (a trigger's, or the prompt end's), the
+    strength the answer was last scored at, and whether the trigger dropped it."""
 
     triggered: bool = False
     trigger_token: int | None = None
     p_true: float | None = None
     strength: float = 0.0
+    dropped: bool = False
 
 
 @dataclass
@@ -122,10 +123,20 @@ class PolicyWalk:
             if decision.checked:
                 self.outcomes[row].p_true = prompt_end
             if decision.trigger is not None:
-                self.pending[row] = (None, decision.trigger)
+                self._triggered(row, None, decision.trigger)
         for row, tracking in enumerate(self.trackings):
-            if row not in self.pending:
+            if row not in self.pending and not self.outcomes[row].dropped:
                 self._walk(row, tracking, readings[row], self.answer_offset)
+
+    def _triggered(self, row: int, position: int | None, trigger: Trigger) -> None:
+        """A trigger at answer token ``position`` (``None``: the prompt's end): the answer
+        waits to be re-scored steered, or, for a trigger that drops, is left out as it is."""
+        if not trigger.drop:
+            self.pending[row] = (position, trigger)
+            return
+        outcome = self.outcomes[row]
+        outcome.triggered, outcome.trigger_token = True, position
+        outcome.p_true, outcome.dropped = trigger.p_true, True
 
     def rescore(self) -> Feed:
         """The feed re-scoring the triggered answers, each steered from its kept tokens on
@@ -175,5 +186,5 @@ class PolicyWalk:
                 position - offset, float(readings[position]), ending=position == length - 1
             )
             if decision.trigger is not None:
-                self.pending[row] = (position, decision.trigger)
+                self._triggered(row, position, decision.trigger)
                 return

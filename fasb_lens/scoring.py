@@ -54,6 +54,7 @@ class AnswerScore:
     trigger_token: int | None = None  # index of the answer token that triggered
     p_true: float | None = None  # the reading that decided (a trigger, or the prompt's)
     strength: float = 0.0
+    dropped: bool = False  # a detector left the answer out (its log_prob is unsteered)
 
 
 @dataclass

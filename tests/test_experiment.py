@@ -18,7 +18,7 @@ from fasb_lens.storage import JsonlLog
 CONFIG = dict(
     data="mini",
     n_questions=8,
-    policies=("none", "fixed", "caa", "fasb", "after_question", "fasb_random"),
+    policies=("none", "fixed", "caa", "fasb", "after_question", "fasb_random", "detector_only"),
     judges=("bleu-acc", "rouge-l-acc", "info-check"),
     top_k=4,
     alpha=4.0,
@@ -36,6 +36,8 @@ POLICIES = ("none", "fixed", "caa", "fasb", "after_question", "fasb_random/0", "
 """What each question is generated with (the control once per draw)."""
 QUESTION = ("fasb_question", "fasb_random_question/0", "fasb_random_question/1")
 """What each question is also scored with, under the leak-free protocol."""
+MC_ONLY = ("detector_only",)
+"""What each question is scored with in multiple choice only (a detector does not steer)."""
 GRIDS = {"fixed": (1.0, 4.0), "fasb": (1.0, 4.0), "caa": (0.5, 2.0)}
 
 
@@ -81,8 +83,8 @@ def test_a_run_writes_everything(finished) -> None:
     assert config.n_questions == 8
     # 8 questions, each tested once over the 2 folds: every method on both tasks, the
     # leak-free protocol's policies on multiple choice; three judges
-    assert len(records) == 8 * (2 * len(POLICIES) + len(QUESTION))
-    assert {r["policy"] for r in records} == {*POLICIES, *QUESTION}
+    assert len(records) == 8 * (2 * len(POLICIES) + len(QUESTION) + len(MC_ONLY))
+    assert {r["policy"] for r in records} == {*POLICIES, *QUESTION, *MC_ONLY}
     assert len(judgements) == 8 * len(POLICIES) * 3
     assert set(summary["policies"]) == {
         *CONFIG["policies"],
@@ -104,11 +106,12 @@ def test_a_run_writes_everything(finished) -> None:
     assert low <= mean["mc2"] <= high
     stated = {(c["a"], c["b"]) for c in summary["comparisons"]}
     assert {("fasb", "none"), ("fasb", "fasb_random"), ("fasb", "fixed")} <= stated
+    assert ("fasb", "detector_only") in stated
     assert ("fasb_question", "fasb_random_question") in stated
     assert (out / "comparisons.md").is_file() and (out / "comparisons.csv").is_file()
     table = (out / "table.md").read_text()
     assert table.startswith("| Policy | MC1 | MC2 | MC3 | MC steered (true / false) | triggered |")
-    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 8 + 2
+    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 9 + 2
     assert "| (chance) |" in table and "| (fewest words) |" in table
     chance = summary["references"]["chance"]["mean"]
     assert 0 < chance["mc1"] < 0.5 and 0 < chance["mc2"] < 1
@@ -132,7 +135,7 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
 
     # killed inside fold 1's multiple choice: after the 8 unsteered answers and fold 0's
     # 4 test questions under every multiple-choice policy (scored together, one chunk)
-    kept = 8 + 4 * (len(POLICIES) + len(QUESTION)) + 4
+    kept = 8 + 4 * (len(POLICIES) + len(QUESTION) + len(MC_ONLY)) + 4
 
     def dying_append(self, record):
         calls["n"] += 1

@@ -41,6 +41,7 @@ def two_layer_steering(steering):
         heads=heads,
         directions=steering.directions[:k],
         scales=steering.scales[:k],
+        spread=None,
         trackers={
             "probe": {
                 "weight": 5 * steering.directions[:k],

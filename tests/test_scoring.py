@@ -17,7 +17,7 @@ from fasb_lens.generation import GenerationConfig, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
 from fasb_lens.multiple_choice import mc_metrics
 from fasb_lens.policies import CAA, FASB, ITI, RandomDirections, Unsteered, make_policy
-from fasb_lens.scoring import PrefixScorer
+from fasb_lens.scoring import AnswerScore, PrefixScorer
 
 PREFIX = "Be true.\n\nQ: Is the Great Wall of China visible from space?\nA:"
 ANSWERS = [" No, it is too narrow.", " Yes.", " Yes, it is easy to see from the Moon.", " No"]
@@ -161,6 +161,35 @@ def test_after_question_and_caa(tiny_llama, steering) -> None:
     for answer, result in zip(ANSWERS, scored, strict=True):
         hooks = caa.hooks(5.0, positions=start)
         assert result.log_prob == pytest.approx(naive(tiny_llama, answer, hooks)[0], abs=1e-4)
+
+
+def test_a_detector_drops_what_it_triggers_on_and_steers_nothing(tiny_llama, steering) -> None:
+    scorer = PrefixScorer(tiny_llama, PREFIX, steering=steering)
+    plain = scorer.score(ANSWERS)
+    always = scorer.score(ANSWERS, FASB(alpha=20.0, threshold=1.1, detect_only=True))
+    never = scorer.score(ANSWERS, FASB(alpha=20.0, threshold=0.0, detect_only=True))
+    for p, a, n in zip(plain, always, never, strict=True):
+        assert a.dropped and a.triggered and a.strength == 0.0 and not n.dropped
+        assert a.log_prob == pytest.approx(p.log_prob, abs=1e-5)  # nothing was steered
+        assert n.log_prob == pytest.approx(p.log_prob, abs=1e-5)
+    fasb = scorer.score(ANSWERS, FASB(alpha=20.0, threshold=1.1))
+    assert [a.trigger_token for a in always] == [f.trigger_token for f in fasb]
+
+
+def test_dropped_answers_cannot_be_chosen() -> None:
+    from fasb_lens.multiple_choice import _kept_scores
+
+    scored = {
+        "true": AnswerScore("true", -3.0, 2),
+        "false": AnswerScore("false", -1.0, 2, triggered=True, dropped=True),
+        "other": AnswerScore("other", -2.0, 2),
+    }
+    kept = _kept_scores(["true", "false", "other"], scored)
+    assert kept == {"true": -3.0, "false": -math.inf, "other": -2.0}
+    assert mc_metrics([kept["true"]], [kept["false"], kept["other"]])["mc1"] == 0.0
+    assert mc_metrics([kept["true"]], [kept["false"]])["mc2"] == 1.0
+    everything = {k: AnswerScore(k, v.log_prob, 2, dropped=True) for k, v in scored.items()}
+    assert _kept_scores(["true", "false"], everything) == {"true": -3.0, "false": -1.0}
 
 
 def test_policy_needs_steering(tiny_llama) -> None:

@@ -43,7 +43,7 @@ def run_policies(
     base = replace(config.settings(), tracker="probe" if tracker == "auto" else tracker, caa=caa)
     policies: dict[str, dict[str, Policy]] = {task: {} for task in TASKS}
     for task in TASKS:
-        for name in config.policies:
+        for name in (n for n in config.policies if task in policy_spec(n).tasks):
             draws = range(config.control_seeds) if policy_spec(name).control_of else [None]
             for draw in draws:
                 label = name if draw is None else f"{name}/{draw}"

@@ -91,6 +91,7 @@ class PolicySpec:
             its interval and test), besides ``none`` and its random-direction control.
         label, color: its name and colour in figures (``None``: its name, and a colour
             no registered policy uses; a control derives both from its policy's).
+        tasks: the tasks a run evaluates it on (``"mc"``, ``"generation"``).
     """
 
     name: str
@@ -107,6 +108,7 @@ class PolicySpec:
     compared_with: tuple[str, ...] = ()
     label: str | None = None
     color: str | None = None
+    tasks: tuple[str, ...] = ("mc", "generation")
 
     @property
     def calibrated_as(self) -> str | None:

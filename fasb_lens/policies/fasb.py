@@ -43,6 +43,9 @@ class FASB(Policy):
         tracker: the tracker read, ``"probe"`` (the authors') or ``"prototype"``.
         running_mean: trigger on the mean reading of the current segment instead of
             the latest one.
+        detect_only: a trigger drops the sequence and steers nothing (the detector
+            alone: in multiple choice the candidates it triggers on are left out), to
+            measure how much of a gain is detection.
     """
 
     alpha: float = PolicySettings.alpha
@@ -54,6 +57,7 @@ class FASB(Policy):
     max_backtracks: int = 1
     tracker: str = PolicySettings.tracker
     running_mean: bool = False
+    detect_only: bool = False
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.backtrack_tokens < 0 or self.max_backtracks < 1:
@@ -64,6 +68,8 @@ class FASB(Policy):
 
     @property
     def name(self) -> str:  # type: ignore[override]
+        if self.detect_only:
+            return "detector_only"
         if self.after_question:
             return "after_question"
         if not self.backtrack:
@@ -110,11 +116,21 @@ class FASB(Policy):
         value = check.segment_mean if self.running_mean else check.p_true
         if value >= self.threshold:
             return PASSED
-        trigger = Trigger(self.strength(value), self.kept_tokens(check.n_tokens), value)
-        return Decision(checked=True, trigger=trigger)
+        keep = self.kept_tokens(check.n_tokens)
+        if self.detect_only:
+            return Decision(checked=True, trigger=Trigger(0.0, keep, value, drop=True))
+        return Decision(checked=True, trigger=Trigger(self.strength(value), keep, value))
 
 
-def _variant(name: str, description: str, label: str, color: str, **switches: bool) -> None:
+def _variant(
+    name: str,
+    description: str,
+    label: str,
+    color: str,
+    tasks: tuple[str, ...] = ("mc", "generation"),
+    compared_with: tuple[str, ...] = ("fasb",),
+    **switches: bool,
+) -> None:
     """Register FASB with ``switches`` as ``name``; the variants share FASB's settings."""
 
     def build(settings: PolicySettings) -> FASB:
@@ -141,9 +157,10 @@ def _variant(name: str, description: str, label: str, color: str, **switches: bo
             settings_from=None if main else "fasb",
             tables=("truthfulqa", "datasets") if main else ("truthfulqa",),
             leak_free=main,
-            compared_with=("fixed",) if main else ("fasb",),
+            compared_with=compared_with,
             label=label,
             color=color,
+            tasks=tasks,
         )
     )
 
@@ -154,6 +171,7 @@ _variant(
     "tokens and regenerate steered at alpha * (1 - p_true)",
     "FASB",
     "#1f5fbf",
+    compared_with=("fixed", "detector_only"),
 )
 _variant(
     "fasb_fixed_strength",
@@ -175,4 +193,14 @@ _variant(
     "after the question (CAST-like)",
     "#c2185b",
     after_question=True,
+)
+_variant(
+    "detector_only",
+    "FASB's tracker and threshold without steering: a multiple-choice candidate it triggers "
+    "on is left out (how much of FASB's gain is detection)",
+    "detector only",
+    "#8a6d3b",
+    tasks=("mc",),
+    compared_with=(),
+    detect_only=True,
 )

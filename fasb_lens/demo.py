@@ -1,10 +1,10 @@
 """The offline walk-through behind ``fasb-lens demo``: the whole method in a few minutes.
 
-On the embedded model and the built-in mini set: split the questions (train /
-validation / test), collect head activations of the probing and tuning prompts, fit a
-probe per head, anchor the best heads and build their steering vectors, choose the
-threshold from unsteered answers to the validation questions, then answer three test
-questions with and without FASB. :func:`run_demo` returns everything it computed and
+On the embedded model (or the one ``--model`` names) and the built-in mini set: split the
+questions (train / validation / test), collect head activations of the probing and tuning
+prompts, fit a probe per head, anchor the best heads and build their steering vectors,
+choose the threshold from unsteered answers to the validation questions, then answer
+three test questions with and without FASB. :func:`run_demo` returns everything it computed and
 writes the figures; the command line prints the report.
 """
 
@@ -19,7 +19,7 @@ from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
 from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
-from fasb_lens.models import load_model
+from fasb_lens.models import ModelOptions
 from fasb_lens.options import AT_LEAST_ONE, option, same_option
 from fasb_lens.plotting import (
     head_heatmap,
@@ -42,6 +42,7 @@ class DemoSettings:
     alpha: float = same_option(PolicySettings, "alpha")
     backtrack_tokens: int = same_option(PolicySettings, "backtrack_tokens")
     questions: int = option(3, help="held-out questions answered", bounds=AT_LEAST_ONE)
+    model: ModelOptions = ModelOptions()
 
 
 @dataclass
@@ -85,7 +86,7 @@ def run_demo(
         timings[name] = round(now - clock, 1)
         clock = now
 
-    model = model if model is not None else load_model()
+    model = model if model is not None else settings.model.load()
     lap("load model")
     questions = load_mini_truthfulqa()
     split = authors_folds([q.id for q in questions], n_folds=5, seed=42)[0]

@@ -96,7 +96,7 @@ def test_console_script_is_installed() -> None:
 
 @pytest.mark.slow
 def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("fasb_lens.demo.load_model", lambda *a, **k: default_model)
+    monkeypatch.setattr("fasb_lens.models.ModelOptions.load", lambda self, **k: default_model)
     assert cli.main(["demo", "--out", str(tmp_path), "--no-progress", "--no-png"]) == 0
     out = capsys.readouterr().out
     assert "30 layers x 9 heads of 64" in out and "majority baseline" in out

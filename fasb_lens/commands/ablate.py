@@ -166,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_folder(args.out, "ablate")
     probes = HeadProbes.load(args.artifact)
     steering = Steering.load(args.artifact)
-    loading = from_args(ModelOptions, args)
-    model = model_for(steering.model_id, loading.name, loading.dtype)
+    model = model_for(steering.model_id, from_args(ModelOptions, args))
     steering.check_model(model)
     questions = load_questions(options.data)[: options.questions]
     if args.estimator == PATCHING:

@@ -256,7 +256,10 @@ def ablation_study(
     )
     study = _StudyLog.open(out, estimator, metric.name, kind)
     distributed.barrier()  # every process has read the log before any appends to it
-    todo = {head: value for head, value in edits.items() if head not in study.done}
+    # a layer with any head missing is done again whole: its heads share forwards, so a
+    # resumed study's values equal an uninterrupted one's
+    unfinished = {head.layer for head in edits if head not in study.done}
+    todo = {head: value for head, value in edits.items() if head.layer in unfinished}
     start, new = time.perf_counter(), {}
     if todo or study.baseline is None:
         if estimator == "attribution":
@@ -277,7 +280,9 @@ def ablation_study(
                 layers=mine if distributed.world_size() > 1 else None,
             )
             study.clean(clean)
-    study.exchange(new)
+    study.exchange(new)  # every process has appended all it computed
+    if study.log is not None and distributed.is_main():
+        study.log.merge_parts()
     baseline = study.baseline
     assert baseline is not None
     values = torch.full((shape.n_layers, shape.n_heads), float("nan"))

@@ -66,6 +66,11 @@ COMMANDS = (
     Command("publish", "copy a finished run's results into results/", "publish"),
     Command("ablate", "per-head ablation (or steering) study", "ablate", distributed=True),
     Command("bench", "benchmarks, written as JSON", "bench"),
+    Command(
+        "gpu-check",
+        "what only a GPU can show: half precision, split models, processes (a few minutes)",
+        "gpu_check",
+    ),
 )
 
 

@@ -360,16 +360,19 @@ def fit_anchoring(
     defaults: PolicySettings | None = None,
     engine: Engine = AnchoringSettings.engine,  # type: ignore[assignment]
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> Anchoring:
     """Probes on the split's training questions (validated on its validation ones), the
-    ``top_k`` best heads' steering, and CAA's vector when residual activations exist.
+    ``top_k`` best heads' steering, and CAA's vector when residual activations exist;
+    ``device`` is where the torch engine fits the probes (default: the activations', the
+    CPU).
 
     ``seed`` seeds random directions; class means and CAA use the training and
     validation rows; with context activations the anchored heads also get context probes
     (the ``context`` tracker), fitted on the same split.
     """
     probing = activations.probing
-    probes = fit_head_probes(probing, split=split, engine=engine, progress=progress)
+    probes = fit_head_probes(probing, split=split, engine=engine, progress=progress, device=device)
     steering = build_steering(
         probes,
         probing,
@@ -385,7 +388,9 @@ def fit_anchoring(
         rows = torch.cat([probes.train_idx, probes.val_idx])
         caa = build_caa(activations.residual, activations.residual.layers[0], rows)
     if activations.context is not None:
-        inside = fit_head_probes(activations.context, split=split, engine=engine, progress=False)
+        inside = fit_head_probes(
+            activations.context, split=split, engine=engine, progress=False, device=device
+        )
         context = fit_trackers(steering.heads, "context", activations.context, inside)
         steering = replace(steering, trackers={**steering.trackers, **context})
     return Anchoring(probing, activations.tuning, probes, steering, caa)

@@ -6,6 +6,11 @@ command being run (so ``fasb-lens --help`` imports nothing heavy), and is the on
 boundary: a problem with the user's input (a file, an artifact, an option, a model)
 prints one line ``fasb-lens: error: ...`` and exits with status 2; ``-v`` shows the
 traceback. Anything else is a bug and keeps its traceback.
+
+``reproduce``, ``ablate`` and ``mc-datasets`` also run as several processes started by
+``torchrun --nproc-per-node N --no-python fasb-lens COMMAND ...`` (:mod:`fasb_lens.distributed`):
+each process joins the others here, only the first shows progress and prints results, and
+an error in any process is reported as its one line, naming the process.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ EXIT_INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class Command:
-    """A sub-command: its name, one-line help, module and aliases."""
+    """A sub-command: its name, one-line help, module and aliases; ``distributed``: it
+    shares its work among the processes ``torchrun`` starts."""
 
     name: str
     help: str
     module: str
     aliases: tuple[str, ...] = ()
+    distributed: bool = False
 
 
 COMMANDS = (
@@ -43,17 +50,28 @@ COMMANDS = (
     ),
     Command("fit", "activations -> per-head probes, accuracy grid and steering artifact", "fit"),
     Command("generate", "answer questions under a steering policy", "generate"),
-    Command("reproduce", "the paper's TruthfulQA table: cross-validated, resumable", "reproduce"),
+    Command(
+        "reproduce",
+        "the paper's TruthfulQA table: cross-validated, resumable",
+        "reproduce",
+        distributed=True,
+    ),
     Command(
         "mc-datasets",
         "COPA, NLI, MMLU, SST-2, Winogrande (and Story Cloze) accuracy",
         "mc_datasets",
         aliases=("evaluate-mc",),
+        distributed=True,
     ),
     Command("figures", "render every figure of a reproduce run", "figures"),
     Command("publish", "copy a finished run's results into results/", "publish"),
-    Command("ablate", "per-head ablation (or steering) study", "ablate"),
+    Command("ablate", "per-head ablation (or steering) study", "ablate", distributed=True),
     Command("bench", "benchmarks, written as JSON", "bench"),
+    Command(
+        "gpu-check",
+        "what only a GPU can show: half precision, split models, processes (a few minutes)",
+        "gpu_check",
+    ),
 )
 
 
@@ -137,36 +155,68 @@ def _no_library_progress_bars() -> None:
         transformers_logging.disable_progress_bar()
 
 
+def _join_processes(command: Command | None, args: argparse.Namespace) -> None:
+    """Under ``torchrun``, join the other processes (one GPU, or ``--n-devices`` GPUs, each);
+    a command that does not share its work is refused."""
+    from fasb_lens import distributed
+
+    if not distributed.launched():
+        return
+    if command is None or not command.distributed:
+        sharing = ", ".join(c.name for c in COMMANDS if c.distributed)
+        name = command.name if command else "this command"
+        raise ValueError(f"`{name}` runs in one process; torchrun is for {sharing}")
+    distributed.start(getattr(args, "n_devices", None) or 1)
+    if not distributed.is_main() and hasattr(args, "no_progress"):
+        args.no_progress = True  # progress bars in the first process only
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    from fasb_lens import distributed
     from fasb_lens.allocator import keep_freed_memory
 
     keep_freed_memory()
-    if getattr(args, "no_progress", False):
-        _no_library_progress_bars()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        _join_processes(_chosen(argv), args)
+        if getattr(args, "no_progress", False):
+            _no_library_progress_bars()
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        if distributed.is_main():
+            _say(f"{PROG}: interrupted; run the same command again to resume")
         return EXIT_INTERRUPTED
     except Exception as error:
+        # several processes: the first to fail prints, naming itself (torchrun then stops
+        # the others and adds its own summary of the processes it stopped)
+        where = f"({distributed.describe()}) " if distributed.world_size() > 1 else ""
+        report = distributed.reports_error()
         if not isinstance(error, _user_errors()):
-            traceback.print_exc()
-            print(
-                f"{PROG}: internal error ({type(error).__name__}); this is a bug, please "
-                "report it with the command and the traceback above",
-                file=sys.stderr,
-            )
+            if report:
+                traceback.print_exc()
+                _say(
+                    f"{PROG}: internal error {where}({type(error).__name__}); this is a bug, "
+                    "please report it with the command and the traceback above"
+                )
             return 1
         if args.verbose:
             traceback.print_exc()
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        if report:
+            _say(f"{PROG}: error: {where}{_one_line(error)}")
         return EXIT_USAGE
+    finally:
+        distributed.stop()
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write (processes started together do not interleave)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

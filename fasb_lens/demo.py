@@ -1,13 +1,13 @@
 """The offline walk-through behind ``fasb-lens demo``: the whole method in a few minutes.
 
-On the embedded model and the built-in mini set: split the questions (train /
-validation / test), collect head activations of the probing and tuning prompts, fit a
-probe per head, anchor the best heads and build their steering vectors, choose the
-threshold from unsteered answers to the validation questions and FASB's and ITI's
-strengths from steered ones (the paper's alpha = 60 breaks this small model's language),
-then answer test questions without steering, with ITI and with FASB, each answer judged
-truthful or not against the question's references. :func:`run_demo` returns everything it
-computed and writes the figures; the command line prints the report.
+On the embedded model (or the one ``--model`` names) and the built-in mini set: split
+the questions (train / validation / test), collect head activations of the probing and
+tuning prompts, fit a probe per head, anchor the best heads and build their steering
+vectors, choose the threshold from unsteered answers to the validation questions and
+FASB's and ITI's strengths from steered ones (the paper's alpha = 60 breaks this small
+model's language), then answer test questions without steering, with ITI and with FASB,
+each answer judged truthful or not against the question's references. :func:`run_demo`
+returns everything it computed and writes the figures; the command line prints the report.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
-from fasb_lens.models import load_model
+from fasb_lens.models import ModelOptions
 from fasb_lens.options import AT_LEAST_ONE, option, same_option
 from fasb_lens.plotting import (
     head_heatmap,
@@ -51,6 +51,7 @@ class DemoSettings:
     )
     backtrack_tokens: int = same_option(PolicySettings, "backtrack_tokens")
     questions: int = option(4, help="held-out questions answered", bounds=AT_LEAST_ONE)
+    model: ModelOptions = ModelOptions()
 
 
 @dataclass
@@ -100,7 +101,7 @@ def run_demo(
         timings[name] = round(now - clock, 1)
         clock = now
 
-    model = model if model is not None else load_model()
+    model = model if model is not None else settings.model.load()
     lap("load model")
     questions = load_mini_truthfulqa()
     split = authors_folds([q.id for q in questions], n_folds=5, seed=42)[0]

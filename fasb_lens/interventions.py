@@ -333,6 +333,16 @@ def final_residual(
     return store[0]
 
 
-def heads_from(store: Mapping[int, Tensor], heads: Sequence[Head]) -> Float[Tensor, "... k d_head"]:
-    """Stack the captured ``hook_z`` of ``heads`` (``store`` from :func:`capture`)."""
-    return torch.stack([store[head.layer][..., head.head, :] for head in heads], dim=-2)
+def heads_from(
+    store: Mapping[int, Tensor], heads: Sequence[Head], *, device: Any = None
+) -> Float[Tensor, "... k d_head"]:
+    """Stack the captured ``hook_z`` of ``heads`` (``store`` from :func:`capture`) on
+    ``device`` (default: the first head's).
+
+    A model split over several GPUs computes each layer on its own, so the heads of
+    different layers arrive on different devices; on one device nothing is copied.
+    """
+    if not heads:
+        raise ValueError("no heads to stack")
+    target = store[heads[0].layer].device if device is None else torch.device(device)
+    return torch.stack([store[head.layer][..., head.head, :].to(target) for head in heads], dim=-2)

@@ -297,7 +297,8 @@ class PrefixScorer:
         """The tracker ``kind`` at every fed position of a pass: ``[batch, pos]``."""
         assert self.steering is not None
         tracker = self.steering.tracker(kind)
-        return tracker.p_true(heads_from(run.z, tracker.heads).float())[0][run.nodes]
+        z = heads_from(run.z, tracker.heads, device=run.nodes.device)
+        return tracker.p_true(z.float())[0][run.nodes]
 
     def _readings(self, policy: Policy, run: _Pass) -> Tensor:
         """The policy's tracker at each answer token of a pass: ``[answers, pos]``."""

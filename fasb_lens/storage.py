@@ -9,7 +9,9 @@ Everything fasb_lens writes goes through this module, so every format lives in o
 * every other file is written **atomically**: to ``FILE.partial`` first, then renamed,
   so a killed process never leaves a half-written file that looks finished;
 * a run's results go to a :class:`JsonlLog`, one whole JSON line per record, flushed as
-  it comes; a line torn by a killed process is dropped when the log is read again.
+  it comes; a line torn by a killed process is dropped when the log is read again. When
+  several processes share a run (:mod:`fasb_lens.distributed`), each appends to its own
+  part of the log (``NAME.rank1.jsonl`` beside ``NAME.jsonl``) and reading merges them.
 
 The file names of every artifact and run file are defined here once.
 """
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from fasb_lens import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write`` on ``PATH.partial``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    # processes sharing a run never write through one partial file
+    own = f".rank{distributed.rank()}" if distributed.world_size() > 1 else ""
+    partial = path.with_name(path.name + own + PARTIAL_SUFFIX)
     try:
         write(partial)
         os.replace(partial, path)
@@ -247,9 +253,15 @@ class JsonlLog:
 
     Each record is written as one whole line, then flushed and synced. Reading keeps the
     last record of each ``key``; a torn last line (a process killed while writing it) is
-    dropped and cut from the file, while a malformed line elsewhere is damage and
-    raises :class:`ArtifactError`. ``upgrade`` turns a record an earlier version wrote
-    into this version's form as it is read.
+    dropped (and cut from the file if this process appends to it), while a malformed line
+    elsewhere is damage and raises :class:`ArtifactError`. ``upgrade`` turns a record an
+    earlier version wrote into this version's form as it is read.
+
+    Several processes sharing a run (:mod:`fasb_lens.distributed`) each append to their own
+    part: process ``r > 0`` to ``NAME.rank{r}.jsonl`` beside ``NAME.jsonl``. Reading merges
+    the file and every part by key, whichever number of processes wrote them, so a run
+    resumes with any number; :meth:`refresh` reads the others' records again (after a
+    barrier) and :meth:`merge_parts` folds the parts into the file at the end of a run.
     """
 
     def __init__(
@@ -262,11 +274,46 @@ class JsonlLog:
         self.key = key
         self.upgrade = upgrade
         self.records: dict[Any, dict[str, Any]] = {}
-        if self.path.is_file():
-            self._read()
+        self.writes_to = part_path(self.path, distributed.rank())
+        self._read_all()
 
-    def _read(self) -> None:
-        raw = self.path.read_bytes()
+    def parts(self) -> list[Path]:
+        """The part files other processes wrote (``NAME.rank{r}.jsonl``), by rank."""
+        found = []
+        for path in self.path.parent.glob(f"{self.path.stem}.rank*{self.path.suffix}"):
+            number = path.name[len(self.path.stem) + 5 : len(path.name) - len(self.path.suffix)]
+            if number.isdigit() and int(number) > 0:
+                found.append((int(number), path))
+        return [path for _, path in sorted(found)]
+
+    def _read_all(self) -> None:
+        for path in (self.path, *self.parts()):
+            if path.is_file():
+                self._read(path)
+
+    def refresh(self) -> None:
+        """Read every part again (records other processes appended since); call it only
+        when no process is writing, e.g. right after :func:`fasb_lens.distributed.barrier`."""
+        self.records = {}
+        self._read_all()
+
+    def merge_parts(self) -> None:
+        """Fold the part files into the log's own file (rewritten atomically, every record
+        once) and remove them; nothing to do when there are none. Only one process may call
+        this, after the others stopped writing."""
+        parts = self.parts()
+        if not parts:
+            return
+        self.refresh()
+        write_text(
+            self.path,
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()),
+        )
+        for path in parts:
+            path.unlink()
+
+    def _read(self, path: Path) -> None:
+        raw = path.read_bytes()
         lines = raw.split(b"\n")
         last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
         kept = 0  # bytes of whole, valid lines
@@ -277,21 +324,22 @@ class JsonlLog:
                 except (json.JSONDecodeError, UnicodeDecodeError) as error:
                     if index == last:
                         logger.warning(
-                            "%s: dropping a torn last line left by an interrupted run", self.path
+                            "%s: dropping a torn last line left by an interrupted run", path
                         )
                         break
                     raise ArtifactError(
-                        f"{self.path}, line {index + 1}: not a JSON record ({error}); "
-                        "the log is damaged"
+                        f"{path}, line {index + 1}: not a JSON record ({error}); the log is damaged"
                     ) from error
                 if not isinstance(record, dict):
-                    raise ArtifactError(f"{self.path}, line {index + 1}: expected a JSON object")
+                    raise ArtifactError(f"{path}, line {index + 1}: expected a JSON object")
                 if self.upgrade is not None:
                     record = self.upgrade(record)
                 self.records[self.key(record)] = record
             kept += len(line) + 1
-        if kept != len(raw):  # cut a torn line, or end the last whole line with its newline
-            with self.path.open("r+b") as handle:
+        # cut a torn line, or end the last whole line with its newline: only in this
+        # process's own part, which no other process writes to
+        if kept != len(raw) and path == self.writes_to:
+            with path.open("r+b") as handle:
                 handle.truncate(min(kept, len(raw)))
                 if kept > len(raw):
                     handle.seek(0, os.SEEK_END)
@@ -308,8 +356,8 @@ class JsonlLog:
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
+        self.writes_to.parent.mkdir(parents=True, exist_ok=True)
+        with self.writes_to.open("a", encoding="utf-8") as handle:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
@@ -321,3 +369,10 @@ class JsonlLog:
 
     def values(self) -> list[dict[str, Any]]:
         return list(self.records.values())
+
+
+def part_path(path: str | Path, rank: int) -> Path:
+    """The part of the log ``path`` that process ``rank`` appends to: ``path`` itself for
+    rank 0, ``NAME.rank{rank}.jsonl`` beside it for the others."""
+    path = Path(path)
+    return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")

@@ -231,8 +231,12 @@ def stacked_cache(prompts: Sequence[Any]) -> Any:
 
 def selected_cache(layers: KVLayers, rows: Int[Tensor, " n"]) -> KVLayers:
     """The layers of a batch's KV cache at ``rows`` (an index into its batch; repeat an
-    index to repeat a row)."""
-    return [(keys.index_select(0, rows), values.index_select(0, rows)) for keys, values in layers]
+    index to repeat a row), each layer's taken on its own device (a split model's layers
+    live on several)."""
+    return [
+        (keys.index_select(0, rows.to(keys.device)), values.index_select(0, rows.to(values.device)))
+        for keys, values in layers
+    ]
 
 
 # --------------------------------------------------------------------------- packing

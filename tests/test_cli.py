@@ -96,7 +96,7 @@ def test_console_script_is_installed() -> None:
 
 @pytest.mark.slow
 def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("fasb_lens.demo.load_model", lambda *a, **k: default_model)
+    monkeypatch.setattr("fasb_lens.models.ModelOptions.load", lambda self, **k: default_model)
     assert cli.main(["demo", "--out", str(tmp_path), "--no-progress", "--no-png"]) == 0
     out = capsys.readouterr().out
     assert "30 layers x 9 heads of 64" in out and "majority baseline" in out
@@ -282,3 +282,64 @@ def test_ablate_command(tiny_llama_folder, tmp_path, capsys) -> None:
         == 0
     )
     assert json.loads(capsys.readouterr().out)["kind"] == "mean"
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["collect", "generate", "reproduce", "mc-datasets", "ablate", "demo", "bench", "gpu-check"],
+)
+def test_every_model_loading_command_takes_the_model_options(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    shown = capsys.readouterr().out
+    flags = ("--model", "--device", "--device-map", "--n-devices")
+    for flag in (*flags, "--dtype") if command != "gpu-check" else (*flags, "--dtypes"):
+        assert flag in shown, (command, flag)
+
+
+def test_fit_takes_the_device_of_its_probes(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    assert "--device" in capsys.readouterr().out
+
+
+def test_a_gated_model_names_hf_token(monkeypatch) -> None:
+    """What the hub's refusal of a gated model becomes (no network: the refusal is made
+    here as huggingface_hub raises it)."""
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError
+    from transformers import AutoTokenizer
+
+    from fasb_lens.models import ModelAccessError, load_model
+
+    def refuse(name, *args, **kwargs):
+        response = httpx2.Response(401, request=httpx2.Request("GET", f"https://hf.co/{name}"))
+        try:
+            raise GatedRepoError(
+                "401 Client Error: access to model is restricted", response=response
+            )
+        except GatedRepoError as error:
+            raise OSError(f"You are trying to access a gated repo.\n{error}") from error
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(ModelAccessError, match="HF_TOKEN is not set") as caught:
+        load_model("meta-llama/Llama-2-7b-chat-hf")
+    assert "huggingface.co/meta-llama/Llama-2-7b-chat-hf" in str(caught.value)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    with pytest.raises(ModelAccessError, match="HF_TOKEN is set but its account"):
+        load_model("meta-llama/Llama-2-7b-chat-hf")
+
+
+def test_a_run_resumes_on_other_devices(tiny_llama_folder) -> None:
+    """Where a model ran is not part of a run's settings; its dtype is."""
+    from fasb_lens.models import ModelOptions
+
+    here = ExperimentConfig(data="mini", model=ModelOptions(str(tiny_llama_folder), "float32"))
+    there = ExperimentConfig(
+        data="mini", model=ModelOptions(str(tiny_llama_folder), "float32", n_devices=2)
+    )
+    assert here.to_dict() == there.to_dict()
+    assert here.to_dict()["model"] == {"name": str(tiny_llama_folder), "dtype": "float32"}
+    with pytest.raises(ValueError, match="--device is one device"):
+        ModelOptions(device="cuda", n_devices=2)

@@ -27,6 +27,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "fasb_lens.models",
         "fasb_lens.testing",
         "fasb_lens.interventions",
+        "fasb_lens.distributed",
     ),
     "runtime": (
         "fasb_lens.decisions",

@@ -249,7 +249,10 @@ class _ReadoutRuns:
         read: dict[int, Tensor] = {}
         top = max(max(metric.layers), max(layers))
         reads = capture(
-            [*metric.layers, top], read, select=lambda x: x[rows, last], stop_after_last=True
+            [*metric.layers, top],
+            read,
+            select=lambda x: x[rows.to(x.device), last.to(x.device)],
+            stop_after_last=True,
         )
         with hooked(model, _probes(layers, z), reads):
             try:

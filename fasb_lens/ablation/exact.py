@@ -15,7 +15,7 @@ head-by-head loop's (:func:`loop_effects`) up to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -47,15 +47,17 @@ def loop_effects(
     *,
     on_layer: LayerDone | None = None,
     progress: bool = True,
+    layers: Collection[int] | None = None,
 ) -> tuple[float, dict[Head, float]]:
     """The reference: every edit of every head as its own full evaluation of ``metric``.
 
-    Returns the clean value and each head's value (the mean over its edits).
+    Returns the clean value and each head's value (the mean over its edits); with
+    ``layers``, only the heads of those layers are run (a process's share).
     """
     baseline = metric(model)
     values: dict[Head, float] = {}
     bar = tqdm(total=len(edits), desc="ablation (loop)", unit="head", disable=not progress)
-    for layer, heads in _by_layer(edits):
+    for layer, heads in _by_layer(edits, layers):
         done: dict[Head, float] = {}
         for head in heads:
             runs = []
@@ -79,12 +81,15 @@ def exact_effects(
     max_rows: int = 256,
     on_layer: LayerDone | None = None,
     progress: bool = True,
+    layers: Collection[int] | None = None,
 ) -> tuple[float, dict[Head, float]]:
     """Every head's value of ``metric`` under its edits, computed as described above.
 
     ``max_rows`` bounds the rows of one batched forward (ablations x prompts; for a
     log-probability metric a row is one prompt's whole answer tree, tens of positions).
-    Returns the clean value and each head's value (the mean over its edits).
+    Returns the clean value and each head's value (the mean over its edits). With
+    ``layers`` only those layers' heads are run (a process's share): the batches are laid
+    out for all of ``edits``, so each value is the one a run of every layer gives.
     """
     if isinstance(metric, LogProbMetric):
         engine: _Engine = _LogProbEngine(model, metric, edits, max_rows)
@@ -92,7 +97,7 @@ def exact_effects(
         engine = _ReadoutEngine(model, metric, edits, max_rows)
     else:
         raise TypeError(f"no exact engine for {type(metric).__name__}")
-    return engine.run(on_layer, progress)
+    return engine.run(on_layer, progress, layers)
 
 
 def exact_flops(
@@ -132,10 +137,13 @@ def exact_flops(
     )
 
 
-def _by_layer(edits: dict[Head, list[Edit]]) -> Iterator[tuple[int, list[Head]]]:
+def _by_layer(
+    edits: dict[Head, list[Edit]], only: Collection[int] | None = None
+) -> Iterator[tuple[int, list[Head]]]:
     layers: dict[int, list[Head]] = {}
     for head in edits:
-        layers.setdefault(head.layer, []).append(head)
+        if only is None or head.layer in only:
+            layers.setdefault(head.layer, []).append(head)
     yield from sorted(layers.items())
 
 
@@ -157,14 +165,19 @@ class _Engine:
         self.device = model_device(model)
         self.layers = sorted({head.layer for head in edits})
 
-    def run(self, on_layer: LayerDone | None, progress: bool) -> tuple[float, dict[Head, float]]:
+    def run(
+        self,
+        on_layer: LayerDone | None,
+        progress: bool,
+        layers: Collection[int] | None = None,
+    ) -> tuple[float, dict[Head, float]]:
         with torch.inference_mode():
             baseline = self.prepare()
             values: dict[Head, float] = {}
             bar = tqdm(
                 total=len(self.edits), desc="ablation (exact)", unit="head", disable=not progress
             )
-            for layer, heads in _by_layer(self.edits):
+            for layer, heads in _by_layer(self.edits, layers):
                 flat = [edit for head in heads for edit in self.edits[head]]
                 results = self.layer(layer, flat)
                 done = {
@@ -244,10 +257,11 @@ class _LogProbEngine(_Engine):
         pieces: list[list[tuple[Tensor, Tensor]]] = []
         for part in _chunks(rows, self.max_rows):
             index = torch.tensor([g for _, g in part], device=self.device)
+            resid = self.prompt_resid[layer]  # on the layer's device, in a split model
             filled = build_cache([])
             final_residual(
                 self.model,
-                self.prompt_resid[layer].index_select(0, index),
+                resid.index_select(0, index.to(resid.device)),
                 mask.index_select(0, index),
                 edit_hooks([edit for edit, _ in part], layer),
                 past=filled,
@@ -302,7 +316,11 @@ class _ReadoutEngine(_Engine):
         rows = torch.arange(inputs.shape[0], device=self.device)
         layers = [layer for layer in self.metric.layers if layer >= first]
         reads = capture(
-            layers, store, site="w_o_in", select=lambda z: z[rows, last], stop_after_last=True
+            layers,
+            store,
+            site="w_o_in",
+            select=lambda z: z[rows.to(z.device), last.to(z.device)],
+            stop_after_last=True,
         )
         with hooked(self.model, hooks, reads):
             try:

@@ -102,7 +102,7 @@ def _measure(
         sorted({head.layer for head in reader.heads}),
         store,
         site="w_o_in",
-        select=lambda z: z[state["rows"], state["last"]],
+        select=lambda z: z[state["rows"].to(z.device), state["last"].to(z.device)],
     )
 
     def p_true(logits: Tensor) -> Tensor:

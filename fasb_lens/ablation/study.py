@@ -6,6 +6,11 @@ was obtained. With ``out`` it appends each finished layer to ``ablation.jsonl`` 
 interrupted study resumes from there) and saves the grid as ``NAME.safetensors`` +
 ``NAME.json``. :func:`fasb_heads_study` links the grids to the method: what ablating each
 anchored head does to the tracker, to multiple choice and to FASB's trigger rate.
+
+Under ``torchrun`` (:mod:`fasb_lens.distributed`) the exact and loop engines share the
+layers still to do: each process runs its layers (laid out as for all of them), logs them
+to its own part of ``ablation.jsonl``, and the processes exchange the values; attribution,
+one forward and one backward, runs in the main process.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens import storage
+from fasb_lens import distributed, storage
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.ablation.attribution import attribution_effects
 from fasb_lens.ablation.edits import KINDS, AblationKind, make_edits
@@ -197,6 +202,17 @@ class _StudyLog:
             self.baseline = value
         return self.baseline
 
+    def exchange(self, new: dict[Head, float]) -> None:
+        """Every process's ``new`` values and clean value, so each holds the whole study
+        (nothing to do with one process)."""
+        if distributed.world_size() == 1:
+            return
+        mine = {"values": [[*head, value] for head, value in new.items()], "clean": self.baseline}
+        for theirs in distributed.gather_json(mine):
+            self.done.update({Head(layer, head): value for layer, head, value in theirs["values"]})
+            if self.baseline is None:
+                self.baseline = theirs["clean"]
+
 
 def ablation_study(
     model: TransformerBridge,
@@ -239,16 +255,36 @@ def ablation_study(
         strength=settings.strength,
     )
     study = _StudyLog.open(out, estimator, metric.name, kind)
-    todo = {head: value for head, value in edits.items() if head not in study.done}
-    start, baseline = time.perf_counter(), study.baseline
-    if todo or baseline is None:
+    distributed.barrier()  # every process has read the log before any appends to it
+    # a layer with any head missing is done again whole: its heads share forwards, so a
+    # resumed study's values equal an uninterrupted one's
+    unfinished = {head.layer for head in edits if head not in study.done}
+    todo = {head: value for head, value in edits.items() if head.layer in unfinished}
+    start, new = time.perf_counter(), {}
+    if todo or study.baseline is None:
         if estimator == "attribution":
-            clean, estimates, _ = attribution_effects(model, metric, todo, progress=progress)
-            study.finished(-1, {head: clean + change for head, change in estimates.items()})
+            if distributed.is_main():
+                clean, estimates, _ = attribution_effects(model, metric, todo, progress=progress)
+                new = {head: clean + change for head, change in estimates.items()}
+                study.finished(-1, new)
+                study.clean(clean)
         else:
             run = exact_effects if estimator == "exact" else loop_effects
-            clean, _ = run(model, metric, todo, on_layer=study.finished, progress=progress)
-        baseline = study.clean(clean)
+            mine = distributed.share(sorted({head.layer for head in todo}))
+            clean, new = run(
+                model,
+                metric,
+                todo,
+                on_layer=study.finished,
+                progress=progress,
+                layers=mine if distributed.world_size() > 1 else None,
+            )
+            study.clean(clean)
+    study.exchange(new)  # every process has appended all it computed
+    if study.log is not None and distributed.is_main():
+        study.log.merge_parts()
+    baseline = study.baseline
+    assert baseline is not None
     values = torch.full((shape.n_layers, shape.n_heads), float("nan"))
     for head in heads:
         values[head.layer, head.head] = study.done[head]
@@ -259,7 +295,7 @@ def ablation_study(
         "strength": settings.strength if kind == "steer" else None,
     }
     grid = AblationGrid(values, baseline, metric.name, kind, estimator, model_id(model), info)
-    if out is not None:
+    if out is not None and distributed.is_main():
         grid.save(out)
     return grid
 

@@ -8,7 +8,9 @@ thousands of prompts this is the costliest step of heads anchoring, so collectio
 * gathers only the last real token of each row inside the hook (never the whole cache);
 * stops the forward pass as soon as the last requested layer's hook has fired, so the
   rest of that layer, later layers and the unembedding are never computed;
-* can stream to disk in chunks, so a long run that is killed resumes where it stopped.
+* can stream to disk in chunks, so a long run that is killed resumes where it stopped;
+  under ``torchrun`` the processes collect different pieces of the chunks (cut at batch
+  boundaries, so every batch is the one a single process runs) into the same folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens import storage
+from fasb_lens import distributed, storage
 from fasb_lens.activations.store import (
     ActivationInfo,
     Activations,
@@ -127,8 +130,9 @@ def gather_last_position(
     store: dict[int, Tensor] = {}
     current: list[_Batch] = []
 
-    def last_token(activation: Tensor) -> Tensor:
-        return activation[current[0].at]
+    def last_token(activation: Tensor) -> Tensor:  # each layer on its device (split models)
+        tree, node = current[0].at
+        return activation[tree.to(activation.device), node.to(activation.device)]
 
     captured: dict[int, Tensor] = {}
     hooks = capture(layers, captured, site=site, select=last_token, stop_after_last=True)
@@ -295,7 +299,7 @@ def _collect(
         **new_manifest(info, texts, groups, has_labels=labels is not None),
         "fingerprint": _fingerprint(texts, info),
     }
-    _collect_streaming(Path(out_dir), manifest, labels, run, chunk_size, progress)
+    _collect_streaming(Path(out_dir), manifest, labels, run, chunk_size, batch_size, progress)
     return kind.load(out_dir)
 
 
@@ -310,38 +314,121 @@ def _fingerprint(texts: Sequence[str], info: ActivationInfo) -> str:
     return digest.hexdigest()
 
 
+_SHARD = re.compile(
+    re.escape(storage.ACTIVATIONS_SHARD)
+    .replace(re.escape("{start:08d}"), r"(\d{8})")
+    .replace(re.escape("{stop:08d}"), r"(\d{8})")
+)
+
+
+def _held_shards(folder: Path, manifest: dict[str, Any]) -> list[tuple[int, int, str]]:
+    """The shards of this collection in ``folder`` as ``(start, stop, name)``, by start,
+    none overlapping another: those a manifest of the same prompts lists, and those written
+    since by processes killed before a manifest named them (without a manifest, none)."""
+    if not (folder / storage.ACTIVATIONS_MANIFEST).is_file():
+        return []
+    previous = read_manifest(folder)
+    if previous.get("fingerprint") != manifest["fingerprint"]:
+        raise ValueError(
+            f"{folder} holds activations of other prompts or settings; "
+            "choose another folder or delete it"
+        )
+    names = dict.fromkeys(previous["shards"])
+    names.update(dict.fromkeys(sorted(path.name for path in folder.iterdir())))
+    found = []
+    for name in names:
+        match = _SHARD.fullmatch(name)
+        if match and (folder / name).is_file():
+            start, stop = int(match[1]), int(match[2])
+            if 0 <= start < stop <= manifest["n"]:
+                found.append((start, stop, name))
+    held, end = [], 0
+    for start, stop, name in sorted(found):
+        if start >= end:
+            held.append((start, stop, name))
+            end = stop
+    return held
+
+
+def _pending_pieces(
+    n: int,
+    held: list[tuple[int, int, str]],
+    chunk_size: int,
+    batch_size: int,
+    pieces_per_chunk: int,
+) -> list[tuple[int, int]]:
+    """The rows still to collect as ``(start, stop)`` pieces: each ``chunk_size`` chunk's
+    rows no held shard covers, cut into up to ``pieces_per_chunk`` pieces at multiples of
+    ``batch_size`` from the chunk's start. A piece's batches are thus exactly the batches a
+    single process runs on that chunk (held shards begin and end on such boundaries)."""
+    covered = [False] * n
+    for start, stop, _ in held:
+        covered[start:stop] = [True] * (stop - start)
+    pieces = []
+    for chunk in range(0, n, chunk_size):
+        end = min(chunk + chunk_size, n)
+        row = chunk
+        while row < end:
+            if covered[row]:
+                row += 1
+                continue
+            stop = row
+            while stop < end and not covered[stop]:
+                stop += 1
+            batches = -(-(stop - row) // batch_size)
+            per_piece = -(-batches // max(1, pieces_per_chunk)) * batch_size
+            pieces += [(a, min(a + per_piece, stop)) for a in range(row, stop, per_piece)]
+            row = stop
+    return pieces
+
+
 def _collect_streaming(
     folder: Path,
     manifest: dict[str, Any],
     labels: Tensor | None,
     run: Callable[[range, bool | tqdm], Tensor],
     chunk_size: int,
+    batch_size: int,
     progress: bool,
 ) -> None:
-    """Collect chunk by chunk into ``folder``, resuming from the chunks already there."""
+    """Collect chunk by chunk into ``folder``, resuming from the shards already there.
+
+    One process writes the manifest after every shard. Several processes (under
+    ``torchrun``) each collect their share of the pieces; the main process writes the
+    manifest first (its fingerprint guards the shards written next) and last."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     folder.mkdir(parents=True, exist_ok=True)
     n = manifest["n"]
-    shards: list[str] = []
-    if (folder / storage.ACTIVATIONS_MANIFEST).is_file():
-        previous = read_manifest(folder)
-        if previous.get("fingerprint") != manifest["fingerprint"]:
-            raise ValueError(
-                f"{folder} holds activations of other prompts or settings; "
-                "choose another folder or delete it"
-            )
-        shards = [name for name in previous["shards"] if (folder / name).is_file()]
-    first = min(len(shards) * chunk_size, n)
-    bar = tqdm(total=n, initial=first, desc="activations", unit="prompt", disable=not progress)
-    for start in range(first, n, chunk_size):
-        stop = min(start + chunk_size, n)
+    with distributed.main_first():
+        held = _held_shards(folder, manifest)
+        if distributed.is_main() and distributed.world_size() > 1:
+            names = [name for _, _, name in held]
+            storage.write_json(folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": names})
+    shards = [name for _, _, name in held]
+    pieces = _pending_pieces(n, held, chunk_size, batch_size, distributed.world_size())
+    done = sum(stop - start for start, stop, _ in held)
+    bar = tqdm(total=n, initial=done, desc="activations", unit="prompt", disable=not progress)
+    for start, stop in distributed.share(pieces):
         z = run(range(start, stop), bar)
         shards.append(
             write_shard(folder, start, stop, z, None if labels is None else labels[start:stop])
         )
-        storage.write_json(folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": shards})
+        if distributed.world_size() == 1:
+            storage.write_json(
+                folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": shards}
+            )
     bar.close()
-    storage.write_json(
-        folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": shards, "complete": True}
-    )
+    distributed.barrier()
+    if distributed.is_main():
+        if distributed.world_size() > 1:
+            held = _held_shards(folder, manifest)
+            if sum(stop - start for start, stop, _ in held) != n:
+                raise storage.ArtifactError(
+                    f"{folder}: the processes' shards do not cover {n} rows"
+                )
+            shards = [name for _, _, name in held]
+        storage.write_json(
+            folder / storage.ACTIVATIONS_MANIFEST, {**manifest, "shards": shards, "complete": True}
+        )
+    distributed.barrier()

@@ -26,7 +26,7 @@ from fasb_lens.bench.speed import (
     bench_mc,
     bench_probes,
 )
-from fasb_lens.models import dtype_name, load_model, model_id
+from fasb_lens.models import ModelOptions, dtype_name, model_id
 from fasb_lens.registry import Registry
 from fasb_lens.storage import library_versions
 
@@ -64,18 +64,21 @@ def run_benchmarks(
     data_dir: Path | None = None,
     settings: BenchSettings | None = None,
     dtype: str = "float32",
+    model_options: ModelOptions | None = None,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the named entries (default: all) and return one JSON-ready report.
 
-    ``dtype`` is the default model's (ignored when ``model`` is given). ``on_result``
+    Without ``model``, the one ``model_options`` name is loaded (default: the embedded
+    model in ``dtype``). ``on_result``
     receives the report after every entry, so a caller can write it as it grows and keep
     finished entries if a later one is interrupted.
     """
     for name in names or []:
         BENCHMARKS.resolve(name)
-    model = model if model is not None else load_model(dtype=dtype)
+    if model is None:
+        model = (model_options or ModelOptions(dtype=dtype)).load()
     ctx = BenchContext(model, data_dir, settings or BenchSettings(), progress=progress)
     report: dict[str, Any] = {
         "model": model_id(model),

@@ -63,11 +63,15 @@ def data_dir(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def model_for(model_id: str, name: str | None, dtype: str | None = None):
-    """The model an artifact was made with (or ``name``), loaded (in ``dtype``)."""
-    from fasb_lens.models import EMBEDDED_MODEL_ID, load_model
+def model_for(model_id: str, options: Any):
+    """The model an artifact was made with (or the one ``options`` name, a
+    :class:`~fasb_lens.models.ModelOptions`), loaded in their dtype, where they place it."""
+    from dataclasses import replace
 
-    return load_model(name or (None if model_id == EMBEDDED_MODEL_ID else model_id), dtype=dtype)
+    from fasb_lens.models import EMBEDDED_MODEL_ID
+
+    name = options.name or (None if model_id == EMBEDDED_MODEL_ID else model_id)
+    return replace(options, name=name).load()
 
 
 RUN_KINDS = {

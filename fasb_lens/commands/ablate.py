@@ -155,6 +155,7 @@ def _summary(grid, out: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fasb_lens import distributed
     from fasb_lens.data import load_questions
     from fasb_lens.models import ModelOptions
     from fasb_lens.options import from_args
@@ -166,15 +167,18 @@ def run(args: argparse.Namespace) -> int:
     out = output_folder(args.out, "ablate")
     probes = HeadProbes.load(args.artifact)
     steering = Steering.load(args.artifact)
-    loading = from_args(ModelOptions, args)
-    model = model_for(steering.model_id, loading.name, loading.dtype)
+    model = model_for(steering.model_id, from_args(ModelOptions, args))
     steering.check_model(model)
     questions = load_questions(options.data)[: options.questions]
-    if args.estimator == PATCHING:
+    if args.estimator == PATCHING:  # one forward per head pair: the first process alone
+        if not distributed.is_main():
+            return 0
         grid = _patching_grid(options, model, questions, steering, not args.no_progress)
         grid.save(out)
     else:
         grid = _study_grid(args, options, model, questions, probes, steering, out)
+        if not distributed.is_main():  # the first process draws and reports for all
+            return 0
     figure = head_heatmap(
         grid.effect,
         anchored=steering.heads,

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from fasb_lens.commands._common import data_dir
-from fasb_lens.models import DTYPES
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     from fasb_lens.bench import BENCHMARKS
     from fasb_lens.bench.context import BenchSettings
+    from fasb_lens.models import ModelOptions
     from fasb_lens.options import add_options
 
     parser.add_argument(
@@ -24,12 +24,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench.json", help="JSON file to write")
     parser.add_argument("--data", help="data folder (default: $FASB_LENS_DATA)")
     add_options(parser, BenchSettings)
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="float32",
-        help="the model's parameter dtype for every entry (default: float32)",
-    )
+    add_options(parser, ModelOptions)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -37,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from fasb_lens import storage
     from fasb_lens.bench import run_benchmarks
     from fasb_lens.bench.context import BenchSettings
+    from fasb_lens.models import ModelOptions
     from fasb_lens.options import from_args
 
     out = Path(args.out)
@@ -44,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         args.only or None,
         data_dir=data_dir(args.data),
         settings=from_args(BenchSettings, args),
-        dtype=args.dtype,
+        model_options=from_args(ModelOptions, args),
         progress=not args.no_progress,
         on_result=lambda report: storage.write_json(out, report, indent=2),
     )

@@ -17,15 +17,15 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fasb_lens.demo import DemoSettings, run_demo
-    from fasb_lens.models import EMBEDDED_MODEL_ID
     from fasb_lens.options import from_args
 
-    print("fasb-lens demo: FASB on the embedded SmolLM2-135M-Instruct and the built-in mini set")
-    print("(94 questions about common misconceptions; all offline)\n")
     settings = from_args(DemoSettings, args)
+    model = "the embedded SmolLM2-135M-Instruct" if settings.model.name is None else "your model"
+    print(f"fasb-lens demo: FASB on {model} and the built-in mini set")
+    print("(94 questions about common misconceptions; offline with the embedded model)\n")
     result = run_demo(args.out, settings, png=not args.no_png, progress=not args.no_progress)
     probes, steering, calibration = result.probes, result.steering, result.calibration
-    print(f"model        {EMBEDDED_MODEL_ID} ({steering.shape.describe()})")
+    print(f"model        {steering.model_id} ({steering.shape.describe()})")
     print(
         f"probes       one per head; validation questions' majority baseline "
         f"{probes.val_majority:.2f}; best heads:"

@@ -28,6 +28,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, SplitSettings)
     # stored in the artifact as the policies' defaults (`generate` uses them)
     add_options(parser, PolicySettings)
+    parser.add_argument(
+        "--device",
+        help="where the torch engine fits the probes: cpu, cuda, cuda:1 (default: the CPU; "
+        "fit loads no model, it reads the activations `collect` wrote)",
+    )
     output_flags(parser, "print a JSON summary")
 
 
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         defaults=from_args(PolicySettings, args),
         engine=anchor.engine,  # type: ignore[arg-type]
         progress=not args.no_progress,
+        device=args.device,
     )
     fit_seconds = time.perf_counter() - start
     anchoring.save(out)

@@ -83,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fasb_lens.generation import QA_STOP, GenerationConfig, generate
+    from fasb_lens.models import ModelOptions
     from fasb_lens.options import from_args
     from fasb_lens.policies import PolicySettings, make_policy
     from fasb_lens.steering import Steering
 
     steering = Steering.load(args.artifact)
-    model = model_for(steering.model_id, args.name, args.dtype)
+    model = model_for(steering.model_id, from_args(ModelOptions, args))
     steering.check_model(model)
     settings = from_args(PolicySettings, args, base=steering.defaults)
     policy = make_policy(args.policy, **vars(replace(settings, caa=_caa(args))))

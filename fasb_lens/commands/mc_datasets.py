@@ -26,7 +26,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fasb_lens import storage
+    from fasb_lens import distributed, storage
     from fasb_lens.evaluation.config import DatasetsConfig
     from fasb_lens.evaluation.mc_suite import run_mc_datasets
     from fasb_lens.options import from_args
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     existing_folder(str(data), "--data", "the data folder (copa/, snli/, mmlu/, ...)")
     out = output_folder(args.out, "mc-datasets")
     results = run_mc_datasets(config, data, out, progress=not args.no_progress)
+    if not distributed.is_main():  # the first process reports for all
+        return 0
     if args.json:
         print(json.dumps(results, indent=2))
     else:

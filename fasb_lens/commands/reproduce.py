@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
-from fasb_lens import storage
+from fasb_lens import distributed, storage
 from fasb_lens.commands._common import (
     output_flags,
     output_folder,
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         )
         model = experiment.model
         summaries[fraction] = experiment.summarize() if args.summary_only else experiment.run()
+    if not distributed.is_main():  # the first process reports for all
+        return 0
     if args.json:
         only = next(iter(summaries.values()))
         print(json.dumps({str(f): s for f, s in summaries.items()} if sweep else only, indent=2))

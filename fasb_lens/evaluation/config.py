@@ -200,6 +200,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        data["model"] = self.model.to_dict()  # not where it ran: a run resumes on any devices
         return {"config_version": CONFIG_VERSION, **data}
 
     @classmethod
@@ -292,7 +293,9 @@ class DatasetsConfig:
         return PolicySettings(self.alpha, self.threshold, self.backtrack_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        data = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        data["model"] = self.model.to_dict()  # not where it ran: a run resumes on any devices
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetsConfig:

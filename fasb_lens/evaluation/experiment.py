@@ -16,6 +16,12 @@ written as it comes:
   same command resumes where it stopped; a generation record holds the whole trace;
 * ``judgements.jsonl`` - one line per (fold, question, policy, judge);
 * the summary (:mod:`fasb_lens.evaluation.summary`) and ``timings.json``.
+
+Under ``torchrun`` the processes share each phase (:mod:`fasb_lens.distributed`): the
+activations' chunks, the folds' calibrations, the chunks of test questions scored
+together, the generation batches and the judges' chunks, each computed whole by one
+process as a single process computes it, so the records and the table do not depend on
+how many processes ran them.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens import storage
+from fasb_lens import distributed, storage
 from fasb_lens.anchoring import (
     AnchoringActivations,
     collect_anchoring_activations,
@@ -99,7 +106,7 @@ class Experiment:
         self.fmt = load_prompt_format(config.primer, config.instruction)
         self.model = model if model is not None else config.model.load()
         self._check_model()
-        self.records, self.judgements = run_logs(self.out)
+        self.records, self.judgements = self.folder.track(*run_logs(self.out))
         prompts = [self.fmt.generation_prompt(q.question) for q in self.questions]
         self.shared = SharedPrefix.build(self.model, tokenize(self.model, prompts))
 
@@ -185,11 +192,16 @@ class Experiment:
         shape = activations.probing.shape
         # calibration may extend its K candidates up to every head
         widest = shape.n_layers * shape.n_heads if config.calibrate else config.top_k
-        folds = []
-        for split in self.folds_splits:
+        folds: dict[int, _Fold] = {}
+        for split in distributed.share(self.folds_splits):  # each fold calibrated by one process
             with section(f"fold {split.fold}"):
-                folds.append(self._anchor_fold(activations, split, widest))
-        return folds
+                folds[split.fold] = self._anchor_fold(activations, split, widest)
+        distributed.barrier()
+        for split in self.folds_splits:  # the others' folds: their calibration.json is written
+            if split.fold not in folds:
+                with section(f"fold {split.fold}"):
+                    folds[split.fold] = self._anchor_fold(activations, split, widest)
+        return [folds[split.fold] for split in self.folds_splits]
 
     def _anchor_fold(self, activations: AnchoringActivations, split: Split, widest: int) -> _Fold:
         """One fold's probes and vectors (on ``widest`` heads), then its calibration."""
@@ -307,7 +319,7 @@ class Experiment:
             named = policies[question.id]
             return {name for name in named if (key, question.id, "mc", name) not in self.records}
 
-        for chunk, wanted in pending_chunks(questions, ROWS, missing):
+        for chunk, wanted in distributed.share(pending_chunks(questions, ROWS, missing)):
             self._score_chunk(fold, chunk, wanted, policies)
             bar.update(len(chunk))
         bar.close()
@@ -353,7 +365,7 @@ class Experiment:
             disable=not self.progress,
         )
         size = self.config.batch_size
-        for start in range(0, len(questions), size):
+        for start in distributed.share(range(0, len(questions), size)):
             batch = questions[start : start + size]
             prompts = [self.fmt.generation_prompt(q.question) for q in batch]
             shared = None  # the prompts' cache, built once and shared by every policy
@@ -415,7 +427,9 @@ class Experiment:
         """``todo`` (generation records) judged by the judge ``name``."""
         judge = judge_by_name(name)
         chunks = range(0, len(todo), JUDGING_CHUNK)
-        for start in tqdm(chunks, desc=f"judge {name}", disable=not self.progress):
+        for start in tqdm(
+            distributed.share(chunks), desc=f"judge {name}", disable=not self.progress
+        ):
             chunk = todo[start : start + JUDGING_CHUNK]
             inputs = [
                 JudgeInput(
@@ -436,7 +450,7 @@ class Experiment:
         Unsteered answers come first (the leak-free multiple-choice protocol decides from
         them), then multiple choice on every fold, then the other policies' answers.
         """
-        phase = self.folder.phase
+        phase = partial(self.folder.phase, sync=True)
         with phase("anchoring and calibration"):
             folds = self.anchor()
         if "generation" in self.config.tasks:
@@ -452,7 +466,9 @@ class Experiment:
                 for fold in folds:
                     self.evaluate_generation(fold)
         with phase("judging and summary"):
-            return self.summarize()
+            summary = self.summarize()
+        self.folder.finish()
+        return summary
 
     def summarize(self) -> dict[str, Any]:
         """Judge the answers recorded so far and write the summary; evaluates nothing new.
@@ -463,6 +479,9 @@ class Experiment:
         """
         if "generation" in self.config.tasks:
             self.judge()
+        self.folder.sync()
+        if not distributed.is_main():  # the main process writes the summary
+            return {}
         calibrations = {}
         for split in self.folds_splits:
             folder = fold_folder(self.out, split.fold)

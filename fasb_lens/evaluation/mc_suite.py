@@ -8,7 +8,8 @@ the vectors' scales. The policies' settings are calibrated on the validation ite
 (:func:`calibrate_dataset`, the shared search of :mod:`fasb_lens.evaluation.calibration`)
 and every policy then scores the test items (:mod:`fasb_lens.evaluation.mc_items`), one
 record per item and policy, so an interrupted run resumes. :func:`run_mc_datasets` runs
-the suite into a run folder (:class:`~fasb_lens.evaluation.run.RunFolder`).
+the suite into a run folder (:class:`~fasb_lens.evaluation.run.RunFolder`); under
+``torchrun`` the processes share the datasets, each evaluated whole by one of them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from fasb_lens import storage
+from fasb_lens import distributed, storage
 from fasb_lens.anchoring import AnchoringSettings, collect_anchoring_activations, fit_anchoring
 from fasb_lens.data.mc import (
     dataset,
@@ -406,8 +407,9 @@ def run_mc_datasets(
             raise ValueError(f"{spec.name} is not shipped: pass its file (--story-cloze)")
     model = model if model is not None else config.model.load()
     log = folder.log(storage.MC_DATASETS_LOG, _dataset_key, upgrade=upgrade_record)
+    distributed.barrier()  # every process has read the log before any appends to it
     results = {}
-    for spec in specs:
+    for spec in distributed.share(specs):  # each dataset evaluated by one process
         given = paths.get(spec.name)
         path = Path(given) if given is not None else Path(data_dir) / str(spec.default_path)
         items = load_multiple_choice(spec.name, path)
@@ -429,10 +431,14 @@ def run_mc_datasets(
                 on_item=log.append,
                 done=done,
             )
-    storage.write_json(folder.out / storage.MC_DATASETS_SUMMARY, results)
-    datasets_table(results, list(config.policies)).write(
-        folder.out / storage.MC_DATASETS_TABLE, percent
-    )
+    gathered = {name: r for part in distributed.gather_json(results) for name, r in part.items()}
+    results = {spec.name: gathered[spec.name] for spec in specs}
+    folder.finish()
+    if distributed.is_main():
+        storage.write_json(folder.out / storage.MC_DATASETS_SUMMARY, results)
+        datasets_table(results, list(config.policies)).write(
+            folder.out / storage.MC_DATASETS_TABLE, percent
+        )
     return results
 
 

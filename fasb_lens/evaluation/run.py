@@ -9,6 +9,12 @@ this session and where inside it they went (:meth:`RunFolder.phase`, into
 (:func:`pending_chunks`): work is done in chunks, and a chunk with anything missing is
 done again whole, so that every record of a chunk comes from the same computation and a
 resumed run's records equal an uninterrupted run's.
+
+Several processes can share a run (``torchrun``; :mod:`fasb_lens.distributed`): the main
+one writes ``config.json`` first, each appends to its own part of every log, and
+:meth:`RunFolder.sync` (a barrier, then every log read again) lets each see the others'
+records between phases; :meth:`RunFolder.finish` folds the parts into the logs. With one
+process both do nothing more than a single run always did.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from fasb_lens import storage
+from fasb_lens import distributed, storage
 from fasb_lens.profiling import Profile, profiling
 
 T = TypeVar("T")
@@ -47,7 +53,9 @@ class RunFolder:
         self.command = command
         self.timings: dict[str, float] = {}
         self.profile = Profile()
-        self._check(load)
+        self._logs: list[storage.JsonlLog] = []
+        with distributed.main_first():  # one process writes config.json, the others check it
+            self._check(load)
 
     def _check(self, load: Callable[[dict[str, Any]], Settings]) -> None:
         """Write the settings (and the command) on the first start; refuse other settings
@@ -76,23 +84,56 @@ class RunFolder:
         upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> storage.JsonlLog:
         """The run's log ``name`` (a JSON-lines file in the folder), keyed by ``key``."""
-        return storage.JsonlLog(self.out / name, key, upgrade=upgrade)
+        return self.track(storage.JsonlLog(self.out / name, key, upgrade=upgrade))[0]
+
+    def track(self, *logs: storage.JsonlLog) -> tuple[storage.JsonlLog, ...]:
+        """Logs opened elsewhere that :meth:`sync` and :meth:`finish` keep up to date."""
+        self._logs.extend(logs)
+        return logs
+
+    def sync(self) -> None:
+        """With several processes: wait for all, then read every log again, so each holds
+        the records the others appended (nothing with one process)."""
+        if distributed.world_size() > 1:
+            distributed.barrier()
+            for log in self._logs:
+                log.refresh()
+
+    def finish(self) -> None:
+        """The end of a run: :meth:`sync`, then the main process folds the logs' parts into
+        the logs and writes every process's phase times (the slowest of each phase)."""
+        self.sync()
+        gathered = distributed.gather_json(self.timings)
+        if distributed.is_main():
+            for log in self._logs:
+                log.merge_parts()
+            if distributed.world_size() > 1:
+                for timings in gathered:
+                    for name, seconds in timings.items():
+                        self.timings[name] = max(seconds, self.timings.get(name, 0.0))
+                self._write_timings()
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str, *, sync: bool = False) -> Iterator[None]:
         """Time a phase of this session's run into ``timings.json`` (seconds as run now:
         a resumed run times only what it still had to do), with the profile of the
-        sections run inside it (:mod:`fasb_lens.profiling`)."""
+        sections run inside it (:mod:`fasb_lens.profiling`). With ``sync`` a phase every
+        process runs ends with :meth:`sync`, so the next one sees all its records."""
         start = time.perf_counter()
         try:
             with profiling(self.profile), self.profile.section(name):
                 yield
+            if sync:
+                self.sync()
         finally:
             self.timings[name] = round(time.perf_counter() - start, 1)
-            storage.write_json(
-                self.out / storage.TIMINGS,
-                {"phases": self.timings, "profile": self.profile.to_dict()},
-            )
+            if distributed.is_main():
+                self._write_timings()
+
+    def _write_timings(self) -> None:
+        storage.write_json(
+            self.out / storage.TIMINGS, {"phases": self.timings, "profile": self.profile.to_dict()}
+        )
 
 
 def pending_chunks(

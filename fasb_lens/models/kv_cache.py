@@ -111,10 +111,16 @@ def copy_cache(cache: Any) -> Any:
 
 
 def select_rows(cache: Any, rows: Tensor) -> KVCache:
-    """A new cache with only ``rows`` (a ``[n]`` index) of ``cache``'s batch."""
+    """A new cache with only ``rows`` (a ``[n]`` index) of ``cache``'s batch.
+
+    Each layer's cache lives where its layer runs (several GPUs for a split model), so the
+    index goes to each layer's device (a no-op on one device)."""
     return build_cache(
         [
-            (keys.index_select(0, rows), values.index_select(0, rows))
+            (
+                keys.index_select(0, rows.to(keys.device)),
+                values.index_select(0, rows.to(values.device)),
+            )
             for keys, values in cache_layers(cache)
         ]
     )

@@ -31,7 +31,7 @@ from fasb_lens.plotting import (
     steering_heads,
     trajectories,
 )
-from fasb_lens.policies import FASB, ITI, PolicySettings
+from fasb_lens.policies import FASB, ITI, PolicySettings, Unsteered
 from fasb_lens.probes import HeadProbes
 from fasb_lens.splits import authors_folds
 from fasb_lens.steering import Steering
@@ -123,33 +123,16 @@ def run_demo(
         tasks=("generation",) if settings.alpha is None else (),
     )
     threshold = calibration.thresholds["generation"]
-    strengths = {
-        name: settings.alpha
-        if settings.alpha is not None
-        else calibration.strength("generation", name)
-        for name in ("fixed", "fasb")
-    }
+    calibrated = {name: calibration.strength("generation", name) for name in ("fixed", "fasb")}
+    strengths = calibrated if settings.alpha is None else dict.fromkeys(calibrated, settings.alpha)
     lap("choose the threshold and strengths" if settings.alpha is None else "choose the threshold")
     test = [by_id[i] for i in split.test[: settings.questions]]
-    prompts = [fmt.generation_prompt(q.question) for q in test]
-    config = GenerationConfig(max_new_tokens=50, stop_strings=(QA_STOP,))
-    plain = generate(model, prompts, steering=steering, config=config)
     fasb = FASB(strengths["fasb"], threshold, backtrack_tokens, tracker=calibration.tracker)
-    steered = generate(model, prompts, steering=steering, policy=fasb, config=config)
-    iti = generate(model, prompts, steering=steering, policy=ITI(strengths["fixed"]), config=config)
-    judge = judge_by_name(calibration.judge)
-    truthful = {
-        name: [
-            verdict.truthful
-            for verdict in judge.judge_many(
-                [
-                    JudgeInput(q.question, trace.answer, q.correct_answers, q.incorrect_answers)
-                    for q, trace in zip(test, traces, strict=True)
-                ]
-            )
-        ]
-        for name, traces in (("none", plain), ("fixed", iti), ("fasb", steered))
-    }
+    plain_policy = Unsteered(tracker=calibration.tracker)
+    policies = {"none": plain_policy, "fixed": ITI(strengths["fixed"]), "fasb": fasb}
+    answers = _answer(model, test, fmt, steering, policies)
+    truthful = _judged(judge_by_name(calibration.judge), test, answers)
+    plain, iti, steered = answers["none"], answers["fixed"], answers["fasb"]
     lap("answer without steering, with ITI and with FASB")
 
     result = DemoResult(
@@ -169,6 +152,32 @@ def run_demo(
     anchoring.save(Path(out) / "artifact")
     lap("figures")
     return result
+
+
+def _answer(model, questions, fmt, steering, policies) -> dict[str, list[GenerationTrace]]:
+    """Each question answered under each policy (greedy, 50 new tokens, up to "Q:")."""
+    prompts = [fmt.generation_prompt(q.question) for q in questions]
+    config = GenerationConfig(max_new_tokens=50, stop_strings=(QA_STOP,))
+    return {
+        name: generate(model, prompts, steering=steering, policy=policy, config=config)
+        for name, policy in policies.items()
+    }
+
+
+def _judged(judge, questions, answers) -> dict[str, list[bool | None]]:
+    """Each answer's verdict (truthful or not; ``None``: not judged), per policy."""
+    return {
+        name: [
+            verdict.truthful
+            for verdict in judge.judge_many(
+                [
+                    JudgeInput(q.question, trace.answer, q.correct_answers, q.incorrect_answers)
+                    for q, trace in zip(questions, traces, strict=True)
+                ]
+            )
+        ]
+        for name, traces in answers.items()
+    }
 
 
 def _figures(result: DemoResult, probing: Any, out: Path, png: bool) -> list[Path]:

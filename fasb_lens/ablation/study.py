@@ -214,6 +214,38 @@ class _StudyLog:
                 self.baseline = theirs["clean"]
 
 
+def _estimate(
+    model: TransformerBridge,
+    metric: Metric,
+    todo: dict[Head, Any],
+    study: _StudyLog,
+    estimator: str,
+    progress: bool,
+) -> dict[Head, float]:
+    """Run ``estimator`` on the heads ``todo`` (this process's share of their layers under
+    ``torchrun``), logging each finished layer and the clean value; the values it found."""
+    if estimator == "attribution":
+        if not distributed.is_main():
+            return {}
+        clean, estimates, _ = attribution_effects(model, metric, todo, progress=progress)
+        new = {head: clean + change for head, change in estimates.items()}
+        study.finished(-1, new)
+        study.clean(clean)
+        return new
+    run = exact_effects if estimator == "exact" else loop_effects
+    mine = distributed.share(sorted({head.layer for head in todo}))
+    clean, new = run(
+        model,
+        metric,
+        todo,
+        on_layer=study.finished,
+        progress=progress,
+        layers=mine if distributed.world_size() > 1 else None,
+    )
+    study.clean(clean)
+    return new
+
+
 def ablation_study(
     model: TransformerBridge,
     metric: Metric,
@@ -260,26 +292,10 @@ def ablation_study(
     # resumed study's values equal an uninterrupted one's
     unfinished = {head.layer for head in edits if head not in study.done}
     todo = {head: value for head, value in edits.items() if head.layer in unfinished}
-    start, new = time.perf_counter(), {}
+    start = time.perf_counter()
+    new: dict[Head, float] = {}
     if todo or study.baseline is None:
-        if estimator == "attribution":
-            if distributed.is_main():
-                clean, estimates, _ = attribution_effects(model, metric, todo, progress=progress)
-                new = {head: clean + change for head, change in estimates.items()}
-                study.finished(-1, new)
-                study.clean(clean)
-        else:
-            run = exact_effects if estimator == "exact" else loop_effects
-            mine = distributed.share(sorted({head.layer for head in todo}))
-            clean, new = run(
-                model,
-                metric,
-                todo,
-                on_layer=study.finished,
-                progress=progress,
-                layers=mine if distributed.world_size() > 1 else None,
-            )
-            study.clean(clean)
+        new = _estimate(model, metric, todo, study, estimator, progress)
     study.exchange(new)  # every process has appended all it computed
     if study.log is not None and distributed.is_main():
         study.log.merge_parts()

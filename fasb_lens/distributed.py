@@ -21,6 +21,9 @@ Rules that keep it correct:
 * A function that calls :func:`barrier` or :func:`gather_json` must be called by every
   process, the same number of times: the run framework calls them between phases, never
   inside work only some processes do.
+* Inside :func:`split` the processes work in groups (one fold's calibration per group):
+  :func:`world_size`, :func:`rank`, :func:`share`, :func:`share_map`, :func:`gather_json`,
+  :func:`barrier` and :func:`is_main` then concern this process's group only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import datetime
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -52,28 +55,42 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+_GROUP: list[Any] = [None]
+"""The process group work is shared in now (``None``: every process; see :func:`split`)."""
+
+
 def _initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def world_size() -> int:
-    """How many processes share the work (1 without ``torchrun``)."""
-    return torch.distributed.get_world_size() if _initialized() else 1
+    """How many processes share the work (1 without ``torchrun``; inside :func:`split`,
+    the processes of this one's group)."""
+    return torch.distributed.get_world_size(_GROUP[0]) if _initialized() else 1
 
 
 def rank() -> int:
-    """This process's number, 0 to :func:`world_size` - 1."""
+    """This process's number, 0 to :func:`world_size` - 1 (inside :func:`split`, in its
+    group)."""
+    return torch.distributed.get_rank(_GROUP[0]) if _initialized() else 0
+
+
+def global_rank() -> int:
+    """This process's number among all of them, in a group or not."""
     return torch.distributed.get_rank() if _initialized() else 0
 
 
 def is_main() -> bool:
-    """Whether this is the process that writes the run's summary and prints (rank 0)."""
+    """Whether this is the process that writes the run's summary and prints (rank 0; in a
+    group, the group's first process)."""
     return rank() == 0
 
 
 def describe() -> str:
     """``"process 2 of 4"``, or ``""`` for a single process (for messages)."""
-    return f"process {rank() + 1} of {world_size()}" if world_size() > 1 else ""
+    if not _initialized() or torch.distributed.get_world_size() == 1:
+        return ""
+    return f"process {global_rank() + 1} of {torch.distributed.get_world_size()}"
 
 
 def gpus_for_rank(
@@ -148,9 +165,9 @@ def reports_error() -> bool:
 
 
 def barrier() -> None:
-    """Wait until every process arrives here (nothing with one process)."""
+    """Wait until every process (of the group) arrives here (nothing with one process)."""
     if world_size() > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=_GROUP[0])
 
 
 def share(items: Iterable[T]) -> list[T]:
@@ -173,16 +190,59 @@ def gather_json(value: Any) -> list[Any]:
     data = json.dumps(value).encode()
     size = torch.tensor([len(data)], dtype=torch.long)
     sizes = [torch.zeros_like(size) for _ in range(world_size())]
-    torch.distributed.all_gather(sizes, size)
+    torch.distributed.all_gather(sizes, size, group=_GROUP[0])
     longest = int(max(s.item() for s in sizes))
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     parts = [torch.zeros_like(padded) for _ in range(world_size())]
-    torch.distributed.all_gather(parts, padded)
+    torch.distributed.all_gather(parts, padded, group=_GROUP[0])
     return [
         json.loads(bytes(part[: int(n.item())].tolist()).decode())
         for part, n in zip(parts, sizes, strict=True)
     ]
+
+
+def share_map(
+    items: Iterable[T],
+    compute: Callable[[T], Any],
+    *,
+    encode: Callable[[Any], Any] = lambda value: value,
+    decode: Callable[[Any], Any] = lambda value: value,
+) -> list[Any]:
+    """``[compute(item) for item in items]``, each item computed by one process (its
+    :func:`share`) and sent to the others as JSON (``encode`` makes a result JSON-ready,
+    ``decode`` makes it back). With one process, exactly the list comprehension."""
+    items = list(items)
+    if world_size() == 1:
+        return [compute(item) for item in items]
+    mine = {index: compute(items[index]) for index in range(rank(), len(items), world_size())}
+    sent = {str(index): encode(value) for index, value in mine.items()}
+    results: dict[int, Any] = {}
+    for part in gather_json(sent):
+        results.update({int(index): value for index, value in part.items()})
+    return [mine[i] if i in mine else decode(results[i]) for i in range(len(items))]
+
+
+@contextmanager
+def split(count: int) -> Iterator[tuple[int, int]]:
+    """Split the processes into ``min(count, world_size())`` groups (process ``r`` in group
+    ``r % groups``) and work inside this process's group: yields ``(group, groups)``.
+    With one process, or one group, yields ``(0, 1)`` and changes nothing. Every process
+    must enter it (the groups are made together)."""
+    if _GROUP[0] is not None:
+        raise RuntimeError("the processes are split into groups already")
+    total = world_size()
+    groups = max(1, min(count, total))
+    if groups == 1:
+        yield 0, 1
+        return
+    made = [torch.distributed.new_group(list(range(g, total, groups))) for g in range(groups)]
+    mine = rank() % groups
+    _GROUP[0] = made[mine]
+    try:
+        yield mine, groups
+    finally:
+        _GROUP[0] = None
 
 
 @contextmanager

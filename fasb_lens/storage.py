@@ -96,7 +96,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # processes sharing a run never write through one partial file
-    own = f".rank{distributed.rank()}" if distributed.world_size() > 1 else ""
+    own = f".rank{distributed.global_rank()}" if distributed.global_rank() else ""
     partial = path.with_name(path.name + own + PARTIAL_SUFFIX)
     try:
         write(partial)
@@ -274,7 +274,7 @@ class JsonlLog:
         self.key = key
         self.upgrade = upgrade
         self.records: dict[Any, dict[str, Any]] = {}
-        self.writes_to = part_path(self.path, distributed.rank())
+        self.writes_to = part_path(self.path, distributed.global_rank())
         self._read_all()
 
     def parts(self) -> list[Path]:

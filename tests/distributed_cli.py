@@ -31,7 +31,7 @@ def kill_after(count: int, rank: int) -> None:
 
     def append(self: JsonlLog, record: dict) -> None:
         real(self, record)
-        if distributed.rank() == rank:
+        if distributed.global_rank() == rank:
             seen["n"] += 1
             if seen["n"] == count:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -34,6 +34,9 @@ def test_one_process_is_the_identity() -> None:
     assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
     assert distributed.share(range(5)) == [0, 1, 2, 3, 4]
     assert distributed.gather_json({"a": 1}) == [{"a": 1}]
+    assert distributed.share_map([1, 2, 3], lambda x: x * 10, decode=None) == [10, 20, 30]
+    with distributed.split(4) as (group, groups):
+        assert (group, groups, distributed.world_size()) == (0, 1, 1)
     with distributed.main_first():
         distributed.barrier()
     assert distributed.describe() == "" and distributed.reports_error()
@@ -56,7 +59,7 @@ def test_a_log_in_parts_reads_merged(tmp_path, monkeypatch) -> None:
     path = tmp_path / "records.jsonl"
     main = storage.JsonlLog(path, lambda r: r["id"])
     main.append({"id": 1, "v": "a"})
-    monkeypatch.setattr(distributed, "rank", lambda: 2)
+    monkeypatch.setattr(distributed, "global_rank", lambda: 2)
     other = storage.JsonlLog(path, lambda r: r["id"])
     assert other.writes_to == tmp_path / "records.rank2.jsonl"
     other.append({"id": 2, "v": "b"})
@@ -64,7 +67,7 @@ def test_a_log_in_parts_reads_merged(tmp_path, monkeypatch) -> None:
     # a torn line in another process's part is skipped, never cut by a reader
     with other.writes_to.open("a") as handle:
         handle.write('{"id": 3, "v"')
-    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "global_rank", lambda: 0)
     main.refresh()
     assert {r["id"] for r in main.values()} == {1, 2}
     assert other.writes_to.read_text().endswith('{"id": 3, "v"')
@@ -188,7 +191,13 @@ REPRODUCE_LOGS = {
     "records.jsonl": ("fold", "question_id", "task", "policy"),
     "judgements.jsonl": ("fold", "question_id", "policy", "judge"),
 }
-REPRODUCE_FILES = ("table.md", "results.json", "answers.csv", "folds/fold1/calibration.json")
+REPRODUCE_FILES = (
+    "table.md",
+    "results.json",
+    "answers.csv",
+    "folds/fold0/calibration.json",
+    "folds/fold1/calibration.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +208,12 @@ def one_process_run(tiny_llama_folder, tmp_path_factory) -> tuple[Path, list[str
     return out, args
 
 
-def test_reproduce_in_two_processes_equals_one(one_process_run, tmp_path) -> None:
+@pytest.mark.parametrize("processes", [2, 3])
+def test_reproduce_in_several_processes_equals_one(one_process_run, tmp_path, processes) -> None:
+    """Two processes calibrate a fold each; three put two on fold 0, sharing its
+    validation answers' generation (the groups of ``distributed.split``)."""
     one, args = one_process_run
-    fasb_lens(*args, "--out", str(tmp_path), processes=2)
+    fasb_lens(*args, "--out", str(tmp_path), processes=processes)
     assert_same_run(one, tmp_path, REPRODUCE_LOGS, REPRODUCE_FILES)
     assert set(json.loads((tmp_path / "timings.json").read_text())["phases"]) >= {
         "anchoring and calibration",
@@ -251,14 +263,16 @@ MC_LOGS = {"mc_datasets.jsonl": ("dataset", "item_id", "policy")}
 MC_FILES = ("mc_datasets.md", "mc_datasets.json", "calibration/copa.json")
 
 
-def test_mc_datasets_in_two_processes_and_resumed(data_dir, tiny_llama_folder, tmp_path) -> None:
-    args = ["mc-datasets", "--data", str(data_dir), "--datasets", "copa", "sst2", "winogrande"]
+def test_mc_datasets_in_several_processes_and_resumed(data_dir, tiny_llama_folder, tmp_path):
+    """Two processes take a dataset each; three put two on COPA, sharing its test items."""
+    args = ["mc-datasets", "--data", str(data_dir), "--datasets", "copa", "sst2"]
     args += ["--limit", "24", "--policies", "none,fasb", "--top-k", "2"]
     args += ["--model", str(tiny_llama_folder)]
-    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    one, resumed = tmp_path / "one", tmp_path / "resumed"
     fasb_lens(*args, "--out", str(one))
-    fasb_lens(*args, "--out", str(two), processes=2)
-    assert_same_run(one, two, MC_LOGS, MC_FILES)
+    for processes in (2, 3):
+        fasb_lens(*args, "--out", str(tmp_path / str(processes)), processes=processes)
+        assert_same_run(one, tmp_path / str(processes), MC_LOGS, MC_FILES)
     # one process killed in its second dataset (24 records each), resumed by two
     assert fasb_lens(*args, "--out", str(resumed), kill="0:30") != 0
     fasb_lens(*args, "--out", str(resumed), processes=2)

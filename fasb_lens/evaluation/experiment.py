@@ -193,9 +193,12 @@ class Experiment:
         # calibration may extend its K candidates up to every head
         widest = shape.n_layers * shape.n_heads if config.calibrate else config.top_k
         folds: dict[int, _Fold] = {}
-        for split in distributed.share(self.folds_splits):  # each fold calibrated by one process
-            with section(f"fold {split.fold}"):
-                folds[split.fold] = self._anchor_fold(activations, split, widest)
+        # with several processes, each fold is calibrated by a group of them
+        with distributed.split(len(self.folds_splits)) as (group, groups):
+            for index, split in enumerate(self.folds_splits):
+                if index % groups == group:
+                    with section(f"fold {split.fold}"):
+                        folds[split.fold] = self._anchor_fold(activations, split, widest)
         distributed.barrier()
         for split in self.folds_splits:  # the others' folds: their calibration.json is written
             if split.fold not in folds:
@@ -264,7 +267,8 @@ class Experiment:
             seed=config.seed + split.fold,
         )
         calibration.push = push_report(steering, self.model)
-        calibration.save(folder)
+        if distributed.is_main():  # one process of the fold's group writes it
+            calibration.save(folder)
         return calibration, steering
 
     # ----------------------------------------------------------------------- evaluation

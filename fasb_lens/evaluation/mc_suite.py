@@ -8,8 +8,9 @@ the vectors' scales. The policies' settings are calibrated on the validation ite
 (:func:`calibrate_dataset`, the shared search of :mod:`fasb_lens.evaluation.calibration`)
 and every policy then scores the test items (:mod:`fasb_lens.evaluation.mc_items`), one
 record per item and policy, so an interrupted run resumes. :func:`run_mc_datasets` runs
-the suite into a run folder (:class:`~fasb_lens.evaluation.run.RunFolder`); under
-``torchrun`` the processes share the datasets, each evaluated whole by one of them.
+the suite into a run folder (:class:`~fasb_lens.evaluation.run.RunFolder`). Under
+``torchrun`` each dataset is evaluated by a group of the processes: every one of them
+learns its steering and calibration (one writes it), and they share its test items.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ def _calibration(
     calibration = calibrate_dataset(
         model, val, data.steering, policies, base, seed=seed, progress=progress
     )
-    if saved is not None:
+    if saved is not None and distributed.is_main():  # one process of the dataset's group
         calibration.save(saved)
     return calibration
 
@@ -355,17 +356,23 @@ def _score_test_items(model, data, test, built, seed, records, on_item, progress
     todo = sum(bool(missing(item)) for item in test)
     bar = tqdm(total=len(test), initial=len(test) - todo, desc=data.name, unit="item")
     bar.disable = not progress
-    for (item,), (wanted,) in pending_chunks(test, 1, missing):
+    new = []
+    # with several processes on this dataset, each scores its share of the items
+    for (item,), (wanted,) in distributed.share(pending_chunks(test, 1, missing)):
         drawn = [redraw(policy, seed, name, item.id) for name, policy in built.items()]
         scored = ItemScorer(model, item, data.steering).score_many(drawn)
         for name, scores in zip(built, scored, strict=True):
             if name in wanted:
                 record = _record(item, name, scores)
                 records[(item.id, name)] = record
+                new.append(record)
                 if on_item is not None:
                     on_item(record)
         bar.update(1)
     bar.close()
+    if distributed.world_size() > 1:  # the others' records, to count every item
+        for part in distributed.gather_json(new):
+            records.update({(r["item_id"], r["policy"]): r for r in part})
     return records
 
 
@@ -409,28 +416,33 @@ def run_mc_datasets(
     log = folder.log(storage.MC_DATASETS_LOG, _dataset_key, upgrade=upgrade_record)
     distributed.barrier()  # every process has read the log before any appends to it
     results = {}
-    for spec in distributed.share(specs):  # each dataset evaluated by one process
-        given = paths.get(spec.name)
-        path = Path(given) if given is not None else Path(data_dir) / str(spec.default_path)
-        items = load_multiple_choice(spec.name, path)
-        done = {(r["item_id"], r["policy"]): r for r in log.values() if r["dataset"] == spec.name}
-        with folder.phase(spec.name):
-            results[spec.name] = evaluate_dataset(
-                model,
-                items,
-                policies=config.policies,
-                settings=config.settings(),
-                strengths=config.strengths,
-                top_k=config.top_k,
-                seed=config.seed,
-                limit=config.limit or None,
-                batch_size=config.batch_size,
-                calibrate=config.calibrate,
-                calibration_dir=folder.out / storage.MC_CALIBRATION_DIR,
-                progress=progress,
-                on_item=log.append,
-                done=done,
-            )
+    with distributed.split(len(specs)) as (group, groups):  # each dataset: a group of processes
+        for index, spec in enumerate(specs):
+            if index % groups != group:
+                continue
+            given = paths.get(spec.name)
+            path = Path(given) if given is not None else Path(data_dir) / str(spec.default_path)
+            items = load_multiple_choice(spec.name, path)
+            done = {
+                (r["item_id"], r["policy"]): r for r in log.values() if r["dataset"] == spec.name
+            }
+            with folder.phase(spec.name):
+                results[spec.name] = evaluate_dataset(
+                    model,
+                    items,
+                    policies=config.policies,
+                    settings=config.settings(),
+                    strengths=config.strengths,
+                    top_k=config.top_k,
+                    seed=config.seed,
+                    limit=config.limit or None,
+                    batch_size=config.batch_size,
+                    calibrate=config.calibrate,
+                    calibration_dir=folder.out / storage.MC_CALIBRATION_DIR,
+                    progress=progress,
+                    on_item=log.append,
+                    done=done,
+                )
     gathered = {name: r for part in distributed.gather_json(results) for name, r in part.items()}
     results = {spec.name: gathered[spec.name] for spec in specs}
     folder.finish()

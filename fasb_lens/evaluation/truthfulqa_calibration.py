@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens import distributed
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.decisions import Tracking, first_check
 from fasb_lens.decoding import PromptCache
@@ -125,13 +126,13 @@ def _generate(
     """Every validation question's answer under ``policy``; with ``unsteered`` (their
     unsteered answers) those the policy never acts on are read off them."""
     config = GenerationConfig(max_new_tokens=inputs.max_new_tokens, stop_strings=(QA_STOP,))
-    traces: list[GenerationTrace] = []
     questions = list(inputs.questions)
-    for start in range(0, len(questions), inputs.batch_size):
+
+    def batch_traces(start: int) -> list[GenerationTrace]:
         stop = start + inputs.batch_size
         batch = [inputs.fmt.generation_prompt(q.question) for q in questions[start:stop]]
         cache = PromptCache.build(inputs.model, batch, shared=inputs.shared)
-        traces += generate(
+        return generate(
             inputs.model,
             batch,
             policy=policy,
@@ -140,7 +141,15 @@ def _generate(
             prompt_cache=cache,
             unsteered=None if unsteered is None else unsteered[start:stop],
         )
-    return traces
+
+    # the batches are shared among the processes calibrating this fold (one: all here)
+    batches = distributed.share_map(
+        range(0, len(questions), inputs.batch_size),
+        batch_traces,
+        encode=lambda traces: [trace.to_dict() for trace in traces],
+        decode=lambda data: [GenerationTrace.from_dict(trace) for trace in data],
+    )
+    return [trace for traces in batches for trace in traces]
 
 
 def _judged(inputs: CalibrationInputs, traces: Sequence[GenerationTrace], judge: Any) -> list:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fasb_lens import storage
 from fasb_lens.evaluation.run import run_command
+from fasb_lens.policies import policy_spec
 
 PUBLISHED = {
     "reproduce": tuple(
@@ -55,8 +56,10 @@ def _unfinished(run: Path, command: str) -> str | None:
             (n for tasks in counts.values() for n in tasks.values()), default=0
         )
         for name, tasks in counts.items():
-            # the leak-free protocol's rows (NAME_question) are multiple choice only
-            short = [t for t, n in tasks.items() if n < wanted and (name in compared or t == "mc")]
+            # a policy runs the tasks its registration names; the leak-free protocol's rows
+            # (NAME_question) are multiple choice only
+            expected = policy_spec(name).tasks if name in compared else ("mc",)
+            short = [t for t, n in tasks.items() if n < wanted and t in expected]
             if short:
                 return f"policy {name} has not finished {', '.join(short)}"
         return None

@@ -35,13 +35,8 @@ from fasb_lens.plotting.heads import (
     head_heatmap,
     steering_heads,
 )
-from fasb_lens.plotting.results import (
-    dataset_accuracies,
-    dataset_sweeps,
-    direction_share,
-    method_comparison,
-    sweep_lines,
-)
+from fasb_lens.plotting.results import dataset_accuracies, direction_share, method_comparison
+from fasb_lens.plotting.sweeps import dataset_sweeps, sweep_lines
 from fasb_lens.plotting.tokens import token_view
 from fasb_lens.plotting.tracking import p_true_distributions, trajectories, trajectory
 

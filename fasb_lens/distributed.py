@@ -136,7 +136,10 @@ def start(devices_per_process: int = 1) -> None:
     visible = _visible_gpus()
     if visible:
         mine = gpus_for_rank(local_rank, local_world, devices_per_process, visible)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        if torch.cuda.is_initialized():  # too late to narrow (no NVML): its first GPU by index
+            torch.cuda.set_device(visible.index(mine[0]))
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
     seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=seconds))
     logger.info("%s joined (GPUs: %s)", describe(), os.environ.get("CUDA_VISIBLE_DEVICES", "-"))

@@ -91,6 +91,11 @@ class GpuCheckSettings:
     processes: bool = option(
         True, help="skip the two-GPU checks (split model, two processes) even with two GPUs"
     )
+    cpu_reference: bool = option(
+        True,
+        help="skip the CPU float32 reference (anchoring and multiple choice on the CPU): for "
+        "a model too big for the CPU; the heads are then anchored on the GPU",
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -434,7 +439,9 @@ def run_checks(
     """Every check (module docstring) on the device ``options.device`` names (default
     ``cuda``); ``on_result`` sees each result as it comes. Returns the report."""
     settings = settings or GpuCheckSettings()
-    device = options.device or "cuda"
+    split = options.device_map is not None or (options.n_devices or 1) > 1
+    device = "cuda" if split else options.device or "cuda"
+    placed = options if split else replace(options, device=device)  # a split stays as given
     results: list[CheckResult] = []
 
     def keep(result: CheckResult) -> None:
@@ -442,23 +449,31 @@ def run_checks(
             on_result(result)
 
     # the CPU float32 reference: anchoring (one artifact for every run) and MC numbers
-    reference_model = replace(options, dtype="float32", device="cpu").load()
-    steering, rest = _steering(reference_model)
     fmt = load_prompt_format()
+    steering, rest, reference = None, load_mini_truthfulqa()[24:], None
+    if settings.cpu_reference:
+        on_cpu = replace(options, dtype="float32", device="cpu", device_map=None, n_devices=None)
+        reference_model = on_cpu.load()
+        steering, rest = _steering(reference_model)
+        reference = mc_scores(reference_model, rest[: settings.questions], steering, fmt)
+        del reference_model
     mc_questions = rest[: settings.questions]
-    reference = mc_scores(reference_model, mc_questions, steering, fmt)
-    del reference_model
     prompts = [fmt.generation_prompt(q.question) for q in rest[: settings.questions]]
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens)
     rates: dict[str, Any] = {}
     for index, dtype in enumerate(settings.dtypes):
         half = dtype != "float32"
-        model = replace(options, dtype=dtype, device=device).load()
+        model = replace(placed, dtype=dtype).load()
+        if steering is None:
+            steering, _ = _steering(model)
         before = len(results)
         check_cached_equals_reference(model, prompts, config, half, results, dtype)
         check_fasb_backtracks(model, prompts, steering, config, results, dtype)
         check_fast_attention(model, prompts, config, half, results, dtype)
-        check_mc_against_cpu(model, mc_questions, steering, fmt, reference, half, results, dtype)
+        if reference is not None:
+            check_mc_against_cpu(
+                model, mc_questions, steering, fmt, reference, half, results, dtype
+            )
         check_exact_equals_loop(model, rest[: settings.ablation_questions], half, results, dtype)
         if index == 0 and settings.reproduce_questions:
             time_reproduce(model, settings.reproduce_questions, results, dtype)
@@ -468,7 +483,8 @@ def run_checks(
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if settings.processes and device.startswith("cuda") and torch.cuda.device_count() >= 2:
+    two_gpus = device.startswith("cuda") and torch.cuda.device_count() >= 2
+    if settings.processes and two_gpus and not split:
         dtype = settings.dtypes[0]
         before = len(results)
         check_split_equals_one(

@@ -19,9 +19,9 @@ written as it comes:
 
 Under ``torchrun`` the processes share each phase (:mod:`fasb_lens.distributed`): the
 activations' chunks, the folds' calibrations, the chunks of test questions scored
-together, the generation batches and the judges' chunks, each computed whole by one
-process as a single process computes it, so the records and the table do not depend on
-how many processes ran them.
+together, the generation batches and the judges, each computed whole by one process (or
+one group) as a single process computes it, so the records and the table do not depend
+on how many processes ran them.
 """
 
 from __future__ import annotations
@@ -416,7 +416,9 @@ class Experiment:
         """Every generated answer by every judge, except those already judged."""
         generations = [r for r in self.records.values() if r["task"] == "generation"]
         by_id = {question.id: question for question in self.questions}
-        for name in self.config.judges:
+        # several processes: each judge runs whole in one (a judge may keep what it
+        # computed for later chunks, e.g. the embedding judge its vectors)
+        for name in distributed.share(self.config.judges):
             todo = [
                 r
                 for r in generations
@@ -431,9 +433,7 @@ class Experiment:
         """``todo`` (generation records) judged by the judge ``name``."""
         judge = judge_by_name(name)
         chunks = range(0, len(todo), JUDGING_CHUNK)
-        for start in tqdm(
-            distributed.share(chunks), desc=f"judge {name}", disable=not self.progress
-        ):
+        for start in tqdm(chunks, desc=f"judge {name}", disable=not self.progress):
             chunk = todo[start : start + JUDGING_CHUNK]
             inputs = [
                 JudgeInput(

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fasb_lens.evaluation.statistics import interval
+from fasb_lens.evaluation.uncertainty import MC_METRICS
 from fasb_lens.multiple_choice import mc_metrics
 
 REFERENCES = ("chance", "fewest words")
@@ -76,7 +77,7 @@ def summarize_references(records: Iterable[dict[str, Any]]) -> dict[str, dict[st
         keys = sorted(per_question, key=str)
         folds = sorted({fold for fold, _ in keys}, key=str)
         entry: dict[str, Any] = {"mean": {}, "ci95": {}, "n_mc": len(keys)}
-        for metric in ("mc1", "mc2", "mc3"):
+        for metric in MC_METRICS:
             values = [per_question[key][metric] for key in keys]
             per_fold = [
                 [per_question[key][metric] for key in keys if key[0] == fold] for fold in folds

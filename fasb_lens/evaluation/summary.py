@@ -20,6 +20,8 @@ from fasb_lens.evaluation.judges import JUDGES, Verdict, judge_rates
 from fasb_lens.evaluation.references import summarize_references
 from fasb_lens.evaluation.tables import Table, percent
 from fasb_lens.evaluation.uncertainty import (
+    MC_METRICS,
+    PAIR_METRICS,
     QuestionValues,
     compared_pairs,
     comparisons,
@@ -130,9 +132,7 @@ def _fold_entry(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One policy's numbers on one fold (NaN where the fold has no results yet)."""
     mc = [r for r in records if r["task"] == "mc"]
     gen = [r for r in records if r["task"] == "generation"]
-    per: dict[str, Any] = {
-        metric: _mean([r[metric] for r in mc]) for metric in ("mc1", "mc2", "mc3")
-    }
+    per: dict[str, Any] = {metric: _mean([r[metric] for r in mc]) for metric in MC_METRICS}
     per["n_mc"] = len({r["question_id"] for r in mc})
     per.update(_trigger_rates(mc))
     per["n_generation"] = len({r["question_id"] for r in gen})
@@ -180,7 +180,7 @@ def direction_shares(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, f
                     other.get(key, {}).get("true_x_info"),
                     base.get(key, {}).get("true_x_info"),
                 )
-            elif key in ("mc1", "mc2", "mc3"):
+            elif key in MC_METRICS:
                 metric, a, b, c = key, value, other.get(key), base.get(key)
             else:
                 continue
@@ -232,10 +232,6 @@ def _judge_pairs(summaries: Iterable[dict[str, Any]]) -> list[str]:
     )
 
 
-MC_COLUMNS = ("mc1", "mc2", "mc3")
-PAIR_COLUMNS = ("true", "info", "true_x_info")
-
-
 def results_table(summary: dict[str, Any]) -> Table:
     """The summary as a table like the paper's Table 1: fold means in percent, each with
     its 95% interval in brackets, and below the policies the multiple-choice references
@@ -247,19 +243,19 @@ def results_table(summary: dict[str, Any]) -> Table:
     table = Table([*head, "n (MC / gen.)"])
     for name, entry in summary["policies"].items():
         mean, ci95 = entry["mean"], entry.get("ci95", {})
-        row = [name] + [with_interval(mean.get(k, math.nan), ci95.get(k)) for k in MC_COLUMNS]
+        row = [name] + [with_interval(mean.get(k, math.nan), ci95.get(k)) for k in MC_METRICS]
         steered = [percent(mean.get(k, math.nan)) for k in ("steered_true", "steered_false")]
         row += [" / ".join(steered), mean.get("triggered", math.nan)]
         for pair in pairs:
             values = mean.get(pair, {})
             row += [
                 with_interval(values.get(key, math.nan), ci95.get(f"{pair}: {key}"))
-                for key in PAIR_COLUMNS
+                for key in PAIR_METRICS
             ]
         row.append(f"{mean.get('n_mc', 0)} / {mean.get('n_generation', 0)}")
         table.rows.append(row)
     for name, reference in summary.get("references", {}).items():
-        cells = [with_interval(reference["mean"][k], reference["ci95"][k]) for k in MC_COLUMNS]
+        cells = [with_interval(reference["mean"][k], reference["ci95"][k]) for k in MC_METRICS]
         blank = ["-"] * (len(head) - 1 - len(cells))
         table.rows.append([f"({name})", *cells, *blank, f"{reference['n_mc']} / -"])
     return table
@@ -325,7 +321,7 @@ def write_summary(
         for fold, values in [*entry["per_fold"].items(), ("mean", entry["mean"])]:
             for metric, value in values.items():
                 if isinstance(value, dict):
-                    for sub in ("true", "info", "true_x_info"):
+                    for sub in PAIR_METRICS:
                         results.rows.append([policy, fold, f"{metric}: {sub}", value.get(sub)])
                 else:
                     results.rows.append([policy, fold, metric, value])
@@ -358,7 +354,7 @@ def write_fraction_sweep(out: Path, summaries: dict[float, dict[str, Any]]) -> s
             mean = entry["mean"]
             table.rows.append(
                 [f"{fraction:g}", policy]
-                + [mean.get(k, math.nan) for k in ("mc1", "mc2", "mc3")]
+                + [mean.get(k, math.nan) for k in MC_METRICS]
                 + [mean.get(p, {}).get("true_x_info", math.nan) for p in pairs]
             )
     return table.write(out / storage.TRAIN_FRACTION_TABLE, percent)

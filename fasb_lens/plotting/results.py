@@ -10,6 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from fasb_lens.evaluation.uncertainty import MC_METRICS, PAIR_METRICS
 from fasb_lens.plotting.style import (
     LEAK_FREE_SUFFIX,
     UNSTEERED_LINE,
@@ -19,9 +20,6 @@ from fasb_lens.plotting.style import (
     policy_label,
     policy_pattern,
 )
-
-MC_METRICS = ("mc1", "mc2", "mc3")
-PAIR_METRICS = ("true", "info", "true_x_info")
 
 
 def _policies(summary: Mapping[str, Any]) -> Mapping[str, Any]:

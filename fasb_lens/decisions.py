@@ -62,6 +62,11 @@ class Intervention(Protocol):
 
     def check_model(self, model: TransformerBridge) -> None: ...
 
+    def per_row(self, rows: Sequence[Intervention]) -> Intervention:
+        """One intervention acting as ``rows[r]`` on batch row ``r`` (each of this kind and
+        at the same sites), so that one batch can carry several of them."""
+        ...
+
 
 class Tracker(Protocol):
     """Anything that maps the anchored heads' activations to a truthfulness probability.

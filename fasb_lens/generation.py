@@ -140,39 +140,38 @@ class _Loop:
         self,
         model: TransformerBridge,
         prompts: list[str],
-        policy: Policy,
+        policies: list[Policy],
         steering: Anchored | None,
         config: GenerationConfig,
         prompt_cache: PromptCache | None = None,
         shared: SharedPrefix | None = None,
     ) -> None:
-        self.model, self.policy, self.config = model, policy, config
+        self.model, self.policies, self.config = model, policies, config
         self.tokenizer = model.tokenizer
-        intervention = policy.intervention(steering)
+        self.tracker_name = _one_tracker(policies)
         self.tracker: Tracker | None = (
-            steering.tracker(policy.tracker) if steering is not None else None
+            steering.tracker(self.tracker_name) if steering is not None else None
         )
         device = model_device(model)
         sampling = config.temperature > 0
         prompt_ids = tokenize(model, prompts, prepend_bos=config.prepend_bos)
         if prompt_cache is not None and prompt_cache.prompt_ids != prompt_ids:
             raise ValueError("the prompt cache was built for other prompts")
-        base = float(policy.initial_strength())
         self.rows = [
             _Row(
                 ids,
                 _row_generator(prompt, config, device) if sampling else None,
                 Tracking(policy),
-                strength=base,
+                strength=float(policy.initial_strength()),
             )
-            for prompt, ids in zip(prompts, prompt_ids, strict=True)
+            for prompt, ids, policy in zip(prompts, prompt_ids, policies, strict=True)
         ]
         self.decoder: Decoder = (
             CachedDecoder(model, self.rows, prompt_cache, shared)
             if config.mode == "cached"
             else ReferenceDecoder(model, self.rows)
         )
-        self.intervention = intervention
+        self.interventions = _row_interventions(policies, steering)
         self.device = device
         self.captured: dict[int, Tensor] = {}
         self.strengths = torch.zeros(0)  # the decoding rows' strengths, read by the hooks
@@ -204,7 +203,10 @@ class _Loop:
             "batch_size": len(self.rows),
             "tokens_per_second": round(generated / seconds, 2) if seconds else 0.0,
         }
-        return [self._trace(row, timings) for row in self.rows]
+        return [
+            self._trace(row, policy, timings)
+            for row, policy in zip(self.rows, self.policies, strict=True)
+        ]
 
     def _hooks(self) -> list:
         """The tracker's capture and the policy's steering for the rows now decoding
@@ -213,11 +215,14 @@ class _Loop:
         if self.tracker is not None:  # read before any steering on the same hook point
             layers = [head.layer for head in self.tracker.heads]
             hooks += capture(layers, self.captured, select=lambda z: z[:, -1])
-        if self.intervention is not None:
+        if self.interventions is not None:
+            active = self.decoder.active
             self.strengths = torch.tensor(
-                [self.rows[i].strength for i in self.decoder.active], device=self.device
+                [self.rows[i].strength for i in active], device=self.device
             )
-            hooks += self.intervention.hooks(self.strengths, positions="last")
+            hooks += _batch_intervention([self.interventions[i] for i in active]).hooks(
+                self.strengths, positions="last"
+            )
         return hooks
 
     def _p_true(self) -> list[float | None]:
@@ -258,7 +263,7 @@ class _Loop:
 
     def _trigger(self, index: int, row: _Row, trigger: Trigger) -> None:
         row.strength = trigger.strength
-        if self.intervention is not None:
+        if self.interventions is not None:
             self.strengths[self.decoder.active.index(index)] = trigger.strength
         generated, n_keep = len(row.tokens), trigger.keep
         discarded = row.tokens[n_keep:]
@@ -277,7 +282,7 @@ class _Loop:
             }
         )
 
-    def _trace(self, row: _Row, timings: dict[str, float]) -> GenerationTrace:
+    def _trace(self, row: _Row, policy: Policy, timings: dict[str, float]) -> GenerationTrace:
         decode = self.tokenizer.decode
         events = row.backtracks
         discarded = [token for event in events for token in event["discarded_ids"]]
@@ -288,7 +293,7 @@ class _Loop:
             output_ids=list(row.tokens),
             text=text,
             answer=extract_answer(text),
-            policy=self.policy.name,
+            policy=policy.name,
             mode=self.config.mode,
             steps=row.steps,
             trigger_step=events[0]["step"] if events else None,
@@ -299,8 +304,40 @@ class _Loop:
             discarded_text=decode(discarded, skip_special_tokens=True),
             stop_reason=row.stop_reason,
             timings=timings,
-            tracker=self.policy.tracker if self.tracker is not None else None,
+            tracker=self.tracker_name if self.tracker is not None else None,
         )
+
+
+def _one_tracker(policies: Sequence[Policy]) -> str:
+    """The tracker every row's policy reads (a batch reads one)."""
+    trackers = {policy.tracker for policy in policies}
+    if len(trackers) != 1:
+        raise ValueError(f"policies of one batch must read one tracker, got {sorted(trackers)}")
+    return trackers.pop()
+
+
+def _row_interventions(policies: Sequence[Policy], steering: Anchored | None) -> list | None:
+    """Each row's intervention (built once per distinct policy), or ``None`` when no row's
+    policy steers."""
+    built: dict[int, Any] = {}
+    for policy in policies:
+        if id(policy) not in built:
+            built[id(policy)] = policy.intervention(steering)
+    interventions = [built[id(policy)] for policy in policies]
+    if all(intervention is None for intervention in interventions):
+        return None
+    if any(intervention is None for intervention in interventions):
+        raise ValueError("a batch cannot mix policies that steer with policies that do not")
+    return interventions
+
+
+def _batch_intervention(interventions: Sequence[Any]) -> Any:
+    """One intervention for the decoding rows: theirs when they share one, otherwise one
+    acting as each row's (:meth:`~fasb_lens.decisions.Intervention.per_row`)."""
+    first = interventions[0]
+    if all(intervention is first for intervention in interventions):
+        return first
+    return first.per_row(interventions)
 
 
 def replay(policy: Policy, unsteered: GenerationTrace) -> GenerationTrace | None:
@@ -333,7 +370,7 @@ def generate(
     model: TransformerBridge,
     prompts: str | Sequence[str],
     *,
-    policy: Policy | None = None,
+    policy: Policy | Sequence[Policy] | None = None,
     steering: Anchored | None = None,
     config: GenerationConfig | None = None,
     prompt_cache: PromptCache | None = None,
@@ -347,7 +384,9 @@ def generate(
             or :func:`fasb_lens.models.chat_prompt`); a batch gives the same tokens as each
             prompt alone.
         policy: a :class:`~fasb_lens.policies.Policy` (default: no steering); see
-            :func:`~fasb_lens.policies.make_policy`.
+            :func:`~fasb_lens.policies.make_policy`. A sequence gives each prompt its own
+            (one tracker for all; several strengths of one policy, or a control's draws,
+            then share every forward).
         steering: the anchored heads' vectors and tracker; without steering policies it
             is only used to report ``p_true``.
         config: decoding settings and the execution mode.
@@ -362,11 +401,11 @@ def generate(
         prompts = [prompts]
     if not prompts:
         raise ValueError("no prompts to generate from")
-    policy = policy or Unsteered()
+    policies = _policies(policy, len(prompts))
     if steering is not None:
         steering.check_model(model)
-    intervention = policy.intervention(steering)
-    if intervention is not None:
+    distinct = list({id(row_policy): row_policy for row_policy in policies}.values())
+    for intervention in _row_interventions(distinct, steering) or []:
         intervention.check_model(model)
     config = config or GenerationConfig()
     traces: list[GenerationTrace | None] = [None] * len(prompts)
@@ -374,14 +413,27 @@ def generate(
         if len(unsteered) != len(prompts):
             raise ValueError(f"{len(unsteered)} unsteered generations for {len(prompts)} prompts")
         traces = [
-            replay(policy, trace) if trace.mode == config.mode else None for trace in unsteered
+            replay(row_policy, trace) if trace.mode == config.mode else None
+            for row_policy, trace in zip(policies, unsteered, strict=True)
         ]
     todo = [index for index, trace in enumerate(traces) if trace is None]
     if todo:
         if prompt_cache is not None and len(todo) < len(prompts):
             prompt_cache = prompt_cache.select(todo)
         chosen = [prompts[index] for index in todo]
-        loop = _Loop(model, chosen, policy, steering, config, prompt_cache, shared)
+        loop = _Loop(
+            model, chosen, [policies[i] for i in todo], steering, config, prompt_cache, shared
+        )
         for index, trace in zip(todo, loop.run(), strict=True):
             traces[index] = trace
     return traces  # type: ignore[return-value]
+
+
+def _policies(policy: Policy | Sequence[Policy] | None, n_prompts: int) -> list[Policy]:
+    """One policy per prompt: ``policy`` for all, or the sequence as given."""
+    if policy is None or isinstance(policy, Policy):
+        return [policy or Unsteered()] * n_prompts
+    policies = list(policy)
+    if len(policies) != n_prompts:
+        raise ValueError(f"{len(policies)} policies for {n_prompts} prompts")
+    return policies

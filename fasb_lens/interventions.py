@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -125,8 +126,9 @@ def add_at_positions(
     ``strength`` is one number, one per row or one per row and position (``[batch, pos]``).
 
     ``x`` is ``[batch, pos, ...]``: with ``heads``, ``[batch, pos, n_heads, d_head]`` and
-    ``amount`` ``[len(heads), d_head]``; without, ``amount`` matches ``x[0, 0]``. Entries
-    outside the positions (or with strength 0) keep their exact bits.
+    ``amount`` ``[len(heads), d_head]``; without, ``amount`` matches ``x[0, 0]``. A leading
+    ``[batch]`` dimension on ``amount`` gives each row its own amount. Entries outside the
+    positions (or with strength 0) keep their exact bits.
     """
     batch, n_pos = x.shape[:2]
     mask = position_mask(positions, batch, n_pos, offset=offset, device=x.device)
@@ -134,8 +136,11 @@ def add_at_positions(
     scale = scale.expand(batch)[:, None] if scale.ndim < 2 else scale
     amount = amount.to(device=x.device, dtype=x.dtype)
     target = x[:, :, heads] if heads is not None else x
-    moved = target + scale.reshape(*scale.shape, *(1,) * amount.ndim) * amount
-    keep = mask.reshape(batch, n_pos, *(1,) * amount.ndim)
+    trailing = target.ndim - 2
+    if amount.ndim == trailing + 1:  # one amount per row: broadcast over positions
+        amount = amount[:, None]
+    moved = target + scale.reshape(*scale.shape, *(1,) * trailing) * amount
+    keep = mask.reshape(batch, n_pos, *(1,) * trailing)
     if heads is None:
         return torch.where(keep, moved, x)
     out = x.clone()
@@ -148,7 +153,7 @@ def add_at_positions(
 
 def steer_heads(
     heads: Sequence[Head],
-    vectors: Float[Tensor, "k d_head"],
+    vectors: Float[Tensor, "k d_head"] | Float[Tensor, "batch k d_head"],
     strength: Strength,
     *,
     positions: Positions = "last",
@@ -157,14 +162,15 @@ def steer_heads(
     """Hooks adding ``strength * vectors[k]`` to head ``heads[k]``'s ``hook_z``.
 
     ``strength`` is a number, one per batch row (``[batch]``) or one per row and position
-    (``[batch, pos]``); 0 leaves an entry alone.
+    (``[batch, pos]``); 0 leaves an entry alone. ``vectors`` with a leading ``[batch]``
+    dimension gives each row its own vectors (a batch of random controls, one draw each).
     """
-    if len(heads) != len(vectors):
-        raise ValueError(f"{len(heads)} heads but {len(vectors)} vectors")
+    if len(heads) != vectors.shape[-2]:
+        raise ValueError(f"{len(heads)} heads but {vectors.shape[-2]} vectors")
 
     def layer_hook(indices: list[int]) -> Callable[..., Tensor]:
         columns = [heads[i].head for i in indices]
-        amount = vectors[indices]
+        amount = vectors[..., indices, :]
 
         def hook(z: Tensor, hook: Any) -> Tensor:
             return add_at_positions(z, amount, strength, positions, offset=offset, heads=columns)
@@ -178,18 +184,35 @@ def steer_heads(
 
 def steer_residual(
     layer: int,
-    vector: Float[Tensor, " d_model"],
+    vector: Float[Tensor, " d_model"] | Float[Tensor, "batch d_model"],
     strength: Strength,
     *,
     positions: Positions = "last",
     offset: int = 0,
 ) -> Hooks:
-    """A hook adding ``strength * vector`` to the residual stream after block ``layer``."""
+    """A hook adding ``strength * vector`` to the residual stream after block ``layer``
+    (``[batch, d_model]``: a vector per row)."""
 
     def hook(resid: Tensor, hook: Any) -> Tensor:
         return add_at_positions(resid, vector, strength, positions, offset=offset)
 
     return [(hook_name("resid_post", layer), hook)]
+
+
+@dataclass(frozen=True)
+class RowHooks:
+    """An intervention whose batch rows add different vectors at the same sites: what a
+    batch mixing several interventions of one kind runs (``make`` builds its hooks from a
+    strength, the positions and the offset, as an intervention's ``hooks`` does)."""
+
+    first_layer: int
+    make: Callable[[Strength, Positions, int], Hooks]
+
+    def hooks(self, strength: Strength, *, positions: Positions = "last", offset: int = 0) -> Hooks:
+        return self.make(strength, positions, offset)
+
+    def check_model(self, model: TransformerBridge) -> None:
+        """Nothing to check: each row's own intervention was checked."""
 
 
 # --------------------------------------------------------------------------- ablate

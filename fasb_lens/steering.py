@@ -29,7 +29,15 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens import storage
 from fasb_lens._types import Head, HeadGrid
 from fasb_lens.decisions import DEFAULT_TRACKER, Tracker
-from fasb_lens.interventions import Hooks, Positions, Strength, hooked, steer_heads, steer_residual
+from fasb_lens.interventions import (
+    Hooks,
+    Positions,
+    RowHooks,
+    Strength,
+    hooked,
+    steer_heads,
+    steer_residual,
+)
 from fasb_lens.models import HOOK_RESID_POST, HOOK_Z, ModelShape, check_shape, model_shape
 from fasb_lens.policies.base import PolicySettings
 from fasb_lens.trackers import TRACKERS, build_tracker
@@ -192,6 +200,18 @@ class Steering:
         """
         return steer_heads(self.heads, self.vectors, strength, positions=positions, offset=offset)
 
+    def per_row(self, rows: Sequence[Steering]) -> RowHooks:
+        """One intervention steering batch row ``r`` with ``rows[r]``'s vectors (all on
+        these heads: a policy at several strengths, or a control's draws, one per row)."""
+        if any(not isinstance(row, Steering) or row.heads != self.heads for row in rows):
+            raise ValueError("rows of one batch must steer the same anchored heads")
+        vectors = torch.stack([row.vectors for row in rows])
+
+        def make(strength: Strength, positions: Positions, offset: int) -> Hooks:
+            return steer_heads(self.heads, vectors, strength, positions=positions, offset=offset)
+
+        return RowHooks(self.first_layer, make)
+
     def residual_push(self, model: TransformerBridge) -> Float[Tensor, " k"]:
         """How far strength 1 moves the residual stream through each anchored head's
         output matrix: ``||sigma_k d_k W_O^(k)||`` (what a policy's strength multiplies)."""
@@ -340,6 +360,17 @@ class CAAVector:
 
     def hooks(self, strength: Strength, *, positions: Positions = "last", offset: int = 0) -> Hooks:
         return steer_residual(self.layer, self.vector, strength, positions=positions, offset=offset)
+
+    def per_row(self, rows: Sequence[CAAVector]) -> RowHooks:
+        """One intervention adding ``rows[r]``'s vector on batch row ``r`` (same layer)."""
+        if any(not isinstance(row, CAAVector) or row.layer != self.layer for row in rows):
+            raise ValueError("rows of one batch must steer the same residual layer")
+        vectors = torch.stack([row.vector for row in rows])
+
+        def make(strength: Strength, positions: Positions, offset: int) -> Hooks:
+            return steer_residual(self.layer, vectors, strength, positions=positions, offset=offset)
+
+        return RowHooks(self.layer, make)
 
     def check_model(self, model: TransformerBridge) -> None:
         d_model, n_layers = model.cfg.d_model, model.cfg.n_layers

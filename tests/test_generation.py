@@ -14,7 +14,7 @@ from fasb_lens.anchoring import build_caa
 from fasb_lens.data import load_mini_truthfulqa, probing_prompts
 from fasb_lens.generation import GenerationConfig, GenerationTrace, extract_answer, generate
 from fasb_lens.models import forward, hook_z_name, tokenize
-from fasb_lens.policies import CAA, FASB, ITI, Unsteered, make_policy
+from fasb_lens.policies import CAA, FASB, ITI, RandomDirections, Unsteered, make_policy
 
 PROMPTS = [
     "Q: Is the Great Wall of China visible from space? A:",
@@ -191,6 +191,41 @@ def test_batched_equals_one_by_one(tiny_llama, steering) -> None:
     assert [t.trigger_step for t in batched] == [t.trigger_step for t in alone]
     for a, b in zip(batched, alone, strict=True):
         assert a.p_true == pytest.approx(b.p_true, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [
+        [ITI(2.0), ITI(30.0), ITI(2.0)],
+        [FASB(8.0, 0.4995, 3), FASB(30.0, 0.4995, 3), FASB(0.0, 0.4995, 3)],
+        [RandomDirections(ITI(30.0), seed) for seed in (1, 2, 3)],
+    ],
+    ids=["strengths", "fasb strengths", "control draws"],
+)
+def test_a_policy_per_prompt_equals_each_alone(tiny_llama, steering, policies) -> None:
+    """Rows under different strengths (or a control's different draws) share one batch
+    and generate what each would alone."""
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    batched = generate(tiny_llama, prompts, steering=steering, policy=policies, config=BUDGET)
+    alone = [
+        generate(tiny_llama, p, steering=steering, policy=policy, config=BUDGET)[0]
+        for p, policy in zip(prompts, policies, strict=True)
+    ]
+    assert ids(batched) == ids(alone)
+    assert len({tuple(t.output_ids) for t in alone}) > 1  # the rows do differ
+    for a, b in zip(batched, alone, strict=True):
+        assert a.p_true == pytest.approx(b.p_true, abs=1e-4)
+        assert a.strength == b.strength
+
+
+def test_a_policy_per_prompt_is_checked(tiny_llama, steering) -> None:
+    with pytest.raises(ValueError, match="2 policies for 3 prompts"):
+        generate(tiny_llama, PROMPTS[:3], steering=steering, policy=[ITI(1.0)] * 2, config=BUDGET)
+    with pytest.raises(ValueError, match="one tracker"):
+        mixed = [FASB(8.0, 0.5, 3), replace(FASB(8.0, 0.5, 3), tracker="prototype")]
+        generate(tiny_llama, PROMPTS[:2], steering=steering, policy=mixed, config=BUDGET)
+    with pytest.raises(ValueError, match="cannot mix"):
+        generate(tiny_llama, PROMPTS[:2], steering=steering, policy=[ITI(1.0), Unsteered()])
 
 
 def test_cached_and_reference_where_they_agree_and_differ(tiny_llama, two_layer_steering) -> None:

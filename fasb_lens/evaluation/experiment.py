@@ -299,7 +299,7 @@ class Experiment:
 
     def _drawn(self, name: str, policy: Policy, *where: Any) -> Policy:
         """A control's policy with the random directions of its draw at ``where`` (a
-        question, or a generation batch); other policies as they are."""
+        question); other policies as they are."""
         draw = name.partition("/")[2]
         return redraw(policy, self.config.seed, draw, *where)
 
@@ -392,8 +392,8 @@ class Experiment:
 
     def _generate_batch(self, fold, name, policy, batch, prompts, todo, cache) -> None:
         """Generate the questions at ``todo`` of ``batch`` (whose prompts are ``prompts``)
-        under one policy and append their records; a control draws its directions once
-        per batch."""
+        under one policy and append their records; a control draws its directions per
+        question (as in multiple choice), all in one batch."""
         config = GenerationConfig(
             max_new_tokens=self.config.max_new_tokens, stop_strings=(QA_STOP,)
         )
@@ -402,7 +402,7 @@ class Experiment:
         traces = generate(
             self.model,
             [prompts[i] for i in todo],
-            policy=self._drawn(name, policy, fold.split.fold, batch[0].id),
+            policy=[self._drawn(name, policy, question.id) for question in questions],
             steering=fold.steering,
             config=config,
             prompt_cache=cache,

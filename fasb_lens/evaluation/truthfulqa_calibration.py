@@ -31,7 +31,6 @@ from transformer_lens.model_bridge import TransformerBridge
 from fasb_lens import distributed
 from fasb_lens.data import PromptFormat, TruthfulQAQuestion
 from fasb_lens.decisions import Tracking, first_check
-from fasb_lens.decoding import PromptCache
 from fasb_lens.evaluation import search as search_module
 from fasb_lens.evaluation.calibration import (
     Calibration,
@@ -119,37 +118,42 @@ def detection(
 
 def _generate(
     inputs: CalibrationInputs,
-    policy: Policy,
+    policies: Policy | Sequence[Policy],
     steering: Steering,
     unsteered: Sequence[GenerationTrace] | None = None,
-) -> list[GenerationTrace]:
-    """Every validation question's answer under ``policy``; with ``unsteered`` (their
-    unsteered answers) those the policy never acts on are read off them."""
+) -> list[list[GenerationTrace]]:
+    """Every validation question's answer under each of ``policies`` (one list per
+    policy); with ``unsteered`` (their unsteered answers) those a policy never acts on are
+    read off them. The rows (policy x question) are generated ``batch_size`` at a time, so
+    several strengths of one policy share their forwards."""
     config = GenerationConfig(max_new_tokens=inputs.max_new_tokens, stop_strings=(QA_STOP,))
-    questions = list(inputs.questions)
+    chosen = [policies] if isinstance(policies, Policy) else list(policies)
+    prompts = [inputs.fmt.generation_prompt(q.question) for q in inputs.questions]
+    rows = [(policy, index) for policy in chosen for index in range(len(prompts))]
 
     def batch_traces(start: int) -> list[GenerationTrace]:
-        stop = start + inputs.batch_size
-        batch = [inputs.fmt.generation_prompt(q.question) for q in questions[start:stop]]
-        cache = PromptCache.build(inputs.model, batch, shared=inputs.shared)
+        batch = rows[start : start + inputs.batch_size]
+        texts = [prompts[index] for _, index in batch]
         return generate(
             inputs.model,
-            batch,
-            policy=policy,
+            texts,
+            policy=[policy for policy, _ in batch],
             steering=steering,
             config=config,
-            prompt_cache=cache,
-            unsteered=None if unsteered is None else unsteered[start:stop],
+            shared=inputs.shared,
+            unsteered=None if unsteered is None else [unsteered[index] for _, index in batch],
         )
 
     # the batches are shared among the processes calibrating this fold (one: all here)
     batches = distributed.share_map(
-        range(0, len(questions), inputs.batch_size),
+        range(0, len(rows), inputs.batch_size),
         batch_traces,
         encode=lambda traces: [trace.to_dict() for trace in traces],
         decode=lambda data: [GenerationTrace.from_dict(trace) for trace in data],
     )
-    return [trace for traces in batches for trace in traces]
+    traces = [trace for batch in batches for trace in batch]
+    n = len(prompts)
+    return [traces[start : start + n] for start in range(0, len(traces), n)]
 
 
 def _judged(inputs: CalibrationInputs, traces: Sequence[GenerationTrace], judge: Any) -> list:
@@ -175,7 +179,7 @@ def _choose_tracker(
     compared = available if tracker == "auto" else list(dict.fromkeys([*available, tracker]))
     plain: dict[str, list[GenerationTrace]] = {}
     for name in compared:
-        plain[name] = _generate(inputs, Unsteered(tracker=name), steering)
+        plain[name] = _generate(inputs, Unsteered(tracker=name), steering)[0]
         bar.update(1)
     first = next(iter(plain.values()))
     truthful = [bool(v.truthful) for v in _judged(inputs, first, judge_by_name(inputs.judge))]
@@ -244,7 +248,7 @@ def _threshold_and_strengths(inputs, calibration, steering, unsteered, bar, rng)
         # those of the K heads: read the same unsteered answers with them, and take
         # the generation threshold (and its detection scores) there
         with section("unsteered answers at K"):
-            unsteered = _generate(inputs, Unsteered(tracker=calibration.tracker), steering)
+            unsteered = _generate(inputs, Unsteered(tracker=calibration.tracker), steering)[0]
         bar.update(1)
         truthful = calibration.readings["truthful"]
         policy = inputs.thresholded(calibration.tracker)
@@ -357,19 +361,23 @@ def _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng) ->
     truth, info = judge_by_name(inputs.judge), judge_by_name(inputs.info_judge)
     base = replace(inputs.settings, tracker=calibration.tracker)
 
-    def evaluator(make: Any) -> Evaluator:
-        def evaluate_one(alpha: float, threshold: float | None) -> Scores:
-            traces = _generate(inputs, make(alpha, threshold), steering, unsteered)
-            true = [float(bool(v.truthful)) for v in _judged(inputs, traces, truth)]
-            informative = [float(bool(v.informative)) for v in _judged(inputs, traces, info)]
-            bar.update(1)
-            return {
-                "true_x_info": [t * i for t, i in zip(true, informative, strict=True)],
-                "true": true,
-                "info": informative,
-            }
+    def scores(traces: list[GenerationTrace]) -> Scores:
+        true = [float(bool(v.truthful)) for v in _judged(inputs, traces, truth)]
+        informative = [float(bool(v.informative)) for v in _judged(inputs, traces, info)]
+        return {
+            "true_x_info": [t * i for t, i in zip(true, informative, strict=True)],
+            "true": true,
+            "info": informative,
+        }
 
-        return lambda settings: [evaluate_one(*setting) for setting in settings]
+    def evaluator(make: Any) -> Evaluator:
+        def evaluate(settings: list[tuple[float, float | None]]) -> list[Scores]:
+            policies = [make(alpha, threshold) for alpha, threshold in settings]
+            generated = _generate(inputs, policies, steering, unsteered)
+            bar.update(len(settings))
+            return [scores(traces) for traces in generated]
+
+        return evaluate
 
     specs = searched_specs(inputs.artifacts)
     evaluators = {spec.name: evaluator(build_searched(spec, base)) for spec in specs}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -178,28 +179,19 @@ def anchored_heads(
     *,
     n_layers: int,
     n_heads: int,
-    accuracy: Sequence[float] | None = None,
-    n_named: int = 10,
-    title: str = "Anchored heads and how their steering directions separate answers",
-    subtitle: str | None = None,
+    **view: Any,
 ) -> go.Figure:
     """Where the anchored heads sit (left) and how their directions separate classes (right).
 
     ``z`` holds the anchored heads' activations ``[n, k, d_head]`` (e.g.
     ``activations.heads(heads)``), ``directions`` their steering directions ``[k, d_head]``
-    and ``labels`` the prompts' 1/0 labels. See :func:`anchored_heads_from_projections`.
+    and ``labels`` the prompts' 1/0 labels. The figure is
+    :func:`anchored_heads_from_projections` of their projections, and ``view`` takes its
+    other options (``accuracy``, ``n_named``, ``title``, ``subtitle``).
     """
     projections = (z * directions[None]).sum(-1)  # [n, k]
     return anchored_heads_from_projections(
-        heads,
-        projections,
-        labels,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        accuracy=accuracy,
-        n_named=n_named,
-        title=title,
-        subtitle=subtitle,
+        heads, projections, labels, n_layers=n_layers, n_heads=n_heads, **view
     )
 
 

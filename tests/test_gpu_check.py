@@ -10,7 +10,7 @@ from fasb_lens import cli
 from fasb_lens.bench.gpu_check import (
     CheckResult,
     GpuCheckSettings,
-    _agreement_status,
+    agreement_status,
     report_lines,
     run_checks,
     throughput_estimate,
@@ -22,13 +22,13 @@ from fasb_lens.models import ModelOptions
 def test_token_agreement_and_its_verdict() -> None:
     same = token_agreement([[1, 2], [3]], [[1, 2], [3]])
     assert same == {"equal": 2, "answers": 2, "first_difference": None}
-    assert _agreement_status(same, True, "equal")[0] == "ok"
+    assert agreement_status(same, True, "equal")[0] == "ok"
     one_off = token_agreement([[1, 2], [3], [4]], [[1, 5], [3], [4]])
     assert one_off["first_difference"] == {"answer": 0, "token": 1}
-    status, detail = _agreement_status(one_off, True, "token-equal")
+    status, detail = agreement_status(one_off, True, "token-equal")
     assert status == "warn" and "answer 0 differs from token 1" in detail
     shorter = token_agreement([[1, 2]], [[1]])
-    assert _agreement_status(shorter, False, "equal")[0] == "FAIL"
+    assert agreement_status(shorter, False, "equal")[0] == "FAIL"
 
 
 def test_throughput_estimate_is_the_roofline() -> None:

@@ -27,8 +27,8 @@ from fasb_lens.data.mc import (
     option_prompts,
 )
 from fasb_lens.data.schema import MultipleChoiceItem
+from fasb_lens.evaluation.mc_dataset import evaluate_dataset
 from fasb_lens.evaluation.mc_items import predict, score_item
-from fasb_lens.evaluation.mc_suite import evaluate_dataset
 from fasb_lens.models import forward, tokenize
 from fasb_lens.policies import PolicySettings, Unsteered
 from fasb_lens.scoring import AnswerScore, PrefixScorer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -62,6 +63,32 @@ def _outline_key(name: str = "anchored heads (outlined)") -> go.Scatter:
     )
 
 
+def _hover_labels(
+    grids: Sequence[tuple[str, Tensor]], order: Tensor, scale: float, unit: str, digits: int
+) -> list[list[str]]:
+    """Each shown cell's hover text: its real head, then its value in every named grid
+    (the first is the one shown); ``order`` maps a shown column to its head."""
+    n_layers, n_heads = order.shape
+    labels = [["" for _ in range(n_heads)] for _ in range(n_layers)]
+    for layer in range(n_layers):
+        for column in range(n_heads):
+            head = int(order[layer, column])
+            parts = [f"layer {layer}, head {head}"]
+            parts += [
+                f"{name}: {scale * float(values[layer, head]):.{digits}f}{unit}"
+                for name, values in grids
+            ]
+            labels[layer][column] = "<br>".join(parts)
+    return labels
+
+
+def _centred_bounds(values: Tensor, zmid: float) -> dict[str, float]:
+    """A diverging scale's ends: as far below ``zmid`` as the farthest value is from it,
+    and as far above (blank cells ignored)."""
+    spread = float(torch.nan_to_num(values - zmid, nan=0.0).abs().max()) or 1.0
+    return {"zmin": zmid - spread, "zmax": zmid + spread}
+
+
 def head_heatmap(
     values: Tensor,
     *,
@@ -96,26 +123,9 @@ def head_heatmap(
     if sort_within_layer:
         order = torch.nan_to_num(values, nan=-math.inf).argsort(dim=1, descending=True)
     shown = values.gather(1, order) * scale
-    extra = dict(extra or {})
-    unit = "%" if percent else ""
-    digits = 1 if percent else 3
-    labels = [["" for _ in range(n_heads)] for _ in range(n_layers)]
-    for layer in range(n_layers):
-        for column in range(n_heads):
-            head = int(order[layer, column])
-            parts = [
-                f"layer {layer}, head {head}",
-                f"{colorbar}: {scale * float(values[layer, head]):.{digits}f}{unit}",
-            ]
-            parts += [
-                f"{name}: {scale * float(grid[layer, head]):.{digits}f}{unit}"
-                for name, grid in extra.items()
-            ]
-            labels[layer][column] = "<br>".join(parts)
-    bounds: dict[str, float] = {}
-    if zmid is not None:
-        spread = float(torch.nan_to_num(values - zmid, nan=0.0).abs().max()) or 1.0
-        bounds = {"zmin": zmid - spread, "zmax": zmid + spread}
+    grids = [(colorbar, values), *(extra or {}).items()]
+    labels = _hover_labels(grids, order, scale, "%" if percent else "", 1 if percent else 3)
+    bounds = {} if zmid is None else _centred_bounds(values, zmid)
     figure = go.Figure(
         go.Heatmap(
             z=grid(shown),
@@ -169,66 +179,33 @@ def anchored_heads(
     *,
     n_layers: int,
     n_heads: int,
-    accuracy: Sequence[float] | None = None,
-    n_named: int = 10,
-    title: str = "Anchored heads and how their steering directions separate answers",
-    subtitle: str | None = None,
+    **view: Any,
 ) -> go.Figure:
     """Where the anchored heads sit (left) and how their directions separate classes (right).
 
     ``z`` holds the anchored heads' activations ``[n, k, d_head]`` (e.g.
     ``activations.heads(heads)``), ``directions`` their steering directions ``[k, d_head]``
-    and ``labels`` the prompts' 1/0 labels. See :func:`anchored_heads_from_projections`.
+    and ``labels`` the prompts' 1/0 labels. The figure is
+    :func:`anchored_heads_from_projections` of their projections, and ``view`` takes its
+    other options (``accuracy``, ``n_named``, ``title``, ``subtitle``).
     """
     projections = (z * directions[None]).sum(-1)  # [n, k]
     return anchored_heads_from_projections(
-        heads,
-        projections,
-        labels,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        accuracy=accuracy,
-        n_named=n_named,
-        title=title,
-        subtitle=subtitle,
+        heads, projections, labels, n_layers=n_layers, n_heads=n_heads, **view
     )
 
 
-def anchored_heads_from_projections(
+def _head_positions(
+    figure: go.Figure,
     heads: Sequence[Head],
-    projections: Tensor,
-    labels: Tensor,
-    *,
+    named: int,
     n_layers: int,
     n_heads: int,
-    accuracy: Sequence[float] | None = None,
-    n_named: int = 10,
-    title: str = "Anchored heads and how their steering directions separate answers",
-    subtitle: str | None = None,
-) -> go.Figure:
-    """The anchored heads (``heads`` best first) on the layer x head grid, and how true
-    and false answers project on their directions (``projections``: ``[n, k]``).
-
-    Left, every head of the model is a grey cell and the anchored ones are coloured by
-    rank; only the best ``n_named`` are numbered, so a large K stays readable. Right, a
-    box per class for each of those ``n_named`` heads and one for all the other anchored
-    heads together. Projections are standardised per head (minus its mean, over its
-    standard deviation across all prompts) so heads of different scales share one axis and
-    can be pooled; the boxes carry their quartiles only, which keeps the file small
-    whatever the number of prompts.
-    """
+    accuracy: Sequence[float] | None,
+) -> None:
+    """The left panel: every head of the model a grey cell, the anchored ones coloured by
+    rank on top, the best ``named`` numbered."""
     k = len(heads)
-    named = min(n_named, k)
-    figure = make_subplots(
-        rows=1,
-        cols=2,
-        column_widths=[0.32, 0.68],
-        horizontal_spacing=0.1,
-        subplot_titles=(
-            f"{k} anchored heads (best {named} numbered)",
-            "true vs false answers on each head's direction",
-        ),
-    )
     everything = [(head, layer) for layer in range(n_layers) for head in range(n_heads)]
     figure.add_trace(
         go.Scatter(
@@ -269,6 +246,14 @@ def anchored_heads_from_projections(
         row=1,
         col=1,
     )
+
+
+def _projection_boxes(
+    figure: go.Figure, heads: Sequence[Head], projections: Tensor, labels: Tensor, named: int
+) -> None:
+    """The right panel: per class, a box of the standardised projections for each of the
+    best ``named`` heads and one pooling the other anchored heads."""
+    k = len(heads)
     values = projections.float()
     centred = (values - values.mean(0)) / values.std(0).clamp_min(1e-12)
     groups = [(str(heads[i]), [i]) for i in range(named)]
@@ -289,6 +274,45 @@ def anchored_heads_from_projections(
             row=1,
             col=2,
         )
+
+
+def anchored_heads_from_projections(
+    heads: Sequence[Head],
+    projections: Tensor,
+    labels: Tensor,
+    *,
+    n_layers: int,
+    n_heads: int,
+    accuracy: Sequence[float] | None = None,
+    n_named: int = 10,
+    title: str = "Anchored heads and how their steering directions separate answers",
+    subtitle: str | None = None,
+) -> go.Figure:
+    """The anchored heads (``heads`` best first) on the layer x head grid, and how true
+    and false answers project on their directions (``projections``: ``[n, k]``).
+
+    Left, every head of the model is a grey cell and the anchored ones are coloured by
+    rank; only the best ``n_named`` are numbered, so a large K stays readable. Right, a
+    box per class for each of those ``n_named`` heads and one for all the other anchored
+    heads together. Projections are standardised per head (minus its mean, over its
+    standard deviation across all prompts) so heads of different scales share one axis and
+    can be pooled; the boxes carry their quartiles only, which keeps the file small
+    whatever the number of prompts.
+    """
+    k = len(heads)
+    named = min(n_named, k)
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.32, 0.68],
+        horizontal_spacing=0.1,
+        subplot_titles=(
+            f"{k} anchored heads (best {named} numbered)",
+            "true vs false answers on each head's direction",
+        ),
+    )
+    _head_positions(figure, heads, named, n_layers, n_heads, accuracy)
+    _projection_boxes(figure, heads, projections, labels, named)
     figure.update_xaxes(title_text="head", range=[-0.5, n_heads - 0.5], dtick=1, row=1, col=1)
     figure.update_yaxes(title_text="layer", range=[-0.5, n_layers - 0.5], row=1, col=1)
     figure.update_xaxes(title_text="anchored head (best first)", tickangle=-45, row=1, col=2)

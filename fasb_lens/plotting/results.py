@@ -32,6 +32,29 @@ def _pair_label(pair: str) -> str:
     return pair.replace(" x ", " × ")
 
 
+def _judge_pairs(policies: Mapping[str, Any]) -> list[str]:
+    """The judge pairs a summary scored (the sections of the policies' means), sorted."""
+    return sorted(
+        {k for m in policies.values() for k, v in m["mean"].items() if isinstance(v, dict)}
+    )
+
+
+def _bar_values(
+    entries: Sequence[Mapping[str, Any]], key: str, pair: str | None
+) -> tuple[list[float | None], list[float], list[float]]:
+    """Each policy's bar on one metric in percent, and its whisker's reach below and
+    above the bar (0 where either end is missing)."""
+    means: list[float | None] = []
+    lows, highs = [], []
+    for entry in entries:
+        mean = _value(entry["mean"], key, pair)
+        low, high = _whisker(entry, key, pair)
+        means.append(None if mean is None else 100 * mean)
+        lows.append(100 * (mean - low) if mean is not None and low is not None else 0.0)
+        highs.append(100 * (high - mean) if mean is not None and high is not None else 0.0)
+    return means, lows, highs
+
+
 def method_comparison(
     summary: Mapping[str, Any], *, judge_pairs: Sequence[str] | None = None
 ) -> go.Figure:
@@ -44,13 +67,7 @@ def method_comparison(
     distance from it.
     """
     policies = _policies(summary)
-    pairs = (
-        list(judge_pairs)
-        if judge_pairs is not None
-        else sorted(
-            {k for m in policies.values() for k, v in m["mean"].items() if isinstance(v, dict)}
-        )
-    )
+    pairs = list(judge_pairs) if judge_pairs is not None else _judge_pairs(policies)
     rows: list[list[tuple[str, str | None]]] = [[(key, None) for key in MC_METRICS]]
     rows += [[(key, pair) for key in PAIR_METRICS] for pair in pairs]
     names = list(policies)
@@ -75,14 +92,7 @@ def method_comparison(
     )
     for r, (row, mine) in enumerate(zip(rows, members, strict=True), start=1):
         for c, (key, pair) in enumerate(row, start=1):
-            means: list[float | None] = []
-            lows, highs = [], []
-            for name in mine:
-                mean = _value(policies[name]["mean"], key, pair)
-                low, high = _whisker(policies[name], key, pair)
-                means.append(None if mean is None else 100 * mean)
-                lows.append(100 * (mean - low) if mean is not None and low is not None else 0.0)
-                highs.append(100 * (high - mean) if mean is not None and high is not None else 0.0)
+            means, lows, highs = _bar_values([policies[name] for name in mine], key, pair)
             figure.add_trace(
                 go.Bar(
                     x=means,

@@ -91,6 +91,66 @@ def _star(figure, col, name, label, points, at: float, style: _LineStyle, x: str
     return True
 
 
+def _facet_panels(
+    facets: Sequence[Any], facet: str | None, facet_titles: Mapping[Any, str] | None
+) -> go.Figure:
+    """One panel per facet value, side by side on one y axis, titled (with a facet)."""
+    titles = [
+        (facet_titles or {}).get(value, f"{facet} {value}") if facet else "" for value in facets
+    ]
+    return make_subplots(
+        rows=1,
+        cols=len(facets),
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+        subplot_titles=titles if facet else None,
+    )
+
+
+def _chosen_off_the_sweep(
+    figure: go.Figure,
+    col: int,
+    missed: Mapping[float, Sequence[Hashable]],
+    colors: Mapping[Hashable, str],
+    log_x: bool,
+) -> None:
+    """A dotted vertical line at each chosen ``x`` that its line has no point at, in the
+    line's colour (grey when several lines share it)."""
+    for at, names in missed.items():
+        figure.add_vline(
+            x=math.log10(at) if log_x and at > 0 else at,  # shapes take log units
+            line={
+                "color": colors[names[0]] if len(names) == 1 else MUTED_COLOR,
+                "dash": "dot",
+                "width": 1.5,
+            },
+            row=1,
+            col=col,
+        )
+
+
+def _no_steering(figure: go.Figure, col: int, level: float) -> None:
+    """The unsteered model's level in panel ``col``: a dashed, labelled horizontal line."""
+    figure.add_hline(
+        y=level,
+        line=UNSTEERED_LINE,
+        annotation_text="no steering",
+        annotation_position="bottom right",
+        row=1,
+        col=col,
+    )
+
+
+def _marks(chosen: Mapping[Any, float] | None, unsteered: Any) -> str | None:
+    """The default subtitle: what the stars and the dashed line mean, where drawn."""
+    marks = []
+    if chosen:
+        marks.append("star: the calibrated choice")
+    if unsteered is not None:
+        marks.append("dashed: no steering")
+    return "; ".join(marks) if marks else None
+
+
 def sweep_lines(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -135,16 +195,7 @@ def sweep_lines(
     facets = list(dict.fromkeys(row[facet] for row in rows)) if facet else [None]
     colors = _group_colors(groups)
     in_legend: set[Hashable] = set()
-    titles = [
-        (facet_titles or {}).get(value, f"{facet} {value}") if facet else "" for value in facets
-    ]
-    figure = make_subplots(
-        rows=1,
-        cols=len(facets),
-        shared_yaxes=True,
-        horizontal_spacing=0.05,
-        subplot_titles=titles if facet else None,
-    )
+    figure = _facet_panels(facets, facet, facet_titles)
     style = _LineStyle(colors, dict(labels or {}), "hv" if steps else "linear", steps)
     for col, value in enumerate(facets, start=1):
         mine = [row for row in rows if facet is None or row[facet] == value]
@@ -158,42 +209,18 @@ def sweep_lines(
             at = (chosen or {}).get(name if facet is None else (value, name))
             if at is not None and not _star(figure, col, name, label, points, at, style, x):
                 missed.setdefault(at, []).append(name)
-        for at, names in missed.items():  # chosen but not swept: a dotted line at it
-            figure.add_vline(
-                x=math.log10(at) if log_x and at > 0 else at,  # shapes take log units
-                line={
-                    "color": colors[names[0]] if len(names) == 1 else MUTED_COLOR,
-                    "dash": "dot",
-                    "width": 1.5,
-                },
-                row=1,
-                col=col,
-            )
+        _chosen_off_the_sweep(figure, col, missed, colors, log_x)
         level = unsteered.get(value) if isinstance(unsteered, Mapping) else unsteered
         if level is not None:
-            figure.add_hline(
-                y=scale * level,
-                line=UNSTEERED_LINE,
-                annotation_text="no steering",
-                annotation_position="bottom right",
-                row=1,
-                col=col,
-            )
+            _no_steering(figure, col, scale * level)
         figure.update_xaxes(
             title_text=metric_label(x), type="log" if log_x else "linear", row=1, col=col
         )
     figure.update_yaxes(title_text=metric_label(y, percent=percent), row=1, col=1)
-    marks = []
-    if chosen:
-        marks.append("star: the calibrated choice")
-    if unsteered is not None:
-        marks.append("dashed: no steering")
-    if subtitle is None and marks:
-        subtitle = "; ".join(marks)
     return finish(
         figure,
         title or f"{metric_label(y, percent=False)} against {metric_label(x)}",
-        subtitle=subtitle,
+        subtitle=_marks(chosen, unsteered) if subtitle is None else subtitle,
         legend="right",
     )
 

@@ -27,9 +27,13 @@ class Bounds:
     maximum: float | None = None
     above: float | None = None
     below: float | None = None
+    infinite: bool = False
+    """Whether ``inf`` is allowed (a limit that does not bind)."""
 
     def problem(self, value: float) -> str | None:
         """What is wrong with ``value``, or ``None``."""
+        if self.infinite and value == float("inf"):
+            return None
         if value != value or value in (float("inf"), float("-inf")):
             return f"must be a finite number, got {value}"
         low = (self.minimum is None or value >= self.minimum) and (

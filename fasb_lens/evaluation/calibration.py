@@ -14,6 +14,7 @@ objective, how the threshold's readings are taken) are in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,8 +23,16 @@ from typing import Any
 import numpy as np
 
 from fasb_lens import storage
+from fasb_lens.evaluation.fluency import Cost
 from fasb_lens.evaluation.run import upgrade_record
-from fasb_lens.evaluation.search import JointResult, Scores, Search, Setting, joint_search
+from fasb_lens.evaluation.search import (
+    JointResult,
+    Scores,
+    Search,
+    Setting,
+    joint_search,
+    threshold_key,
+)
 from fasb_lens.policies import Policy, PolicySettings, PolicySpec, policy_spec, searched
 from fasb_lens.profiling import section
 
@@ -54,6 +63,10 @@ class Calibration:
     sweep: list[dict[str, Any]] = field(default_factory=list)
     readings: dict[str, Any] = field(default_factory=dict)
     unsteered: dict[str, dict[str, float]] = field(default_factory=dict)
+    fluency: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """``fluency[task][policy]``: the chosen strength's fluency cost (``kl``, nats per
+    token, :mod:`fasb_lens.evaluation.fluency`) and the budget (``max_kl``); in
+    generation also the validation Info rate at the chosen setting (``info``)."""
     push: dict[str, float] = field(default_factory=dict)
     """The chosen heads' push on the residual stream at strength 1, learnt and random
     (:func:`~fasb_lens.policies.controls.push_report`)."""
@@ -140,6 +153,8 @@ def search_policies(
     readings: Sequence[float] | None = None,
     threshold: float | None = None,
     started: Search | None = None,
+    costs: Mapping[str, Cost] | None = None,
+    max_cost: float = math.inf,
 ) -> JointResult:
     """Every searched policy's strength (``evaluators``: one per policy name, searched
     first-to-last as :func:`searched_specs` orders them) on the objectives ``keys``.
@@ -150,19 +165,29 @@ def search_policies(
     policy's strength with as many evaluations. Without, each policy is searched at
     ``threshold`` (the thresholded one; the others have none), and all are filled to the
     largest count. Each policy's evaluations are profiled as ``TASK search NAME``.
+    ``costs`` (per policy name) and ``max_cost`` are the fluency budget each search
+    keeps to (:mod:`fasb_lens.evaluation.fluency`).
     """
     evaluators = {
         name: _in_section(f"{task} search {name}", evaluate)
         for name, evaluate in evaluators.items()
     }
+    costs = costs or {}
     searches = {
-        name: Search(_single(evaluate), keys, evaluate_many=evaluate)
+        name: Search(
+            _single(evaluate),
+            keys,
+            evaluate_many=evaluate,
+            cost=costs.get(name),
+            max_cost=max_cost,
+        )
         for name, evaluate in evaluators.items()
     }
     grids = {name: policy_spec(name).search.grids[task] for name in searches}  # type: ignore[union-attr]
     first = next(iter(searches))
     if started is not None:  # its settings tried so far, evaluated from now on like the others
         started.evaluate, started.evaluate_many = searches[first].evaluate, evaluators[first]
+        started.cost, started.max_cost = searches[first].cost, max_cost
         searches[first] = started
     if policy_spec(first).search.threshold and readings is not None:  # type: ignore[union-attr]
         others = {name: search for name, search in searches.items() if name != first}
@@ -178,6 +203,26 @@ def search_policies(
         strengths[name] = float(search.best(at))
         uncertainty[name] = search.bootstrap(rng)
     return JointResult(strengths, threshold, uncertainty, searches)  # type: ignore[arg-type]
+
+
+def record_fluency(
+    calibration: Calibration, task: str, chosen: JointResult, extra: tuple[str, ...] = ()
+) -> None:
+    """Keep each chosen strength's fluency cost and budget (and the validation means of
+    ``extra`` objectives at the chosen setting) in ``calibration.fluency[task]``."""
+    kept: dict[str, dict[str, float]] = {}
+    for name, search in chosen.searches.items():
+        if search.cost is None:
+            continue
+        alpha = chosen.strengths[name]
+        at = chosen.threshold if policy_spec(name).search.threshold else None  # type: ignore[union-attr]
+        scores = search.tried.get((round(alpha, 9), threshold_key(at)), {})
+        kept[name] = {
+            "kl": search.cost(alpha),
+            "max_kl": search.max_cost,
+            **{key: float(np.mean(scores[key])) for key in extra if key in scores},
+        }
+    calibration.fluency[task] = kept
 
 
 def _in_section(name: str, evaluate: Evaluator) -> Evaluator:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fasb_lens.anchoring import AnchoringSettings
 from fasb_lens.data.mc import DATASETS, dataset
+from fasb_lens.evaluation.fluency import DEFAULT_MAX_KL
 from fasb_lens.evaluation.judges import JUDGES
 from fasb_lens.models import ModelOptions
 from fasb_lens.multiple_choice import AnswerSource
@@ -147,6 +148,12 @@ class ExperimentConfig:
     )
     question_protocol: bool = option(
         True, help="leave out the leak-free multiple-choice protocol (one decision per question)"
+    )
+    max_kl: float = option(
+        DEFAULT_MAX_KL,
+        help="fluency budget of calibration: no strength whose next-token KL from the "
+        "unsteered model on validation answers exceeds it, in nats per token (inf: none)",
+        bounds=Bounds(above=0, infinite=True),
     )
     calibration_questions: int | None = None
     calibration_judge: str = "embedding-acc"

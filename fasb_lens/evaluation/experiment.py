@@ -257,6 +257,7 @@ class Experiment:
             judge=config.calibration_judge,
             info_judge=config.calibration_info_judge,
             progress=self.progress,
+            max_kl=config.max_kl,
         )
         calibration, steering = calibrate_fold(
             inputs,

@@ -11,7 +11,9 @@ searches a FASB-like family's strength and threshold together (thresholds from q
 of the tracker's readings) and gives every other family the same number of evaluations
 (more only where filling that budget left its best on an edge, :meth:`Search.fill`).
 Each choice comes with a bootstrap over the validation items: how often it wins when they
-are resampled, and the range of the winners.
+are resampled, and the range of the winners. A search given a fluency cost
+(:mod:`fasb_lens.evaluation.fluency`) never evaluates, extends to or chooses a strength
+over its budget: a strength that breaks the model's language is not a setting.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 MAX_EXTENSIONS = 4
+MAX_HALVINGS = 20
 THRESHOLD_QUANTILES = (0.25, 0.5, 0.75)
 BOOTSTRAP = 200
 
@@ -97,6 +100,26 @@ class Search:
     evaluate_many: Callable[[list[Setting]], list[Scores]] | None = None
     unsteered: float | None = None
     """The first objective at strength 0, once the search needed it (:meth:`_off_worse`)."""
+    cost: Callable[[float], float] | None = None
+    """The fluency cost of a strength; with :attr:`max_cost` its budget (none: no limit)."""
+    max_cost: float = math.inf
+
+    def fluent(self, alpha: float) -> bool:
+        """Whether ``alpha`` is within the fluency budget."""
+        return self.cost is None or self.cost(alpha) <= self.max_cost
+
+    def fluent_grid(self, grid: Sequence[float]) -> list[float]:
+        """The grid's strengths within the budget; when none is, the largest of its
+        smallest strength's halvings that is (a strength is then at least tried)."""
+        kept = [alpha for alpha in grid if self.fluent(alpha)]
+        if kept or not grid:
+            return kept
+        alpha = min(grid)
+        for _ in range(MAX_HALVINGS):
+            alpha /= 2
+            if self.fluent(alpha):
+                break
+        return [alpha]
 
     def score(self, alpha: float, threshold: float | None = None) -> Scores:
         return self.score_all([(alpha, threshold)])[0]
@@ -129,13 +152,17 @@ class Search:
         return round(alpha, 9), key
 
     def best(self, threshold: float | None = None) -> float:
-        """The best strength tried at ``threshold`` (ties: the smaller strength)."""
+        """The best strength tried at ``threshold`` within the fluency budget (ties: the
+        smaller strength)."""
         return max(self._at(threshold), key=lambda a: (*self._rank(a, threshold), -a))
 
     def _at(self, threshold: float | None) -> list[float]:
-        """The strengths tried at ``threshold``."""
+        """The strengths tried at ``threshold`` within the fluency budget (the weakest
+        tried if none is)."""
         key = threshold_key(threshold)
-        return [alpha for alpha, at in self.tried if at == key]
+        tried = [alpha for alpha, at in self.tried if at == key]
+        fluent = [alpha for alpha in tried if self.fluent(alpha)]
+        return fluent or ([min(tried)] if tried else [])
 
     def _rank(self, alpha: float, threshold: float | None) -> tuple[float, ...]:
         """A tried setting's objectives, as the search ranks them."""
@@ -145,7 +172,7 @@ class Search:
         """Grid, extension (x2 or /2, :func:`beyond_edge`) while the best is on an edge,
         or off a grid that does no better than no steering (:meth:`_off_worse`), then
         refinement around the best."""
-        self.score_all([(alpha, threshold) for alpha in grid])
+        self.score_all([(alpha, threshold) for alpha in self.fluent_grid(grid)])
         for _ in range(MAX_EXTENSIONS):
             tried = self._at(threshold)
             firsts = {self._rank(alpha, threshold)[0] for alpha in tried}
@@ -155,11 +182,12 @@ class Search:
                 step = self._edge(threshold) if len(firsts) > 1 else None
                 if step is None:
                     step = self._off_worse(tried, threshold)
-            if step is None:
+            if step is None or not self.fluent(step):
                 break
             self.score(step, threshold)
         best = self.best(threshold)
-        self.score_all([(best * factor, threshold) for factor in (2**-0.5, 2**0.5)])
+        around = [best * factor for factor in (2**-0.5, 2**0.5)]
+        self.score_all([(alpha, threshold) for alpha in around if self.fluent(alpha)])
         return self.best(threshold)
 
     def _off_worse(self, tried: Sequence[float], threshold: float | None) -> float | None:
@@ -196,6 +224,7 @@ class Search:
                 continue
             best = self.best(threshold)
             pair = [(best * 2 ** (sign * step / 4), threshold) for sign in (-1, 1)]
+            pair = [setting for setting in pair if self.fluent(setting[0])]
             self.score_all(pair[: budget - len(self.tried)])
             step += 1
 
@@ -209,14 +238,16 @@ class Search:
 
     def _edge(self, threshold: float | None) -> float | None:
         """The next strength beyond the best when the best is on an edge, at least
-        :attr:`min_gain` above its neighbour (None if not)."""
-        return beyond_edge(
+        :attr:`min_gain` above its neighbour, and within the fluency budget (None if
+        not)."""
+        edge = beyond_edge(
             self._at(threshold),
             lambda alpha: self._rank(alpha, threshold),
             lambda alpha: alpha * 2,
             lambda alpha: alpha / 2,
             min_gain=self.min_gain,
         )
+        return edge if edge is not None and self.fluent(edge) else None
 
     def bootstrap(self, rng: np.random.RandomState) -> dict[str, Any]:
         """How often the chosen setting wins when validation questions are resampled.
@@ -224,8 +255,7 @@ class Search:
         Each resample ranks the settings as the choice does: by every objective in turn
         (ties of the first broken by the second), then the smaller strength.
         """
-        settings = list(self.tried)
-
+        settings = [s for s in self.tried if self.fluent(s[0])] or list(self.tried)
         columns = {s: {k: np.asarray(self.tried[s][k]) for k in self.keys} for s in settings}
 
         def winner(rows: np.ndarray | slice) -> tuple[float, float | None]:
@@ -261,6 +291,7 @@ class Search:
                 "threshold": threshold,
                 "top_k": top_k,
                 **{k: float(np.mean(v)) for k, v in scores.items()},
+                **({} if self.cost is None else {"kl": self.cost(alpha)}),
             }
             for (alpha, threshold), scores in self.tried.items()
         ]
@@ -351,7 +382,11 @@ def joint_search(
         if edge is None:
             break
         quantiles.append(edge)
-    ranked = thresholded.tried
+    ranked = {
+        setting: scores
+        for setting, scores in thresholded.tried.items()
+        if thresholded.fluent(setting[0])
+    } or thresholded.tried
     alpha, beta = max(ranked, key=lambda st: (*rank_key(ranked[st], thresholded.keys), -st[0]))
     alpha = thresholded.strengths([alpha], beta)
     strengths = {family: float(alpha)}

@@ -37,9 +37,11 @@ from fasb_lens.evaluation.calibration import (
     Evaluator,
     build_searched,
     next_k_edge,
+    record_fluency,
     search_policies,
     searched_specs,
 )
+from fasb_lens.evaluation.fluency import DEFAULT_MAX_KL, Cost, FluencyProbe
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.search import Scores, Search, choose_threshold, detection_auc, rank_key
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
@@ -75,6 +77,19 @@ class CalibrationInputs:
     judge: str = "embedding-acc"
     info_judge: str = "info-check"
     progress: bool = True
+    max_kl: float = DEFAULT_MAX_KL
+    """The fluency budget of every strength search (:mod:`fasb_lens.evaluation.fluency`)."""
+    fluency: FluencyProbe | None = None
+    """The probe measuring it, built on the validation questions when first needed."""
+
+    def costs(self, specs: Sequence[Any], steering: Steering) -> dict[str, Cost]:
+        """Each searched family's fluency cost on ``steering`` (its K heads)."""
+        if self.fluency is None:
+            self.fluency = FluencyProbe.build(self.model, self.questions)
+        return {
+            spec.name: self.fluency.family_cost(spec.build(self.settings), steering)
+            for spec in specs
+        }
 
     def thresholded(self, tracker: str) -> Policy:
         """The thresholded policy at the starting settings, reading ``tracker``."""
@@ -311,9 +326,15 @@ def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
             for values in item.scorer.readings(item.ids, calibration.tracker)
         ]
         evaluate = _mc_evaluator(items, build_searched(first, base), bar)
-        found = Search(lambda a, t: evaluate([(a, t)])[0], MC_KEYS, evaluate_many=evaluate)
+        found = Search(
+            lambda a, t: evaluate([(a, t)])[0],
+            MC_KEYS,
+            evaluate_many=evaluate,
+            cost=inputs.costs([first], subset)[first.name],
+            max_cost=inputs.max_kl,
+        )
         beta = float(np.quantile(checks, 0.5))
-        found.score_all([(alpha, beta) for alpha in first.search.grids["mc"]])
+        found.score_all([(alpha, beta) for alpha in found.fluent_grid(first.search.grids["mc"])])
         searches[k] = (found, items, checks)
 
     def best_value(k: int) -> tuple[float, ...]:
@@ -338,8 +359,16 @@ def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
         spec.name: _mc_evaluator(items, build_searched(spec, base), bar) for spec in specs
     }
     chosen = search_policies(
-        "mc", evaluators, MC_KEYS, rng=rng, readings=checks, started=thresholded
+        "mc",
+        evaluators,
+        MC_KEYS,
+        rng=rng,
+        readings=checks,
+        started=thresholded,
+        costs=inputs.costs(specs, with_k(steering, best_k)),
+        max_cost=inputs.max_kl,
     )
+    record_fluency(calibration, "mc", chosen)
     calibration.thresholds["mc"] = chosen.threshold
     calibration.strengths["mc"] = chosen.strengths
     calibration.uncertainty["mc"] = chosen.uncertainty
@@ -383,8 +412,15 @@ def _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng) ->
     evaluators = {spec.name: evaluator(build_searched(spec, base)) for spec in specs}
     threshold = calibration.thresholds["generation"]
     chosen = search_policies(
-        "generation", evaluators, GENERATION_KEYS, rng=rng, threshold=threshold
+        "generation",
+        evaluators,
+        GENERATION_KEYS,
+        rng=rng,
+        threshold=threshold,
+        costs=inputs.costs(specs, steering),
+        max_cost=inputs.max_kl,
     )
+    record_fluency(calibration, "generation", chosen, extra=("info",))
     calibration.strengths["generation"] = chosen.strengths
     calibration.uncertainty["generation"] = chosen.uncertainty
     for name, done in chosen.searches.items():

@@ -238,6 +238,16 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
         counts = {m: sum(r["policy"] == m for r in rows) for m in ("fixed", "fasb")}
         assert counts["fixed"] == counts["fasb"] > 0  # the same budget for every family
         assert set(result.uncertainty[task]) == {"fixed", "fasb"}
+    for task in ("mc", "generation"):
+        rows = [r for r in result.sweep if r["task"] == task]
+        for name in ("fixed", "fasb"):  # the sweep's rows, and no steering's reference
+            count = sum(r["policy"] == name for r in rows)
+            assert count <= result.evaluations[task][name] <= count + 1
+        fluency = result.fluency[task]
+        assert set(fluency) == {"fixed", "fasb"}
+        assert all(0 <= kept["kl"] <= kept["max_kl"] == 0.5 for kept in fluency.values())
+        assert all(0 <= r["kl"] for r in rows)
+    assert 0 <= result.fluency["generation"]["fasb"]["info"] <= 1
     result.save(tmp_path)
     assert Calibration.load(tmp_path) == result
     none, _ = calibrate_fold(dataclasses.replace(inputs, questions=questions[:2]), tasks=())

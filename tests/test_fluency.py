@@ -11,6 +11,7 @@ import pytest
 from fasb_lens.data import load_mini_truthfulqa
 from fasb_lens.evaluation.fluency import FluencyProbe
 from fasb_lens.evaluation.search import Search, joint_search
+from fasb_lens.evaluation.summary import searched
 from fasb_lens.policies import ITI
 
 
@@ -68,3 +69,15 @@ def test_the_probe_measures_a_strengths_kl(tiny_llama, tiny_anchoring) -> None:
     assert cost(8.0) == costs[2] and len(probe.costs) == 3  # measured once
     with pytest.raises(ValueError, match="at least one question"):
         FluencyProbe.build(tiny_llama, [])
+
+
+def test_the_table_says_what_each_choice_cost() -> None:
+    calibrations = {
+        "0": {"evaluations": {"mc": {"fasb": 30, "fixed": 20}, "generation": {"fasb": 9}}},
+        "1": {"evaluations": {"mc": {"fasb": 3, "fixed": 4}}},
+    }
+    assert searched(calibrations, "fasb") == "33 / 9"
+    assert searched(calibrations, "fixed") == "24 / -"
+    assert searched(calibrations, "none") == "-"
+    for shares in ("fasb_no_backtrack", "fasb_random/0", "fasb_question"):
+        assert searched(calibrations, shares) == "fasb's"

@@ -67,6 +67,9 @@ class Calibration:
     """``fluency[task][policy]``: the chosen strength's fluency cost (``kl``, nats per
     token, :mod:`fasb_lens.evaluation.fluency`) and the budget (``max_kl``); in
     generation also the validation Info rate at the chosen setting (``info``)."""
+    evaluations: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``evaluations[task][policy]``: the settings each searched policy's choice cost (its
+    search budget; the thresholded policy's includes the K search)."""
     push: dict[str, float] = field(default_factory=dict)
     """The chosen heads' push on the residual stream at strength 1, learnt and random
     (:func:`~fasb_lens.policies.controls.push_report`)."""
@@ -91,7 +94,17 @@ class Calibration:
 
     def summary(self) -> dict[str, Any]:
         """The choices without the sweep and the readings (for ``results.json``)."""
-        keep = ("tracker", "top_k", "thresholds", "strengths", "trackers", "uncertainty", "push")
+        keep = (
+            "tracker",
+            "top_k",
+            "thresholds",
+            "strengths",
+            "trackers",
+            "uncertainty",
+            "fluency",
+            "evaluations",
+            "push",
+        )
         return {key: getattr(self, key) for key in keep}
 
     def save(self, path: str | Path) -> Path:
@@ -205,11 +218,26 @@ def search_policies(
     return JointResult(strengths, threshold, uncertainty, searches)  # type: ignore[arg-type]
 
 
-def record_fluency(
-    calibration: Calibration, task: str, chosen: JointResult, extra: tuple[str, ...] = ()
+def record_search(
+    calibration: Calibration,
+    task: str,
+    chosen: JointResult,
+    extra: tuple[str, ...] = (),
+    earlier: int = 0,
 ) -> None:
-    """Keep each chosen strength's fluency cost and budget (and the validation means of
-    ``extra`` objectives at the chosen setting) in ``calibration.fluency[task]``."""
+    """Keep what ``task``'s search chose in ``calibration``: strengths, threshold and their
+    bootstraps; each policy's number of evaluated settings (``earlier`` more for the
+    thresholded one, evaluated before it, e.g. choosing K); each chosen strength's fluency
+    cost and budget (and the validation means of ``extra`` objectives there)."""
+    calibration.strengths[task] = chosen.strengths
+    calibration.uncertainty[task] = chosen.uncertainty
+    if chosen.threshold is not None:
+        calibration.thresholds[task] = chosen.threshold
+    first = next(iter(chosen.searches))
+    calibration.evaluations[task] = {
+        name: search.evaluations + (earlier if name == first else 0)
+        for name, search in chosen.searches.items()
+    }
     kept: dict[str, dict[str, float]] = {}
     for name, search in chosen.searches.items():
         if search.cost is None:

@@ -26,11 +26,12 @@ from fasb_lens.decisions import Intervention
 from fasb_lens.interventions import hooked
 from fasb_lens.models import forward, model_device, pad, pad_token_id, tokenize
 
-DEFAULT_MAX_KL = 1.0
+DEFAULT_MAX_KL = 0.5
 """The fluency budget, in nats per token: a strength that moves the next-token
-distributions further than this on plain answers is not chosen. One nat is the divergence
-of a distribution from one whose favoured token lost about two thirds of its probability;
-the strengths that make this model repeat a word cost several."""
+distributions further than this on plain answers is not chosen. Measured on the embedded
+model (fold 0 of a 40-question run, every anchored head; ``docs/concepts/calibration.md``):
+ITI answers stay sentences up to 0.3 nats and start repeating a phrase at 1.0
+("I am a machine, I am a machine, ..."), and CAA stays fluent at 0.4 and breaks at 1.4."""
 
 PROBE_QUESTIONS = 16
 """Validation questions (with their best answers) the cost is measured on."""

@@ -104,6 +104,11 @@ class Search:
     """The fluency cost of a strength; with :attr:`max_cost` its budget (none: no limit)."""
     max_cost: float = math.inf
 
+    @property
+    def evaluations(self) -> int:
+        """The settings evaluated so far (no steering's reference included)."""
+        return len(self.tried) + (self.unsteered is not None)
+
     def fluent(self, alpha: float) -> bool:
         """Whether ``alpha`` is within the fluency budget."""
         return self.cost is None or self.cost(alpha) <= self.max_cost

@@ -240,7 +240,7 @@ def results_table(summary: dict[str, Any]) -> Table:
     head = ["Policy", "MC1", "MC2", "MC3", "MC steered (true / false)", "triggered"]
     for pair in pairs:
         head += [f"True ({pair})", "Info", "True*Info"]
-    table = Table([*head, "n (MC / gen.)"])
+    table = Table([*head, "n (MC / gen.)", "searched (MC / gen.)"])
     for name, entry in summary["policies"].items():
         mean, ci95 = entry["mean"], entry.get("ci95", {})
         row = [name] + [with_interval(mean.get(k, math.nan), ci95.get(k)) for k in MC_METRICS]
@@ -253,12 +253,31 @@ def results_table(summary: dict[str, Any]) -> Table:
                 for key in PAIR_METRICS
             ]
         row.append(f"{mean.get('n_mc', 0)} / {mean.get('n_generation', 0)}")
+        row.append(searched(summary.get("calibration", {}), name))
         table.rows.append(row)
     for name, reference in summary.get("references", {}).items():
         cells = [with_interval(reference["mean"][k], reference["ci95"][k]) for k in MC_METRICS]
         blank = ["-"] * (len(head) - 1 - len(cells))
-        table.rows.append([f"({name})", *cells, *blank, f"{reference['n_mc']} / -"])
+        table.rows.append([f"({name})", *cells, *blank, f"{reference['n_mc']} / -", "-"])
     return table
+
+
+def searched(calibrations: dict[str, dict[str, Any]], policy: str) -> str:
+    """How many settings the calibrations evaluated to choose ``policy``'s values, per task
+    and summed over folds; a policy that takes another's values names it."""
+    name = policy.partition("/")[0]
+    if name not in POLICIES.names():  # the leak-free protocol's NAME_question
+        name = name.removesuffix("_question")
+    source = POLICIES.get(name).calibrated_as
+    if source is None:
+        return "-"
+    if source != policy:
+        return f"{source}'s"
+    counts = [
+        sum(c.get("evaluations", {}).get(task, {}).get(source, 0) for c in calibrations.values())
+        for task in ("mc", "generation")
+    ]
+    return " / ".join(str(count) if count else "-" for count in counts)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:

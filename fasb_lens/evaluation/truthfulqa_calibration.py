@@ -37,7 +37,7 @@ from fasb_lens.evaluation.calibration import (
     Evaluator,
     build_searched,
     next_k_edge,
-    record_fluency,
+    record_search,
     search_policies,
     searched_specs,
 )
@@ -368,10 +368,8 @@ def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
         costs=inputs.costs(specs, with_k(steering, best_k)),
         max_cost=inputs.max_kl,
     )
-    record_fluency(calibration, "mc", chosen)
-    calibration.thresholds["mc"] = chosen.threshold
-    calibration.strengths["mc"] = chosen.strengths
-    calibration.uncertainty["mc"] = chosen.uncertainty
+    others = sum(found.evaluations for k, (found, _, _) in searches.items() if k != best_k)
+    record_search(calibration, "mc", chosen, earlier=others)
     calibration.sweep += [
         row
         for k, (tried, _, _) in searches.items()
@@ -420,8 +418,6 @@ def _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng) ->
         costs=inputs.costs(specs, steering),
         max_cost=inputs.max_kl,
     )
-    record_fluency(calibration, "generation", chosen, extra=("info",))
-    calibration.strengths["generation"] = chosen.strengths
-    calibration.uncertainty["generation"] = chosen.uncertainty
+    record_search(calibration, "generation", chosen, extra=("info",))
     for name, done in chosen.searches.items():
         calibration.sweep += done.rows("generation", name, calibration.top_k)

@@ -70,7 +70,7 @@ def _arithmetic(model, metric, edits, exact_s: float) -> dict[str, Any]:
     return {
         "exact_gflop": round(flops / 1e9, 2),
         "exact_achieved_gflops": round(flops / 1e9 / exact_s, 1),
-        "matmul_gflops": round(rate, 1),
+        "matmul_gflops": float(f"{rate:.3g}"),  # three figures: a slow machine reads well
         "exact_floor_s": round(flops / 1e9 / rate, 1),
         "exact_floor_note": (
             "the grid's matrix-product operations (exact_gflop, counted from the engine's "

@@ -27,7 +27,6 @@ on how many processes ran them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -44,23 +43,19 @@ from fasb_lens.anchoring import (
     truthfulqa_prompts,
 )
 from fasb_lens.data import TruthfulQAQuestion, context_prompts, load_prompt_format, load_questions
-from fasb_lens.decoding import PromptCache
 from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.config import ExperimentConfig
+from fasb_lens.evaluation.held_out import HeldOutEvaluation
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.policies import run_policies
-from fasb_lens.evaluation.records import fold_folder, generation_record, record_trace, run_logs
-from fasb_lens.evaluation.run import RunFolder, pending_chunks
+from fasb_lens.evaluation.records import fold_folder, run_logs
+from fasb_lens.evaluation.run import RunFolder
 from fasb_lens.evaluation.summary import write_summary
-from fasb_lens.evaluation.truthfulqa import decide_once
 from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
-from fasb_lens.generation import QA_STOP, GenerationConfig, generate
 from fasb_lens.models import model_shape, tokenize
-from fasb_lens.multiple_choice import MultipleChoice, evaluate_together
-from fasb_lens.policies import Policy, adjusted, policy_spec, push_report, redraw, setting
+from fasb_lens.policies import Policy, push_report
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.profiling import section
-from fasb_lens.scoring import ROWS
 from fasb_lens.splits import Split, authors_folds, authors_question_order, subsample_train
 from fasb_lens.steering import CAAVector, Steering
 from fasb_lens.trackers import TRACKERS
@@ -79,7 +74,7 @@ class _Fold:
     calibration: Calibration | None = None
 
 
-class Experiment:
+class Experiment(HeldOutEvaluation):
     """A run folder: anchoring per fold, evaluation, judging and the summary."""
 
     def __init__(
@@ -277,141 +272,6 @@ class Experiment:
     def _test_questions(self, fold: _Fold) -> list[TruthfulQAQuestion]:
         test = set(fold.split.test)
         return [question for question in self.questions if question.id in test]
-
-    def _question_policies(self, fold: _Fold, question: TruthfulQAQuestion) -> dict[str, Policy]:
-        """The leak-free protocol's policies for one question (``NAME_question``), decided
-        from the model's own unsteered answer (the ``none`` generation record) with the
-        generation threshold, at the multiple-choice strength."""
-        if not self.config.question_protocol or "generation" not in self.config.tasks:
-            return {}
-        record = self.records.get((fold.split.fold, question.id, "generation", "none"))
-        if record is None:
-            return {}
-        trace = record_trace(record)
-        decided = {}
-        for name, policy in fold.policies["mc"].items():
-            base, _, seed = name.partition("/")
-            if not policy_spec(base).leak_free:
-                continue
-            threshold = setting(fold.policies["generation"][name], "threshold")
-            label = f"{base}_question" + (f"/{seed}" if seed else "")
-            decided[label] = decide_once(adjusted(policy, threshold=threshold), trace)
-        return decided
-
-    def _drawn(self, name: str, policy: Policy, *where: Any) -> Policy:
-        """A control's policy with the random directions of its draw at ``where`` (a
-        question); other policies as they are."""
-        draw = name.partition("/")[2]
-        return redraw(policy, self.config.seed, draw, *where)
-
-    def _mc_policies(self, fold: _Fold, question: TruthfulQAQuestion) -> dict[str, Policy]:
-        named = {**fold.policies["mc"], **self._question_policies(fold, question)}
-        return {name: self._drawn(name, policy, question.id) for name, policy in named.items()}
-
-    def evaluate_mc(self, fold: _Fold) -> None:
-        """Every test question's multiple choice under every policy, :data:`ROWS` questions
-        at a time (their passes share forwards). A chunk with anything missing is scored
-        again whole, so that a question's scores always come from the same forwards (a
-        resumed run's equal an uninterrupted one's bit for bit)."""
-        questions = self._test_questions(fold)
-        key = fold.split.fold
-        bar = tqdm(
-            total=len(questions), desc=f"MC fold {key}", unit="question", disable=not self.progress
-        )
-        policies = {question.id: self._mc_policies(fold, question) for question in questions}
-
-        def missing(question: TruthfulQAQuestion) -> set[str]:
-            named = policies[question.id]
-            return {name for name in named if (key, question.id, "mc", name) not in self.records}
-
-        for chunk, wanted in distributed.share(pending_chunks(questions, ROWS, missing)):
-            self._score_chunk(fold, chunk, wanted, policies)
-            bar.update(len(chunk))
-        bar.close()
-
-    def _score_chunk(
-        self, fold: _Fold, chunk: list, wanted: list[set[str]], policies: dict
-    ) -> None:
-        """One chunk of test questions' multiple choice, every policy in shared forwards;
-        the records that were missing are appended."""
-        key = fold.split.fold
-        with section(f"fold {key}"):
-            choices = [
-                MultipleChoice(
-                    self.model,
-                    question,
-                    fmt=self.fmt,
-                    steering=fold.steering,
-                    source=self.config.mc_source,
-                    answer_offset=self.config.mc_offset,
-                    shared=self.shared,
-                )
-                for question in chunk
-            ]
-            results = evaluate_together(choices, [policies[q.id] for q in chunk])
-        for question, names, scored in zip(chunk, wanted, results, strict=True):
-            for name in (name for name in scored if name in names):
-                record = {"fold": key, "question_id": question.id, "task": "mc"}
-                self.records.append({**record, "policy": name, **scored[name]})
-
-    def evaluate_generation(self, fold: _Fold, policies: Sequence[str] | None = None) -> None:
-        """Every test question's answer under every policy (or those named), a batch of
-        ``batch_size`` prompts at a time; answers the records hold are not generated again."""
-        questions = self._test_questions(fold)
-        chosen = {
-            name: policy
-            for name, policy in fold.policies["generation"].items()
-            if policies is None or name in policies
-        }
-        bar = tqdm(
-            total=len(questions) * len(chosen),
-            desc=f"generation fold {fold.split.fold}",
-            unit="answer",
-            disable=not self.progress,
-        )
-        size = self.config.batch_size
-        for start in distributed.share(range(0, len(questions), size)):
-            batch = questions[start : start + size]
-            prompts = [self.fmt.generation_prompt(q.question) for q in batch]
-            shared = None  # the prompts' cache, built once and shared by every policy
-            for name, policy in chosen.items():
-                todo = [
-                    i
-                    for i, q in enumerate(batch)
-                    if (fold.split.fold, q.id, "generation", name) not in self.records
-                ]
-                bar.update(len(batch) - len(todo))
-                if not todo:
-                    continue
-                if len(todo) == len(batch) and shared is None:
-                    shared = PromptCache.build(self.model, prompts, shared=self.shared)
-                cache = shared if len(todo) == len(batch) else None
-                with section(f"fold {fold.split.fold}"), section(name):
-                    self._generate_batch(fold, name, policy, batch, prompts, todo, cache)
-                bar.update(len(todo))
-        bar.close()
-
-    def _generate_batch(self, fold, name, policy, batch, prompts, todo, cache) -> None:
-        """Generate the questions at ``todo`` of ``batch`` (whose prompts are ``prompts``)
-        under one policy and append their records; a control draws its directions per
-        question (as in multiple choice), all in one batch."""
-        config = GenerationConfig(
-            max_new_tokens=self.config.max_new_tokens, stop_strings=(QA_STOP,)
-        )
-        questions = [batch[i] for i in todo]
-        plain = [self.records.get((fold.split.fold, q.id, "generation", "none")) for q in questions]
-        traces = generate(
-            self.model,
-            [prompts[i] for i in todo],
-            policy=[self._drawn(name, policy, question.id) for question in questions],
-            steering=fold.steering,
-            config=config,
-            prompt_cache=cache,
-            shared=self.shared,
-            unsteered=[record_trace(r) for r in plain] if all(plain) else None,
-        )
-        for question, trace in zip(questions, traces, strict=True):
-            self.records.append(generation_record(fold.split.fold, question, name, trace))
 
     def judge(self) -> None:
         """Every generated answer by every judge, except those already judged."""

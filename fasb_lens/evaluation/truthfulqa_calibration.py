@@ -295,6 +295,22 @@ def _mc_evaluator(items: list[MultipleChoice], make: Any, bar: Any) -> Evaluator
     return evaluate
 
 
+def _mc_items(inputs: CalibrationInputs, steering: Steering) -> list[MultipleChoice]:
+    """The validation questions as multiple-choice items steered by ``steering``."""
+    return [
+        MultipleChoice(
+            inputs.model,
+            question,
+            fmt=inputs.fmt,
+            steering=steering,
+            source=inputs.mc_source,
+            answer_offset=inputs.answer_offset,
+            shared=inputs.shared,
+        )
+        for question in inputs.questions
+    ]
+
+
 def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
     """K, the thresholded policy's strength and threshold (jointly), and every other
     searched policy's strength, on validation MC2."""
@@ -302,18 +318,7 @@ def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
     base = replace(inputs.settings, tracker=calibration.tracker)
     specs = searched_specs(inputs.artifacts)
     first = specs[0]
-    widest = [
-        MultipleChoice(
-            inputs.model,
-            q,
-            fmt=inputs.fmt,
-            steering=steering,
-            source=inputs.mc_source,
-            answer_offset=inputs.answer_offset,
-            shared=inputs.shared,
-        )
-        for q in inputs.questions
-    ]  # prompts run once, for every K
+    widest = _mc_items(inputs, steering)  # prompts run once, for every K
     policy = first.build(base)
     searches: dict[int, tuple[Search, list[MultipleChoice], list[float]]] = {}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fasb_lens.evaluation import experiment as experiment_module
+from fasb_lens.evaluation import held_out
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.experiment import Experiment
 from fasb_lens.evaluation.records import load_run, record_trace
@@ -164,12 +164,12 @@ def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, mo
     assert "| n (MC / gen.) |" in (tmp_path / "table.md").read_text()
     evaluated: list[str] = []
 
-    class CountingChoice(experiment_module.MultipleChoice):
+    class CountingChoice(held_out.MultipleChoice):
         def __init__(self, model, question, **kwargs):
             evaluated.append(question.id)
             super().__init__(model, question, **kwargs)
 
-    monkeypatch.setattr(experiment_module, "MultipleChoice", CountingChoice)
+    monkeypatch.setattr(held_out, "MultipleChoice", CountingChoice)
     resumed = run(tiny_llama, tmp_path)
     assert len(evaluated) == 4  # fold 0's questions, finished before the kill, were not redone
     assert (tmp_path / "table.md").read_text() == (out / "table.md").read_text()

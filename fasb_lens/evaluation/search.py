@@ -113,6 +113,12 @@ class Search:
         """Whether ``alpha`` is within the fluency budget."""
         return self.cost is None or self.cost(alpha) <= self.max_cost
 
+    def candidates(self) -> dict[Setting, Scores]:
+        """The tried settings a choice may take: those within the fluency budget (every
+        one tried if none is)."""
+        fluent = {s: scores for s, scores in self.tried.items() if self.fluent(s[0])}
+        return fluent or self.tried
+
     def fluent_grid(self, grid: Sequence[float]) -> list[float]:
         """The grid's strengths within the budget; when none is, the largest of its
         smallest strength's halvings that is (a strength is then at least tried)."""
@@ -260,7 +266,7 @@ class Search:
         Each resample ranks the settings as the choice does: by every objective in turn
         (ties of the first broken by the second), then the smaller strength.
         """
-        settings = [s for s in self.tried if self.fluent(s[0])] or list(self.tried)
+        settings = list(self.candidates())
         columns = {s: {k: np.asarray(self.tried[s][k]) for k in self.keys} for s in settings}
 
         def winner(rows: np.ndarray | slice) -> tuple[float, float | None]:
@@ -387,11 +393,7 @@ def joint_search(
         if edge is None:
             break
         quantiles.append(edge)
-    ranked = {
-        setting: scores
-        for setting, scores in thresholded.tried.items()
-        if thresholded.fluent(setting[0])
-    } or thresholded.tried
+    ranked = thresholded.candidates()
     alpha, beta = max(ranked, key=lambda st: (*rank_key(ranked[st], thresholded.keys), -st[0]))
     alpha = thresholded.strengths([alpha], beta)
     strengths = {family: float(alpha)}

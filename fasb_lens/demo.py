@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fasb_lens.anchoring import AnchoringSettings, anchor_heads
-from fasb_lens.data import load_mini_truthfulqa, load_prompt_format
+from fasb_lens.data import load_mini_truthfulqa, truthfulqa_prompt_format
 from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.truthfulqa_calibration import CalibrationInputs, calibrate_fold
@@ -108,7 +108,7 @@ def run_demo(
     anchoring = anchor_heads(model, questions, split, top_k=top_k, progress=progress)
     probing, probes, steering = anchoring.activations, anchoring.probes, anchoring.steering
     lap("anchor heads: activations, probes, steering")
-    fmt = load_prompt_format()
+    fmt = truthfulqa_prompt_format("mini")  # the mini set: fasb_lens' own prompt
     by_id = {q.id: q for q in questions}
     calibration, _ = calibrate_fold(
         CalibrationInputs(

@@ -82,6 +82,21 @@ def bounded(kind: type, bounds: Bounds) -> Callable[[str], Any]:
     return convert
 
 
+def listed(kind: type, bounds: Bounds) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse ``type`` for one or more numbers given comma-separated (``42,1,2``),
+    each converted and checked as :func:`bounded` does."""
+    one = bounded(kind, bounds)
+
+    def convert(text: str) -> tuple[Any, ...]:
+        pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
+        if not pieces:
+            raise argparse.ArgumentTypeError(f"expected numbers, got {text!r}")
+        return tuple(one(piece) for piece in pieces)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def non_empty(text: str) -> str:
     """An argparse ``type`` refusing an empty or blank text."""
     if not text.strip():
@@ -222,8 +237,8 @@ def add_options(
         elif kind is tuple:
             item = _item_type(hints[field.name])
             kwargs.update(nargs="+", default=list(default), metavar="NAME")
-            if item is not str:
-                kwargs.update(type=bounded(item, meta["bounds"] or Bounds()), metavar="N")
+            if item is not str:  # numbers, space- or comma-separated
+                kwargs.update(type=listed(item, meta["bounds"] or Bounds()), metavar="N")
         else:
             kwargs["type"] = bounded(kind, meta["bounds"]) if meta["bounds"] else kind
             if default is not dataclasses.MISSING:
@@ -269,8 +284,12 @@ def from_args(cls: type, args: argparse.Namespace, base: Any = None, **values: A
         if isinstance(value, list):
             if all(isinstance(item, str) for item in value):
                 value = split_names(value, field.metadata["names"])
-            else:
-                value = tuple(value)
+            else:  # numbers, each argument one or several (``42,1,2``)
+                value = tuple(
+                    number
+                    for item in value
+                    for number in (item if isinstance(item, tuple) else (item,))
+                )
         read[field.name] = value
     return cls(**read, **values)
 

@@ -20,7 +20,7 @@ from fasb_lens.activations import HeadActivations
 from fasb_lens.anchoring import PROBING
 from fasb_lens.evaluation.calibration import Calibration
 from fasb_lens.evaluation.publish import PUBLISHED
-from fasb_lens.evaluation.records import load_fold_artifacts, load_run, record_trace
+from fasb_lens.evaluation.records import fold_folders, load_fold_artifacts, load_run, record_trace
 from fasb_lens.evaluation.search import choose_threshold
 from fasb_lens.plotting import (
     dataset_accuracies,
@@ -63,12 +63,15 @@ def render_run(
         return render_mc_datasets(run_dir, out, png=png)
     config, records, _ = load_run(run_dir)
     save = _Saver(out, png)
-    _heads(run_dir, save)
-    calibrations = [
-        Calibration.load(folder)
-        for folder in sorted((run_dir / storage.FOLDS_DIR).iterdir())
+    first = config.seeds[0]  # the authors' split, unless the run chose others
+    _heads(run_dir, first, save)
+    calibrated = {
+        (first if seed is None else seed, fold): Calibration.load(folder)
+        for seed, fold, folder in fold_folders(run_dir)
         if (folder / storage.CALIBRATION).is_file()
-    ]
+    }
+    # the calibration figures show the first seed's folds (labelled by fold)
+    calibrations = [c for (seed, _), c in calibrated.items() if seed == first]
     if calibrations:
         _trackers(calibrations, save)
         _sweeps(calibrations, save)
@@ -77,15 +80,16 @@ def render_run(
     if results.is_file():
         _results(storage.read_json(results, "a run's summary"), save)
     thresholds = {
-        i: c.thresholds.get("generation", config.threshold) for i, c in enumerate(calibrations)
+        where: c.thresholds.get("generation", config.threshold) for where, c in calibrated.items()
     }
     _trajectories(records, thresholds, config.threshold, n_trajectories, save)
     return save.made
 
 
-def _heads(run_dir: Path, save: _Saver) -> None:
-    """Fold 0's probe accuracy per head, and where the anchored heads sit."""
-    probes, steering = load_fold_artifacts(run_dir, 0)
+def _heads(run_dir: Path, seed: int, save: _Saver) -> None:
+    """Fold 0's probe accuracy per head (of the first split seed), and where the anchored
+    heads sit."""
+    probes, steering = load_fold_artifacts(run_dir, 0, seed)
     for sort, name in ((True, "heads_accuracy_sorted"), (False, "heads_accuracy")):
         figure = head_heatmap(
             probes.val_accuracy,
@@ -290,11 +294,11 @@ def _results(summary: dict[str, Any], save: _Saver) -> None:
 
 
 def _trajectories(
-    records: list[dict], thresholds: dict[int, float], default: float, n: int, save: _Saver
+    records: list[dict], thresholds: dict[tuple, float], default: float, n: int, save: _Saver
 ) -> None:
     """p_true token by token where the thresholded policy triggered, beside the run
-    without steering, each with its fold's threshold (``default`` where none was
-    calibrated)."""
+    without steering, each with its fold's threshold (``thresholds`` by (seed, fold);
+    ``default`` where none was calibrated)."""
     thresholded = searched()[0].name
     triggered = [
         r
@@ -302,13 +306,13 @@ def _trajectories(
         if r["task"] == "generation" and r["policy"] == thresholded and r["triggered"]
     ][:n]
     plain = {
-        (r["fold"], r["question_id"]): r
+        (r["seed"], r["fold"], r["question_id"]): r
         for r in records
         if r["task"] == "generation" and r["policy"] == "none"
     }
     if not triggered:
         return
-    pairs = [(r, plain.get((r["fold"], r["question_id"]))) for r in triggered]
+    pairs = [(r, plain.get((r["seed"], r["fold"], r["question_id"]))) for r in triggered]
     figure = trajectories(
         [record_trace(r) for r, _ in pairs],
         unsteered=[record_trace(p if p else r) for r, p in pairs],
@@ -318,7 +322,7 @@ def _trajectories(
             f"p_true token by token"
             for r, _ in pairs
         ],
-        threshold=[thresholds.get(r["fold"], default) for r, _ in pairs],
+        threshold=[thresholds.get((r["seed"], r["fold"]), default) for r, _ in pairs],
     )
     save(
         figure,

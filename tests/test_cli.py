@@ -40,6 +40,31 @@ def test_the_papers_spellings_are_accepted() -> None:
     assert args.handler is mc_datasets.run and args.datasets == ["copa"]
 
 
+def test_seeds_are_listed_or_given_one_by_its_alias(tmp_path) -> None:
+    from fasb_lens.commands.reproduce import settings
+
+    parser = cli.build_parser()
+
+    def seeds(*args: str) -> tuple[int, ...]:
+        parsed = parser.parse_args(["reproduce", "--truthfulqa", "mini", "--out", "o", *args])
+        return settings(parsed).seeds
+
+    assert seeds() == (42,)  # the authors' split
+    assert seeds("--seeds", "42,1", "2") == seeds("--seeds", "42", "1", "2") == (42, 1, 2)
+    assert seeds("--seed", "7") == seeds("--seeds", "7") == seeds("--seed", "7", "--seeds", "7")
+    with pytest.raises(ValueError, match="--seed 7 and --seeds 42 1 disagree"):
+        seeds("--seed", "7", "--seeds", "42,1")
+    with pytest.raises(ValueError, match="names a seed twice"):
+        seeds("--seeds", "1,1")
+    with pytest.raises(SystemExit):
+        seeds("--seeds", "1,x")
+    # --seed over a config file's seeds replaces them
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(ExperimentConfig(data="mini", seeds=(42, 1)).to_dict()))
+    assert seeds("--config", str(config)) == (42, 1)
+    assert seeds("--config", str(config), "--seed", "3") == (3,)
+
+
 def test_train_fraction_sweep_is_one_command(tiny_llama_folder, tmp_path, capsys) -> None:
     from fasb_lens.evaluation.records import load_fold_artifacts
 

@@ -19,9 +19,11 @@ from fasb_lens.data import (
     load_prompt_format,
     load_truthfulqa,
     probing_prompts,
+    truthfulqa_prompt_format,
     tuning_prompts,
 )
-from fasb_lens.data.truthfulqa import split_answers
+from fasb_lens.data.prompts import default_prompt
+from fasb_lens.data.truthfulqa import bundled_truthfulqa, split_answers
 
 HEADER = "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
 ROW_A = 'Adversarial,Myths,Do bulls hate red?,No,"No; They react to motion;",Yes; They hate red,x\n'
@@ -235,6 +237,43 @@ def test_prompt_format_from_files(tmp_path: Path) -> None:
         load_prompt_format(tmp_path / "nope.txt")
     with pytest.raises(DataError, match="empty.txt: is empty; expected a QA primer"):
         load_prompt_format(write(tmp_path, "empty.txt", "\n"))
+
+
+def test_the_authors_prompt_is_the_default_where_the_folder_holds_it(tmp_path: Path) -> None:
+    from fasb_lens.evaluation.config import ExperimentConfig
+
+    bundled = bundled_truthfulqa()
+    authors = load_prompt_format(bundled / "qa_primer.txt", bundled / "instruction_prompt.txt")
+    builtin = load_prompt_format()
+    assert authors != builtin
+    # the bundled copy holds the authors' files; the mini set and the hub come from no folder
+    assert default_prompt("truthfulqa") == "authors" and default_prompt("mini") == "builtin"
+    assert default_prompt("hub") == "builtin"
+    assert truthfulqa_prompt_format() == authors == truthfulqa_prompt_format("truthfulqa")
+    assert truthfulqa_prompt_format("mini") == builtin
+    assert truthfulqa_prompt_format("truthfulqa", "builtin") == builtin
+    assert truthfulqa_prompt_format("mini", "authors") == authors  # from the bundled copy
+    # a folder (or a CSV in it) without the files: builtin; with them: theirs
+    csv = write(tmp_path, "TruthfulQA.csv", HEADER + ROW_A + ROW_B)
+    assert default_prompt(tmp_path) == default_prompt(csv) == "builtin"
+    assert truthfulqa_prompt_format(csv) == builtin
+    write(tmp_path, "qa_primer.txt", "Q: a?\nA: b.\n")
+    assert default_prompt(tmp_path) == "builtin"  # both files, or none
+    write(tmp_path, "instruction_prompt.txt", "Be true.\n")
+    assert default_prompt(tmp_path) == default_prompt(csv) == "authors"
+    expected = "Be true.\n\nQ: a?\nA: b.\n\nQ: c?"
+    assert truthfulqa_prompt_format(csv).generation_prompt("c?") == expected
+    # --primer / --instruction replace the chosen prompt's file
+    own = write(tmp_path, "own.txt", "Q: x?\nA: y.\n")
+    assert truthfulqa_prompt_format("truthfulqa", primer=own).instruction == authors.instruction
+    assert truthfulqa_prompt_format("truthfulqa", primer=own).primer == "Q: x?\nA: y."
+    # a run records the prompt it used
+    assert ExperimentConfig().prompt == "authors"
+    assert ExperimentConfig(data="mini").prompt == "builtin"
+    assert ExperimentConfig(data=str(csv)).prompt == "authors"
+    assert ExperimentConfig(prompt="builtin").to_dict()["prompt"] == "builtin"
+    with pytest.raises(ValueError, match="prompt must be one of authors, builtin"):
+        ExperimentConfig(prompt="mine")
 
 
 def test_real_truthfulqa(data_dir: Path) -> None:

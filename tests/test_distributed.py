@@ -208,15 +208,15 @@ REPRODUCE = [
     "3",
 ]
 REPRODUCE_LOGS = {
-    "records.jsonl": ("fold", "question_id", "task", "policy"),
-    "judgements.jsonl": ("fold", "question_id", "policy", "judge"),
+    "records.jsonl": ("seed", "fold", "question_id", "task", "policy"),
+    "judgements.jsonl": ("seed", "fold", "question_id", "policy", "judge"),
 }
 REPRODUCE_FILES = (
     "table.md",
     "results.json",
     "answers.csv",
-    "folds/fold0/calibration.json",
-    "folds/fold1/calibration.json",
+    "folds/seed42/fold0/calibration.json",
+    "folds/seed42/fold1/calibration.json",
 )
 
 

@@ -13,6 +13,7 @@ from fasb_lens.evaluation.experiment import Experiment
 from fasb_lens.evaluation.records import load_run, record_trace
 from fasb_lens.evaluation.run import RunFolder
 from fasb_lens.models import ModelOptions
+from fasb_lens.policies import make_policy
 from fasb_lens.storage import JsonlLog
 
 CONFIG = dict(
@@ -71,16 +72,18 @@ def test_a_run_writes_everything(finished) -> None:
         "table.md",
     ):
         assert (out / name).is_file(), name
-    assert (out / "folds" / "fold1" / "steering.safetensors").is_file()
+    assert (out / "folds" / "seed42" / "fold1" / "steering.safetensors").is_file()
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings["phases"]) >= {"anchoring and calibration", "multiple choice"}
     profile = timings["profile"]
     search = "anchoring and calibration/fold 0/calibration/mc/mc search fasb"
     assert profile[search]["forwards"] > 0 and profile[search]["calls"] >= 1
     assert "generation/fold 1/fasb" in profile and "judging and summary/bleu-acc" in profile
-    assert (out / "folds" / "fold0" / "caa.safetensors").is_file()
+    assert (out / "folds" / "seed42" / "fold0" / "caa.safetensors").is_file()
     config, records, judgements = load_run(out)
-    assert config.n_questions == 8
+    assert config.n_questions == 8 and config.seeds == (42,) and config.prompt == "builtin"
+    assert {r["seed"] for r in records} == {42} and {j["seed"] for j in judgements} == {42}
+    assert summary["seeds"] == [42] and set(summary["policies"]["fasb"]["per_fold"]) == {"0", "1"}
     # 8 questions, each tested once over the 2 folds: every method on both tasks, the
     # leak-free protocol's policies on multiple choice; three judges
     assert len(records) == 8 * (2 * len(POLICIES) + len(QUESTION) + len(MC_ONLY))
@@ -111,7 +114,8 @@ def test_a_run_writes_everything(finished) -> None:
     assert (out / "comparisons.md").is_file() and (out / "comparisons.csv").is_file()
     table = (out / "table.md").read_text()
     assert table.startswith("| Policy | MC1 | MC2 | MC3 | MC steered (true / false) | triggered |")
-    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 9 + 2
+    assert "bleu-acc x info-check" in table and table.count("\n") == 2 + 9 + 2 + 2
+    assert table.endswith("\nSplit seed 42 (2 folds); n counts questions.\n")
     assert "| (chance) |" in table and "| (fewest words) |" in table
     chance = summary["references"]["chance"]["mean"]
     assert 0 < chance["mc1"] < 0.5 and 0 < chance["mc2"] < 1
@@ -124,7 +128,7 @@ def test_mc_records_hold_every_answer(finished) -> None:
     labels = [row["label"] for row in record["answers"] if row["set"] == "mc2"]
     assert 1 in labels and 0 in labels
     lines = (out / "answers.csv").read_text().splitlines()
-    assert lines[0].startswith("fold,question_id,policy,set,answer,label,log_prob,triggered")
+    assert lines[0].startswith("seed,fold,question_id,policy,set,answer,label,log_prob,triggered")
     assert len(lines) - 1 == sum(len(r["answers"]) for r in records if r["task"] == "mc")
 
 
@@ -266,3 +270,107 @@ def test_publish_copies_a_finished_run(finished, tmp_path) -> None:
         publish(partial, tmp_path / "results")
     with pytest.raises(ValueError, match="is not a finished `reproduce` or `mc-datasets` run"):
         publish(tmp_path / "results", tmp_path / "elsewhere")
+
+
+SMALL = dict(
+    policies=("none", "fasb", "fasb_random"), judges=("bleu-acc", "info-check"), control_seeds=1
+)
+"""A smaller run for the split seeds' tests: one method, its control, two judges."""
+
+
+def _without_timings(record: dict) -> dict:
+    if "trace" not in record:
+        return record
+    return {**record, "trace": {k: v for k, v in record["trace"].items() if k != "timings"}}
+
+
+def test_two_seeds_pool_and_resume_seed_by_seed(tiny_llama, tmp_path, monkeypatch) -> None:
+    from fasb_lens.evaluation.folds import FoldSetup
+
+    run(tiny_llama, tmp_path / "alone", **SMALL)
+    two = tmp_path / "two"
+    real_append = JsonlLog.append
+
+    def dying_append(self, record):  # killed as seed 7's multiple choice begins
+        if record.get("seed") == 7 and record.get("task") == "mc":
+            raise KeyboardInterrupt
+        real_append(self, record)
+
+    monkeypatch.setattr(JsonlLog, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_llama, two, **SMALL, seeds=(42, 7))
+    _, written, _ = load_run(two)
+    assert {r["seed"] for r in written} == {42, 7}  # seed 42 whole, then seed 7's answers
+    anchored, appended = [], []
+    real_anchor = FoldSetup._anchor_fold
+
+    def counting_anchor(self, activations, split, widest):
+        anchored.append(split.seed)
+        return real_anchor(self, activations, split, widest)
+
+    def counting_append(self, record):
+        appended.append((record["seed"], "judge" in record))
+        real_append(self, record)
+
+    monkeypatch.setattr(FoldSetup, "_anchor_fold", counting_anchor)
+    monkeypatch.setattr(JsonlLog, "append", counting_append)
+    summary = run(tiny_llama, two, **SMALL, seeds=(42, 7))
+    # the finished seed is neither anchored nor evaluated again (only judged: judging
+    # comes after every seed)
+    assert anchored == [7, 7]
+    assert {seed for seed, judged in appended if not judged} == {7}
+    assert (two / "folds" / "seed42" / "fold1" / "calibration.json").is_file()
+    assert (two / "folds" / "seed7" / "fold0" / "calibration.json").is_file()
+    config, records, judgements = load_run(two)
+    assert config.seeds == (42, 7) and summary["seeds"] == [42, 7]
+    # seed 42's records are those of the run with seed 42 alone
+    _, single, single_judged = load_run(tmp_path / "alone")
+    mine = {k: _without_timings(r) for k, r in _keyed(records).items() if k[0] == 42}
+    assert mine == {k: _without_timings(r) for k, r in _keyed(single).items()}
+    assert len(records) == 2 * len(single) and len(judgements) == 2 * len(single_judged)
+    assert {r["seed"] for r in judgements} == {42, 7}
+    per_fold = summary["policies"]["fasb"]["per_fold"]
+    assert list(per_fold) == ["42/0", "42/1", "7/0", "7/1"]
+    assert summary["policies"]["fasb"]["mean"]["n_mc"] == 2 * 8  # each question once per seed
+    table = (two / "table.md").read_text()
+    assert "Split seeds 42, 7 (2 folds each), pooled" in table
+    lines = (two / "answers.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in lines[1:]} == {"42", "7"}
+    # a control draws its random directions from the split seed too
+    control = make_policy("fasb_random", alpha=1.0)
+    drawn = {seed: Experiment._drawn(None, seed, "fasb_random/0", control, "q") for seed in (42, 7)}
+    assert drawn[42].seed != drawn[7].seed
+
+
+def _keyed(records: list[dict]) -> dict:
+    return {(r["seed"], r["fold"], r["question_id"], r["task"], r["policy"]): r for r in records}
+
+
+def test_a_run_folder_without_seeds_still_loads(tiny_llama, finished, tmp_path) -> None:
+    import shutil
+
+    out, summary = finished
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    # as a run made before seeds wrote it: no seed level, no seed in the records
+    for fold in (old / "folds" / "seed42").iterdir():
+        fold.rename(old / "folds" / fold.name)
+    (old / "folds" / "seed42").rmdir()
+    for name in ("records.jsonl", "judgements.jsonl"):
+        lines = (old / name).read_text().splitlines()
+        rows = [{k: v for k, v in json.loads(line).items() if k != "seed"} for line in lines]
+        (old / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    saved = json.loads((old / "config.json").read_text())
+    saved.update(config_version=2, seed=42)
+    for key in ("seeds", "prompt"):
+        del saved[key]
+    (old / "config.json").write_text(json.dumps(saved))
+    config, records, _ = load_run(old)
+    assert config.seeds == (42,) and config.prompt == "builtin"
+    assert {r["seed"] for r in records} == {42}
+    resumed = Experiment(ExperimentConfig(**CONFIG), old, model=tiny_llama, progress=False)
+    assert resumed.finished(42)  # nothing to evaluate again
+    assert json.dumps(resumed.run(), sort_keys=True) == json.dumps(summary, sort_keys=True)
+    # a run of the other prompt is refused in that folder
+    with pytest.raises(ValueError, match=r"other settings \(prompt\)"):
+        run(tiny_llama, old, prompt="authors")

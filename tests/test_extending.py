@@ -119,13 +119,13 @@ def test_a_registered_policy_and_tracker_join_a_reproduce_run(
         summary = Experiment(
             ExperimentConfig(**config), tmp_path, model=tiny_llama, progress=False
         ).run()
-        steering = Steering.load(tmp_path / "folds" / "fold0")
+        steering = Steering.load(tmp_path / "folds" / "seed42" / "fold0")
         assert "midpoint" in steering.trackers  # anchoring fitted it, the artifact keeps it
     assert "gated" in summary["policies"]  # in the table
     assert "| gated |" in (tmp_path / "table.md").read_text()
     for fold in (0, 1):
         calibration = json.loads(
-            (tmp_path / "folds" / f"fold{fold}" / "calibration.json").read_text()
+            (tmp_path / "folds" / "seed42" / f"fold{fold}" / "calibration.json").read_text()
         )
         assert calibration["tracker"] == "midpoint"
         for task in ("mc", "generation"):

@@ -86,3 +86,31 @@ def test_mismatched_or_empty_inputs() -> None:
     assert math.isnan(empty.difference) and empty.n == 0
     with pytest.raises(ValueError, match="3 strata for 2 questions"):
         interval([1.0, 0.0], strata=[0, 1, 2])
+
+
+def test_replicates_of_a_question_resample_as_one_question() -> None:
+    rng = np.random.default_rng(4)
+    values = (rng.random(120) < 0.4).astype(float)
+    folds = [i % 2 for i in range(120)]
+    questions = [f"q{i}" for i in range(120)]
+    once = interval(values, strata=folds, clusters=questions)
+    # the same questions again under a second split seed: the same interval
+    twice = interval(
+        np.concatenate([values, values]),
+        strata=[(seed, fold) for seed in (42, 7) for fold in folds],
+        clusters=questions + questions,
+    )
+    assert twice == pytest.approx(once)
+    a, b = rng.random(120), rng.random(120)
+    one = compare(a, b, names=("a", "b"), metric="m", strata=folds, clusters=questions)
+    two = compare(
+        np.concatenate([a, a]),
+        np.concatenate([b, b]),
+        names=("a", "b"),
+        metric="m",
+        strata=[(seed, fold) for seed in (42, 7) for fold in folds],
+        clusters=questions + questions,
+    )
+    assert two.ci95 == pytest.approx(one.ci95) and two.n == one.n == 120
+    with pytest.raises(ValueError, match="question 'q0' has two rows in stratum 0"):
+        interval([1.0, 0.0], strata=[0, 0], clusters=["q0", "q0"])

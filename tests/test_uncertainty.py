@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from fasb_lens.evaluation.statistics import interval
 from fasb_lens.evaluation.uncertainty import (
     QuestionValues,
     compared_pairs,
@@ -40,8 +42,8 @@ def verdict(policy: str, judge: str, question: int, truthful, informative) -> di
 def test_control_draws_count_once_per_question() -> None:
     records = [mc("fasb_random/0", 0, 1, 1.0, 0.8), mc("fasb_random/1", 0, 1, 0.0, 0.4)]
     data = QuestionValues.of_run(records, [])
-    assert data.values("fasb_random", "mc1") == {(0, "q1"): [0.5]}
-    assert data.values("fasb_random", "mc2")[(0, "q1")] == [pytest.approx(0.6)]
+    assert data.values("fasb_random", "mc1") == {(None, 0, "q1"): [0.5]}
+    assert data.values("fasb_random", "mc2")[(None, 0, "q1")] == [pytest.approx(0.6)]
 
 
 def test_judge_pairs_pair_truth_with_information_and_skip_unjudged() -> None:
@@ -52,11 +54,9 @@ def test_judge_pairs_pair_truth_with_information_and_skip_unjudged() -> None:
         verdict("none", "info-check", 2, None, True),
     ]
     data = QuestionValues.of_run([], judgements)
-    assert data.values("none", "bleu-acc x info-check: true_x_info") == {(1, "q1"): [1.0, 0.0]}
-    assert data.values("none", "bleu-acc x info-check: info") == {
-        (1, "q1"): [0.0],
-        (0, "q2"): [1.0],
-    }
+    pair = "bleu-acc x info-check"
+    assert data.values("none", f"{pair}: true_x_info") == {(None, 1, "q1"): [1.0, 0.0]}
+    assert data.values("none", f"{pair}: info") == {(None, 1, "q1"): [0.0], (None, 0, "q2"): [1.0]}
 
 
 def test_intervals_hold_the_fold_mean_and_a_clear_gain_is_claimed() -> None:
@@ -119,8 +119,8 @@ def test_references_need_no_model() -> None:
         ],
     }
     values = reference_values([record, {**record, "policy": "fasb"}])
-    assert values["chance"] == {(0, "q1"): {"mc1": 1 / 3, "mc2": 0.5, "mc3": 1 / 3}}
-    blind = values["fewest words"][(0, "q1")]
+    assert values["chance"] == {(None, 0, "q1"): {"mc1": 1 / 3, "mc2": 0.5, "mc3": 1 / 3}}
+    blind = values["fewest words"][(None, 0, "q1")]
     assert blind["mc1"] == 1.0  # 2 words against 8 and 3
     assert blind["mc3"] == 0.5  # the 6-word true answer loses to "You get sick"
     assert blind["mc2"] == pytest.approx(
@@ -130,3 +130,59 @@ def test_references_need_no_model() -> None:
     )
     summary = summarize_references([record])
     assert summary["chance"]["mean"]["mc2"] == 0.5 and summary["chance"]["n_mc"] == 1
+
+
+def _replicated(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
+    """``records`` once under each split seed, values unchanged."""
+    return [{**record, "seed": seed} for seed in seeds for record in records]
+
+
+def _spread_records() -> list[dict]:
+    rng = np.random.default_rng(5)
+    records = []
+    for question in range(80):
+        fold = question % 2
+        records.append(mc("none", fold, question, float(rng.random() < 0.3), rng.random()))
+        records.append(mc("fasb", fold, question, float(rng.random() < 0.5), rng.random()))
+    return records
+
+
+def test_seed_replicates_of_a_question_resample_together() -> None:
+    # every question's record again under a second seed, values unchanged: the same
+    # questions, so the same interval - not one narrower by the square root of 2, as
+    # counting each (seed, question) as a question of its own would give
+    one = _spread_records()
+    single = QuestionValues.of_run(_replicated(one, (42,)), [])
+    double = QuestionValues.of_run(_replicated(one, (42, 7)), [])
+    assert len(double.values("fasb", "mc2")) == 2 * len(single.values("fasb", "mc2"))
+    for metric in ("mc1", "mc2"):
+        low, high = policy_intervals(single, ["fasb"], [metric])["fasb"][metric]
+        low2, high2 = policy_intervals(double, ["fasb"], [metric])["fasb"][metric]
+        assert (low2, high2) == pytest.approx((low, high))
+        alone = comparisons(single, [("fasb", "none")], [metric])[0]
+        paired = comparisons(double, [("fasb", "none")], [metric])[0]
+        assert paired.n == alone.n == 80  # questions, not (seed, question) pairs
+        assert paired.difference == pytest.approx(alone.difference)
+        assert paired.ci95 == pytest.approx(alone.ci95)
+    # the binary MC1 of replicated questions is not McNemar's (its pairs are not
+    # independent): the permutation test swaps a question's seeds together
+    assert comparisons(double, [("fasb", "none")], ["mc1"])[0].test == "paired permutation"
+    # resampling (seed, question) pairs independently would have narrowed it by ~sqrt(2)
+    rows = double.values("fasb", "mc2")
+    keys = sorted(rows, key=str)
+    values = [rows[key] for key in keys]
+    strata = [(seed, fold) for seed, fold, _ in keys]
+    naive_low, naive_high = interval(values, strata=strata)
+    width = high2 - low2
+    assert (naive_high - naive_low) < 0.8 * width
+
+
+def test_seeds_that_disagree_widen_nothing_they_do_not_know() -> None:
+    # two seeds whose values differ: the interval holds the mean over (seed, fold)
+    one = _spread_records()
+    other = [{**r, "mc2": 1 - r["mc2"]} if r["policy"] == "fasb" else r for r in one]
+    data = QuestionValues.of_run(_replicated(one, (42,)) + _replicated(other, (7,)), [])
+    values = data.values("fasb", "mc2")
+    mean = sum(v[0] for v in values.values()) / len(values)
+    low, high = policy_intervals(data, ["fasb"], ["mc2"])["fasb"]["mc2"]
+    assert low <= mean <= high

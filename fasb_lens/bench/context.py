@@ -20,9 +20,9 @@ from fasb_lens.data import (
     LabelledPrompt,
     TruthfulQAQuestion,
     load_mini_truthfulqa,
-    load_prompt_format,
     load_truthfulqa,
     probing_prompts,
+    truthfulqa_prompt_format,
 )
 from fasb_lens.models import (
     cache_root,
@@ -108,10 +108,12 @@ def _timer(results: dict[str, float], key: str) -> Iterator[None]:
 
 
 def _prompt_format(ctx: BenchContext):
+    """The evaluation prompt of the questions :meth:`BenchContext.questions` reads, as
+    ``reproduce`` builds it for them."""
     folder = ctx.data_dir / "truthfulqa" if ctx.data_dir else None
-    if folder is not None and (folder / "qa_primer.txt").is_file():
-        return load_prompt_format(folder / "qa_primer.txt", folder / "instruction_prompt.txt")
-    return load_prompt_format()
+    if folder is not None and (folder / "TruthfulQA.csv").is_file():
+        return truthfulqa_prompt_format(folder)
+    return truthfulqa_prompt_format("mini")
 
 
 def machine() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fasb_lens.commands._common import model_for, output_flags, output_folder, report
+from fasb_lens.data.prompts import prompt_option
 from fasb_lens.options import AT_LEAST_ONE, check_options, option
 
 PATCHING = "patching"
@@ -34,6 +35,7 @@ class AblateOptions:
         flags=("--truthfulqa", "--data"),
     )
     questions: int = option(20, help="questions used", bounds=AT_LEAST_ONE)
+    prompt: str | None = prompt_option()
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -67,12 +69,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def _metric(options: AblateOptions, model, questions, probes, steering):
     from fasb_lens.ablation import logprob_margin, mc2_metric, p_true_metric, probe_accuracy_metric
-    from fasb_lens.data import load_prompt_format, probing_prompts
+    from fasb_lens.data import probing_prompts, truthfulqa_prompt_format
 
     if options.metric == "logprob_margin":
         return logprob_margin(model, questions)
     if options.metric == "mc2":
-        return mc2_metric(model, questions, fmt=load_prompt_format(), source="csv")
+        fmt = truthfulqa_prompt_format(options.data, options.prompt)
+        return mc2_metric(model, questions, fmt=fmt, source="csv")
     prompts = probing_prompts(questions)
     if options.metric == "p_true":
         return p_true_metric(model, prompts, steering)

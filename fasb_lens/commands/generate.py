@@ -13,6 +13,7 @@ from fasb_lens.options import AT_LEAST_ONE, bounded, non_empty
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
+    from fasb_lens.data import PROMPTS
     from fasb_lens.generation import GenerationConfig
     from fasb_lens.models import ModelOptions
     from fasb_lens.options import add_options
@@ -33,8 +34,15 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, GenerationConfig)
     add_options(parser, ModelOptions, defaults={"name": None, "dtype": None})
     parser.add_argument("--format", choices=["qa", "chat"], default="qa")
-    parser.add_argument("--primer", help="QA primer file (default: fasb_lens' own)")
-    parser.add_argument("--instruction", help="instruction file (default: fasb_lens' own)")
+    parser.add_argument(
+        "--qa-prompt",
+        choices=PROMPTS,
+        default="authors",
+        help="the QA format's instruction and primer: authors (TruthfulQA's, bundled; the "
+        "default, as reproduce uses them) or builtin (fasb_lens' own)",
+    )
+    parser.add_argument("--primer", help="QA primer file (default: the --qa-prompt's)")
+    parser.add_argument("--instruction", help="instruction file (default: the --qa-prompt's)")
     parser.add_argument("--caa", help="folder with a CAA vector (for --policy caa)")
     parser.add_argument("--batch-size", type=bounded(int, AT_LEAST_ONE), default=8)
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
@@ -49,7 +57,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def _prompt_texts(args: argparse.Namespace, model) -> tuple[list[str], list[str]]:
     """(labels shown to the user, prompt texts) from --prompt, --question or --questions-file."""
-    from fasb_lens.data import load_prompt_format, read_lines
+    from fasb_lens.data import read_lines, truthfulqa_prompt_format
     from fasb_lens.models import chat_prompt
 
     if args.prompt is not None:
@@ -60,7 +68,9 @@ def _prompt_texts(args: argparse.Namespace, model) -> tuple[list[str], list[str]
         questions = read_lines(args.questions_file, "a text file of questions, one per line")
     if args.format == "chat":
         return questions, [chat_prompt(model, question) for question in questions]
-    fmt = load_prompt_format(args.primer, args.instruction)
+    fmt = truthfulqa_prompt_format(
+        prompt=args.qa_prompt, primer=args.primer, instruction=args.instruction
+    )
     return questions, [fmt.generation_prompt(question) for question in questions]
 
 

@@ -46,13 +46,23 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     output_flags(parser, "print the summary as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def settings(args: argparse.Namespace):
+    """The run's :class:`~fasb_lens.evaluation.config.ExperimentConfig`: ``--config``'s
+    settings with the options given laid over them; ``--seed S`` alone stands for
+    ``--seeds S`` (also over a file's seeds), and both given must agree."""
     from fasb_lens.evaluation.config import ExperimentConfig
+
+    if hasattr(args, "seed") and not hasattr(args, "seeds"):
+        args.seeds = [args.seed]
+    return settings_from(ExperimentConfig, args)
+
+
+def run(args: argparse.Namespace) -> int:
     from fasb_lens.evaluation.experiment import Experiment
     from fasb_lens.evaluation.summary import write_fraction_sweep
 
     start = time.perf_counter()
-    config = settings_from(ExperimentConfig, args)
+    config = settings(args)
     out, progress = output_folder(args.out, "reproduce"), not args.no_progress
     # several fractions make the data-efficiency sweep: a run folder per fraction, sharing
     # the activations and the model

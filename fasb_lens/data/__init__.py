@@ -8,6 +8,7 @@ evaluation.
 from fasb_lens.data._files import DataError, DataFileNotFoundError, read_lines
 from fasb_lens.data.prompts import (
     PROBE_TEMPLATE,
+    PROMPTS,
     TUNING_TEMPLATE,
     ProbeAnswers,
     PromptFormat,
@@ -15,6 +16,7 @@ from fasb_lens.data.prompts import (
     labelled_answers,
     load_prompt_format,
     probing_prompts,
+    truthfulqa_prompt_format,
     tuning_prompts,
 )
 from fasb_lens.data.schema import LabelledPrompt, MultipleChoiceItem, TruthfulQAQuestion
@@ -25,10 +27,12 @@ from fasb_lens.data.truthfulqa import (
     load_questions,
     load_truthfulqa,
     load_truthfulqa_hub,
+    truthfulqa_folder,
 )
 
 __all__ = [
     "PROBE_TEMPLATE",
+    "PROMPTS",
     "TUNING_TEMPLATE",
     "DataError",
     "DataFileNotFoundError",
@@ -47,6 +51,8 @@ __all__ = [
     "load_truthfulqa",
     "load_truthfulqa_hub",
     "probing_prompts",
+    "truthfulqa_folder",
+    "truthfulqa_prompt_format",
     "read_lines",
     "tuning_prompts",
 ]

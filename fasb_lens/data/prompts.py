@@ -12,6 +12,13 @@ Three kinds of prompt, as the FASB and ITI evaluations use them:
 * **evaluation** prompts: an instruction, a blank line, a six-shot QA primer, then
   ``"\\n\\nQ: {question}"``; the model continues with ``"\\nA: ..."``. Multiple-choice
   scoring appends ``"\\nA:"`` and scores ``" {answer}"``.
+
+Which instruction and primer a TruthfulQA evaluation uses is decided in one place,
+:func:`truthfulqa_prompt_format`: the authors' (``instruction_prompt.txt`` and
+``qa_primer.txt``, which the bundled TruthfulQA folder holds, as the authors' released
+run uses them) where the questions' folder holds both files, else fasb_lens' own
+(``builtin``); ``--prompt`` chooses, and ``--primer``/``--instruction`` replace either
+file.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from typing import Literal
 
 from fasb_lens.data._files import DataError, read_text
 from fasb_lens.data.schema import LabelledPrompt, TruthfulQAQuestion
+from fasb_lens.data.truthfulqa import bundled_truthfulqa, truthfulqa_folder
+from fasb_lens.options import option
 
 PROBE_TEMPLATE = "Q: {question} A: {answer}"
 TUNING_TEMPLATE = "Q: {question} A: {answer} Q: {other_question}"
@@ -181,3 +190,65 @@ def load_prompt_format(
     if not primer_text.strip():
         raise DataError(primer or "default_primer.txt", "is empty; expected a QA primer")
     return PromptFormat(primer=primer_text.rstrip("\n"), instruction=instruction_text)
+
+
+PROMPTS = ("authors", "builtin")
+"""The evaluation prompts: the authors' instruction and QA primer (TruthfulQA's files), or
+fasb_lens' own."""
+AUTHORS_PRIMER = "qa_primer.txt"
+AUTHORS_INSTRUCTION = "instruction_prompt.txt"
+
+
+def _authors_files(folder: Path | None) -> tuple[Path, Path] | None:
+    """``(primer, instruction)`` of the authors' prompt in ``folder``, if it holds both."""
+    if folder is None:
+        return None
+    primer, instruction = folder / AUTHORS_PRIMER, folder / AUTHORS_INSTRUCTION
+    return (primer, instruction) if primer.is_file() and instruction.is_file() else None
+
+
+def default_prompt(data: str | Path) -> str:
+    """The prompt a TruthfulQA evaluation of ``data`` (as ``--truthfulqa`` names it) uses
+    unless told: ``authors`` where its folder holds both of the authors' files (the
+    bundled copy does), else ``builtin`` (the mini set, the hub)."""
+    return "authors" if _authors_files(truthfulqa_folder(data)) else "builtin"
+
+
+def prompt_option() -> str | None:
+    """The ``--prompt`` option of the commands that evaluate on TruthfulQA questions."""
+    return option(
+        None,
+        help="the evaluation prompt's instruction and QA primer: authors (instruction_prompt"
+        ".txt and qa_primer.txt, as the authors' run; the default where the TruthfulQA "
+        "folder holds them, as the bundled copy does) or builtin (fasb_lens' own; the "
+        "default for the mini set and the hub)",
+        choices=PROMPTS,
+    )
+
+
+def truthfulqa_prompt_format(
+    data: str | Path = "truthfulqa",
+    prompt: str | None = None,
+    *,
+    primer: str | Path | None = None,
+    instruction: str | Path | None = None,
+) -> PromptFormat:
+    """The evaluation prompt of TruthfulQA questions ``data`` (as ``--truthfulqa`` names
+    them): every command builds it here.
+
+    Args:
+        data: the questions: ``truthfulqa`` (the bundled copy), ``mini``, ``hub``, a CSV or
+            a folder.
+        prompt: ``authors`` (the files in the questions' folder, else in the bundled copy)
+            or ``builtin`` (fasb_lens' own); ``None`` takes :func:`default_prompt`.
+        primer: a QA primer file in place of the prompt's.
+        instruction: an instruction file in place of the prompt's.
+    """
+    prompt = prompt or default_prompt(data)
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}; got {prompt!r}")
+    files = None
+    if prompt == "authors":
+        files = _authors_files(truthfulqa_folder(data)) or _authors_files(bundled_truthfulqa())
+    base_primer, base_instruction = files or (None, None)
+    return load_prompt_format(primer or base_primer, instruction or base_instruction)

@@ -219,6 +219,19 @@ def bundled_truthfulqa() -> Path:
     return Path(str(resources.files("fasb_lens.data") / "resources" / "truthfulqa"))
 
 
+def truthfulqa_folder(spec: str | Path) -> Path | None:
+    """The folder the questions named by ``spec`` (as :func:`load_questions` takes it) come
+    from: the bundled copy's, a named folder, a CSV's folder; ``None`` for the mini set and
+    the hub, which come from no folder."""
+    text = str(spec)
+    if text == "mini" or text == "hub" or text.startswith("hub:"):
+        return None
+    if text == BUNDLED:
+        return bundled_truthfulqa()
+    path = Path(text)
+    return path if path.is_dir() else path.parent
+
+
 def load_questions(
     spec: str | Path, *, mc_task: str | Path | None = None
 ) -> list[TruthfulQAQuestion]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fasb_lens.anchoring import AnchoringSettings
 from fasb_lens.data.mc import DATASETS, dataset
+from fasb_lens.data.prompts import default_prompt, prompt_option
 from fasb_lens.evaluation.fluency import DEFAULT_MAX_KL
 from fasb_lens.evaluation.judges import JUDGES
 from fasb_lens.models import ModelOptions
@@ -42,10 +43,13 @@ from fasb_lens.splits import SplitSettings
 from fasb_lens.trackers import tracker_names
 
 TASKS = ("mc", "generation")
-CONFIG_VERSION = 2
-"""Version of ``config.json``: 2 names the compared policies ``policies`` and keeps
-uncalibrated strengths in ``strengths``; version 1 (read too) had ``methods``,
-``fixed_alpha`` and ``caa_alpha``."""
+CONFIG_VERSION = 3
+"""Version of ``config.json``: 3 keeps the split seeds in ``seeds``, the evaluation
+prompt in ``prompt`` and the fluency budget in ``max_kl``; 2 named the compared policies
+``policies`` and kept uncalibrated strengths in ``strengths``, with one ``seed``,
+fasb_lens' own prompt unless files were given and no fluency budget unless ``max_kl`` is
+there (read as such); version 1 (read too) had ``methods``, ``fixed_alpha`` and
+``caa_alpha``."""
 
 
 def _task(name: str) -> str:
@@ -90,7 +94,16 @@ class ExperimentConfig:
     n_folds: int = same_option(SplitSettings, "n_folds")
     val_fraction: float = SplitSettings.val_fraction
     train_fraction: float = 1.0
-    seed: int = same_option(SplitSettings, "seed")
+    seeds: tuple[int, ...] = option(
+        (),
+        help="split seeds: the whole cross-validation (anchoring, calibration, evaluation) "
+        "runs once per seed and the results pool, each question's seeds resampled together "
+        f"(default: {SplitSettings.seed}, the authors' split; 42 1 2 or 42,1,2)",
+        bounds=NON_NEGATIVE,
+    )
+    seed: int | None = option(
+        None, help="one split seed: the same as --seeds SEED", bounds=NON_NEGATIVE
+    )
     top_k: int = same_option(AnchoringSettings, "top_k")
     direction: str = same_option(AnchoringSettings, "direction")
     probe_answers: str = option(
@@ -116,8 +129,9 @@ class ExperimentConfig:
     mc_source: AnswerSource = option(
         "mc_task", help="multiple-choice answers from", choices=("mc_task", "csv")
     )
-    primer: str | None = option(None, help="QA primer file (default: fasb_lens' own)")
-    instruction: str | None = option(None, help="instruction file (default: fasb_lens' own)")
+    prompt: str | None = prompt_option()
+    primer: str | None = option(None, help="QA primer file (default: the --prompt's)")
+    instruction: str | None = option(None, help="instruction file (default: the --prompt's)")
     batch_size: int = option(64, help="prompts generated together", bounds=AT_LEAST_ONE)
     tuning_seed: int = AnchoringSettings.tuning_seed
     calibrate: bool = option(
@@ -172,6 +186,9 @@ class ExperimentConfig:
         object.__setattr__(self, "judges", tuple(JUDGES.resolve(n) for n in self.judges or offline))
         object.__setattr__(self, "strengths", tuple(map(parse_strength, self.strengths)))
         object.__setattr__(self, "top_k_candidates", tuple(int(k) for k in self.top_k_candidates))
+        object.__setattr__(self, "seeds", self._split_seeds())
+        object.__setattr__(self, "seed", None)
+        object.__setattr__(self, "prompt", self.prompt or default_prompt(self.data))
         for name in self.tasks:
             _task(name)
         if not self.policies:
@@ -186,6 +203,21 @@ class ExperimentConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"the {name} file {path} does not exist")
+
+    def _split_seeds(self) -> tuple[int, ...]:
+        """The split seeds: ``seeds``, or ``seed`` as one (both only where they agree),
+        else the authors' 42."""
+        seeds = tuple(int(seed) for seed in self.seeds)
+        if self.seed is not None:
+            if seeds and seeds != (self.seed,):
+                named = " ".join(map(str, seeds))
+                raise ValueError(
+                    f"--seed {self.seed} and --seeds {named} disagree; give one of them"
+                )
+            seeds = (int(self.seed),)
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"--seeds names a seed twice: {' '.join(map(str, seeds))}")
+        return seeds or (SplitSettings.seed,)
 
     @property
     def top_ks(self) -> tuple[int, ...]:
@@ -207,14 +239,19 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        del data["seed"]  # an alias of ``seeds``, resolved into it
         data["model"] = self.model.to_dict()  # not where it ran: a run resumes on any devices
         return {"config_version": CONFIG_VERSION, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        """Settings from ``config.json`` (this version's, or version 1's)."""
+        """Settings from ``config.json`` (this version's, or an earlier one's)."""
         data = {key: value for key, value in data.items() if key != "command"}
-        data = _from_version_1(data) if data.get("config_version", 1) == 1 else data
+        version = data.get("config_version", 1)
+        data = _from_version_1(data) if version == 1 else data
+        if version < 3:  # one seed; fasb_lens' own prompt unless files were named; no budget
+            data.setdefault("prompt", "builtin")
+            data.setdefault("max_kl", float("inf"))
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         if isinstance(values.get("model"), dict):

@@ -35,24 +35,42 @@ def build_policy(
     return policy_spec(name).build(settings)
 
 
+def policy_draws(config: ExperimentConfig, task: str) -> list[tuple[str, str, int | None]]:
+    """``(label, name, draw)`` of every policy a TruthfulQA run evaluates on ``task``: a
+    control once per draw, labelled ``NAME/DRAW``."""
+    found = []
+    for name in (n for n in config.policies if task in policy_spec(n).tasks):
+        draws = range(config.control_seeds) if policy_spec(name).control_of else [None]
+        found += [(name if draw is None else f"{name}/{draw}", name, draw) for draw in draws]
+    return found
+
+
+def question_label(label: str) -> str | None:
+    """The leak-free protocol's row for a policy's label (``fasb`` -> ``fasb_question``,
+    ``fasb_random/1`` -> ``fasb_random_question/1``); ``None`` where the policy has none."""
+    base, _, draw = label.partition("/")
+    if not policy_spec(base).leak_free:
+        return None
+    return f"{base}_question" + (f"/{draw}" if draw else "")
+
+
 def run_policies(
     config: ExperimentConfig, caa: CAAVector | None, calibration: Calibration | None
 ) -> dict[str, dict[str, Policy]]:
     """A TruthfulQA run's policies per task (controls once per draw, as ``NAME/DRAW``)."""
     tracker = calibration.tracker if calibration is not None else config.tracker
     base = replace(config.settings(), tracker="probe" if tracker == "auto" else tracker, caa=caa)
-    policies: dict[str, dict[str, Policy]] = {task: {} for task in TASKS}
-    for task in TASKS:
-        for name in (n for n in config.policies if task in policy_spec(n).tasks):
-            draws = range(config.control_seeds) if policy_spec(name).control_of else [None]
-            for draw in draws:
-                label = name if draw is None else f"{name}/{draw}"
-                policies[task][label] = build_policy(
-                    name,
-                    base,
-                    strengths=config.strengths,
-                    calibration=calibration,
-                    task=task,
-                    seed=draw,
-                )
-    return policies
+    return {
+        task: {
+            label: build_policy(
+                name,
+                base,
+                strengths=config.strengths,
+                calibration=calibration,
+                task=task,
+                seed=draw,
+            )
+            for label, name, draw in policy_draws(config, task)
+        }
+        for task in TASKS
+    }

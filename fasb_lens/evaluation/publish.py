@@ -4,7 +4,9 @@
 under names that say what they are (a ``reproduce`` run's files get the prefix
 ``truthfulqa_``, an ``mc-datasets`` run's ``mc_``), and refuses a run that has not
 finished, so that every committed number comes from one command and one config (the
-run's ``config.json``, published beside it). Figures are rendered with ``fasb-lens
+run's ``config.json``, published beside it, with the split seeds the numbers pool, which
+``results.json`` and the table name too). A run with several seeds has finished when
+every question has its records under every seed. Figures are rendered with ``fasb-lens
 figures``.
 """
 
@@ -52,7 +54,9 @@ def _unfinished(run: Path, command: str) -> str | None:
             name: {task: entry["mean"].get(f"n_{task}", 0) for task in config.get("tasks", ())}
             for name, entry in summary["policies"].items()
         }
-        wanted = config.get("n_questions") or max(
+        # a question counts once per split seed (config.json before seeds: one)
+        seeds = len(config.get("seeds") or [config.get("seed")])
+        wanted = (config.get("n_questions") or 0) * seeds or max(
             (n for tasks in counts.values() for n in tasks.values()), default=0
         )
         for name, tasks in counts.items():

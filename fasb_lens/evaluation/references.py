@@ -20,7 +20,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fasb_lens.evaluation.statistics import interval
-from fasb_lens.evaluation.uncertainty import MC_METRICS
+from fasb_lens.evaluation.uncertainty import (
+    MC_METRICS,
+    Key,
+    clusters_of,
+    question_key,
+    strata_of,
+)
 from fasb_lens.multiple_choice import mc_metrics
 
 REFERENCES = ("chance", "fewest words")
@@ -56,13 +62,13 @@ def _fewest_words(sets: dict[str, tuple[list[str], list[str]]]) -> dict[str, flo
 
 def reference_values(
     records: Iterable[dict[str, Any]],
-) -> dict[str, dict[tuple[Any, str], dict[str, float]]]:
-    """Per reference, per question ``(fold, question_id)``, its MC1/MC2/MC3, from the
-    candidates of the run's multiple-choice records (each question once)."""
-    questions: dict[tuple[Any, str], dict[str, tuple[list[str], list[str]]]] = {}
+) -> dict[str, dict[Key, dict[str, float]]]:
+    """Per reference, per question ``(seed, fold, question_id)``, its MC1/MC2/MC3, from
+    the candidates of the run's multiple-choice records (each question once per seed)."""
+    questions: dict[Key, dict[str, tuple[list[str], list[str]]]] = {}
     for record in records:
         if record["task"] == "mc":
-            questions.setdefault((record["fold"], record["question_id"]), _sets(record))
+            questions.setdefault(question_key(record), _sets(record))
     usable = {key: sets for key, sets in questions.items() if {"mc1", "mc2"} <= set(sets)}
     return {
         "chance": {key: _chance(sets) for key, sets in usable.items()},
@@ -71,20 +77,29 @@ def reference_values(
 
 
 def summarize_references(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per reference: the fold mean of each metric and its 95% interval (folds as strata)."""
+    """Per reference: the fold mean of each metric and its 95% interval ((seed, fold) pairs
+    as strata, a question's seed replicates resampled together)."""
     summary: dict[str, dict[str, Any]] = {}
     for name, per_question in reference_values(records).items():
         keys = sorted(per_question, key=str)
-        folds = sorted({fold for fold, _ in keys}, key=str)
+        strata = strata_of(keys)
+        folds = sorted(set(strata), key=str)
         entry: dict[str, Any] = {"mean": {}, "ci95": {}, "n_mc": len(keys)}
         for metric in MC_METRICS:
             values = [per_question[key][metric] for key in keys]
             per_fold = [
-                [per_question[key][metric] for key in keys if key[0] == fold] for fold in folds
+                [
+                    per_question[key][metric]
+                    for key, at in zip(keys, strata, strict=True)
+                    if at == fold
+                ]
+                for fold in folds
             ]
             entry["mean"][metric] = (
                 sum(sum(f) / len(f) for f in per_fold) / len(per_fold) if per_fold else None
             )
-            entry["ci95"][metric] = list(interval(values, strata=[fold for fold, _ in keys]))
+            entry["ci95"][metric] = list(
+                interval(values, strata=strata, clusters=clusters_of(keys))
+            )
         summary[name] = entry
     return summary

@@ -116,17 +116,18 @@ class RunFolder:
     @contextmanager
     def phase(self, name: str, *, sync: bool = False) -> Iterator[None]:
         """Time a phase of this session's run into ``timings.json`` (seconds as run now:
-        a resumed run times only what it still had to do), with the profile of the
-        sections run inside it (:mod:`fasb_lens.profiling`). With ``sync`` a phase every
-        process runs ends with :meth:`sync`, so the next one sees all its records."""
-        start = time.perf_counter()
+        a resumed run times only what it still had to do; a phase run several times,
+        once per split seed, sums its times), with the profile of the sections run inside
+        it (:mod:`fasb_lens.profiling`). With ``sync`` a phase every process runs ends
+        with :meth:`sync`, so the next one sees all its records."""
+        start, before = time.perf_counter(), self.timings.get(name, 0.0)
         try:
             with profiling(self.profile), self.profile.section(name):
                 yield
             if sync:
                 self.sync()
         finally:
-            self.timings[name] = round(time.perf_counter() - start, 1)
+            self.timings[name] = round(before + time.perf_counter() - start, 1)
             if distributed.is_main():
                 self._write_timings()
 

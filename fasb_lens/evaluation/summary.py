@@ -4,6 +4,11 @@
 MC1/MC2/MC3 and of each judge pair's True, Info and True*Info; :func:`write_summary`
 writes ``results.json``, ``results.csv``, ``answers.csv`` and ``table.md`` (like the
 paper's Table 1); :func:`write_fraction_sweep` the data-efficiency table.
+
+A run with several split seeds has a fold of each seed per stratum: its numbers are the
+mean over every (seed, fold), each named ``SEED/FOLD`` in ``per_fold`` (a run with one
+seed names its folds ``0``, ``1``, ... as before seeds), and ``seeds`` says which seeds
+the run used.
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def table_policies(config: ExperimentConfig, records: Iterable[dict[str, Any]]) 
     return names
 
 
+def stratum_name(config: ExperimentConfig, seed: Any, fold: Any) -> str:
+    """A (seed, fold)'s name in a summary: ``"1"`` in a run with one split seed,
+    ``"42/1"`` in a run with several."""
+    return f"{seed}/{fold}" if len(config.seeds) > 1 else str(fold)
+
+
+def _stratum(record: dict[str, Any]) -> tuple[Any, Any]:
+    return (record.get("seed"), record["fold"])
+
+
 def _of(record: dict[str, Any], policy: str) -> bool:
     return record["policy"] == policy or record["policy"].startswith(policy + "/")
 
@@ -77,29 +92,37 @@ def summarize_records(
     pair's True/Info/TruexInfo, per fold and mean; controls' draws are pooled (and each
     draw's MC2 kept); the direction's share of each gain closes the summary."""
     records, judgements = list(records), list(judgements)
-    folds = sorted({r["fold"] for r in records})
+    order = {seed: index for index, seed in enumerate(config.seeds)}  # the run's seeds first
+    strata = sorted(
+        {_stratum(r) for r in records},
+        key=lambda pair: (order.get(pair[0], len(order)), str(pair[0]), pair[1]),
+    )
     verdicts: dict[tuple, list[Verdict]] = defaultdict(list)
     for j in judgements:
         verdict = Verdict(
             j["judge"], j["truthful"], j["informative"], j.get("score"), j.get("error")
         )
-        verdicts[(j["policy"].split("/")[0], j["fold"], j["judge"])].append(verdict)
+        verdicts[(j["policy"].split("/")[0], _stratum(j), j["judge"])].append(verdict)
     judged = config.judges if "generation" in config.tasks else ()
     truth_judges = [name for name in judged if JUDGES.get(name).kind == "truth"]
     info_judges = [name for name in judged if JUDGES.get(name).kind == "info"]
-    summary: dict[str, Any] = {"folds": folds, "policies": {}}
+    summary: dict[str, Any] = {
+        "seeds": list(config.seeds),
+        "folds": sorted({fold for _, fold in strata}),
+        "policies": {},
+    }
     for policy in table_policies(config, records):
         entry: dict[str, Any] = {"per_fold": {}}
-        for fold in folds:
-            mine = [r for r in records if _of(r, policy) and r["fold"] == fold]
+        for stratum in strata:
+            mine = [r for r in records if _of(r, policy) and _stratum(r) == stratum]
             per = _fold_entry(mine)
             for truth in truth_judges:
                 for info in info_judges:
                     pair = judge_rates(
-                        verdicts[(policy, fold, truth)], verdicts[(policy, fold, info)]
+                        verdicts[(policy, stratum, truth)], verdicts[(policy, stratum, info)]
                     )
                     per[f"{truth} x {info}"] = pair
-            entry["per_fold"][str(fold)] = per
+            entry["per_fold"][stratum_name(config, *stratum)] = per
         entry["mean"] = _fold_mean(entry["per_fold"])
         draws = sorted(
             {r["policy"].split("/")[1] for r in records if _of(r, policy) and "/" in r["policy"]}
@@ -281,8 +304,26 @@ def searched(calibrations: dict[str, dict[str, Any]], policy: str) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """:func:`results_table` in markdown, in percent."""
-    return results_table(summary).markdown(percent)
+    """:func:`results_table` in markdown, in percent, and below it the split seeds it
+    pools."""
+    return results_table(summary).markdown(percent) + seeds_line(summary)
+
+
+def seeds_line(summary: dict[str, Any]) -> str:
+    """The line under a table that says which split seeds its numbers pool (nothing for a
+    summary written before runs named them)."""
+    seeds = summary.get("seeds")
+    if not seeds:
+        return ""
+    folds = len(summary.get("folds", ())) or "the"
+    if len(seeds) == 1:
+        return f"\nSplit seed {seeds[0]} ({folds} folds); n counts questions.\n"
+    listed = ", ".join(map(str, seeds))
+    return (
+        f"\nSplit seeds {listed} ({folds} folds each), pooled: each number is the mean over "
+        "every (seed, fold), its interval resamples questions with all their seeds; n counts "
+        "questions once per seed.\n"
+    )
 
 
 def comparisons_table(summary: dict[str, Any]) -> Table:
@@ -308,6 +349,8 @@ def comparisons_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+ANSWER_COLUMNS = ("seed", "fold", "question_id", "policy")
+"""The columns of ``answers.csv`` that say whose answer a row is."""
 ANSWER_FIELDS = (
     "set",
     "answer",
@@ -318,7 +361,7 @@ ANSWER_FIELDS = (
     "p_true",
     "strength",
 )
-"""The columns of ``answers.csv`` after fold, question and policy."""
+"""The columns of ``answers.csv`` after seed, fold, question and policy."""
 
 
 def write_summary(
@@ -348,9 +391,9 @@ def write_summary(
             results.rows.append([policy, "ci95_low", metric, low])
             results.rows.append([policy, "ci95_high", metric, high])
     storage.write_text(out / storage.RESULTS_CSV, results.csv())
-    answers = Table(["fold", "question_id", "policy", *ANSWER_FIELDS])
+    answers = Table([*ANSWER_COLUMNS, *ANSWER_FIELDS])
     answers.rows = [
-        [record["fold"], record["question_id"], record["policy"], *(row[k] for k in ANSWER_FIELDS)]
+        [record.get(k) for k in ANSWER_COLUMNS] + [row[k] for k in ANSWER_FIELDS]
         for record in records
         if record["task"] == "mc"
         for row in record["answers"]

@@ -8,6 +8,14 @@ gives the paired differences a table states - each policy against ``none``, agai
 random-direction control, and against the policies its registration names
 (``PolicySpec.compared_with``) - with their intervals and p-values. A random control's
 several draws on one question count as one value, their mean.
+
+A run with several split seeds (``--seeds``) evaluates each question once per seed. The
+strata are then the (seed, fold) pairs - the number a table reports is the mean over them
+- and the values pair by (seed, question); but a question evaluated under three seeds is
+still one question: the bootstrap resamples questions (clusters) with all their seed
+replicates together, and the permutation test swaps them together, so pooling seeds
+narrows an interval only as far as the seeds' calibrations disagree, never by the square
+root of the number of seeds.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ MC_METRICS = ("mc1", "mc2", "mc3")
 PAIR_METRICS = ("true", "info", "true_x_info")
 """A judge pair's metrics (``"TRUTH x INFO: true"``, ...)."""
 
-Key = tuple[Any, str]
-"""A question of a run: ``(fold, question_id)``."""
+Key = tuple[Any, Any, str]
+"""A question of a run under one split seed: ``(seed, fold, question_id)`` (``seed`` is
+``None`` for records that name none)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,21 @@ class Metric:
 
     name: str
     statistic: Statistic
+
+
+def question_key(record: dict[str, Any]) -> Key:
+    """A record's (or judgement's) question under its split seed."""
+    return (record.get("seed"), record["fold"], record["question_id"])
+
+
+def strata_of(keys: Sequence[Key]) -> list[tuple[Any, Any]]:
+    """Each key's stratum: its (seed, fold)."""
+    return [(seed, fold) for seed, fold, _ in keys]
+
+
+def clusters_of(keys: Sequence[Key]) -> list[str]:
+    """Each key's question: its replicates under other seeds resample with it."""
+    return [question for *_, question in keys]
 
 
 def _base(policy: str) -> str:
@@ -66,7 +90,7 @@ class QuestionValues:
         draws: dict[str, dict[Key, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
         for record in records:
             if record["task"] == "mc":
-                key = (record["fold"], record["question_id"])
+                key = question_key(record)
                 draws[_base(record["policy"])][key].append({m: record[m] for m in MC_METRICS})
         mc = {
             policy: {
@@ -79,7 +103,7 @@ class QuestionValues:
             lambda: defaultdict(lambda: defaultdict(list))
         )
         for j in judgements:
-            key = (j["fold"], j["question_id"])
+            key = question_key(j)
             pooled[_base(j["policy"])][j["judge"]][key].append((j["truthful"], j["informative"]))
         verdicts = {
             policy: {
@@ -138,8 +162,9 @@ def _aligned(values: dict[Key, list[float]], keys: list[Key]) -> np.ndarray:
 def policy_intervals(
     data: QuestionValues, policies: Iterable[str], metrics: Sequence[str], *, seed: int = 0
 ) -> dict[str, dict[str, list[float]]]:
-    """Per policy and metric, the 95% interval of the pooled statistic (folds as strata);
-    metrics a policy has no values for are left out."""
+    """Per policy and metric, the 95% interval of the pooled statistic ((seed, fold) pairs
+    as strata, each question resampled with its seed replicates); metrics a policy has no
+    values for are left out."""
     result: dict[str, dict[str, list[float]]] = {}
     for policy in policies:
         rows: dict[str, list[float]] = {}
@@ -151,7 +176,8 @@ def policy_intervals(
             low, high = interval(
                 _aligned(values, keys),
                 statistic_of(metric),
-                strata=[fold for fold, _ in keys],
+                strata=strata_of(keys),
+                clusters=clusters_of(keys),
                 seed=seed,
             )
             rows[metric] = [low, high]
@@ -188,7 +214,8 @@ def comparisons(
     *,
     seed: int = 0,
 ) -> list[Comparison]:
-    """Each pair's paired comparison on each metric, over the questions both have."""
+    """Each pair's paired comparison on each metric, over the questions both have (paired
+    by seed and question; a question's seed replicates resampled together)."""
     found = []
     for a, b in pairs:
         for metric in metrics:
@@ -203,7 +230,8 @@ def comparisons(
                     names=(a, b),
                     metric=metric,
                     statistic=statistic_of(metric),
-                    strata=[fold for fold, _ in keys],
+                    strata=strata_of(keys),
+                    clusters=clusters_of(keys),
                     seed=seed,
                 )
             )

@@ -119,6 +119,7 @@ def run_demo(
             settings=PolicySettings(alpha=settings.alpha or 0.0, backtrack_tokens=backtrack_tokens),
             mc_source="csv",
             progress=progress,
+            policies=("fixed", "fasb"),
         ),
         tasks=("generation",) if settings.alpha is None else (),
     )

@@ -231,20 +231,25 @@ def test_calibrate_on_a_tiny_model(tiny_llama, tiny_anchoring, tmp_path, small_g
     )
     assert result.thresholds["generation"] == pytest.approx(expected, abs=1e-4)
     assert result.trackers["probe"]["threshold_at_k"] == result.thresholds["generation"]
-    assert result.strength("mc", "fasb_no_backtrack") == result.strengths["mc"]["fasb"]
     assert len(result.readings["probe"]["first_check"]) == 4
+    variants = ("fasb_fixed_strength", "fasb_no_backtrack", "after_question")
     for task in ("mc", "generation"):
         rows = [r for r in result.sweep if r["task"] == task and r["top_k"] == result.top_k]
-        counts = {m: sum(r["policy"] == m for r in rows) for m in ("fixed", "fasb")}
-        assert counts["fixed"] == counts["fasb"] > 0  # the same budget for every family
-        assert set(result.uncertainty[task]) == {"fixed", "fasb"}
+        counts = {m: sum(r["policy"] == m for r in rows) for m in ("fixed", "fasb", *variants)}
+        assert len(set(counts.values())) == 1 and counts["fasb"] > 0  # the same budget each
+        assert set(result.uncertainty[task]) == {"fixed", "fasb", *variants}
+        for variant in variants:  # each searched on its own, at FASB's threshold
+            assert result.strength(task, variant) == result.strengths[task][variant]
+            at = [r["threshold"] for r in rows if r["policy"] == variant]
+            assert at and all(t == pytest.approx(result.thresholds[task]) for t in at)
+        assert result.threshold(task) == result.thresholds[task]
     for task in ("mc", "generation"):
         rows = [r for r in result.sweep if r["task"] == task]
-        for name in ("fixed", "fasb"):  # the sweep's rows, and no steering's reference
+        for name in ("fixed", "fasb", *variants):  # the sweep's rows, and no steering's
             count = sum(r["policy"] == name for r in rows)
             assert count <= result.evaluations[task][name] <= count + 1
         fluency = result.fluency[task]
-        assert set(fluency) == {"fixed", "fasb"}
+        assert set(fluency) == {"fixed", "fasb", *variants}
         assert all(0 <= kept["kl"] <= kept["max_kl"] == 0.5 for kept in fluency.values())
         assert all(0 <= r["kl"] for r in rows)
     assert 0 <= result.fluency["generation"]["fasb"]["info"] <= 1
@@ -326,3 +331,23 @@ def test_settings_evaluated_together_search_as_one_at_a_time() -> None:
     assert (many.threshold, many.strengths) == (one.threshold, one.strengths)
     assert max(calls) == 3 and 2 in calls  # grids and quantiles, refinement pairs
     assert sum(calls) < len(tried_many) + len(fixed_many)  # fewer calls than settings
+
+
+def test_a_run_searches_only_what_its_policies_use(tiny_anchoring) -> None:
+    def searched(policies):
+        inputs = CalibrationInputs(
+            None,  # type: ignore[arg-type]
+            [],
+            tiny_anchoring.steering,
+            load_prompt_format(),
+            PolicySettings(),
+            policies=policies,
+        )
+        return [spec.name for spec in inputs.searched()]
+
+    every = searched(None)
+    assert every[0] == "fasb" and {"fixed", "fasb_no_backtrack", "after_question"} <= set(every)
+    assert "detector_only" not in every  # it steers nothing: FASB's threshold, no strength
+    assert searched(("none", "fixed_random")) == ["fasb", "fixed"]  # FASB's search chooses K
+    assert searched(("fasb_random", "detector_only")) == ["fasb"]
+    assert searched(("after_question",)) == ["fasb", "after_question"]

@@ -338,7 +338,7 @@ def test_two_seeds_pool_and_resume_seed_by_seed(tiny_llama, tmp_path, monkeypatc
     assert {line.split(",")[0] for line in lines[1:]} == {"42", "7"}
     # a control draws its random directions from the split seed too
     control = make_policy("fasb_random", alpha=1.0)
-    drawn = {seed: Experiment._drawn(None, seed, "fasb_random/0", control, "q") for seed in (42, 7)}
+    drawn = {seed: Experiment._drawn(seed, "fasb_random/0", control, "q") for seed in (42, 7)}
     assert drawn[42].seed != drawn[7].seed
 
 

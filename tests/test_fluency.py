@@ -79,5 +79,5 @@ def test_the_table_says_what_each_choice_cost() -> None:
     assert searched(calibrations, "fasb") == "33 / 9"
     assert searched(calibrations, "fixed") == "24 / -"
     assert searched(calibrations, "none") == "-"
-    for shares in ("fasb_no_backtrack", "fasb_random/0", "fasb_question"):
+    for shares in ("detector_only", "fasb_random/0", "fasb_question"):
         assert searched(calibrations, shares) == "fasb's"

@@ -118,7 +118,9 @@ def test_registry_names_match_the_policies() -> None:
         assert source is None or policy_spec(source).search is not None
         if spec.control_of:
             assert policy_spec(spec.control_of).calibrated_as == source
-    assert [spec.name for spec in searched()] == ["fasb", "fixed", "caa"]  # thresholded first
+    variants = ["fasb_fixed_strength", "fasb_no_backtrack", "after_question"]
+    # thresholded first: FASB and each variant that steers searched on its own
+    assert [spec.name for spec in searched()] == ["fasb", *variants, "fixed", "caa"]
     assert policy_names("datasets") == ("none", "fixed", "fasb", "fasb_random", "fixed_random")
     assert POLICIES.aliases == {"baseline": "none", "iti": "fixed"}
     assert resolve("iti") == "fixed" and isinstance(make_policy("baseline"), Unsteered)

@@ -204,7 +204,10 @@ def search_policies(
         searches[first] = started
     if policy_spec(first).search.threshold and readings is not None:  # type: ignore[union-attr]
         others = {name: search for name, search in searches.items() if name != first}
-        return joint_search(searches[first], readings, others, grids, family=first, rng=rng)
+        shared = [name for name in others if policy_spec(name).search.threshold]  # type: ignore[union-attr]
+        return joint_search(
+            searches[first], readings, others, grids, family=first, shared_threshold=shared, rng=rng
+        )
     for name, search in searches.items():
         thresholded = policy_spec(name).search.threshold  # type: ignore[union-attr]
         search.strengths(grids[name], threshold if thresholded else None)

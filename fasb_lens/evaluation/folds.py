@@ -198,6 +198,7 @@ class FoldSetup:
             info_judge=config.calibration_info_judge,
             progress=self.progress,
             max_kl=config.max_kl,
+            policies=config.policies,
         )
         calibration, steering = calibrate_fold(
             inputs,

@@ -75,15 +75,15 @@ class HeldOutEvaluation:
         return decided
 
     @staticmethod
-    def _drawn(fold: Fold, name: str, policy: Policy, *where: Any) -> Policy:
+    def _drawn(seed: int, name: str, policy: Policy, *where: Any) -> Policy:
         """A control's policy with the random directions of its draw at ``where`` (a
-        question) under the fold's split seed; other policies as they are."""
+        question) under split seed ``seed``; other policies as they are."""
         draw = name.partition("/")[2]
-        return redraw(policy, fold.seed, draw, *where)
+        return redraw(policy, seed, draw, *where)
 
     def _mc_policies(self, fold: Fold, question: TruthfulQAQuestion) -> dict[str, Policy]:
         named = {**fold.policies["mc"], **self._question_policies(fold, question)}
-        return {n: self._drawn(fold, n, p, question.id) for n, p in named.items()}
+        return {n: self._drawn(fold.seed, n, p, question.id) for n, p in named.items()}
 
     def evaluate_mc(self, fold: Fold) -> None:
         """Every test question's multiple choice under every policy, :data:`ROWS` questions
@@ -180,7 +180,7 @@ class HeldOutEvaluation:
         traces = generate(
             self.model,
             [prompts[i] for i in todo],
-            policy=[self._drawn(fold, name, policy, question.id) for question in questions],
+            policy=[self._drawn(fold.seed, name, policy, question.id) for question in questions],
             steering=fold.steering,
             config=config,
             prompt_cache=cache,

@@ -19,7 +19,7 @@ over its budget: a strength that breaks the model's language is not a setting.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -368,10 +368,12 @@ def joint_search(
     grids: Mapping[str, Sequence[float]],
     *,
     family: str = "fasb",
+    shared_threshold: Collection[str] = (),
     rng: np.random.RandomState,
 ) -> JointResult:
     """A thresholded family's strength and threshold together, then every other family's
-    strength with as many evaluations.
+    strength with as many evaluations (those in ``shared_threshold`` at the threshold
+    chosen, the others without one).
 
     ``thresholded`` (possibly holding earlier evaluations) is searched at the median of
     ``readings`` (the tracker at the checks), then at their :data:`THRESHOLD_QUANTILES`
@@ -399,9 +401,10 @@ def joint_search(
     strengths = {family: float(alpha)}
     uncertainty = {family: thresholded.bootstrap(rng)}
     for name, search in others.items():
-        search.strengths(grids[name])
-        search.fill(len(thresholded.tried))
-        strengths[name] = float(search.best())
+        at = float(beta) if name in shared_threshold else None
+        search.strengths(grids[name], at)
+        search.fill(len(thresholded.tried), at)
+        strengths[name] = float(search.best(at))
         uncertainty[name] = search.bootstrap(rng)
     return JointResult(
         strengths,

@@ -20,7 +20,7 @@ the questions are resampled, and the range of the winners.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,7 +46,7 @@ from fasb_lens.evaluation.judges import JudgeInput, judge_by_name
 from fasb_lens.evaluation.search import Scores, Search, choose_threshold, detection_auc, rank_key
 from fasb_lens.generation import QA_STOP, GenerationConfig, GenerationTrace, generate
 from fasb_lens.multiple_choice import AnswerSource, MultipleChoice, evaluate_together
-from fasb_lens.policies import Policy, PolicySettings, Unsteered
+from fasb_lens.policies import Policy, PolicySettings, PolicySpec, Unsteered, policy_spec
 from fasb_lens.prefix import SharedPrefix
 from fasb_lens.profiling import section
 from fasb_lens.steering import Steering
@@ -81,6 +81,9 @@ class CalibrationInputs:
     """The fluency budget of every strength search (:mod:`fasb_lens.evaluation.fluency`)."""
     fluency: FluencyProbe | None = None
     """The probe measuring it, built on the validation questions when first needed."""
+    policies: Collection[str] | None = None
+    """The policies the run compares: only the searches they take their settings from
+    are run (the thresholded one always, as it chooses K); ``None``: every search."""
 
     def costs(self, specs: Sequence[Any], steering: Steering) -> dict[str, Cost]:
         """Each searched family's fluency cost on ``steering`` (its K heads)."""
@@ -93,8 +96,15 @@ class CalibrationInputs:
 
     def thresholded(self, tracker: str) -> Policy:
         """The thresholded policy at the starting settings, reading ``tracker``."""
-        spec = searched_specs(self.artifacts)[0]
-        return spec.build(replace(self.settings, tracker=tracker))
+        return self.searched()[0].build(replace(self.settings, tracker=tracker))
+
+    def searched(self) -> list[PolicySpec]:
+        """The searched policies this calibration runs (the thresholded one first)."""
+        specs = searched_specs(self.artifacts)
+        if self.policies is None:
+            return specs
+        wanted = {policy_spec(name).calibrated_as for name in self.policies}
+        return [spec for i, spec in enumerate(specs) if i == 0 or spec.name in wanted]
 
     @property
     def artifacts(self) -> tuple[str, ...]:
@@ -316,7 +326,7 @@ def _calibrate_mc(inputs, calibration, top_ks, bar, rng) -> Steering:
     searched policy's strength, on validation MC2."""
     steering = inputs.steering
     base = replace(inputs.settings, tracker=calibration.tracker)
-    specs = searched_specs(inputs.artifacts)
+    specs = inputs.searched()
     first = specs[0]
     widest = _mc_items(inputs, steering)  # prompts run once, for every K
     policy = first.build(base)
@@ -411,7 +421,7 @@ def _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng) ->
 
         return evaluate
 
-    specs = searched_specs(inputs.artifacts)
+    specs = inputs.searched()
     evaluators = {spec.name: evaluator(build_searched(spec, base)) for spec in specs}
     threshold = calibration.thresholds["generation"]
     chosen = search_policies(

@@ -4,8 +4,10 @@ Every function here takes plain data (tensors, traces, summaries) and returns a
 ``plotly.graph_objects.Figure``; none shows, writes or changes anything. Only
 :func:`save_figure` touches the disk: HTML always (plotly.js written once beside the
 files, not inlined in each), PNG when ``kaleido`` can find a Chrome/Chromium to render
-with. All of them draw with one template (:mod:`fasb_lens.plotting.style`): a fixed colour
-and a human name per policy, fractions in percent, one font and layout.
+with; :func:`show` displays a figure in Jupyter with a PNG of it in the same output, so a
+saved notebook shows it where plotly.js does not run. All of them draw with one template
+(:mod:`fasb_lens.plotting.style`): a fixed colour and a human name per policy, fractions in
+percent, one font and layout.
 
 * :func:`head_heatmap` - a value per head (probe accuracy, an ablation effect) as a
   layers x heads grid, anchored heads outlined (the paper's Figure 4);
@@ -28,6 +30,7 @@ and a human name per policy, fractions in percent, one font and layout.
 """
 
 from fasb_lens.plotting.common import save_figure
+from fasb_lens.plotting.display import show
 from fasb_lens.plotting.heads import (
     anchored_heads,
     anchored_heads_from_projections,
@@ -51,6 +54,7 @@ __all__ = [
     "method_comparison",
     "p_true_distributions",
     "save_figure",
+    "show",
     "steering_heads",
     "sweep_lines",
     "token_view",

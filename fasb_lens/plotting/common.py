@@ -18,6 +18,15 @@ def grid(values: Tensor) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in values.tolist()]
 
 
+def to_png(figure: go.Figure, *, scale: float = 1.0) -> bytes:
+    """``figure`` as PNG bytes, rendered by kaleido (which drives a Chrome/Chromium): the
+    figure's own size when its layout sets one, else
+    :data:`~fasb_lens.plotting.style.WIDTH` x :data:`~fasb_lens.plotting.style.HEIGHT`,
+    times ``scale``. Raises whatever kaleido raises when it cannot render."""
+    width, height = figure.layout.width or WIDTH, figure.layout.height or HEIGHT
+    return figure.to_image(format="png", width=width, height=height, scale=scale)
+
+
 def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> list[Path]:
     """Write ``path`` as ``.html`` (always) and ``.png`` (if a renderer is available).
 
@@ -37,8 +46,7 @@ def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> lis
     written = [html]
     if png:
         try:
-            width, height = figure.layout.width or WIDTH, figure.layout.height or HEIGHT
-            figure.write_image(base.with_suffix(".png"), width=width, height=height, scale=1.5)
+            base.with_suffix(".png").write_bytes(to_png(figure, scale=1.5))
             written.append(base.with_suffix(".png"))
         except Exception as error:  # kaleido missing, or no browser for it to drive
             logger.warning(

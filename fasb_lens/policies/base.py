@@ -77,7 +77,7 @@ class PolicySpec:
             tracker) and/or ``"caa"`` (CAA's residual vector).
         search: how calibration searches its strength; ``None``: it is not searched.
         settings_from: the searched policy whose calibrated strength (and threshold) it
-            uses (FASB's variants and controls use FASB's).
+            uses (``detector_only`` and FASB's control use FASB's).
         control_of: the policy it is the random-direction control of (its directions are
             drawn anew for every question; tables pair the two).
         default_strength: its strength when nothing is calibrated (``None``: the

@@ -122,6 +122,10 @@ class FASB(Policy):
         return Decision(checked=True, trigger=Trigger(self.strength(value), keep, value))
 
 
+FASB_GRIDS = {"mc": (2.0, 8.0, 32.0), "generation": (8.0, 16.0, 32.0)}
+"""The strengths FASB's family starts its searches on, per task."""
+
+
 def _variant(
     name: str,
     description: str,
@@ -131,7 +135,10 @@ def _variant(
     compared_with: tuple[str, ...] = ("fasb",),
     **switches: bool,
 ) -> None:
-    """Register FASB with ``switches`` as ``name``; the variants share FASB's settings."""
+    """Register FASB with ``switches`` as ``name``. Every variant that steers has a
+    strength search of its own (at FASB's threshold, with as many evaluations as FASB's,
+    so that an ablation compares calibrated policies); ``detector_only`` steers nothing
+    and takes FASB's threshold."""
 
     def build(settings: PolicySettings) -> FASB:
         return FASB(
@@ -143,18 +150,14 @@ def _variant(
             **settings.options,
         )
 
-    main = name == "fasb"
+    main, steers = name == "fasb", not switches.get("detect_only", False)
     register(
         PolicySpec(
             name=name,
             build=build,
             description=description,
-            search=StrengthSearch(
-                {"mc": (2.0, 8.0, 32.0), "generation": (8.0, 16.0, 32.0)}, threshold=True
-            )
-            if main
-            else None,
-            settings_from=None if main else "fasb",
+            search=StrengthSearch(FASB_GRIDS, threshold=True) if steers else None,
+            settings_from=None if steers else "fasb",
             tables=("truthfulqa", "datasets") if main else ("truthfulqa",),
             leak_free=main,
             compared_with=compared_with,

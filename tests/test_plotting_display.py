@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from fasb_lens.plotting import display, p_true_distributions, show
+from fasb_lens.plotting import common, display, p_true_distributions, save_figure, show
 from fasb_lens.plotting.display import PLOTLY_MIME, PNG_MIME, figure_bundle
 
 FAKE_PNG = b"\x89PNG\r\n\x1a\nnot really an image"
@@ -34,10 +34,27 @@ def test_without_a_renderer_the_figure_stays_and_a_warning_says_why(monkeypatch,
         raise RuntimeError("no Chrome")
 
     monkeypatch.setattr(display, "to_png", no_browser)
-    with caplog.at_level(logging.WARNING, logger=display.__name__):
+    monkeypatch.setattr(common, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger=common.__name__):
         bundle = figure_bundle(p_true_distributions([0.4], [0.6]))
-    assert PLOTLY_MIME in bundle and PNG_MIME not in bundle
-    assert "kaleido" in caplog.text
+        assert PLOTLY_MIME in bundle and PNG_MIME not in bundle
+        assert "kaleido" in caplog.text
+        caplog.clear()
+        figure_bundle(p_true_distributions([0.4], [0.6]))  # said once, not per figure
+        assert caplog.text == ""
+
+
+def test_a_folder_of_figures_without_kaleido_warns_once(monkeypatch, caplog, tmp_path) -> None:
+    def no_kaleido(figure, *, scale):
+        raise ImportError("kaleido")
+
+    monkeypatch.setattr(common, "to_png", no_kaleido)
+    monkeypatch.setattr(common, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger=common.__name__):
+        for name in ("a", "b", "c"):
+            written = save_figure(p_true_distributions([0.4], [0.6]), tmp_path / name)
+            assert [path.suffix for path in written] == [".html"]
+    assert len(caplog.records) == 1 and "HTML only" in caplog.text
 
 
 def test_png_false_renders_nothing(monkeypatch) -> None:

@@ -37,7 +37,8 @@ def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> lis
 
     PNG export needs the ``kaleido`` package and a Chrome or Chromium on the machine (on
     Debian: ``apt-get install chromium``); without them only the HTML is written and a
-    warning says what to install. Returns the files written.
+    warning (once per process, :func:`no_png`) says what to install. Returns the files
+    written.
     """
     base = Path(path).with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -49,10 +50,23 @@ def save_figure(figure: go.Figure, path: str | Path, *, png: bool = True) -> lis
             base.with_suffix(".png").write_bytes(to_png(figure, scale=1.5))
             written.append(base.with_suffix(".png"))
         except Exception as error:  # kaleido missing, or no browser for it to drive
-            logger.warning(
-                "PNG export of %s failed (%s); install kaleido (pip install 'fasb-lens[figures]')"
-                " and a Chrome/Chromium (apt-get install chromium) for PNGs",
-                base.name,
-                type(error).__name__,
-            )
+            no_png(base.name, error)
     return written
+
+
+_WARNED: set[str] = set()
+
+
+def no_png(what: str, error: Exception) -> None:
+    """Say that ``what`` has no PNG because kaleido could not render it: a warning naming
+    what to install the first time in a process, a debug line after (a folder of figures
+    then warns once, not once per figure)."""
+    reason = type(error).__name__
+    log = logger.debug if reason in _WARNED else logger.warning
+    _WARNED.add(reason)
+    log(
+        "no PNG of %s (%s): HTML only; for PNGs install kaleido (pip install "
+        "'fasb-lens[figures]') and a Chrome/Chromium (apt-get install chromium)",
+        what,
+        reason,
+    )

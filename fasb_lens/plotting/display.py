@@ -12,15 +12,12 @@ the output holds the interactive figure alone and a warning says what to install
 from __future__ import annotations
 
 import base64
-import logging
 from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from fasb_lens.plotting.common import to_png
-
-logger = logging.getLogger(__name__)
+from fasb_lens.plotting.common import no_png, to_png
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PNG_MIME = "image/png"
@@ -37,11 +34,7 @@ def figure_bundle(figure: go.Figure, *, png: bool = True, scale: float = 1.0) ->
         try:
             bundle[PNG_MIME] = base64.b64encode(to_png(figure, scale=scale)).decode("ascii")
         except Exception as error:  # kaleido missing, or no browser for it to drive
-            logger.warning(
-                "no static PNG beside the figure (%s); install kaleido (pip install "
-                "'fasb-lens[figures]') and a Chrome/Chromium (apt-get install chromium)",
-                type(error).__name__,
-            )
+            no_png(title or "the figure", error)
     return bundle
 
 

@@ -42,6 +42,14 @@ def test_a_grid_wholly_over_budget_goes_weaker() -> None:
     assert search.fluent_grid((2.0, 8.0)) == [0.5]
 
 
+def test_with_nothing_fluent_every_choice_falls_back_to_the_weakest() -> None:
+    search = Search(_rising, ("mc2", "mc1"), cost=lambda alpha: alpha, max_cost=0.5)
+    search.score_all([(2.0, None), (4.0, None)])  # both over budget, scored anyway
+    assert search.best() == 2.0
+    assert list(search.candidates()) == [(2.0, None)]
+    assert search.bootstrap(np.random.RandomState(0))["alpha_range"] == [2.0, 2.0]
+
+
 def test_a_joint_search_keeps_to_the_budget() -> None:
     def scores(alpha: float, threshold: float | None) -> dict[str, list[float]]:
         return {"mc2": [math.log2(1 + alpha) / 4 - (threshold or 0) ** 2] * 6, "mc1": [0.0] * 6}

@@ -114,10 +114,13 @@ class Search:
         return self.cost is None or self.cost(alpha) <= self.max_cost
 
     def candidates(self) -> dict[Setting, Scores]:
-        """The tried settings a choice may take: those within the fluency budget (every
-        one tried if none is)."""
+        """The tried settings a choice may take: those within the fluency budget (the
+        weakest strength tried if none is, as :meth:`best` falls back)."""
         fluent = {s: scores for s, scores in self.tried.items() if self.fluent(s[0])}
-        return fluent or self.tried
+        if fluent or not self.tried:
+            return fluent
+        weakest = min(alpha for alpha, _ in self.tried)
+        return {s: scores for s, scores in self.tried.items() if s[0] == weakest}
 
     def fluent_grid(self, grid: Sequence[float]) -> list[float]:
         """The grid's strengths within the budget; when none is, the largest of its

@@ -47,6 +47,10 @@ class Profile:
 
     @contextmanager
     def section(self, name: str) -> Iterator[None]:
+        """Time the block as ``name`` under the sections open around it (a ``/`` in the
+        name itself, as in a control's ``fasb_random/0``, is written ``:``: the path
+        separates sections only)."""
+        name = name.replace("/", ":")
         path = "/".join([*self._stack, name])
         entry = self.sections.setdefault(path, Section())
         start, counts = time.perf_counter(), dict(_COUNTS)

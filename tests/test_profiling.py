@@ -26,3 +26,11 @@ def test_sections_nest_and_count_forwards(tiny_llama) -> None:
     assert sections["outer"]["seconds"] >= sections["outer/inner"]["seconds"]
     report = profile.report(min_seconds=0)
     assert "  inner x2" in report and report.splitlines()[1].startswith("outer")
+
+
+def test_a_slash_in_a_name_does_not_nest() -> None:
+    profile = Profile()
+    with profiling(profile), section("generation"), section("fasb_random/0"):
+        pass
+    assert list(profile.to_dict()) == ["generation", "generation/fasb_random:0"]
+    assert profile.report(min_seconds=0).splitlines()[-1].startswith("  fasb_random:0")

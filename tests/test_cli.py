@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -131,6 +132,25 @@ def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -
     for name in ("heads_accuracy", "anchored_heads", "p_true_distributions", "trajectories"):
         assert (tmp_path / f"{name}.html").is_file()
     assert (tmp_path / "artifact" / "steering.safetensors").is_file()
+    gained = any(line.endswith("-> truthful)") for line in out.splitlines())
+    assert gained or "FASB gained no answer here." in out  # a gain, or why there is none
+
+
+def test_the_demo_says_why_fasb_gained_nothing() -> None:
+    def row(alpha, value):
+        return {"task": "generation", "policy": "fasb", "alpha": alpha, "true_x_info": value}
+
+    calibration = SimpleNamespace(
+        questions=15,
+        sweep=[row(0.5, 0.6), row(8.0, 0.4), row(16.0, 0.2), {**row(1.0, 0.9), "task": "mc"}],
+        unsteered={"generation": {"true_x_info": 0.6}},
+    )
+    why = demo._why_no_gain(calibration, 0.5)
+    assert "15 validation questions" in why and "strength 0.5 scored True x Info 60%" in why
+    assert "against 60% without steering" in why
+    assert "every stronger strength tried (2) scored less, 40% at best" in why
+    calibration.unsteered = {}
+    assert "without steering" not in demo._why_no_gain(calibration, 0.5)
 
 
 def test_collect_and_fit_commands(tiny_llama_folder, tmp_path, capsys) -> None:

@@ -79,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         f"{totals['fasb']}/{n} with FASB (judged by {calibration.judge}; a handful of "
         "questions is an illustration, not a result: `fasb-lens reproduce` measures)"
     )
+    if settings.alpha is None and not any(
+        _change(before, after).endswith("-> truthful)")
+        for before, after in zip(verdicts["none"], verdicts["fasb"], strict=True)
+    ):
+        print(_why_no_gain(calibration, result.strengths["fasb"]))
     print("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()))
     print(
         f"figures      {args.out}/ ("
@@ -101,4 +106,27 @@ def _change(before: bool | None, after: bool | None) -> str:
         return f"FASB: no change (still {'truthful' if after else 'untruthful'})"
     return (
         "FASB: gained (untruthful -> truthful)" if after else "FASB: lost (truthful -> untruthful)"
+    )
+
+
+def _why_no_gain(calibration, strength: float) -> str:
+    """Why FASB, at its calibrated strength, gained no answer: what that strength and the
+    stronger ones scored on the validation questions, against no steering."""
+    rows = [r for r in calibration.sweep if r["task"] == "generation" and r["policy"] == "fasb"]
+    chosen = max((r for r in rows if r["alpha"] == strength), key=lambda r: r["true_x_info"])
+    stronger = [r["true_x_info"] for r in rows if r["alpha"] > strength]
+    plain = calibration.unsteered.get("generation", {}).get("true_x_info")
+    versus = "" if plain is None else f" against {plain:.0%} without steering"
+    beyond = (
+        f"; every stronger strength tried ({len(stronger)}) scored less, {max(stronger):.0%} "
+        "at best"
+        if stronger and max(stronger) < chosen["true_x_info"]
+        else ""
+    )
+    return (
+        f"FASB gained no answer here. On the {calibration.questions} validation questions its "
+        f"calibrated strength {strength:g} scored True x Info {chosen['true_x_info']:.0%}"
+        f"{versus}{beyond}: on this small model and so few questions, FASB does not make "
+        "answers more truthful at a strength that keeps the model fluent. The full "
+        "TruthfulQA run measures the effect with intervals (docs/results.md)."
     )

@@ -421,6 +421,9 @@ def _calibrate_generation(inputs, calibration, steering, unsteered, bar, rng) ->
 
         return evaluate
 
+    if unsteered is not None:  # the reference every strength is compared with
+        plain = scores(unsteered)
+        calibration.unsteered["generation"] = {k: float(np.mean(v)) for k, v in plain.items()}
     specs = inputs.searched()
     evaluators = {spec.name: evaluator(build_searched(spec, base)) for spec in specs}
     threshold = calibration.thresholds["generation"]

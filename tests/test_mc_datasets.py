@@ -293,6 +293,9 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path, small_se
     val = [item for item in items if item.id in split.val]
     plain = [predict(score_item(tiny_llama, item)) == item.label for item in val]
     assert chosen["unsteered"]["accuracy"] == pytest.approx(sum(plain) / len(plain))
+    for name, kept in chosen["fluency"]["mc"].items():  # each choice within the budget
+        assert 0.0 <= kept["kl"] <= kept["max_kl"] == 0.5
+        assert chosen["evaluations"]["mc"][name] > 0
     calls = count_score_calls(monkeypatch)
     assert (result["n_train"], result["n_val"], result["n_test"]) == (16, 4, 20)
     assert result["dataset"] == "sst2" and len(result["anchored_heads"]) == 4
@@ -313,6 +316,23 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path, small_se
     resumed = run(on_item=again.append, done=done)
     assert calls == [] and again == []  # the calibration is read back, nothing is scored
     assert resumed["accuracy"] == result["accuracy"]
+
+
+def test_a_tight_fluency_budget_keeps_the_strengths_weak(tiny_llama, small_searches) -> None:
+    with small_searches({"fixed": (1.0, 4.0), "fasb": (1.0, 4.0)}):
+        result = evaluate_dataset(
+            tiny_llama,
+            sst2_items(40),
+            policies=POLICIES,
+            settings=SETTINGS,
+            top_k=4,
+            progress=False,
+            max_kl=1e-4,
+        )
+    chosen = result["calibration"]
+    for name, kept in chosen["fluency"]["mc"].items():
+        assert kept["kl"] <= 1e-4 and kept["max_kl"] == 1e-4
+        assert chosen["strengths"]["mc"][name] < 1.0  # below the whole start grid
 
 
 def test_evaluate_dataset_limit_and_partial_resume(tiny_llama, monkeypatch) -> None:

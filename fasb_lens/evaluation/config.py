@@ -58,6 +58,16 @@ def _task(name: str) -> str:
     return name
 
 
+def max_kl_option() -> Any:
+    """The fluency budget's option (``--max-kl``), the same for every calibrating command."""
+    return option(
+        DEFAULT_MAX_KL,
+        help="fluency budget of calibration: no strength whose next-token KL from the "
+        "unsteered model on validation answers exceeds it, in nats per token (inf: none)",
+        bounds=Bounds(above=0, infinite=True),
+    )
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines a run; saved as ``config.json`` next to its results."""
@@ -163,12 +173,7 @@ class ExperimentConfig:
     question_protocol: bool = option(
         True, help="leave out the leak-free multiple-choice protocol (one decision per question)"
     )
-    max_kl: float = option(
-        DEFAULT_MAX_KL,
-        help="fluency budget of calibration: no strength whose next-token KL from the "
-        "unsteered model on validation answers exceeds it, in nats per token (inf: none)",
-        bounds=Bounds(above=0, infinite=True),
-    )
+    max_kl: float = max_kl_option()
     calibration_questions: int | None = None
     calibration_judge: str = "embedding-acc"
     calibration_info_judge: str = "info-check"
@@ -320,6 +325,7 @@ class DatasetsConfig:
         help="use --alpha/--strength/--threshold as given instead of choosing them on each "
         "dataset's validation items",
     )
+    max_kl: float = max_kl_option()
     seed: int = option(0, help="seed of the subset, the split and the controls' directions")
     model: ModelOptions = ModelOptions()
     batch_size: int = AnchoringSettings.batch_size

@@ -66,9 +66,14 @@ class FluencyProbe:
         limit: int = PROBE_QUESTIONS,
     ) -> FluencyProbe:
         """The probe on the first ``limit`` of ``questions``."""
-        if not questions:
+        return cls.on_texts(model, [probe_text(question) for question in questions[:limit]])
+
+    @classmethod
+    def on_texts(cls, model: TransformerBridge, texts: Sequence[tuple[str, str]]) -> FluencyProbe:
+        """The probe on ``(prompt, answer)`` texts (a multiple-choice item's prompt and its
+        right option, say), steered and read at the answer's positions."""
+        if not texts:
             raise ValueError("the fluency probe needs at least one question")
-        texts = [probe_text(question) for question in questions[:limit]]
         prompts = tokenize(model, [prompt for prompt, _ in texts])
         whole = tokenize(model, [prompt + answer for prompt, answer in texts])
         ids, attention = pad(whole, pad_id=pad_token_id(model), side="right")

@@ -16,14 +16,17 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from fasb_lens.data.mc import option_prompts
 from fasb_lens.data.schema import MultipleChoiceItem
 from fasb_lens.evaluation.calibration import (
     Calibration,
     Evaluator,
     build_searched,
+    record_search,
     search_policies,
     searched_specs,
 )
+from fasb_lens.evaluation.fluency import DEFAULT_MAX_KL, PROBE_QUESTIONS, FluencyProbe
 from fasb_lens.evaluation.mc_items import ItemScorer, predict, score_items
 from fasb_lens.evaluation.search import Scores
 from fasb_lens.policies import Policy, PolicySettings, Unsteered, policy_spec
@@ -54,13 +57,15 @@ def calibrate_dataset(
     base: PolicySettings,
     *,
     seed: int = 0,
+    max_kl: float = DEFAULT_MAX_KL,
     progress: bool = True,
 ) -> Calibration:
     """The calibrated settings of the searched policies that ``policies`` use, chosen on
     ``items`` (a dataset's validation items) by accuracy, then margin: the thresholded
     policy's strength and threshold jointly (thresholds from the tracker's readings on
-    the options), every other one's strength with as many evaluations. The unsteered
-    model's means on the same items are the sweeps' reference line."""
+    the options), every other one's strength with as many evaluations, each within the
+    fluency budget ``max_kl`` (measured on the items' prompts and right options). The
+    unsteered model's means on the same items are the sweeps' reference line."""
     scorers = [ItemScorer(model, item, steering) for item in items]
     bar = tqdm(desc=f"calibrate {items[0].dataset}", unit="setting", disable=not progress)
     used = {policy_spec(name).calibrated_as for name in policies}
@@ -75,35 +80,36 @@ def calibrate_dataset(
 
         return evaluate
 
-    readings = [value for scorer in scorers for value in scorer.readings()]
-    chosen = (
-        search_policies(
+    unsteered = _scores(scorers, items, Unsteered())
+    calibration = Calibration(
+        tracker=base.tracker,
+        top_k=steering.top_k,
+        thresholds={},
+        strengths={"mc": {}},
+        judge=None,
+        questions=len(items),
+        uncertainty={"mc": {}},
+        unsteered={"mc": {key: float(np.mean(values)) for key, values in unsteered.items()}},
+    )
+    if specs:
+        probe = FluencyProbe.on_texts(
+            model, [option_prompts(item)[item.label] for item in items[:PROBE_QUESTIONS]]
+        )
+        chosen = search_policies(
             "mc",
             {spec.name: evaluator(spec) for spec in specs},
             KEYS,
             rng=np.random.RandomState(seed),
-            readings=readings,
+            readings=[value for scorer in scorers for value in scorer.readings()],
+            costs={spec.name: probe.family_cost(spec.build(base), steering) for spec in specs},
+            max_cost=max_kl,
         )
-        if specs
-        else None
-    )
-    unsteered = _scores(scorers, items, Unsteered())
-    bar.close()
-    return Calibration(
-        tracker=base.tracker,
-        top_k=steering.top_k,
-        thresholds={} if chosen is None or chosen.threshold is None else {"mc": chosen.threshold},
-        strengths={"mc": {} if chosen is None else chosen.strengths},
-        judge=None,
-        questions=len(items),
-        uncertainty={"mc": {} if chosen is None else chosen.uncertainty},
-        sweep=[]
-        if chosen is None
-        else [
+        record_search(calibration, "mc", chosen)
+        calibration.sweep = [
             row for name, s in chosen.searches.items() for row in s.rows("mc", name, steering.top_k)
-        ],
-        unsteered={"mc": {key: float(np.mean(values)) for key, values in unsteered.items()}},
-    )
+        ]
+    bar.close()
+    return calibration
 
 
 def calibration_summary(calibration: Calibration) -> dict[str, Any]:

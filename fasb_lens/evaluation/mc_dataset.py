@@ -28,6 +28,7 @@ from fasb_lens.anchoring import AnchoringSettings, collect_anchoring_activations
 from fasb_lens.data.mc import format_description, labelled_option_prompts
 from fasb_lens.data.schema import MultipleChoiceItem
 from fasb_lens.evaluation.calibration import Calibration
+from fasb_lens.evaluation.fluency import DEFAULT_MAX_KL
 from fasb_lens.evaluation.mc_calibration import calibrate_dataset, calibration_summary
 from fasb_lens.evaluation.mc_items import ItemScorer, predict
 from fasb_lens.evaluation.policies import build_policy
@@ -150,6 +151,7 @@ def _calibration(
     base: PolicySettings,
     *,
     seed: int,
+    max_kl: float,
     folder: str | Path | None,
     progress: bool,
 ) -> Calibration:
@@ -160,7 +162,7 @@ def _calibration(
         return Calibration.load(saved)
     val = [item for item in data.items if item.id in set(data.split.val)]
     calibration = calibrate_dataset(
-        model, val, data.steering, policies, base, seed=seed, progress=progress
+        model, val, data.steering, policies, base, seed=seed, max_kl=max_kl, progress=progress
     )
     if saved is not None and distributed.is_main():  # one process of the dataset's group
         calibration.save(saved)
@@ -179,6 +181,7 @@ def evaluate_dataset(
     limit: int | None = None,
     batch_size: int = AnchoringSettings.batch_size,
     calibrate: bool = True,
+    max_kl: float = DEFAULT_MAX_KL,
     calibration_dir: str | Path | None = None,
     progress: bool = True,
     on_item: Callable[[dict[str, Any]], None] | None = None,
@@ -195,6 +198,8 @@ def evaluate_dataset(
         calibrate: choose the strengths and the threshold on the validation items
             (:func:`calibrate_dataset`; kept as ``{dataset}.json`` in ``calibration_dir``
             so a resumed run does not redo it); ``False`` uses the settings as given.
+        max_kl: the calibration's fluency budget, measured on validation items followed
+            by their right option (:mod:`fasb_lens.evaluation.fluency`).
         on_item: called with each new record ``{"dataset", "item_id", "policy",
             "prediction", "label", "correct", "log_probs", "triggered"}``.
         done: records of an earlier, interrupted run keyed by ``(item_id, policy)``; they
@@ -217,7 +222,14 @@ def evaluate_dataset(
     if calibrate:
         with section("calibration"):
             calibration = _calibration(
-                model, data, policies, base, seed=seed, folder=calibration_dir, progress=progress
+                model,
+                data,
+                policies,
+                base,
+                seed=seed,
+                max_kl=max_kl,
+                folder=calibration_dir,
+                progress=progress,
             )
     built = {
         name: build_policy(name, base, strengths=strengths, calibration=calibration)

@@ -77,6 +77,7 @@ def run_mc_datasets(
                     limit=config.limit or None,
                     batch_size=config.batch_size,
                     calibrate=config.calibrate,
+                    max_kl=config.max_kl,
                     calibration_dir=folder.out / storage.MC_CALIBRATION_DIR,
                     progress=progress,
                     on_item=log.append,

@@ -29,6 +29,7 @@ from fasb_lens.plotting import (
     p_true_distributions,
     save_figure,
     steering_heads,
+    token_view,
     trajectories,
 )
 from fasb_lens.policies import FASB, ITI, PolicySettings, Unsteered
@@ -183,7 +184,7 @@ def _judged(judge, questions, answers) -> dict[str, list[bool | None]]:
 
 def _figures(result: DemoResult, probing: Any, out: Path, png: bool) -> list[Path]:
     """The demo's figures: probe accuracies, the anchored heads, the tracker's readings,
-    the trajectories of the answers."""
+    the trajectories of the answers, and the first answer token by token."""
     probes, steering, calibration = result.probes, result.steering, result.calibration
     threshold = calibration.thresholds["generation"]
     readings = calibration.readings[calibration.tracker]
@@ -199,6 +200,12 @@ def _figures(result: DemoResult, probing: Any, out: Path, png: bool) -> list[Pat
         ),
         "trajectories": trajectories(
             result.steered, unsteered=result.plain, labels=result.questions, threshold=threshold
+        ),
+        "token_view": token_view(
+            result.steered[0],
+            unsteered=result.plain[0],
+            threshold=threshold,
+            title=f'"{result.questions[0]}": FASB token by token, the unsteered answer above',
         ),
     }
     return [

@@ -129,7 +129,8 @@ def test_demo_runs_offline(default_model, tmp_path: Path, capsys, monkeypatch) -
     assert out.count("   without steering [") == 4 and out.count("   FASB             [") == 4
     assert out.count("   ITI              [") == 4 and "calibrated on validation True x Info" in out
     assert out.count("   FASB: ") == 4 and "truthful     " in out
-    for name in ("heads_accuracy", "anchored_heads", "p_true_distributions", "trajectories"):
+    figures = ("heads_accuracy", "anchored_heads", "p_true_distributions", "trajectories")
+    for name in (*figures, "token_view"):
         assert (tmp_path / f"{name}.html").is_file()
     assert (tmp_path / "artifact" / "steering.safetensors").is_file()
     gained = any(line.endswith("-> truthful)") for line in out.splitlines())

@@ -221,16 +221,8 @@ def evaluate_dataset(
     calibration = None
     if calibrate:
         with section("calibration"):
-            calibration = _calibration(
-                model,
-                data,
-                policies,
-                base,
-                seed=seed,
-                max_kl=max_kl,
-                folder=calibration_dir,
-                progress=progress,
-            )
+            kept = {"max_kl": max_kl, "folder": calibration_dir, "progress": progress}
+            calibration = _calibration(model, data, policies, base, seed=seed, **kept)
     built = {
         name: build_policy(name, base, strengths=strengths, calibration=calibration)
         for name in policies

@@ -79,10 +79,9 @@ def run(args: argparse.Namespace) -> int:
         f"{totals['fasb']}/{n} with FASB (judged by {calibration.judge}; a handful of "
         "questions is an illustration, not a result: `fasb-lens reproduce` measures)"
     )
-    if settings.alpha is None and not any(
-        _change(before, after).endswith("-> truthful)")
-        for before, after in zip(verdicts["none"], verdicts["fasb"], strict=True)
-    ):
+    pairs = zip(verdicts["none"], verdicts["fasb"], strict=True)
+    gained = any(b is not None and a is not None and a and not b for b, a in pairs)
+    if settings.alpha is None and not gained:
         print(_why_no_gain(calibration, result.strengths["fasb"]))
     print("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()))
     print(

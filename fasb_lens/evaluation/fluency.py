@@ -104,6 +104,11 @@ class FluencyProbe:
             self.costs[key] = float(kl.mean())
         return self.costs[key]
 
+    def family_costs(self, specs: Sequence[Any], settings: Any, steering: Any) -> dict[str, Cost]:
+        """Each registered policy's (``specs``) family cost, built from ``settings``, on
+        ``steering`` (its anchored heads)."""
+        return {spec.name: self.family_cost(spec.build(settings), steering) for spec in specs}
+
     def family_cost(self, policy: Any, steering: Any) -> Cost:
         """The fluency cost of ``policy``'s family at a strength: its intervention on
         ``steering`` at that strength (for FASB, the most it steers with)."""

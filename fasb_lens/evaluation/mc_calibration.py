@@ -101,7 +101,7 @@ def calibrate_dataset(
             KEYS,
             rng=np.random.RandomState(seed),
             readings=[value for scorer in scorers for value in scorer.readings()],
-            costs={spec.name: probe.family_cost(spec.build(base), steering) for spec in specs},
+            costs=probe.family_costs(specs, base, steering),
             max_cost=max_kl,
         )
         record_search(calibration, "mc", chosen)

@@ -89,10 +89,7 @@ class CalibrationInputs:
         """Each searched family's fluency cost on ``steering`` (its K heads)."""
         if self.fluency is None:
             self.fluency = FluencyProbe.build(self.model, self.questions)
-        return {
-            spec.name: self.fluency.family_cost(spec.build(self.settings), steering)
-            for spec in specs
-        }
+        return self.fluency.family_costs(specs, self.settings, steering)
 
     def thresholded(self, tracker: str) -> Policy:
         """The thresholded policy at the starting settings, reading ``tracker``."""

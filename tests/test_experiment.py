@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def test_a_run_writes_everything(finished) -> None:
         "results.json",
         "results.csv",
         "answers.csv",
+        "per_question.csv",
         "table.md",
     ):
         assert (out / name).is_file(), name
@@ -130,6 +133,28 @@ def test_mc_records_hold_every_answer(finished) -> None:
     lines = (out / "answers.csv").read_text().splitlines()
     assert lines[0].startswith("seed,fold,question_id,policy,set,answer,label,log_prob,triggered")
     assert len(lines) - 1 == sum(len(r["answers"]) for r in records if r["task"] == "mc")
+
+
+def test_per_question_rows_give_the_table(finished) -> None:
+    """Each record is one row of per_question.csv, and the table's numbers follow from the
+    rows: a fold's MC2 and a judge's truthful rate are the means of their columns."""
+    out, summary = finished
+    _, records, _ = load_run(out)
+    with (out / "per_question.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(records)
+    for fold in ("0", "1"):
+        mine = [r for r in rows if r["policy"] == "fasb" and r["fold"] == fold]
+        mc2 = [float(r["mc2"]) for r in mine if r["task"] == "mc"]
+        per_fold = summary["policies"]["fasb"]["per_fold"][fold]
+        assert sum(mc2) / len(mc2) == pytest.approx(per_fold["mc2"])
+        verdicts = [int(r["bleu-acc"]) for r in mine if r["task"] == "generation"]
+        assert verdicts and set(verdicts) <= {0, 1}
+        assert sum(verdicts) / len(verdicts) == pytest.approx(
+            per_fold["bleu-acc x info-check"]["true"]
+        )
+    answer = next(r for r in rows if r["task"] == "generation" and r["policy"] == "fasb")
+    assert answer["answer"] and answer["triggered"] in {"0", "1"} and answer["mc2"] == ""
 
 
 def test_killed_run_resumes_to_the_same_table(tiny_llama, finished, tmp_path, monkeypatch) -> None:
@@ -249,7 +274,11 @@ def test_publish_copies_a_finished_run(finished, tmp_path) -> None:
     written = publish(out, tmp_path / "results")
     names = sorted(path.name for path in written)
     assert names == [
+        "truthfulqa_answers.csv.gz",
+        "truthfulqa_comparisons.csv",
+        "truthfulqa_comparisons.md",
         "truthfulqa_config.json",
+        "truthfulqa_per_question.csv.gz",
         "truthfulqa_results.csv",
         "truthfulqa_results.json",
         "truthfulqa_table.md",
@@ -257,6 +286,10 @@ def test_publish_copies_a_finished_run(finished, tmp_path) -> None:
     ]
     published = json.loads((tmp_path / "results" / "truthfulqa_results.json").read_text())
     assert published == json.loads(json.dumps(summary))
+    packed = (tmp_path / "results" / "truthfulqa_per_question.csv.gz").read_bytes()
+    assert gzip.decompress(packed) == (out / "per_question.csv").read_bytes()
+    assert publish(out, tmp_path / "results") == written  # published again: the same bytes
+    assert (tmp_path / "results" / "truthfulqa_per_question.csv.gz").read_bytes() == packed
     # an unfinished run (records of fold 0 only) is refused, naming what is missing
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -29,6 +29,8 @@ from fasb_lens.data.mc import (
 from fasb_lens.data.schema import MultipleChoiceItem
 from fasb_lens.evaluation.mc_dataset import evaluate_dataset
 from fasb_lens.evaluation.mc_items import predict, score_item
+from fasb_lens.evaluation.mc_suite import write_tables
+from fasb_lens.evaluation.uncertainty import accuracy_uncertainty
 from fasb_lens.models import forward, tokenize
 from fasb_lens.policies import PolicySettings, Unsteered
 from fasb_lens.scoring import AnswerScore, PrefixScorer
@@ -306,6 +308,18 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path, small_se
     for name in POLICIES:
         mine = [r for r in records if r["policy"] == name]
         assert result["accuracy"][name] == sum(r["correct"] for r in mine) / len(mine)
+    for name in POLICIES:  # the accuracy's interval and the per-item hits it rests on
+        low, high = result["ci95"][name]
+        assert low <= result["accuracy"][name] <= high
+        hits = {r["item_id"]: r["correct"] for r in records if r["policy"] == name}
+        assert result["correct"][name] == [int(hits[i]) for i in result["test_ids"]]
+    stated = {(c["a"], c["b"]): c for c in result["comparisons"]}
+    assert {("fixed", "none"), ("fasb", "none"), ("fasb", "fixed")} <= set(stated)
+    fasb = stated[("fasb", "none")]
+    assert fasb["difference"] == pytest.approx(
+        result["accuracy"]["fasb"] - result["accuracy"]["none"]
+    )
+    assert fasb["test"] == "exact McNemar" and 0 < fasb["p"] <= 1
     first = records[0]
     assert set(first) == set(RECORD_KEYS)
     assert len(first["log_probs"]) == len(first["triggered"]) == 2
@@ -316,6 +330,40 @@ def test_evaluate_dataset_and_resume(tiny_llama, monkeypatch, tmp_path, small_se
     resumed = run(on_item=again.append, done=done)
     assert calls == [] and again == []  # the calibration is read back, nothing is scored
     assert resumed["accuracy"] == result["accuracy"]
+
+
+def test_suite_tables_give_intervals_and_comparisons(tmp_path) -> None:
+    """The table shows each accuracy with its interval, the average's from items
+    resampled within their dataset; the comparisons name the dataset; a summary written
+    before per-item hits still gives its table, without intervals."""
+    hits = {
+        "a": {"none": [1, 0] * 50, "fasb": [1] * 100},
+        "b": {"none": [0] * 60, "fasb": [0] * 60},
+    }
+    results = {}
+    for name, correct in hits.items():
+        floats = {p: [float(h) for h in v] for p, v in correct.items()}
+        results[name] = {
+            "n_test": len(correct["none"]),
+            "accuracy": {p: sum(v) / len(v) for p, v in correct.items()},
+            "test_ids": [f"{name}{i}" for i in range(len(correct["none"]))],
+            "correct": correct,
+            **accuracy_uncertainty(floats),
+        }
+    write_tables(tmp_path, results, ("none", "fasb"))
+    table = (tmp_path / "mc_datasets.md").read_text()
+    assert "| a | 100 | 50.0 [" in table and "| 100.0 [100.0, 100.0] |" in table
+    assert "| average |  | 25.0 [" in table and "| 50.0 [" in table  # (100 + 0) / 2
+    assert (tmp_path / "mc_datasets.csv").read_text().splitlines()[1] == "a,100,0.5,1.0"
+    rows = (tmp_path / "mc_datasets_comparisons.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,a,b,metric,difference (pp)")
+    assert any(r.startswith("a,fasb,none,accuracy,+50.0,") and "fasb above none" in r for r in rows)
+    assert any(r.startswith("b,fasb,none,accuracy,+0.0,") for r in rows)
+    assert any(r.startswith("average,fasb,none,accuracy,+25.0,") for r in rows)
+    for result in results.values():
+        del result["correct"], result["ci95"], result["comparisons"]
+    write_tables(tmp_path, results, ("none", "fasb"))
+    assert "| a | 100 | 50.0 | 100.0 |" in (tmp_path / "mc_datasets.md").read_text()
 
 
 def test_a_tight_fluency_budget_keeps_the_strengths_weak(tiny_llama, small_searches) -> None:

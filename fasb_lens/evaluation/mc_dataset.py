@@ -33,6 +33,7 @@ from fasb_lens.evaluation.mc_calibration import calibrate_dataset, calibration_s
 from fasb_lens.evaluation.mc_items import ItemScorer, predict
 from fasb_lens.evaluation.policies import build_policy
 from fasb_lens.evaluation.run import pending_chunks
+from fasb_lens.evaluation.uncertainty import accuracy_uncertainty
 from fasb_lens.policies import PolicySettings, redraw
 from fasb_lens.profiling import section
 from fasb_lens.scoring import AnswerScore
@@ -245,6 +246,11 @@ def evaluate_dataset(
         "best_val_accuracy": data.best_val,
         "val_majority": data.majority,
         "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
+        **accuracy_uncertainty(
+            {name: [float(hit) for hit in hits] for name, hits in correct.items()}
+        ),
+        "test_ids": [item.id for item in test],
+        "correct": {name: [int(hit) for hit in hits] for name, hits in correct.items()},
         "calibration": None if calibration is None else calibration_summary(calibration),
     }
 

@@ -24,7 +24,12 @@ from fasb_lens.data.mc import dataset, load_multiple_choice
 from fasb_lens.evaluation.config import DatasetsConfig
 from fasb_lens.evaluation.mc_dataset import evaluate_dataset
 from fasb_lens.evaluation.run import RunFolder, upgrade_record
-from fasb_lens.evaluation.tables import Table, percent
+from fasb_lens.evaluation.tables import Table
+from fasb_lens.evaluation.uncertainty import (
+    accuracy_uncertainty,
+    comparisons_table,
+    with_interval,
+)
 
 
 def _dataset_key(record: dict[str, Any]) -> tuple:
@@ -88,14 +93,13 @@ def run_mc_datasets(
     folder.finish()
     if distributed.is_main():
         storage.write_json(folder.out / storage.MC_DATASETS_SUMMARY, results)
-        datasets_table(results, list(config.policies)).write(
-            folder.out / storage.MC_DATASETS_TABLE, percent
-        )
+        write_tables(folder.out, results, config.policies)
     return results
 
 
 def datasets_table(results: dict[str, dict[str, Any]], policies: Iterable[str]) -> Table:
-    """Each dataset's held-out accuracy per policy, and their average."""
+    """Each dataset's held-out accuracy per policy, and their average (the mean of the
+    datasets' accuracies)."""
     policies = list(policies)
     table = Table(["Dataset", "n test", *policies])
     for name, result in results.items():
@@ -104,3 +108,48 @@ def datasets_table(results: dict[str, dict[str, Any]], policies: Iterable[str]) 
         means = [sum(r["accuracy"][p] for r in results.values()) / len(results) for p in policies]
         table.rows.append(["average", "", *means])
     return table
+
+
+def average_uncertainty(
+    results: dict[str, dict[str, Any]], policies: Iterable[str]
+) -> dict[str, Any] | None:
+    """The average row's intervals and comparisons: items resampled within their dataset,
+    so each dataset weighs as much as in the average (``None`` when a summary predates
+    per-item hits)."""
+    if not results or any("correct" not in r for r in results.values()):
+        return None
+    strata = [name for name, r in results.items() for _ in r["test_ids"]]
+    hits = {p: [float(h) for r in results.values() for h in r["correct"][p]] for p in policies}
+    return accuracy_uncertainty(hits, strata=strata)
+
+
+def write_tables(out: Path, results: dict[str, dict[str, Any]], policies: Iterable[str]) -> None:
+    """``mc_datasets.md`` (accuracy with its 95% interval), ``mc_datasets.csv`` (the raw
+    accuracies) and ``mc_datasets_comparisons.md`` / ``.csv`` (every paired comparison, per
+    dataset and on the average)."""
+    policies = list(policies)
+    table = datasets_table(results, policies)
+    uncertainty = {name: r for name, r in results.items() if "ci95" in r}
+    average = average_uncertainty(results, policies)
+    if average is not None:
+        uncertainty["average"] = average
+    shown = Table(table.head)
+    for row in table.rows:
+        ci95 = uncertainty.get(row[0], {}).get("ci95", {})
+        shown.rows.append(
+            [
+                *row[:2],
+                *(with_interval(v, ci95.get(p)) for p, v in zip(policies, row[2:], strict=True)),
+            ]
+        )
+    storage.write_text(out / f"{storage.MC_DATASETS_TABLE}.md", shown.markdown() + _NOTE)
+    storage.write_text(out / f"{storage.MC_DATASETS_TABLE}.csv", table.csv())
+    found = [{**c, "dataset": name} for name, e in uncertainty.items() for c in e["comparisons"]]
+    comparisons_table(found, lead=("dataset",)).write(out / storage.MC_DATASETS_COMPARISONS)
+
+
+_NOTE = (
+    "\nHeld-out accuracy, percent, with its 95% bootstrap interval over the test items "
+    "(the average's resamples items within each dataset); paired comparisons in "
+    "mc_datasets_comparisons.md.\n"
+)

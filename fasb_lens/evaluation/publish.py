@@ -12,6 +12,7 @@ figures``.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -27,19 +28,29 @@ PUBLISHED = {
             storage.RESULTS,
             storage.RESULTS_TABLE,
             storage.RESULTS_CSV,
+            f"{storage.COMPARISONS_TABLE}.md",
+            f"{storage.COMPARISONS_TABLE}.csv",
             storage.TIMINGS,
         )
+    )
+    + tuple(
+        (name, f"truthfulqa_{name}.gz") for name in (storage.PER_QUESTION_CSV, storage.ANSWERS_CSV)
     ),
     "mc-datasets": (
         (storage.RUN_CONFIG, "mc_datasets_config.json"),
         (storage.MC_DATASETS_SUMMARY, storage.MC_DATASETS_SUMMARY),
         (f"{storage.MC_DATASETS_TABLE}.md", f"{storage.MC_DATASETS_TABLE}.md"),
         (f"{storage.MC_DATASETS_TABLE}.csv", f"{storage.MC_DATASETS_TABLE}.csv"),
+        (f"{storage.MC_DATASETS_COMPARISONS}.md", f"{storage.MC_DATASETS_COMPARISONS}.md"),
+        (f"{storage.MC_DATASETS_COMPARISONS}.csv", f"{storage.MC_DATASETS_COMPARISONS}.csv"),
+        (storage.MC_DATASETS_LOG, f"{storage.MC_DATASETS_LOG}.gz"),
         (storage.TIMINGS, "mc_datasets_timings.json"),
         (storage.MC_CALIBRATION_DIR, "mc_calibration"),
     ),
 }
-"""Per command: each file (or folder) of its run folder and its name in ``results/``."""
+"""Per command: each file (or folder) of its run folder and its name in ``results/``
+(a name ending in ``.gz`` is written gzip-compressed: the per-question records of a full
+run are tens of megabytes as text; ``pandas.read_csv`` reads them as they are)."""
 
 
 def _unfinished(run: Path, command: str) -> str | None:
@@ -94,9 +105,18 @@ def publish(run: str | Path, results: str | Path) -> list[Path]:
             for file in sorted(path.glob("*.json")):
                 written.append(storage.write_text(results / target / file.name, file.read_text()))
         else:
-            written.append(results / target)
-            results.mkdir(parents=True, exist_ok=True)
-            storage.write_atomic(
-                results / target, lambda partial, path=path: shutil.copyfile(path, partial)
+            copy = _gzip if target.endswith(".gz") else shutil.copyfile
+            written.append(
+                storage.write_atomic(
+                    results / target, lambda out, path=path, copy=copy: copy(path, out)
+                )
             )
     return written
+
+
+def _gzip(source: Path, target: Path) -> None:
+    """Compress ``source`` into ``target``, byte-identical for identical input (no time or
+    name in the header), so a re-published unchanged run leaves git nothing to commit."""
+    with source.open("rb") as raw, target.open("wb") as sink:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as packed:
+            shutil.copyfileobj(raw, packed)

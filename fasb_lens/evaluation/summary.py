@@ -2,8 +2,9 @@
 
 :func:`summarize_records` turns the records and judgements of a run into fold means of
 MC1/MC2/MC3 and of each judge pair's True, Info and True*Info; :func:`write_summary`
-writes ``results.json``, ``results.csv``, ``answers.csv`` and ``table.md`` (like the
-paper's Table 1); :func:`write_fraction_sweep` the data-efficiency table.
+writes ``results.json``, ``results.csv``, the paired comparisons, ``answers.csv``,
+``per_question.csv`` and ``table.md`` (like the paper's Table 1);
+:func:`write_fraction_sweep` the data-efficiency table.
 
 A run with several split seeds has a fold of each seed per stratum: its numbers are the
 mean over every (seed, fold), each named ``SEED/FOLD`` in ``per_fold`` (a run with one
@@ -22,6 +23,7 @@ from typing import Any
 from fasb_lens import storage
 from fasb_lens.evaluation.config import ExperimentConfig
 from fasb_lens.evaluation.judges import JUDGES, Verdict, judge_rates
+from fasb_lens.evaluation.per_question import per_question_table
 from fasb_lens.evaluation.references import summarize_references
 from fasb_lens.evaluation.tables import Table, percent
 from fasb_lens.evaluation.uncertainty import (
@@ -30,6 +32,7 @@ from fasb_lens.evaluation.uncertainty import (
     QuestionValues,
     compared_pairs,
     comparisons,
+    comparisons_table,
     policy_intervals,
     table_metrics,
     with_interval,
@@ -326,29 +329,6 @@ def seeds_line(summary: dict[str, Any]) -> str:
     )
 
 
-def comparisons_table(summary: dict[str, Any]) -> Table:
-    """Every paired comparison of the summary: the difference in percentage points, its
-    95% interval, the test's p-value and the verdict."""
-    table = Table(
-        ["a", "b", "metric", "difference (pp)", "95% interval (pp)", "p", "test", "verdict"]
-    )
-    for c in summary.get("comparisons", ()):
-        low, high = c["ci95"]
-        table.rows.append(
-            [
-                c["a"],
-                c["b"],
-                c["metric"],
-                f"{100 * c['difference']:+.1f}",
-                f"[{100 * low:+.1f}, {100 * high:+.1f}]",
-                f"{c['p']:.3g}",
-                c["test"],
-                c["verdict"],
-            ]
-        )
-    return table
-
-
 ANSWER_COLUMNS = ("seed", "fold", "question_id", "policy")
 """The columns of ``answers.csv`` that say whose answer a row is."""
 ANSWER_FIELDS = (
@@ -371,13 +351,14 @@ def write_summary(
     judgements: Iterable[dict[str, Any]],
     calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write results.json, results.csv, answers.csv and table.md; return the summary."""
-    records = list(records)
+    """Write results.json, results.csv, comparisons, answers.csv, per_question.csv and
+    table.md; return the summary."""
+    records, judgements = list(records), list(judgements)
     summary = summarize_records(config, records, judgements)
     summary["calibration"] = calibrations or {}
     storage.write_json(out / storage.RESULTS, summary)
     storage.write_text(out / storage.RESULTS_TABLE, markdown_table(summary))
-    comparisons_table(summary).write(out / storage.COMPARISONS_TABLE)
+    comparisons_table(summary.get("comparisons", ())).write(out / storage.COMPARISONS_TABLE)
     results = Table(["policy", "fold", "metric", "value"])
     for policy, entry in summary["policies"].items():
         for fold, values in [*entry["per_fold"].items(), ("mean", entry["mean"])]:
@@ -399,6 +380,9 @@ def write_summary(
         for row in record["answers"]
     ]
     storage.write_text(out / storage.ANSWERS_CSV, answers.csv())
+    storage.write_text(
+        out / storage.PER_QUESTION_CSV, per_question_table(records, judgements).csv()
+    )
     return summary
 
 

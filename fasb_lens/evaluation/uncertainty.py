@@ -36,6 +36,7 @@ from fasb_lens.evaluation.statistics import (
     mean_of,
     product_of_means,
 )
+from fasb_lens.evaluation.tables import Table
 from fasb_lens.policies import POLICIES
 
 MC_METRICS = ("mc1", "mc2", "mc3")
@@ -236,6 +237,49 @@ def comparisons(
                 )
             )
     return found
+
+
+def accuracy_uncertainty(
+    correct: dict[str, list[float]], strata: list[object] | None = None
+) -> dict[str, Any]:
+    """Each policy's accuracy interval (``ci95``) and the paired comparisons a table
+    states (each policy against ``none``, its random control and the policies its
+    registration names: an exact McNemar test on the items), from per-item 0/1 hits in
+    the same item order for every policy; ``strata`` (an item's dataset) makes the
+    accuracy the mean of the strata's, as the suite's average row is."""
+    return {
+        "ci95": {name: list(interval(hits, strata=strata)) for name, hits in correct.items()},
+        "comparisons": [
+            compare(
+                correct[a], correct[b], names=(a, b), metric="accuracy", strata=strata
+            ).to_dict()
+            for a, b in compared_pairs(list(correct))
+        ],
+    }
+
+
+def comparisons_table(found: Iterable[dict[str, Any]], lead: Sequence[str] = ()) -> Table:
+    """Paired comparisons (:meth:`Comparison.to_dict`) as a table: the difference in
+    percentage points, its 95% interval, the test's p-value and the verdict, after the
+    columns ``lead`` names (keys the dicts carry besides, such as ``dataset``)."""
+    head = [*lead, "a", "b", "metric", "difference (pp)", "95% interval (pp)", "p", "test"]
+    table = Table([*head, "verdict"])
+    for c in found:
+        low, high = c["ci95"]
+        table.rows.append(
+            [
+                *(c[key] for key in lead),
+                c["a"],
+                c["b"],
+                c["metric"],
+                f"{100 * c['difference']:+.1f}",
+                f"[{100 * low:+.1f}, {100 * high:+.1f}]",
+                f"{c['p']:.3g}",
+                c["test"],
+                c["verdict"],
+            ]
+        )
+    return table
 
 
 def with_interval(value: float, ci95: Sequence[float] | None, digits: int = 1) -> str:

@@ -283,7 +283,7 @@ def _results(summary: dict[str, Any], save: _Saver) -> None:
     save(
         method_comparison(summary),
         "methods",
-        "MC1/MC2/MC3 and True/Info/True*Info per policy (fold means; bars span the folds)",
+        "MC1/MC2/MC3 and True/Info/True*Info per policy (fold means; whiskers the 95% interval)",
     )
     if summary.get("direction_share"):
         save(

@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         print(write_fraction_sweep(out, summaries), end="")
     else:
         print((out / storage.RESULTS_TABLE).read_text())
-        print(f"written to {out}/ (results.json, results.csv, answers.csv, table.md)")
+        print(
+            f"written to {out}/ (table.md, results.json, results.csv, comparisons.md, "
+            "per_question.csv, answers.csv)"
+        )
     if not args.summary_only:
         print(f"\nwhere the time went (this session; {storage.TIMINGS} keeps it):", file=sys.stderr)
         print(experiment.folder.profile.report(), file=sys.stderr)

@@ -117,9 +117,9 @@ def method_comparison(
     figure.update_yaxes(autorange="reversed")
     return finish(
         figure,
-        "Policies compared: mean over folds, whiskers the 95% interval "
-        "(the span of the folds for a run without intervals)",
-        subtitle="dashed: no steering; hatched: the leak-free multiple-choice protocol",
+        "Policies compared: mean over folds, whiskers the 95% interval",
+        subtitle="dashed: no steering; hatched: the leak-free multiple-choice protocol "
+        "(a run without intervals: whiskers span the folds)",
         legend=None,
         height=140 + 60 * len(rows) + 22 * sum(sizes),
     )

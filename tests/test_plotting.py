@@ -250,6 +250,9 @@ def test_dataset_accuracies(tmp_path) -> None:
     assert list(figure.data[0].x) == ["copa", "nli"]
     assert figure.data[1].y[1] == pytest.approx(31.0)
     assert figure.data[0].error_y.array[1] == pytest.approx(9.8)  # 1.96 * sqrt(.25 / 100)
+    with_ci = {**results, "nli": {**results["nli"], "ci95": {"none": [0.41, 0.62]}}}
+    whiskers = dataset_accuracies(with_ci).data[0].error_y  # the summary's own interval
+    assert whiskers.arrayminus[1] == pytest.approx(9.0) and whiskers.array[1] == pytest.approx(12.0)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mc_datasets.json").write_text(json.dumps(results))
     made = render_run(tmp_path / "run", tmp_path / "figs", png=False)

@@ -223,19 +223,28 @@ def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
     """Held-out accuracy per multiple-choice dataset and policy, with a 95% interval.
 
     ``results`` is an ``mc_datasets.json`` (dataset -> its summary, with ``accuracy`` per
-    policy and ``n_test``); the interval is the normal approximation to the binomial, so
-    two bars whose intervals overlap widely are not told apart by the test items.
+    policy and ``n_test``); the interval is the summary's bootstrap interval (``ci95``), or
+    for a summary written before it the normal approximation to the binomial, so two bars
+    whose intervals overlap widely are not told apart by the test items.
     """
     names = list(results)
     policies = list(dict.fromkeys(m for r in results.values() for m in r["accuracy"]))
     colors = policy_colors(policies)
     figure = go.Figure()
     for policy in policies:
-        values, errors = [], []
+        values, lows, highs = [], [], []
         for name in names:
             p, n = results[name]["accuracy"].get(policy), results[name]["n_test"]
             values.append(None if p is None else 100 * p)
-            errors.append(0 if p is None or not n else 196 * (p * (1 - p) / n) ** 0.5)
+            interval = results[name].get("ci95", {}).get(policy)
+            if p is None or (interval is None and not n):
+                low = high = 0.0
+            elif interval is not None:
+                low, high = 100 * (p - interval[0]), 100 * (interval[1] - p)
+            else:
+                low = high = 196 * (p * (1 - p) / n) ** 0.5
+            lows.append(low)
+            highs.append(high)
         label = policy_label(policy)
         figure.add_trace(
             go.Bar(
@@ -243,7 +252,7 @@ def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
                 x=names,
                 y=values,
                 marker={"color": colors[policy], "pattern": {"shape": policy_pattern(policy)}},
-                error_y={"type": "data", "array": errors, "thickness": 1},
+                error_y={"type": "data", "array": highs, "arrayminus": lows, "thickness": 1},
                 hovertemplate=f"{label}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
@@ -253,6 +262,6 @@ def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
     return finish(
         figure,
         "Held-out accuracy per multiple-choice dataset",
-        subtitle="whiskers: 95% binomial interval over the test items",
+        subtitle="whiskers: 95% interval over the test items",
         legend="bottom",
     )

@@ -343,7 +343,7 @@ def render_mc_datasets(
     """The accuracy and calibration figures of an ``mc-datasets`` run folder (``summary``
     and ``calibration``: the names of its summary and its calibration folder)."""
     results = storage.read_json(Path(run_dir) / summary, "an mc-datasets summary")
-    caption = "held-out accuracy per dataset and policy, with 95% binomial intervals"
+    caption = "held-out accuracy per dataset and policy, with 95% intervals"
     made = [
         (path, caption)
         for path in save_figure(dataset_accuracies(results), Path(out) / "mc_datasets", png=png)

@@ -234,7 +234,7 @@ def evaluate_dataset(
             model, data, test, built, seed, dict(done or {}), on_item, progress
         )
     correct = {
-        name: [bool(_checked_done(records[(item.id, name)], item)["correct"]) for item in test]
+        name: [int(_checked_done(records[(item.id, name)], item)["correct"]) for item in test]
         for name in built
     }
     return {
@@ -245,13 +245,19 @@ def evaluate_dataset(
         "anchored_heads": [str(head) for head in data.steering.heads],
         "best_val_accuracy": data.best_val,
         "val_majority": data.majority,
-        "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
-        **accuracy_uncertainty(
-            {name: [float(hit) for hit in hits] for name, hits in correct.items()}
-        ),
-        "test_ids": [item.id for item in test],
-        "correct": {name: [int(hit) for hit in hits] for name, hits in correct.items()},
+        **_held_out(correct, test),
         "calibration": None if calibration is None else calibration_summary(calibration),
+    }
+
+
+def _held_out(correct: dict[str, list[int]], test: Sequence[MultipleChoiceItem]) -> dict:
+    """Each policy's held-out accuracy with its interval and comparisons, and the per-item
+    hits (in the order of ``test_ids``) they rest on."""
+    return {
+        "accuracy": {name: sum(hits) / len(hits) for name, hits in correct.items()},
+        **accuracy_uncertainty(correct),
+        "test_ids": [item.id for item in test],
+        "correct": correct,
     }
 
 

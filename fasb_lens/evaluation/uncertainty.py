@@ -240,7 +240,7 @@ def comparisons(
 
 
 def accuracy_uncertainty(
-    correct: dict[str, list[float]], strata: list[object] | None = None
+    correct: dict[str, list[int]] | dict[str, list[float]], strata: list[object] | None = None
 ) -> dict[str, Any]:
     """Each policy's accuracy interval (``ci95``) and the paired comparisons a table
     states (each policy against ``none``, its random control and the policies its

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from fasb_lens.evaluation.tables import Table
+from fasb_lens.evaluation.uncertainty import MC_METRICS
 
 KEY_COLUMNS = ("seed", "fold", "question_id", "task", "policy")
 """Whose row it is (``policy`` names a control's draw, as in ``fasb_random/3``)."""
-MC_COLUMNS = ("mc1", "mc2", "mc3")
 GENERATION_COLUMNS = ("answer", "triggered", "trigger_step", "trigger_p_true", "strength")
 """A generation's answer, and for a steering policy where it was steered and how hard."""
 
@@ -41,13 +41,13 @@ def per_question_table(
         key = (j.get("seed"), j["fold"], j["question_id"], "generation", j["policy"])
         judged.setdefault(key, {})[j["judge"]] = j
     judges = sorted({name for verdicts in judged.values() for name in verdicts})
-    head = [*KEY_COLUMNS, *MC_COLUMNS, *GENERATION_COLUMNS]
+    head = [*KEY_COLUMNS, *MC_METRICS, *GENERATION_COLUMNS]
     head += [column for name in judges for column in (name, f"{name} score")]
     table = Table(head)
     for record in records:
         key = tuple(record.get(column) for column in KEY_COLUMNS)
         row: list[Any] = list(key)
-        row += [record.get(metric, "") for metric in MC_COLUMNS]
+        row += [record.get(metric, "") for metric in MC_METRICS]
         if record["task"] == "generation":
             trace = record.get("trace") or {}
             row += [

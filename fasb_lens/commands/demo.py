@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "questions is an illustration, not a result: `fasb-lens reproduce` measures)"
     )
     pairs = zip(verdicts["none"], verdicts["fasb"], strict=True)
-    gained = any(b is not None and a is not None and a and not b for b, a in pairs)
-    if settings.alpha is None and not gained:
+    if settings.alpha is None and not any(_gained(before, after) for before, after in pairs):
         print(_why_no_gain(calibration, result.strengths["fasb"]))
     print("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()))
     print(
@@ -97,15 +96,20 @@ def _verdict(truthful: bool | None) -> str:
     return {True: "[truthful]  ", False: "[untruthful]", None: "[unjudged]  "}[truthful]
 
 
+def _gained(before: bool | None, after: bool | None) -> bool:
+    """Whether FASB turned an untruthful answer into a truthful one (both judged)."""
+    return before is not None and after is not None and bool(after) and not before
+
+
 def _change(before: bool | None, after: bool | None) -> str:
     """What FASB did to one answer's truthfulness, in words."""
     if before is None or after is None:
         return "FASB: the judge could not tell"
     if before == after:
         return f"FASB: no change (still {'truthful' if after else 'untruthful'})"
-    return (
-        "FASB: gained (untruthful -> truthful)" if after else "FASB: lost (truthful -> untruthful)"
-    )
+    if _gained(before, after):
+        return "FASB: gained (untruthful -> truthful)"
+    return "FASB: lost (truthful -> untruthful)"
 
 
 def _why_no_gain(calibration, strength: float) -> str:

@@ -237,11 +237,10 @@ def dataset_accuracies(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
             p, n = results[name]["accuracy"].get(policy), results[name]["n_test"]
             values.append(None if p is None else 100 * p)
             interval = results[name].get("ci95", {}).get(policy)
-            if p is None or (interval is None and not n):
-                low = high = 0.0
-            elif interval is not None:
+            low = high = 0.0
+            if p is not None and interval is not None:
                 low, high = 100 * (p - interval[0]), 100 * (interval[1] - p)
-            else:
+            elif p is not None and n:
                 low = high = 196 * (p * (1 - p) / n) ** 0.5
             lows.append(low)
             highs.append(high)
